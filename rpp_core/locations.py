@@ -1,0 +1,51 @@
+"""Where RPP keeps its files.
+
+Every directory is created on demand. Environment variables override the
+platformdirs defaults, so tests and services can isolate themselves:
+
+``RPP_CONFIG_DIR``  profiles (``profiles/*.toml``) and ``secrets.toml`` (0600)
+``RPP_CACHE_DIR``   catalogue answers cache
+``RPP_WORKSPACE``   default parent folder of run folders
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import platformdirs
+
+APP = "rpp"
+
+
+def _dir(env: str, default: str) -> Path:
+    path = Path(os.environ.get(env) or default).expanduser()
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def config_dir() -> Path:
+    return _dir("RPP_CONFIG_DIR", platformdirs.user_config_dir(APP))
+
+
+def profiles_dir() -> Path:
+    path = config_dir() / "profiles"
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def secrets_path() -> Path:
+    return config_dir() / "secrets.toml"
+
+
+def cache_dir() -> Path:
+    return _dir("RPP_CACHE_DIR", platformdirs.user_cache_dir(APP))
+
+
+def workspace_dir() -> Path:
+    return _dir("RPP_WORKSPACE", str(Path(platformdirs.user_data_dir(APP)) / "runs"))
+
+
+def package_data(name: str) -> Path:
+    """Path of a file shipped inside the package (sample frame, sample catalogue)."""
+    return Path(__file__).parent / "data" / name

@@ -1,0 +1,423 @@
+"""Typed processing profile, its validation and its TOML storage.
+
+A profile is a :class:`Profile` made of one dataclass per section. Every field
+carries metadata used by validation, by the TUI forms and by the docs:
+
+``help``   one line for humans
+``unit``   unit of the value (``"arcsec"``, ``"px"``, ``"x FWHM"``, ``"mag"`` ...)
+``range``  inclusive ``(min, max)`` for numbers
+``choices`` allowed values for strings
+
+Profiles live in ``<config>/profiles/<name>.toml`` (see :mod:`rpp_core.locations`).
+API keys never go in a profile: they live in ``<config>/secrets.toml``, created
+with mode 0600, read by :func:`load_secrets`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+import tomllib
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any, get_args, get_origin, get_type_hints
+
+import tomli_w
+
+from . import locations
+from .errors import SettingsError
+
+
+def _f(default, help: str, unit: str = "", range=None, choices=None):  # noqa: A002
+    meta = {"help": help, "unit": unit}
+    if range is not None:
+        meta["range"] = range
+    if choices is not None:
+        meta["choices"] = choices
+    if isinstance(default, (list, dict)):
+        return field(default_factory=lambda d=default: type(d)(d), metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+@dataclass
+class ObservatorySettings:
+    """Site used when the FITS header does not give one (SITELAT/SITELONG/SITEELEV)."""
+
+    name: str = _f("", "observatory name")
+    iau_code: str = _f("", "IAU/MPC observatory code, used by SkyBoT (e.g. 'J13')")
+    latitude: float = _f(0.0, "geodetic latitude, north positive", "deg", (-90.0, 90.0))
+    longitude: float = _f(0.0, "longitude, east positive", "deg", (-180.0, 360.0))
+    elevation: float = _f(0.0, "height above sea level", "m", (-500.0, 9000.0))
+    pixel_size_um: float = _f(0.0, "detector pixel size, 0 = unknown", "um", (0.0, 100.0))
+    focal_length_mm: float = _f(0.0, "telescope focal length, 0 = unknown", "mm", (0.0, 100000.0))
+    gain: float = _f(0.0, "gain when the header has none, 0 = header or 1", "e-/ADU", (0.0, 1000.0))
+    read_noise: float = _f(0.0, "read noise when the header has none", "e-", (0.0, 1000.0))
+    saturation: float = _f(0.0, "saturation level when the header has none, 0 = estimate", "ADU", (0.0, 1e9))
+
+
+@dataclass
+class DetectionSettings:
+    seeing_arcsec: float = _f(2.5, "expected seeing, first guess of the FWHM", "arcsec", (1.0, 6.0))
+    threshold_sigma: float = _f(5.0, "detection threshold in units of the background RMS map", "sigma", (1.5, 100.0))
+    border_px: int = _f(10, "ignore sources closer than this to the edge", "px", (0, 1000))
+    saturation_fraction: float = _f(0.95, "pixels above this fraction of SATURATE are masked", "", (0.1, 1.0))
+    background_box: int = _f(64, "2-D background mesh size", "px", (8, 1024))
+    background_filter: int = _f(3, "median filter over background meshes", "meshes", (1, 15))
+    fwhm_max_stars: int = _f(100, "isolated stars used to measure the FWHM", "", (5, 2000))
+    max_sources: int = _f(0, "keep only the N brightest detections, 0 = all", "", (0, 10_000_000))
+
+
+@dataclass
+class CosmicRaySettings:
+    enabled: bool = _f(True, "remove cosmic rays with astroscrappy")
+    sigclip: float = _f(4.5, "Laplacian-to-noise limit", "sigma", (1.0, 50.0))
+    sigfrac: float = _f(0.3, "fractional detection limit for neighbours", "", (0.01, 1.0))
+    objlim: float = _f(5.0, "contrast limit between CR and underlying object", "", (0.5, 100.0))
+    niter: int = _f(2, "astroscrappy iterations (4 = library default, slower)", "", (1, 10))
+    gain: float = _f(0.0, "gain for CR detection, 0 = from header/observatory", "e-/ADU", (0.0, 1000.0))
+    read_noise: float = _f(0.0, "read noise for CR detection, 0 = from header/observatory", "e-", (0.0, 1000.0))
+
+
+@dataclass
+class PhotometrySettings:
+    aperture_factors: list = _f([1.5, 2.0, 2.5, 3.0], "aperture radii", "x FWHM")
+    annulus_inner: float = _f(4.0, "local background annulus inner radius", "x FWHM", (1.0, 20.0))
+    annulus_outer: float = _f(6.0, "local background annulus outer radius", "x FWHM", (1.5, 30.0))
+    calibration_aperture: int = _f(1, "index in aperture_factors of the aperture used for the zero point", "", (0, 9))
+    fixed_aperture_px: float = _f(0.0, "extra aperture of fixed radius, 0 = none", "px", (0.0, 200.0))
+    psf: bool = _f(True, "build an ePSF and run PSF photometry")
+    psf_stars: int = _f(100, "isolated stars used to build the ePSF", "", (5, 1000))
+    psf_oversampling: int = _f(2, "ePSF oversampling", "", (1, 4))
+    psf_max_fit: int = _f(20000, "fit at most the N brightest sources with the PSF (cost ~0.1 ms/star)", "", (0, 10_000_000))
+    min_snr: float = _f(0.0, "drop sources whose SNR in the calibration aperture is below this", "", (0.0, 1000.0))
+
+
+@dataclass
+class AstrometrySettings:
+    solver: str = _f("astrometry.net", "plate solver", choices=["astrometry.net", "siril", "none"])
+    solve: str = _f("auto", "when to solve", choices=["auto", "always", "never"])
+    index_dirs: list = _f([], "folders with astrometry.net index files")
+    timeout_s: float = _f(120.0, "plate-solving time limit", "s", (5.0, 3600.0))
+    scale_tolerance: float = _f(0.2, "relative tolerance on the pixel-scale hint", "", (0.01, 1.0))
+    search_radius_deg: float = _f(2.0, "search radius round the pointing hint", "deg", (0.01, 180.0))
+    refine: bool = _f(True, "refine the WCS against the reference catalogue")
+    sip_order: int = _f(2, "SIP distortion order when residuals call for it, 0 = never", "", (0, 5))
+    check_tolerance_arcsec: float = _f(3.0, "a WCS whose median offset to the reference exceeds this is re-solved", "arcsec", (0.1, 600.0))
+
+
+@dataclass
+class CalibrationSettings:
+    band: str = _f("G", "reference band to calibrate to (column of the reference catalogue, see mag_column)")
+    catalog_files: list = _f([], "local reference catalogue files (CSV/ECSV/FITS/VOTable)")
+    catalog: str = _f("auto", "reference source", choices=["auto", "file", "gaia"])
+    ra_column: str = _f("ra", "RA column (deg) of local catalogues")
+    dec_column: str = _f("dec", "Dec column (deg) of local catalogues")
+    mag_column: str = _f("", "magnitude column, '' = the band name")
+    mag_err_column: str = _f("", "magnitude error column, '' = '<mag>_err' if present")
+    color_columns: list = _f([], "two magnitude columns whose difference is the colour, e.g. ['BP', 'RP']")
+    color_term: bool = _f(False, "fit a colour term")
+    mag_min: float = _f(8.0, "brightest reference magnitude used", "mag", (-5.0, 30.0))
+    mag_max: float = _f(18.0, "faintest reference magnitude used", "mag", (-5.0, 30.0))
+    match_radius_fwhm: float = _f(1.0, "match radius", "x FWHM", (0.1, 10.0))
+    match_radius_min_arcsec: float = _f(1.0, "lower bound of the match radius", "arcsec", (0.05, 60.0))
+    extinction_k: float = _f(0.0, "extinction coefficient k (m0 = m - k X)", "mag/airmass", (0.0, 2.0))
+    clip_sigma: float = _f(3.0, "outlier rejection in MAD-sigma", "sigma", (1.5, 10.0))
+    min_calibrators: int = _f(3, "fewest calibrators for a zero point", "", (1, 1000))
+
+
+@dataclass
+class ServicesSettings:
+    offline: bool = _f(False, "use only cache and local catalogue files")
+    enabled: list = _f(["gaia", "simbad", "skybot", "vsx", "milliquas", "10pc", "astrocolibri"], "cross-match services")
+    gaia_tap: str = _f("https://gea.esac.esa.int/tap-server/tap", "Gaia archive TAP endpoint")
+    simbad_tap: str = _f("https://simbad.cds.unistra.fr/simbad/sim-tap", "SIMBAD TAP endpoint")
+    vizier_tap: str = _f("https://tapvizier.cds.unistra.fr/TAPVizieR/tap", "VizieR TAP endpoint")
+    skybot: str = _f("https://ssp.imcce.fr/webservices/skybot/api/conesearch.php", "SkyBoT cone search endpoint")
+    vsx: str = _f("https://www.aavso.org/vsx/index.php", "AAVSO VSX API endpoint")
+    astrocolibri: str = _f("https://astro-colibri.science", "Astro-Colibri API base URL")
+    timeout_s: float = _f(30.0, "per-request timeout", "s", (1.0, 600.0))
+    retries: int = _f(3, "retries on connect errors, 5xx and 429", "", (0, 10))
+    rate_limit_per_s: float = _f(2.0, "requests per second per service", "1/s", (0.01, 100.0))
+    cache_max_mb: float = _f(500.0, "on-disk cache size bound", "MB", (1.0, 100000.0))
+    gaia_mag_limit: float = _f(19.0, "faintest Gaia G fetched", "mag", (5.0, 22.0))
+    transient_days: float = _f(60.0, "Astro-Colibri time window round the observation", "days", (1.0, 3650.0))
+
+
+@dataclass
+class OutputSettings:
+    formats: list = _f(["csv", "ecsv", "votable", "fits"], "catalogue formats")
+    zip: bool = _f(True, "pack the run folder into a ZIP")
+    keep_days: float = _f(0.0, "delete runs older than this after each run, 0 = keep", "days", (0.0, 36500.0))
+    max_total_gb: float = _f(0.0, "delete oldest runs beyond this total size, 0 = no bound", "GB", (0.0, 100000.0))
+
+
+SECTIONS: dict[str, type] = {
+    "observatory": ObservatorySettings,
+    "detection": DetectionSettings,
+    "cosmic_rays": CosmicRaySettings,
+    "photometry": PhotometrySettings,
+    "astrometry": AstrometrySettings,
+    "calibration": CalibrationSettings,
+    "services": ServicesSettings,
+    "output": OutputSettings,
+}
+
+
+@dataclass
+class Profile:
+    """A complete processing profile. ``name`` is the file stem in the profiles dir."""
+
+    name: str = "default"
+    observatory: ObservatorySettings = field(default_factory=ObservatorySettings)
+    detection: DetectionSettings = field(default_factory=DetectionSettings)
+    cosmic_rays: CosmicRaySettings = field(default_factory=CosmicRaySettings)
+    photometry: PhotometrySettings = field(default_factory=PhotometrySettings)
+    astrometry: AstrometrySettings = field(default_factory=AstrometrySettings)
+    calibration: CalibrationSettings = field(default_factory=CalibrationSettings)
+    services: ServicesSettings = field(default_factory=ServicesSettings)
+    output: OutputSettings = field(default_factory=OutputSettings)
+
+    def to_dict(self) -> dict[str, Any]:
+        out = {"name": self.name}
+        for sec in SECTIONS:
+            out[sec] = dataclasses.asdict(getattr(self, sec))
+        return out
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], source: str = "profile") -> "Profile":
+        unknown = set(data) - set(SECTIONS) - {"name"}
+        if unknown:
+            raise SettingsError(f"{source}: unknown section(s) {sorted(unknown)}; known: {sorted(SECTIONS)}")
+        kwargs: dict[str, Any] = {"name": str(data.get("name", "default"))}
+        for sec, klass in SECTIONS.items():
+            kwargs[sec] = section_from_dict(klass, data.get(sec, {}), f"{source} [{sec}]")
+        profile = cls(**kwargs)
+        validate(profile, source)
+        return profile
+
+    def replace(self, **changes: Any) -> "Profile":
+        """Copy with dotted changes, e.g. ``replace(**{"detection.threshold_sigma": 3})``, validated."""
+        data = self.to_dict()
+        for key, value in changes.items():
+            sec, _, name = key.partition(".")
+            if sec not in SECTIONS or not name:
+                raise SettingsError(f"unknown setting {key!r}: use section.name, sections {sorted(SECTIONS)}")
+            data[sec][name] = value
+        return Profile.from_dict(data, f"profile {self.name!r}")
+
+
+def _coerce(value: Any, typ: Any, where: str) -> Any:
+    origin = get_origin(typ) or typ
+    if origin is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in {"true", "yes", "on", "1", "false", "no", "off", "0"}:
+            return value.lower() in {"true", "yes", "on", "1"}
+        raise SettingsError(f"{where}: expected true/false, got {value!r}")
+    if origin is int:
+        if isinstance(value, bool):
+            raise SettingsError(f"{where}: expected an integer, got {value!r}")
+        try:
+            as_float = float(value)
+        except (TypeError, ValueError):
+            raise SettingsError(f"{where}: expected an integer, got {value!r}") from None
+        if not as_float.is_integer():
+            raise SettingsError(f"{where}: expected an integer, got {value!r}")
+        return int(as_float)
+    if origin is float:
+        try:
+            return float(value)
+        except (TypeError, ValueError):
+            raise SettingsError(f"{where}: expected a number, got {value!r}") from None
+    if origin is str:
+        if not isinstance(value, (str, int, float)):
+            raise SettingsError(f"{where}: expected text, got {value!r}")
+        return str(value)
+    if origin is list:
+        if isinstance(value, str):
+            value = [v.strip() for v in value.split(",") if v.strip()]
+        if not isinstance(value, (list, tuple)):
+            raise SettingsError(f"{where}: expected a list, got {value!r}")
+        return list(value)
+    return value
+
+
+def section_from_dict(klass: type, data: dict[str, Any], where: str):
+    if not isinstance(data, dict):
+        raise SettingsError(f"{where}: expected a table of settings, got {data!r}")
+    hints = get_type_hints(klass)
+    names = {f.name for f in fields(klass)}
+    unknown = set(data) - names
+    if unknown:
+        raise SettingsError(f"{where}: unknown setting(s) {sorted(unknown)}; known: {sorted(names)}")
+    kwargs = {k: _coerce(v, hints[k], f"{where} {k}") for k, v in data.items()}
+    return klass(**kwargs)
+
+
+def check_value(klass: type, name: str, value: Any, where: str = "") -> Any:
+    """Coerce and range-check one value; raise :class:`SettingsError` naming it.
+
+    Used by the TUI to validate as the user types.
+    """
+    f = {f.name: f for f in fields(klass)}[name]
+    label = f"{where} {name}".strip()
+    value = _coerce(value, get_type_hints(klass)[name], label)
+    meta = f.metadata
+    if "range" in meta and isinstance(value, (int, float)):
+        lo, hi = meta["range"]
+        if not (lo <= value <= hi):
+            unit = f" {meta['unit']}" if meta.get("unit") else ""
+            raise SettingsError(f"{label} = {value}{unit} is out of range: allowed {lo} to {hi}{unit}")
+    if "choices" in meta and value not in meta["choices"]:
+        raise SettingsError(f"{label} = {value!r} is not one of {meta['choices']}")
+    return value
+
+
+def validate(profile: Profile, source: str = "profile") -> None:
+    """Check every range and the cross-field rules; raise :class:`SettingsError`."""
+    for sec, klass in SECTIONS.items():
+        obj = getattr(profile, sec)
+        for f in fields(klass):
+            check_value(klass, f.name, getattr(obj, f.name), f"{source} [{sec}]")
+    ph = profile.photometry
+    if not ph.aperture_factors or any(not isinstance(a, (int, float)) or not 0.3 <= a <= 20 for a in ph.aperture_factors):
+        raise SettingsError(f"{source} [photometry] aperture_factors = {ph.aperture_factors}: give 1 to 10 numbers between 0.3 and 20 (x FWHM)")
+    if ph.calibration_aperture >= len(ph.aperture_factors):
+        raise SettingsError(
+            f"{source} [photometry] calibration_aperture = {ph.calibration_aperture} but only "
+            f"{len(ph.aperture_factors)} apertures are defined: use 0..{len(ph.aperture_factors) - 1}")
+    if ph.annulus_outer <= ph.annulus_inner:
+        raise SettingsError(f"{source} [photometry] annulus_outer ({ph.annulus_outer}) must exceed annulus_inner ({ph.annulus_inner})")
+    if ph.annulus_inner <= max(ph.aperture_factors):
+        raise SettingsError(f"{source} [photometry] annulus_inner ({ph.annulus_inner} x FWHM) must exceed the largest aperture ({max(ph.aperture_factors)} x FWHM)")
+    cal = profile.calibration
+    if cal.mag_max <= cal.mag_min:
+        raise SettingsError(f"{source} [calibration] mag_max ({cal.mag_max}) must be fainter than mag_min ({cal.mag_min})")
+    if cal.color_columns and len(cal.color_columns) != 2:
+        raise SettingsError(f"{source} [calibration] color_columns must name two columns, got {cal.color_columns}")
+    fmts = set(profile.output.formats) - {"csv", "ecsv", "votable", "fits"}
+    if fmts:
+        raise SettingsError(f"{source} [output] formats: unknown {sorted(fmts)}; use csv, ecsv, votable, fits")
+    if not re.fullmatch(r"[A-Za-z0-9_.\-]+", profile.name):
+        raise SettingsError(f"profile name {profile.name!r}: use letters, digits, '.', '_' and '-' only")
+
+
+# ---------------------------------------------------------------- storage
+
+def profile_path(name: str) -> Path:
+    return locations.profiles_dir() / f"{name}.toml"
+
+
+def list_profiles() -> list[str]:
+    return sorted(p.stem for p in locations.profiles_dir().glob("*.toml"))
+
+
+def dumps(profile: Profile) -> str:
+    return tomli_w.dumps(profile.to_dict())
+
+
+def loads(text: str, source: str = "profile") -> Profile:
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise SettingsError(f"{source}: not valid TOML ({exc}); fix the file or delete it") from None
+    return Profile.from_dict(data, source)
+
+
+def load_profile(name_or_path: str | os.PathLike | None = None) -> Profile:
+    """Load a profile by name (from the profiles dir) or by path; ``None`` gives defaults.
+
+    The name ``default`` gives the built-in defaults when no such file exists.
+    """
+    if name_or_path is None:
+        return Profile()
+    text_path = Path(name_or_path)
+    if text_path.suffix == ".toml" or text_path.exists():
+        path = text_path
+    else:
+        path = profile_path(str(name_or_path))
+        if not path.exists():
+            if str(name_or_path) == "default":
+                return Profile()
+            raise SettingsError(
+                f"profile {name_or_path!r} not found in {locations.profiles_dir()}; "
+                f"known profiles: {', '.join(list_profiles()) or 'none'} (create one with `rpp profile new NAME`)")
+    if not path.exists():
+        raise SettingsError(f"profile file {path} does not exist")
+    profile = loads(path.read_text(), str(path))
+    if profile.name == "default" and path.stem != "default":
+        profile.name = path.stem
+    return profile
+
+
+def _atomic_write(path: Path, text: str, mode: int | None = None) -> None:
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode if mode is not None else 0o644)
+    with os.fdopen(fd, "w") as fh:
+        fh.write(text)
+    if mode is not None:
+        os.chmod(tmp, mode)
+    os.replace(tmp, path)
+
+
+def save_profile(profile: Profile, path: str | os.PathLike | None = None) -> Path:
+    validate(profile)
+    target = Path(path) if path else profile_path(profile.name)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    _atomic_write(target, dumps(profile))
+    return target
+
+
+def delete_profile(name: str) -> None:
+    path = profile_path(name)
+    if not path.exists():
+        raise SettingsError(f"profile {name!r} not found in {locations.profiles_dir()}")
+    path.unlink()
+
+
+def rename_profile(old: str, new: str) -> Path:
+    profile = load_profile(old)
+    profile.name = new
+    target = save_profile(profile)
+    profile_path(old).unlink()
+    return target
+
+
+# ---------------------------------------------------------------- secrets
+
+SECRET_ENV = {"astrocolibri_uid": "ASTROCOLIBRI_UID"}
+
+
+def load_secrets() -> dict[str, str]:
+    """API keys from ``secrets.toml`` (0600), overridden by environment variables."""
+    path = locations.secrets_path()
+    data: dict[str, str] = {}
+    if path.exists():
+        try:
+            data = {k: str(v) for k, v in tomllib.loads(path.read_text()).items()}
+        except tomllib.TOMLDecodeError:
+            raise SettingsError(f"{path}: not valid TOML; fix or delete it and enter the keys again") from None
+    for key, env in SECRET_ENV.items():
+        if os.environ.get(env):
+            data[key] = os.environ[env]
+    return data
+
+
+def save_secret(key: str, value: str) -> Path:
+    """Store one API key in the secrets file with mode 0600."""
+    path = locations.secrets_path()
+    data = {}
+    if path.exists():
+        data = tomllib.loads(path.read_text())
+    if value:
+        data[key] = value
+    else:
+        data.pop(key, None)
+    _atomic_write(path, tomli_w.dumps(data), mode=0o600)
+    return path
+
+
+def mask_secret(value: str) -> str:
+    """What a UI may show of a secret: never the value itself."""
+    return "" if not value else "•" * 8 + f" ({len(value)} chars)"
