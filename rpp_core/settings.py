@@ -66,6 +66,7 @@ class DetectionSettings:
     background_filter: int = _f(3, "median filter over background meshes", "meshes", (1, 15))
     fwhm_max_stars: int = _f(100, "isolated stars used to measure the FWHM", "", (5, 2000))
     max_sources: int = _f(0, "keep only the N brightest detections, 0 = all", "", (0, 10_000_000))
+    saturation_dilate_px: int = _f(1, "grow the saturated-pixel mask by this many pixels", "px", (0, 20))
 
 
 @dataclass
@@ -77,6 +78,8 @@ class CosmicRaySettings:
     niter: int = _f(2, "astroscrappy iterations (4 = library default, slower)", "", (1, 10))
     gain: float = _f(0.0, "gain for CR detection, 0 = from header/observatory", "e-/ADU", (0.0, 1000.0))
     read_noise: float = _f(0.0, "read noise for CR detection, 0 = from header/observatory", "e-", (0.0, 1000.0))
+    tile_px: int = _f(1024, "process the frame in tiles of this size (progress and cancel between tiles), 0 = one piece", "px", (0, 100000))
+    workers: int = _f(2, "threads over tiles (astroscrappy also uses OpenMP)", "", (1, 64))
 
 
 @dataclass
@@ -90,6 +93,9 @@ class PhotometrySettings:
     psf_stars: int = _f(100, "isolated stars used to build the ePSF", "", (5, 1000))
     psf_oversampling: int = _f(2, "ePSF oversampling", "", (1, 4))
     psf_max_fit: int = _f(20000, "fit at most the N brightest sources with the PSF (cost ~0.1 ms/star)", "", (0, 10_000_000))
+    annulus_sigma: float = _f(3.0, "sigma-clipping threshold of the local annulus statistic", "sigma", (1.5, 10.0))
+    psf_iterations: int = _f(5, "ePSF build iterations (fixed, so a run is reproducible)", "", (1, 50))
+    psf_radius: float = _f(5.0, "half-size of the ePSF stamp and PSF fit footprint", "x FWHM", (2.0, 15.0))
     min_snr: float = _f(0.0, "drop sources whose SNR in the calibration aperture is below this", "", (0.0, 1000.0))
 
 
@@ -104,6 +110,12 @@ class AstrometrySettings:
     refine: bool = _f(True, "refine the WCS against the reference catalogue")
     sip_order: int = _f(2, "SIP distortion order when residuals call for it, 0 = never", "", (0, 5))
     check_tolerance_arcsec: float = _f(3.0, "a WCS whose median offset to the reference exceeds this is re-solved", "arcsec", (0.1, 600.0))
+    min_matches: int = _f(6, "fewest matched reference stars for a WCS check or refinement to count", "", (3, 10000))
+    max_solve_sources: int = _f(500, "brightest detections handed to the plate solver", "", (10, 100000))
+    blind_fallback: bool = _f(True, "retry without scale/position hints when the hinted solve fails")
+    use_system_indexes: bool = _f(True, "also search /usr/share/astrometry (Debian astrometry-data-* packages)")
+    solve_field: str = _f("solve-field", "astrometry.net solve-field executable (name on PATH or full path)")
+    siril_cli: str = _f("siril-cli", "Siril command-line executable, used as second solver when it can plate-solve (Siril >= 1.2)")
 
 
 @dataclass
@@ -142,6 +154,19 @@ class ServicesSettings:
     cache_max_mb: float = _f(500.0, "on-disk cache size bound", "MB", (1.0, 100000.0))
     gaia_mag_limit: float = _f(19.0, "faintest Gaia G fetched", "mag", (5.0, 22.0))
     transient_days: float = _f(60.0, "Astro-Colibri time window round the observation", "days", (1.0, 3650.0))
+    # --- added by the catalogue-services work (issue 3): see docs/catalogs.md
+    vizier: str = _f("https://vizier.cds.unistra.fr/viz-bin/votable", "VizieR ASU VOTable endpoint (B/vsx, Milliquas, 10 pc cones)")
+    vsx_source: str = _f("vizier", "where VSX comes from: VizieR B/vsx or the AAVSO VSX API", choices=["vizier", "api"])
+    backoff_s: float = _f(1.0, "first retry delay, doubled at each retry", "s", (0.0, 60.0))
+    retry_after_max_s: float = _f(120.0, "longest Retry-After wait honoured before giving up", "s", (0.0, 3600.0))
+    max_rows: int = _f(50000, "most rows asked of one cross-match service per field", "", (10, 10_000_000))
+    gaia_tile_deg: float = _f(0.5, "Gaia cones wider than this are split into tiles of this radius", "deg", (0.05, 5.0))
+    gaia_batch_ids: int = _f(500, "source_ids per synthetic-photometry query", "", (10, 5000))
+    gaia_max_ruwe: float = _f(1.4, "calibration stars: largest RUWE", "", (1.0, 100.0))
+    gaia_color_min: float = _f(-0.5, "calibration stars: bluest BP-RP", "mag", (-5.0, 10.0))
+    gaia_color_max: float = _f(4.0, "calibration stars: reddest BP-RP", "mag", (-5.0, 10.0))
+    gaia_isolation_arcsec: float = _f(5.0, "calibration stars: no neighbour within this radius brighter than 2.5 mag fainter", "arcsec", (0.0, 120.0))
+    gaia_exclude_variable: bool = _f(True, "calibration stars: drop phot_variable_flag = VARIABLE")
 
 
 @dataclass

@@ -1,0 +1,165 @@
+"""Local reference catalogues: the offline source of calibrators.
+
+Any table astropy reads (CSV, ECSV, FITS, VOTable) with sky positions and a
+magnitude column can calibrate a frame. Column names are configurable in the
+profile (``[calibration] ra_column, dec_column, mag_column, mag_err_column,
+color_columns``); sensible aliases are tried when the configured name is absent
+(Gaia exports: ``phot_g_mean_mag``; VizieR: ``Gmag``/``e_Gmag``; galactic
+``l``/``b`` when there is no RA/Dec).
+
+The result is a *reference table* shared with the Gaia client:
+
+==========  =====  ========================================================
+column      unit   meaning
+==========  =====  ========================================================
+ref_id      --     identifier from the file (or the row number, 1-based)
+ra, dec     deg    ICRS position
+mag         mag    magnitude in ``meta['band']`` (system in ``meta['system']``)
+mag_err     mag    its error (0 when the file has none)
+color       mag    colour index (``color_columns`` difference, or BP-RP), NaN if unknown
+==========  =====  ========================================================
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Iterable
+
+import numpy as np
+from astropy import units as u
+from astropy.coordinates import SkyCoord
+from astropy.table import Table, vstack
+
+from ..errors import CalibrationError
+from ..settings import CalibrationSettings
+
+_FORMATS = {
+    ".csv": "ascii.csv",
+    ".txt": "ascii",
+    ".dat": "ascii",
+    ".ecsv": "ascii.ecsv",
+    ".fits": "fits",
+    ".fit": "fits",
+    ".fts": "fits",
+    ".xml": "votable",
+    ".vot": "votable",
+    ".votable": "votable",
+}
+
+_MAG_ALIASES = {
+    "G": ["phot_g_mean_mag", "Gmag", "gmag_gaia"],
+    "BP": ["phot_bp_mean_mag", "BPmag"],
+    "RP": ["phot_rp_mean_mag", "RPmag"],
+}
+_ID_NAMES = ["ref_id", "source_id", "id", "ID", "name", "Name", "designation", "main_id"]
+
+
+def read_table(path: str | Path) -> Table:
+    """Read a catalogue file, choosing the reader from its extension."""
+    path = Path(path)
+    if not path.exists():
+        raise CalibrationError(f"reference catalogue {path} does not exist: check --catalog / calibration.catalog_files")
+    suffixes = [s.lower() for s in path.suffixes]
+    fmt = _FORMATS.get(suffixes[-1] if suffixes else "")
+    if fmt is None and len(suffixes) > 1 and suffixes[-1] == ".gz":
+        fmt = _FORMATS.get(suffixes[-2])
+    try:
+        if fmt == "votable":
+            import warnings
+
+            from astropy.io.votable.exceptions import VOWarning
+
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", VOWarning)
+                return Table.read(path, format="votable")
+        return Table.read(path, format=fmt) if fmt else Table.read(path)
+    except Exception as exc:  # astropy raises many types for unreadable files
+        raise CalibrationError(
+            f"reference catalogue {path}: cannot read it as {fmt or 'a table'} ({type(exc).__name__}: {exc}); "
+            "use CSV with a header line, ECSV, FITS or VOTable") from None
+
+
+def _find(table: Table, wanted: str, aliases: Iterable[str] = ()) -> str | None:
+    names = {n.lower(): n for n in table.colnames}
+    for cand in [wanted, *aliases]:
+        if cand and cand.lower() in names:
+            return names[cand.lower()]
+    return None
+
+
+def _as_float(col) -> np.ndarray:
+    arr = np.ma.filled(np.ma.asarray(col).astype(float), np.nan)
+    return np.asarray(arr, dtype=float)
+
+
+def standardize(table: Table, settings: CalibrationSettings, source: str = "catalogue") -> Table:
+    """Map a raw table onto the reference-table columns (see module docstring)."""
+    ra_name = _find(table, settings.ra_column, ["ra", "RA_ICRS", "RAJ2000", "_RAJ2000", "ra_deg"])
+    dec_name = _find(table, settings.dec_column, ["dec", "DE_ICRS", "DEJ2000", "_DEJ2000", "dec_deg"])
+    if ra_name and dec_name:
+        ra_col, dec_col = table[ra_name], table[dec_name]
+        if ra_col.dtype.kind in "US":  # sexagesimal strings
+            coord = SkyCoord(ra_col, dec_col, unit=(u.hourangle, u.deg))
+            ra, dec = coord.ra.deg, coord.dec.deg
+        else:
+            ra, dec = _as_float(ra_col), _as_float(dec_col)
+    elif _find(table, "l") and _find(table, "b"):
+        gal = SkyCoord(l=_as_float(table[_find(table, "l")]) * u.deg, b=_as_float(table[_find(table, "b")]) * u.deg, frame="galactic")
+        ra, dec = gal.icrs.ra.deg, gal.icrs.dec.deg
+    else:
+        raise CalibrationError(
+            f"{source}: no position columns: looked for {settings.ra_column!r}/{settings.dec_column!r} "
+            f"(or l/b); columns are {table.colnames[:30]}; set calibration.ra_column / dec_column")
+
+    band = settings.band
+    mag_name = _find(table, settings.mag_column or band, _MAG_ALIASES.get(band, []) + [f"{band}mag", f"mag_{band}"])
+    if mag_name is None:
+        raise CalibrationError(
+            f"{source}: no magnitude column for band {band!r} (looked for {settings.mag_column or band!r}); "
+            f"columns are {table.colnames[:30]}; set calibration.band or calibration.mag_column")
+    err_name = _find(table, settings.mag_err_column, [f"{mag_name}_err", f"e_{mag_name}", f"{mag_name}err",
+                                                      f"{mag_name}_error", f"d{mag_name}", f"{band}_err", f"e_{band}mag"])
+    mag = _as_float(table[mag_name])
+    mag_err = _as_float(table[err_name]) if err_name else np.zeros(len(table))
+    mag_err = np.where(np.isfinite(mag_err), mag_err, 0.0)
+
+    color = np.full(len(table), np.nan)
+    if settings.color_columns:
+        c1, c2 = (_find(table, c, _MAG_ALIASES.get(c, [])) for c in settings.color_columns)
+        if c1 is None or c2 is None:
+            raise CalibrationError(f"{source}: colour columns {settings.color_columns} not found; columns are {table.colnames[:30]}")
+        color = _as_float(table[c1]) - _as_float(table[c2])
+    else:
+        name = _find(table, "bp_rp", ["BP-RP", "BPRP"])
+        if name:
+            color = _as_float(table[name])
+        elif _find(table, "BP", _MAG_ALIASES["BP"]) and _find(table, "RP", _MAG_ALIASES["RP"]):
+            color = _as_float(table[_find(table, "BP", _MAG_ALIASES["BP"])]) - _as_float(table[_find(table, "RP", _MAG_ALIASES["RP"])])
+
+    id_name = _find(table, "", _ID_NAMES)
+    ref_id = np.asarray(table[id_name]).astype(str) if id_name else np.arange(1, len(table) + 1).astype(str)
+    out = Table({"ref_id": ref_id, "ra": ra, "dec": dec, "mag": mag, "mag_err": mag_err, "color": color})
+    out["ra"].unit = out["dec"].unit = u.deg
+    out["mag"].unit = out["mag_err"].unit = out["color"].unit = u.mag
+    out.meta.update({"band": band, "system": table.meta.get("system", "as in file"), "source": source,
+                     "mag_column": mag_name})
+    good = np.isfinite(out["ra"]) & np.isfinite(out["dec"]) & np.isfinite(out["mag"])
+    return out[good]
+
+
+def load_reference(paths: Iterable[str | Path], settings: CalibrationSettings,
+                   center: tuple[float, float] | None = None, radius_deg: float | None = None) -> Table:
+    """Read, standardise and merge local reference catalogues; keep the cone if given.
+
+    ``center`` is (ra, dec) in deg; ``radius_deg`` the cone radius in deg.
+    """
+    tables = [standardize(read_table(p), settings, str(p)) for p in paths]
+    if not tables:
+        raise CalibrationError("no local reference catalogue given (calibration.catalog_files or --catalog)")
+    ref = vstack(tables, metadata_conflicts="silent") if len(tables) > 1 else tables[0]
+    ref.meta["source"] = ", ".join(str(p) for p in paths)
+    if center is not None and radius_deg is not None and len(ref):
+        c0 = SkyCoord(center[0] * u.deg, center[1] * u.deg)
+        sep = SkyCoord(ref["ra"], ref["dec"], unit=u.deg).separation(c0).deg
+        ref = ref[sep <= radius_deg]
+    return ref

@@ -1,0 +1,145 @@
+"""Text figures (plotext) shared by the run folder and the TUI.
+
+Each function takes the catalogue (astropy Table with the columns written by
+the pipeline) and returns the figure as a string; ``color=False`` gives plain
+text for files. The TUI may instead call :func:`draw` with its own plotext
+object (textual-plotext) to fill a widget of any size.
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import Callable
+
+import numpy as np
+import plotext
+
+# plotext keeps one global figure: serialise access
+_LOCK = threading.Lock()
+
+
+def _col(table, name) -> np.ndarray:
+    if name not in table.colnames:
+        return np.zeros(0)
+    return np.asarray(np.ma.filled(np.ma.asarray(table[name]).astype(float), np.nan))
+
+
+def _finite(*arrays):
+    ok = np.ones(len(arrays[0]), bool)
+    for a in arrays:
+        ok &= np.isfinite(a)
+    return [a[ok] for a in arrays]
+
+
+def zp_fit(plt, table, meta: dict) -> None:
+    """Reference magnitude vs instrumental magnitude, the fitted line, rejected points marked."""
+    label = meta.get("calibration_label", "")
+    mi, mr = _col(table, f"mag_{label}"), _col(table, "mag_ref")
+    used = _col(table, "calib_used") > 0
+    rej = _col(table, "calib_rejected") > 0
+    zp = meta.get("zp")
+    if len(mi) == 0 or zp is None:
+        plt.title("no zero point: run not calibrated")
+        return
+    x, y = _finite(mi[used], mr[used])
+    plt.scatter(x.tolist(), y.tolist(), marker="dot", color="cyan", label="used")
+    xr, yr = _finite(mi[rej], mr[rej])
+    if len(xr):
+        plt.scatter(xr.tolist(), yr.tolist(), marker="x", color="red", label="rejected")
+    if len(x):
+        lo, hi = float(np.min(x)), float(np.max(x))
+        plt.plot([lo, hi], [lo + zp, hi + zp], color="yellow", label=f"ZP {zp:.3f}")
+    plt.title(f"Zero point {zp:.3f} ± {meta.get('zp_err', float('nan')):.3f}  (n={meta.get('n_calibrators', 0)})")
+    plt.xlabel(f"instrumental mag ({label})")
+    plt.ylabel(f"catalogue {meta.get('band', '')}")
+
+
+def residuals_mag(plt, table, meta: dict) -> None:
+    """Calibration residual (catalogue - calibrated) vs catalogue magnitude."""
+    _residuals(plt, table, meta, "mag_ref", f"catalogue {meta.get('band', '')}")
+
+
+def residuals_color(plt, table, meta: dict) -> None:
+    """Calibration residual vs reference colour."""
+    _residuals(plt, table, meta, "ref_color", "reference colour")
+
+
+def _residuals(plt, table, meta, xname, xlabel) -> None:
+    x = _col(table, xname)
+    res = _col(table, "calib_residual")
+    used = _col(table, "calib_used") > 0
+    rej = _col(table, "calib_rejected") > 0
+    if len(res) == 0:
+        plt.title("no calibration residuals")
+        return
+    a, b = _finite(x[used], res[used])
+    plt.scatter(a.tolist(), b.tolist(), marker="dot", color="cyan", label="used")
+    a, b = _finite(x[rej], res[rej])
+    if len(a):
+        plt.scatter(a.tolist(), b.tolist(), marker="x", color="red", label="rejected")
+    plt.horizontal_line(0.0, color="yellow")
+    plt.title(f"Residuals vs {xlabel} (rms {meta.get('zp_rms', float('nan')):.3f})")
+    plt.xlabel(xlabel)
+    plt.ylabel("residual (mag)")
+
+
+def mag_histogram(plt, table, meta: dict) -> None:
+    """Histogram of calibrated (or instrumental) magnitudes of all sources."""
+    label = meta.get("calibration_label", "")
+    m = _col(table, f"mag_cal_{label}")
+    what = "calibrated"
+    if len(m) == 0 or not np.isfinite(m).any():
+        m, what = _col(table, f"mag_{label}"), "instrumental"
+    (m,) = _finite(m)
+    if len(m) == 0:
+        plt.title("no magnitudes")
+        return
+    plt.hist(m.tolist(), bins=30, color="cyan")
+    plt.title(f"{len(m)} sources, {what} magnitudes")
+    plt.xlabel(f"{what} mag")
+    plt.ylabel("N")
+
+
+def error_vs_mag(plt, table, meta: dict) -> None:
+    """Magnitude error vs magnitude of the calibration aperture."""
+    label = meta.get("calibration_label", "")
+    m, e = _col(table, f"mag_cal_{label}"), _col(table, f"magerr_cal_{label}")
+    if len(m) == 0 or not np.isfinite(m).any():
+        m, e = _col(table, f"mag_{label}"), _col(table, f"magerr_{label}")
+    m, e = _finite(m, e)
+    if len(m) == 0:
+        plt.title("no magnitudes")
+        return
+    plt.scatter(m.tolist(), e.tolist(), marker="dot", color="cyan")
+    plt.title("Error vs magnitude")
+    plt.xlabel("mag")
+    plt.ylabel("error (mag)")
+
+
+FIGURES: dict[str, tuple[str, Callable]] = {
+    "zp_fit": ("Zero-point fit", zp_fit),
+    "residuals_mag": ("Residuals vs magnitude", residuals_mag),
+    "residuals_color": ("Residuals vs colour", residuals_color),
+    "mag_hist": ("Magnitude histogram", mag_histogram),
+    "err_mag": ("Error vs magnitude", error_vs_mag),
+}
+
+
+def draw(name: str, plt, table, meta: dict) -> None:
+    """Draw figure ``name`` on a plotext-like object (plotext module or textual-plotext's ``plt``)."""
+    FIGURES[name][1](plt, table, meta)
+
+
+def render(name: str, table, meta: dict, width: int = 100, height: int = 30, color: bool = False) -> str:
+    """The figure as text (ANSI colours only when ``color``)."""
+    with _LOCK:
+        plotext.clear_figure()
+        plotext.plotsize(width, height)
+        if not color:
+            plotext.theme("clear")
+        draw(name, plotext, table, meta)
+        text = plotext.build()
+        plotext.clear_figure()
+    if not color:
+        text = plotext.uncolorize(text)
+    return text

@@ -1,0 +1,213 @@
+"""The run folder: every file a run leaves behind, each written atomically.
+
+Layout of ``<workspace>/<frame-stem>_<UTC yyyymmddThhmmss>/``:
+
+==================  ==========================================================
+run.log             the whole log, written line by line (survives a crash)
+summary.json        FWHM, counts, zero point, airmass, timings per stage
+catalog.csv/.ecsv   the catalogue (also .vot and .fits when enabled); columns
+                    documented in docs/catalogue.md, units and meta in the ECSV
+header.txt          the (repaired) FITS header of the frame
+regions.reg         DS9 regions: detections (green), calibrators (cyan), rejected (red)
+frame.wcs           WCS of the frame when it was solved or refined (header only)
+plots/*.txt         text figures: zero-point fit, residuals, histogram, error vs mag
+<run>.zip           all of the above
+==================  ==========================================================
+
+"Atomic" means: each file is written under a temporary name in the same
+folder and renamed when complete, so a failed or cancelled run never leaves a
+half-written catalogue; the catalogue files are written last-but-one (before
+the ZIP), so their presence means the run completed.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import shutil
+import threading
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from astropy.table import Table
+
+from . import plots
+
+CATALOG_FORMATS = {
+    "csv": ("catalog.csv", "ascii.csv"),
+    "ecsv": ("catalog.ecsv", "ascii.ecsv"),
+    "votable": ("catalog.vot", "votable"),
+    "fits": ("catalog.fits", "fits"),
+}
+
+
+def make_run_dir(out_dir: str | os.PathLike, frame_path: str | os.PathLike) -> Path:
+    """Create a fresh run folder ``<out_dir>/<stem>_<UTC timestamp>`` (never reuses one)."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    name = Path(frame_path).name
+    for ext in (".gz", ".fz", ".fits", ".fit", ".fts"):
+        if name.lower().endswith(ext):
+            name = name[: -len(ext)]
+    stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%S")
+    for i in range(1000):
+        run = out / (f"{name}_{stamp}" + (f"_{i}" if i else ""))
+        try:
+            run.mkdir()
+            return run
+        except FileExistsError:
+            continue
+    raise RuntimeError(f"cannot create a run folder in {out}")
+
+
+def _tmp(path: Path) -> Path:
+    return path.with_name(f".{path.name}.part")
+
+
+def atomic_write_text(path: Path, text: str) -> Path:
+    tmp = _tmp(path)
+    tmp.write_text(text)
+    os.replace(tmp, path)
+    return path
+
+
+def atomic_write_table(table: Table, path: Path, fmt: str) -> Path:
+    tmp = _tmp(path)
+    try:
+        table.write(tmp, format=fmt, overwrite=True)
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    return path
+
+
+class RunLog:
+    """Append-only run log, flushed line by line so a crash keeps what happened."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._fh = open(path, "a", buffering=1, encoding="utf-8")
+        self._lock = threading.Lock()
+
+    def write(self, level: str, message: str, stage: str = "") -> None:
+        stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3]
+        where = f"[{stage}] " if stage else ""
+        with self._lock:
+            if not self._fh.closed:
+                for line in str(message).splitlines() or [""]:
+                    self._fh.write(f"{stamp} {level:<7} {where}{line}\n")
+
+    def close(self) -> None:
+        with self._lock:
+            self._fh.close()
+
+
+def _serializable_table(table: Table) -> Table:
+    """Copy without object columns or non-scalar meta that some writers reject."""
+    out = table.copy(copy_data=False)
+    for name in out.colnames:
+        if out[name].dtype.kind == "O":
+            out[name] = np.asarray([("" if v is None else str(v)) for v in out[name]])
+    out.meta = {k: v for k, v in out.meta.items() if isinstance(v, (str, int, float, bool, list, dict)) and k != "comments"}
+    return out
+
+
+def write_catalog(table: Table, run_dir: Path, formats: list[str]) -> dict[str, Path]:
+    """Write the catalogue in every requested format; CSV/ECSV always, atomically."""
+    table = _serializable_table(table)
+    files = {}
+    for fmt in ["csv", "ecsv", *[f for f in formats if f not in ("csv", "ecsv")]]:
+        name, writer = CATALOG_FORMATS[fmt]
+        t = table
+        if fmt in ("votable", "fits"):
+            # VOTable and FITS want flat meta: nested dicts go to the ECSV only
+            t = table.copy(copy_data=False)
+            t.meta = {k: v for k, v in table.meta.items() if isinstance(v, (str, int, float, bool))}
+        files[fmt] = atomic_write_table(t, run_dir / name, writer)
+    return files
+
+
+def write_regions(table: Table, path: Path, radius_px: float) -> Path:
+    """DS9 region file in image coordinates (1-based, as DS9 expects)."""
+    lines = ["# Region file format: DS9 version 4.1", "# written by rpp: green = detection, cyan = calibrator, red = rejected calibrator",
+             'global color=green width=1 font="helvetica 9 normal"', "image"]
+    used = np.asarray(table["calib_used"]) if "calib_used" in table.colnames else np.zeros(len(table), bool)
+    rej = np.asarray(table["calib_rejected"]) if "calib_rejected" in table.colnames else np.zeros(len(table), bool)
+    for row, u_, r_ in zip(table, used, rej):
+        color = "red" if r_ else ("cyan" if u_ else "green")
+        lines.append(f"circle({row['x'] + 1:.3f},{row['y'] + 1:.3f},{radius_px:.2f}) # color={color} text={{{row['id']}}}")
+    return atomic_write_text(path, "\n".join(lines) + "\n")
+
+
+def write_header(header, path: Path) -> Path:
+    return atomic_write_text(path, header.tostring(sep="\n", endcard=False, padding=False).rstrip() + "\n")
+
+
+def _json_default(obj: Any):
+    if isinstance(obj, (np.integer,)):
+        return int(obj)
+    if isinstance(obj, (np.floating,)):
+        return None if not np.isfinite(obj) else float(obj)
+    if isinstance(obj, np.bool_):
+        return bool(obj)
+    if isinstance(obj, np.ndarray):
+        return obj.tolist()
+    if isinstance(obj, Path):
+        return str(obj)
+    return str(obj)
+
+
+def _clean_floats(obj):
+    if isinstance(obj, float) and not np.isfinite(obj):
+        return None
+    if isinstance(obj, dict):
+        return {k: _clean_floats(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_clean_floats(v) for v in obj]
+    return obj
+
+
+def write_summary(summary: dict, path: Path) -> Path:
+    return atomic_write_text(path, json.dumps(_clean_floats(summary), indent=2, default=_json_default) + "\n")
+
+
+def write_plots(table: Table, meta: dict, run_dir: Path) -> dict[str, Path]:
+    folder = run_dir / "plots"
+    folder.mkdir(exist_ok=True)
+    files = {}
+    for name in plots.FIGURES:
+        text = plots.render(name, table, meta, width=100, height=30, color=False)
+        files[f"plot_{name}"] = atomic_write_text(folder / f"{name}.txt", text)
+    return files
+
+
+def make_zip(run_dir: Path) -> Path:
+    """ZIP of the whole run folder (except itself), written atomically."""
+    target = run_dir / f"{run_dir.name}.zip"
+    tmp = _tmp(target)
+    with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_DEFLATED) as zf:
+        for path in sorted(run_dir.rglob("*")):
+            if path.is_file() and path != target and not path.name.endswith(".part"):
+                zf.write(path, Path(run_dir.name) / path.relative_to(run_dir))
+    os.replace(tmp, target)
+    return target
+
+
+def remove_partial_files(run_dir: Path) -> None:
+    """After a failure: drop temporary files so nothing half-written stays."""
+    for path in run_dir.rglob(".*.part"):
+        path.unlink(missing_ok=True)
+
+
+def is_run_dir(path: Path) -> bool:
+    return path.is_dir() and ((path / "summary.json").exists() or (path / "run.log").exists())
+
+
+def remove_run(path: Path) -> None:
+    if not is_run_dir(path):
+        raise ValueError(f"{path} is not an rpp run folder (no summary.json or run.log): not deleting it")
+    shutil.rmtree(path)
