@@ -1,0 +1,98 @@
+"""Astro-Colibri cone search (``services.astrocolibri`` + ``/cone_search``): transient events.
+
+Request (POST, JSON)::
+
+    {"uid": <user id>, "filter": {"type": "TrueSpecification", "isActivated": true, "defaultState": false},
+     "time_range": {"min": <epoch - transient_days, ISO UTC>, "max": <epoch + transient_days>},
+     "properties": {"position": {"ra": <deg>, "dec": <deg>}, "radius": <deg>},
+     "return_format": "json", "optional_parameters": [], "include_watchlist": false}
+
+The user id comes from the secrets file (``load_secrets()['astrocolibri_uid']``)
+or ``ASTROCOLIBRI_UID``; it travels only in the request body, never in a URL,
+a log line, an error message or the cache key.
+
+Answer: ``{"voevents": [...], "sources": [...], ...}``; both lists are read.
+An event position ``ra``/``dec`` (deg) with an optional error radius ``err``
+(deg) is matched to the detections; every event of the field is also
+returned in the service status (``events``).
+
+Columns: ``colibri_name``, ``colibri_type``, ``colibri_time`` (ISO UTC),
+``colibri_trigger_id``, ``colibri_err_arcsec``.
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+from astropy.table import Table
+from astropy.time import Time, TimeDelta
+
+from ..errors import ServiceError
+from ..settings import ServicesSettings
+from .http import MalformedAnswer, ServiceClient
+
+SERVICE = "astrocolibri"
+
+
+def request_body(uid: str, ra: float, dec: float, radius_deg: float, epoch: Time, days: float) -> dict:
+    t = Time(epoch).utc
+    lo = (t - TimeDelta(days, format="jd")).isot[:19] + "+00:00"
+    hi = (t + TimeDelta(days, format="jd")).isot[:19] + "+00:00"
+    return {"uid": uid, "filter": {"type": "TrueSpecification", "isActivated": True, "defaultState": False},
+            "time_range": {"min": lo, "max": hi},
+            "properties": {"position": {"ra": round(float(ra), 6), "dec": round(float(dec), 6)},
+                           "radius": round(float(radius_deg), 6)},
+            "return_format": "json", "optional_parameters": [], "include_watchlist": False}
+
+
+def _f(v) -> float:
+    try:
+        return float(v)
+    except (TypeError, ValueError):
+        return np.nan
+
+
+def parse(content: bytes) -> tuple[Table, list[dict]]:
+    """Astro-Colibri JSON -> (events with positions as a table, every event as a dict)."""
+    try:
+        doc = json.loads(content.decode("utf-8", "replace"))
+    except ValueError as exc:
+        raise MalformedAnswer(f"astrocolibri: answer is not JSON ({exc})") from None
+    if not isinstance(doc, dict):
+        raise ServiceError("astrocolibri: answer is not a JSON object")
+    events = []
+    for kind in ("voevents", "sources"):
+        for ev in doc.get(kind) or []:
+            if not isinstance(ev, dict):
+                continue
+            events.append({
+                "kind": kind,
+                "name": str(ev.get("source_name") or ev.get("name") or ev.get("trigger_id") or ""),
+                "type": str(ev.get("type") or ev.get("classification") or ""),
+                "time": str(ev.get("time") or ev.get("discovery_time") or ""),
+                "trigger_id": str(ev.get("trigger_id") or ""),
+                "ra": _f(ev.get("ra")), "dec": _f(ev.get("dec")),
+                "err_arcsec": _f(ev.get("err")) * 3600.0,
+            })
+    rows = [e for e in events if np.isfinite(e["ra"]) and np.isfinite(e["dec"])]
+    tab = Table()
+    tab["ra"] = np.array([e["ra"] for e in rows], float)
+    tab["dec"] = np.array([e["dec"] for e in rows], float)
+    for key in ("name", "type", "time", "trigger_id"):
+        tab[f"colibri_{key}"] = np.array([e[key] for e in rows], dtype=str)
+    tab["colibri_err_arcsec"] = np.array([e["err_arcsec"] for e in rows], float)
+    return tab, events
+
+
+async def query(ra: float, dec: float, radius_deg: float, epoch: Time, uid: str, settings: ServicesSettings, *,
+                client: ServiceClient, cancel=None) -> tuple[Table, list[dict]]:
+    if not uid:
+        raise ServiceError("astrocolibri: no user id; store it with `rpp profile secret astrocolibri_uid` "
+                           "(secrets file) or set ASTROCOLIBRI_UID")
+    body = request_body(uid, ra, dec, radius_deg, epoch, settings.transient_days)
+    key = {k: v for k, v in body.items() if k != "uid"}  # the cache key must not depend on the secret
+    url = settings.astrocolibri.rstrip("/") + "/cone_search"
+    return await client.request(SERVICE, "POST", url, json_body=body, key_extra=key, cancel=cancel, parse=parse,
+                                describe=f"Astro-Colibri cone ra={ra:.5f} dec={dec:.5f} r={radius_deg:.4f} deg "
+                                         f"+-{settings.transient_days:g} d")

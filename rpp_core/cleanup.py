@@ -1,0 +1,256 @@
+"""Removal of old run folders by age and by total size (``rpp clean``, ``output.keep_days``).
+
+Only *run folders* are ever removed: direct sub-folders of the workspace that
+hold ``summary.json`` or ``run.log`` (see :func:`rpp_core.results.is_run_dir`).
+Anything else in the workspace (the ledger, files the user put there, folders
+without those markers, symbolic links) is left alone.
+
+Rules
+-----
+- age: a run is as old as its newest marker file (``summary.json`` or
+  ``run.log``), so a run folder copied elsewhere and back keeps its age.
+- size: when the runs together exceed the bound, the oldest are removed
+  until the rest fit. Sizes count every file in the folder (``du``-like,
+  apparent size), in powers of 1024 (``10G`` = 10 GiB, ``max_total_gb`` in GiB).
+- a run younger than :data:`ACTIVE_GRACE_S` that has a ``run.log`` but no
+  ``summary.json`` may still be running in another process (batch workers,
+  ``rpp watch``): the size rule never removes it.
+- removal first renames the folder to a hidden name, atomically, so two
+  processes applying retention at once never both delete (or half-delete) it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import re
+import shutil
+import sys
+import time
+from pathlib import Path
+
+from . import locations
+from .errors import RppError, UsageError
+
+#: seconds during which an unfinished run (run.log, no summary.json) counts as running
+ACTIVE_GRACE_S = 6 * 3600.0
+
+_AGE_UNITS = {"s": 1, "m": 60, "min": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+_SIZE_UNITS = {"": 1, "b": 1, "k": 1024, "m": 1024**2, "g": 1024**3, "t": 1024**4}
+
+
+@dataclasses.dataclass
+class RunFolder:
+    """One run folder in the workspace."""
+
+    path: Path
+    mtime: float  # POSIX s of the newest marker file
+    size: int  # bytes, all files inside
+    finished: bool  # has summary.json
+
+    @property
+    def age_s(self) -> float:
+        return time.time() - self.mtime
+
+
+@dataclasses.dataclass
+class Removal:
+    """A run folder chosen for removal and why (``"age"`` or ``"size"``)."""
+
+    run: RunFolder
+    reason: str
+    removed: bool = False  # False in a dry run or when another process got there first
+
+
+def parse_age(text: str) -> float:
+    """``"30d"``, ``"12h"``, ``"90m"``, ``"2w"``, ``"45s"`` or a bare number of days -> seconds."""
+    m = re.fullmatch(r"\s*(\d+(?:\.\d*)?)\s*([a-zA-Z]*)\s*", str(text))
+    unit = m.group(2).lower() if m else ""
+    if not m or (unit and unit not in _AGE_UNITS):
+        raise UsageError(f"age {text!r}: give a number with a unit s, m, h, d or w, e.g. 30d")
+    return float(m.group(1)) * _AGE_UNITS[unit or "d"]
+
+
+def parse_size(text: str) -> int:
+    """``"10G"``, ``"500M"``, ``"1.5T"``, ``"2GB"``, ``"123"`` (bytes) -> bytes, powers of 1024."""
+    m = re.fullmatch(r"\s*(\d+(?:\.\d*)?)\s*([kKmMgGtT]?)(?:i?[bB])?\s*", str(text))
+    if not m:
+        raise UsageError(f"size {text!r}: give a number with a unit K, M, G or T, e.g. 10G")
+    return int(float(m.group(1)) * _SIZE_UNITS[m.group(2).lower()])
+
+
+def format_size(n: int) -> str:
+    for unit in ("B", "K", "M", "G", "T"):
+        if abs(n) < 1024 or unit == "T":
+            return f"{n:.0f}{unit}" if unit == "B" else f"{n:.1f}{unit}"
+        n /= 1024
+    return f"{n}"
+
+
+def _is_run_dir(path: Path) -> bool:
+    return path.is_dir() and ((path / "summary.json").exists() or (path / "run.log").exists())
+
+
+def _folder_size(path: Path) -> int:
+    total = 0
+    for root, _dirs, files in os.walk(path, followlinks=False):
+        for name in files:
+            try:
+                total += os.lstat(os.path.join(root, name)).st_size
+            except FileNotFoundError:
+                pass
+    return total
+
+
+def find_runs(workspace: str | os.PathLike) -> list[RunFolder]:
+    """Run folders directly under ``workspace``, oldest first. Symbolic links are skipped."""
+    ws = Path(workspace)
+    runs = []
+    if not ws.is_dir():
+        return runs
+    for entry in ws.iterdir():
+        if entry.name.startswith(".") or entry.is_symlink() or not _is_run_dir(entry):
+            continue
+        times = [p.stat().st_mtime for p in (entry / "summary.json", entry / "run.log") if p.exists()]
+        if not times:
+            continue
+        runs.append(RunFolder(entry, max(times), _folder_size(entry), (entry / "summary.json").exists()))
+    runs.sort(key=lambda r: (r.mtime, r.path.name))
+    return runs
+
+
+def select(runs: list[RunFolder], older_than_s: float | None = None, max_bytes: int | None = None,
+           now: float | None = None, protect=()) -> list[Removal]:
+    """Which runs the age and size rules remove (pure: nothing is touched).
+
+    ``runs`` oldest first, as :func:`find_runs` gives. ``protect`` is a set of
+    paths never removed (the run that just finished).
+    """
+    now = time.time() if now is None else now
+    protected = {Path(p).resolve() for p in protect}
+    chosen: list[Removal] = []
+    keep: list[RunFolder] = []
+    for run in runs:
+        if run.path.resolve() in protected:
+            keep.append(run)
+        elif older_than_s is not None and now - run.mtime > older_than_s:
+            chosen.append(Removal(run, "age"))
+        else:
+            keep.append(run)
+    if max_bytes is not None:
+        total = sum(r.size for r in keep)
+        for run in keep:  # oldest first
+            if total <= max_bytes:
+                break
+            if run.path.resolve() in protected:
+                continue
+            if not run.finished and now - run.mtime < ACTIVE_GRACE_S:
+                continue
+            chosen.append(Removal(run, "size"))
+            total -= run.size
+    return chosen
+
+
+def _remove(path: Path) -> bool:
+    if path.is_symlink() or not _is_run_dir(path):
+        return False
+    hidden = path.with_name(f".{path.name}.deleting-{os.getpid()}")
+    try:
+        os.rename(path, hidden)
+    except FileNotFoundError:  # another process removed it first
+        return False
+    shutil.rmtree(hidden, ignore_errors=True)
+    return True
+
+
+def clean(workspace: str | os.PathLike | None = None, older_than: str | float | None = None,
+          max_size: str | int | None = None, dry_run: bool = False, protect=(),
+          now: float | None = None) -> list[Removal]:
+    """Remove run folders older than ``older_than`` and the oldest beyond ``max_size``.
+
+    Parameters
+    ----------
+    workspace : path, default :func:`rpp_core.locations.workspace_dir`
+    older_than : "30d"-style text or seconds; None = no age rule
+    max_size : "10G"-style text or bytes; None = no size rule
+    dry_run : only report what would go
+    protect : run folders never removed
+
+    Returns
+    -------
+    list of :class:`Removal`, oldest first; ``removed`` is True for folders actually deleted.
+    """
+    ws = Path(workspace) if workspace is not None else locations.workspace_dir()
+    age_s = parse_age(older_than) if isinstance(older_than, str) else older_than
+    max_bytes = parse_size(max_size) if isinstance(max_size, str) else max_size
+    removals = select(find_runs(ws), age_s, max_bytes, now=now, protect=protect)
+    if not dry_run:
+        for r in removals:
+            r.removed = _remove(r.run.path)
+    return removals
+
+
+def apply_retention(workspace, output_settings, keep=()) -> list[Path]:
+    """Apply ``output.keep_days`` and ``output.max_total_gb`` (0 = off); the removed folders.
+
+    Called by the pipeline at the end of each run with that run as ``keep``
+    (one path or several), which is never removed.
+    """
+    if isinstance(keep, (str, os.PathLike)):
+        keep = [keep]
+    keep_days = float(getattr(output_settings, "keep_days", 0.0) or 0.0)
+    max_gb = float(getattr(output_settings, "max_total_gb", 0.0) or 0.0)
+    if keep_days <= 0 and max_gb <= 0:
+        return []
+    removals = clean(workspace, older_than=keep_days * 86400.0 if keep_days > 0 else None,
+                     max_size=int(max_gb * 1024**3) if max_gb > 0 else None, protect=keep)
+    return [r.run.path for r in removals if r.removed]
+
+
+# ---------------------------------------------------------------- CLI
+
+def register_cli(subparsers) -> argparse.ArgumentParser:
+    p = subparsers.add_parser(
+        "clean", help="remove old run folders by age and/or total size",
+        description="Remove run folders (those with summary.json or run.log) from the workspace: "
+                    "older than --older-than, then the oldest until the rest fit in --max-size. "
+                    "Without either option, the profile's output.keep_days / output.max_total_gb apply.")
+    p.add_argument("--older-than", metavar="AGE", help="e.g. 30d, 12h, 2w (bare number = days)")
+    p.add_argument("--max-size", metavar="SIZE", help="total size bound, e.g. 10G, 500M (powers of 1024)")
+    p.add_argument("--dry-run", action="store_true", help="list what would be removed, remove nothing")
+    p.add_argument("--out", metavar="DIR", help="workspace (default: $RPP_WORKSPACE or the user data dir)")
+    p.add_argument("--profile", metavar="P", help="profile whose output.keep_days/max_total_gb apply when no option is given")
+    p.add_argument("--quiet", action="store_true", help="print only errors")
+    p.set_defaults(func=_cli_clean)
+    return p
+
+
+def _cli_clean(args) -> int:
+    try:
+        older, size = args.older_than, args.max_size
+        if older is None and size is None:
+            from .settings import load_profile
+
+            out = load_profile(getattr(args, "profile", None)).output
+            older = out.keep_days * 86400.0 if out.keep_days > 0 else None
+            size = int(out.max_total_gb * 1024**3) if out.max_total_gb > 0 else None
+            if older is None and size is None:
+                raise UsageError("rpp clean: give --older-than AGE and/or --max-size SIZE "
+                                 "(or set output.keep_days / output.max_total_gb in the profile)")
+        ws = Path(args.out).expanduser() if args.out else locations.workspace_dir()
+        if not ws.is_dir():
+            raise UsageError(f"workspace {ws} does not exist")
+        removals = clean(ws, older_than=older, max_size=size, dry_run=args.dry_run)
+    except RppError as exc:
+        print(f"rpp clean: {exc}", file=sys.stderr)
+        return exc.exit_code
+    if not args.quiet:
+        verb = "would remove" if args.dry_run else "removed"
+        for r in removals:
+            if args.dry_run or r.removed:
+                print(f"{verb} {r.run.path}  ({format_size(r.run.size)}, {r.run.age_s / 86400:.1f} d old, by {r.reason})")
+        freed = sum(r.run.size for r in removals if args.dry_run or r.removed)
+        n = sum(1 for r in removals if args.dry_run or r.removed)
+        print(f"{verb} {n} run folder(s), {format_size(freed)} in {ws}")
+    return 0

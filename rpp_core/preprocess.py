@@ -1,0 +1,324 @@
+"""Pixel masks, cosmic-ray removal and the 2-D background of a frame.
+
+Order in the pipeline: :func:`make_masks` on the raw frame, :func:`remove_cosmics`
+on the raw frame (ADU, sky included: astroscrappy's noise model needs it), then
+:func:`estimate_background` on the cleaned frame. Images are float32, pixel
+origin 0, values in ADU.
+"""
+
+from __future__ import annotations
+
+import os
+from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+from scipy import ndimage as ndi
+
+from .errors import Cancelled, InputError
+from .settings import CosmicRaySettings, DetectionSettings
+
+ProgressFn = Callable[[int, int], None] | None
+CancelFn = Callable[[], bool] | None
+
+
+@dataclass
+class Masks:
+    """Boolean pixel masks, same shape as the frame; ``True`` = do not trust.
+
+    ``saturated`` holds pixels at or above ``saturation_fraction * saturation``,
+    dilated by ``saturation_dilate_px``; ``border`` is the ``border_px`` frame
+    edge; ``combined`` is the union of the three.
+    """
+
+    nan: np.ndarray
+    saturated: np.ndarray
+    border: np.ndarray
+    combined: np.ndarray
+    saturation_level: float | None = None  # ADU threshold used, None = no saturation mask
+
+
+@dataclass
+class Background:
+    """2-D background and RMS maps (float32, ADU) and their global values."""
+
+    background: np.ndarray
+    rms: np.ndarray
+    global_bkg: float
+    global_rms: float
+
+
+def _check_cancel(cancel: CancelFn) -> None:
+    if cancel is not None and cancel():
+        raise Cancelled()
+
+
+def make_masks(data: np.ndarray, saturation: float | None, settings: DetectionSettings) -> Masks:
+    """Masks of non-finite, saturated and border pixels.
+
+    Parameters
+    ----------
+    data : 2-D float32 array, ADU (raw frame, background included)
+    saturation : float or None
+        Saturation level in ADU. ``None`` or <= 0: the level is taken as the
+        frame maximum when at least 5 pixels sit exactly on it (a clipped
+        plateau), else no pixel is flagged saturated.
+    settings : DetectionSettings
+        ``saturation_fraction``, ``saturation_dilate_px``, ``border_px``.
+    """
+    if data.ndim != 2:
+        raise InputError(f"expected a 2-D image, got shape {data.shape}")
+    nan = ~np.isfinite(data)
+    if nan.all():
+        raise InputError("every pixel of the frame is NaN or infinite: nothing to measure")
+    level = None
+    if saturation is not None and saturation > 0:
+        level = float(saturation) * settings.saturation_fraction
+    else:
+        top = np.nanmax(data)
+        if np.count_nonzero(data == top) >= 5:
+            level = float(top)
+    saturated = np.zeros(data.shape, bool)
+    if level is not None:
+        with np.errstate(invalid="ignore"):
+            np.greater_equal(data, level, out=saturated)
+        if settings.saturation_dilate_px > 0 and saturated.any():
+            # dilate only round the saturated pixels: a full-frame dilation costs ~0.2 s on 4k
+            saturated = _dilate_sparse(saturated, settings.saturation_dilate_px)
+    border = np.zeros(data.shape, bool)
+    b = settings.border_px
+    if b > 0:
+        border[:b, :] = border[-b:, :] = True
+        border[:, :b] = border[:, -b:] = True
+    combined = nan | saturated | border
+    return Masks(nan=nan, saturated=saturated, border=border, combined=combined, saturation_level=level)
+
+
+def _dilate_sparse(mask: np.ndarray, radius: int) -> np.ndarray:
+    """Binary dilation by a (2r+1)^2 square, done only inside the bounding boxes of the blobs."""
+    labels, n = ndi.label(mask)
+    out = mask.copy()
+    ny, nx = mask.shape
+    for sl in ndi.find_objects(labels):
+        y0, y1 = max(sl[0].start - radius, 0), min(sl[0].stop + radius, ny)
+        x0, x1 = max(sl[1].start - radius, 0), min(sl[1].stop + radius, nx)
+        out[y0:y1, x0:x1] |= ndi.binary_dilation(mask[y0:y1, x0:x1], structure=np.ones((3, 3), bool), iterations=radius)
+    return out
+
+
+def _sky_stats(data: np.ndarray, mask: np.ndarray | None) -> tuple[float, float]:
+    """Sigma-clipped median and MAD-sigma of a strided subsample (fast, ~1/16 of the pixels)."""
+    sub = data[::4, ::4]
+    good = np.isfinite(sub)
+    if mask is not None:
+        good &= ~mask[::4, ::4]
+    vals = sub[good].astype(np.float64)
+    if vals.size == 0:
+        return 0.0, 1.0
+    med = float(np.median(vals))
+    sig = 1.4826 * float(np.median(np.abs(vals - med)))
+    for _ in range(3):
+        keep = np.abs(vals - med) < 3 * max(sig, 1e-12)
+        if keep.sum() < 10:
+            break
+        vals = vals[keep]
+        med = float(np.median(vals))
+        sig = 1.4826 * float(np.median(np.abs(vals - med)))
+    return med, max(sig, 1e-6)
+
+
+def _tiles(shape: tuple[int, int], size: int, overlap: int):
+    ny, nx = shape
+    if size <= 0:
+        size = max(ny, nx)
+    for y0 in range(0, ny, size):
+        for x0 in range(0, nx, size):
+            y1, x1 = min(y0 + size, ny), min(x0 + size, nx)
+            outer = (max(y0 - overlap, 0), min(y1 + overlap, ny), max(x0 - overlap, 0), min(x1 + overlap, nx))
+            yield (y0, y1, x0, x1), outer
+
+
+def remove_cosmics(
+    data: np.ndarray,
+    mask: np.ndarray | None,
+    gain: float | None,
+    read_noise: float | None,
+    saturation: float | None,
+    settings: CosmicRaySettings,
+    progress: ProgressFn = None,
+    cancel: CancelFn = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Detect and clean cosmic-ray hits with astroscrappy (L.A.Cosmic).
+
+    Parameters
+    ----------
+    data : 2-D array, ADU, **sky included** (call before background subtraction:
+        astroscrappy's noise model is ``sqrt(data * gain + read_noise**2) / gain``).
+    mask : bool array or None
+        Pixels never flagged nor used (astroscrappy ``inmask``); pass
+        ``masks.nan | masks.saturated``. NaN pixels are always added.
+    gain : e-/ADU; ``settings.gain`` > 0 overrides it; if both unknown, the
+        effective gain ``sky / sigma_sky**2`` is used (sky-limited frame).
+    read_noise : e-; ``settings.read_noise`` > 0 overrides it; if unknown it
+        is what the sky noise leaves after the Poisson term.
+    saturation : ADU, astroscrappy ``satlevel`` (stars reaching it are
+        protected); ``None``: the frame maximum if at least 5 pixels sit on it
+        (a clipped plateau), else no level.
+    settings : CosmicRaySettings
+        ``sigclip``, ``sigfrac``, ``objlim``, ``niter``, ``tile_px``, ``workers``.
+
+    Returns
+    -------
+    cleaned : float32 array, CR pixels replaced by the mean of the unflagged
+        pixels round them (``cleantype='meanmask'``); all other pixels are the
+        input values exactly; NaN pixels stay NaN.
+    crmask : bool array, ``True`` on pixels flagged as cosmic rays.
+
+    Notes
+    -----
+    The frame is processed in tiles of ``tile_px`` with a 32 px overlap, each
+    tile's interior being kept, so progress can be reported and ``cancel``
+    honoured between tiles. Measured on a 4096x4096 frame with 6,000 stars and
+    800 CR tracks (2 cores, niter=2): one call 8.2 s; 16 tiles of 1024 one
+    after the other 7.2 s, two threads 6.3 s (astroscrappy already runs its
+    median filters with OpenMP on both cores, so threads add little); 512 px
+    tiles 8.3 s / 7.1 s. Tiled masks and cleaned pixels are identical to the
+    one-call result (0 pixels differ). Recall of injected CRs 0.99 at niter
+    1 and 2; on a 2k cut niter 1 took 1.2 s and niter 2 1.7 s.
+    ``cleantype``: residual of cleaned CR pixels against the CR-free frame,
+    MAD 10.5 ADU for meanmask, 11.6 medmask, 10.8 idw (sky noise 14.5 ADU).
+    False alarms: about 470 pixels in 16.7 M (sigclip 4.5), single noise
+    peaks in the sky, none on star cores; astroscrappy does flag the cores of
+    stars cut by the edge of the array it is given, which the 32 px tile
+    overlap keeps away from the kept interiors (the frame's own edge is in
+    the detection border).
+    """
+    import astroscrappy
+
+    if data.ndim != 2:
+        raise InputError(f"expected a 2-D image, got shape {data.shape}")
+    data = np.asarray(data, dtype=np.float32)
+    nan = ~np.isfinite(data)
+    inmask = nan if mask is None else (mask | nan)
+    g = settings.gain if settings.gain > 0 else gain
+    rn = settings.read_noise if settings.read_noise > 0 else read_noise
+    if g is None or g <= 0 or rn is None or rn < 0:
+        sky, sig = _sky_stats(data, inmask)
+        if g is None or g <= 0:
+            g = sky / sig**2 if sky > 0 else 1.0
+        if rn is None or rn < 0:
+            rn = g * float(np.sqrt(max(sig**2 - max(sky, 0.0) / g, 0.0)))
+    if saturation is not None and saturation > 0:
+        satlevel = float(saturation)
+    else:
+        # astroscrappy protects stars reaching satlevel; without one, the wings of
+        # clipped stars were flagged (28 of 50 false pixels in a 512 px test cut)
+        top = float(np.nanmax(data))
+        satlevel = top if np.count_nonzero(data == top) >= 5 else float(np.finfo(np.float32).max)
+    kwargs = dict(
+        sigclip=settings.sigclip, sigfrac=settings.sigfrac, objlim=settings.objlim, gain=float(g),
+        readnoise=float(rn), satlevel=satlevel, niter=settings.niter, sepmed=True,
+        cleantype="meanmask", fsmode="median", verbose=False,
+    )
+    fill = None
+    if nan.any():
+        fill = np.float32(_sky_stats(data, inmask)[0])
+
+    cleaned = np.empty_like(data)
+    crmask = np.zeros(data.shape, bool)
+    tiles = list(_tiles(data.shape, settings.tile_px, 32))
+
+    def run(tile):
+        (y0, y1, x0, x1), (a, b, c, d) = tile
+        block = data[a:b, c:d]
+        bmask = inmask[a:b, c:d]
+        if fill is not None and nan[a:b, c:d].any():
+            block = np.where(nan[a:b, c:d], fill, block)
+        m, cl = astroscrappy.detect_cosmics(block, inmask=bmask, **kwargs)
+        m = m[y0 - a:y1 - a, x0 - c:x1 - c]
+        crmask[y0:y1, x0:x1] = m
+        # astroscrappy returns every pixel through a gain round trip (differences of
+        # ~1e-3 ADU): copy the input and replace only the flagged pixels
+        out = cleaned[y0:y1, x0:x1]
+        out[...] = data[y0:y1, x0:x1]
+        out[m] = cl[y0 - a:y1 - a, x0 - c:x1 - c][m]
+
+    total = len(tiles)
+    done = 0
+    workers = max(1, min(settings.workers, os.cpu_count() or 1, total))
+    if workers == 1:
+        for tile in tiles:
+            _check_cancel(cancel)
+            run(tile)
+            done += 1
+            if progress:
+                progress(done, total)
+    else:
+        pending = iter(tiles)
+        with ThreadPoolExecutor(workers, thread_name_prefix="rpp-cr") as pool:
+            running = set()
+            try:
+                while True:
+                    while len(running) < workers:
+                        tile = next(pending, None)
+                        if tile is None:
+                            break
+                        _check_cancel(cancel)
+                        running.add(pool.submit(run, tile))
+                    if not running:
+                        break
+                    finished, running = wait(running, return_when=FIRST_COMPLETED)
+                    for fut in finished:
+                        fut.result()
+                        done += 1
+                        if progress:
+                            progress(done, total)
+            except BaseException:
+                for fut in running:
+                    fut.cancel()
+                raise
+    if fill is not None:
+        cleaned[nan] = data[nan]
+        crmask &= ~nan
+    return cleaned, crmask
+
+
+def estimate_background(data: np.ndarray, mask: np.ndarray | None, settings: DetectionSettings) -> Background:
+    """2-D background and RMS maps with ``sep_x.Background`` (SExtractor's estimator).
+
+    Parameters
+    ----------
+    data : 2-D array, ADU (cosmic rays already cleaned).
+    mask : bool array or None; masked pixels (and non-finite ones) are not used.
+    settings : DetectionSettings
+        ``background_box`` (mesh size, px) and ``background_filter`` (median
+        filter size, meshes).
+
+    Notes
+    -----
+    sep_x: 0.5-0.7 s on a 4096x4096 float32 frame against 6.7 s for
+    photutils ``Background2D`` with the same bias (PERFORMANCE.md); measured
+    here 0.5 s, level within 0.1% of the injected sky.
+    """
+    import sep_x
+
+    data = np.ascontiguousarray(data, dtype=np.float32)
+    nan = ~np.isfinite(data)
+    m = nan if mask is None else (np.asarray(mask, bool) | nan)
+    if m.all():
+        raise InputError("every pixel is masked: no background can be estimated (check the saturation level and border)")
+    if nan.any():
+        # sep skips masked pixels, but NaNs must not reach its arithmetic
+        data = np.where(nan, np.float32(0), data)
+    box = int(min(settings.background_box, max(data.shape)))
+    bkg = sep_x.Background(data, mask=np.ascontiguousarray(m), bw=box, bh=box,
+                           fw=settings.background_filter, fh=settings.background_filter)
+    back = bkg.back(dtype=np.float32)
+    rms = bkg.rms(dtype=np.float32)
+    # a zero RMS (flat synthetic or fully masked mesh) would make S/N infinite downstream
+    bad = ~(rms > 0)
+    if bad.any():
+        positive = rms[~bad]
+        rms[bad] = np.median(positive) if positive.size else 1.0
+    return Background(background=back, rms=rms, global_bkg=float(bkg.globalback), global_rms=float(bkg.globalrms))

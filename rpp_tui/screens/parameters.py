@@ -1,0 +1,214 @@
+"""Parameters: every profile setting as a form, profiles saved as TOML, API keys kept secret."""
+
+from __future__ import annotations
+
+import dataclasses
+
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.containers import Horizontal, Vertical, VerticalScroll
+from textual.widgets import ContentSwitcher, Input, Label, OptionList, Static, TabPane
+from textual.widgets.option_list import Option
+
+from rpp_core import settings
+from rpp_core.errors import SettingsError
+
+from ..messages import ProfileLoaded
+from ..widgets.setting_field import SettingField
+
+SECTION_TITLES = {
+    "observatory": "Observatory", "detection": "Detection", "cosmic_rays": "Cosmic rays",
+    "photometry": "Photometry", "astrometry": "Astrometry", "calibration": "Calibration",
+    "services": "Services", "output": "Output", "secrets": "API keys",
+}
+
+
+class ParametersPane(TabPane):
+    """Sections on the left, the section's settings on the right; profile actions on ctrl keys."""
+
+    BINDINGS = [
+        Binding("ctrl+s", "save", "Save"),
+        Binding("ctrl+n", "save_as", "Save as"),
+        Binding("ctrl+o", "load", "Load"),
+        Binding("ctrl+r", "rename", "Rename"),
+        Binding("ctrl+t", "delete", "Delete"),
+    ]
+
+    def __init__(self) -> None:
+        super().__init__("2 Parameters", id="parameters")
+
+    def compose(self) -> ComposeResult:
+        yield Static("", id="profile-line", markup=False)
+        with Horizontal(id="param-body"):
+            yield OptionList(*[Option(SECTION_TITLES[s], id=s) for s in SECTION_TITLES], id="sections")
+            with ContentSwitcher(initial="section-observatory", id="section-forms"):
+                profile = self.app.profile
+                for sec, klass in settings.SECTIONS.items():
+                    with VerticalScroll(id=f"section-{sec}", classes="section-form"):
+                        obj = getattr(profile, sec)
+                        for f in dataclasses.fields(klass):
+                            yield SettingField(sec, klass, f.name, getattr(obj, f.name))
+                with VerticalScroll(id="section-secrets", classes="section-form"):
+                    yield Static("API keys are stored in a secrets file readable only by you (mode 0600) and are never "
+                                 "shown again. Type a new key and press Enter to store it; submit an empty line to "
+                                 "remove it.", classes="field-help", markup=False)
+                    secrets = settings.load_secrets()
+                    for key in settings.SECRET_ENV:
+                        with Vertical(classes="setting-field"):
+                            with Horizontal():
+                                yield Static(key, classes="field-name")
+                                yield Input(placeholder=settings.mask_secret(secrets.get(key, "")) or "not set",
+                                            password=True, compact=True, id=f"secret-{key}")
+                            yield Static(f"stored: {settings.mask_secret(secrets.get(key, '')) or 'no'}",
+                                         id=f"secret-state-{key}", classes="field-help", markup=False)
+
+    def on_mount(self) -> None:
+        self._refresh_profile_line()
+
+    def focus_main(self) -> None:
+        self.query_one("#sections", OptionList).focus()
+
+    def _refresh_profile_line(self) -> None:
+        names = settings.list_profiles()
+        dirty = " (modified)" if self.app.profile_dirty else ""
+        self.query_one("#profile-line", Static).update(
+            f"Profile: {self.app.profile.name}{dirty}    saved profiles: {', '.join(names) or 'none'}")
+
+    # ------------------------------------------------------------ form
+    def on_option_list_option_highlighted(self, event: OptionList.OptionHighlighted) -> None:
+        if event.option_list.id == "sections" and event.option.id:
+            self.query_one("#section-forms", ContentSwitcher).current = f"section-{event.option.id}"
+
+    def on_option_list_option_selected(self, event: OptionList.OptionSelected) -> None:
+        if event.option_list.id == "sections":
+            form = self.query_one(f"#section-{event.option.id}")
+            fields = form.query("Input, Switch, Select")
+            if fields:
+                fields.first().focus()
+
+    def on_setting_field_changed(self, event: SettingField.Changed) -> None:
+        event.stop()
+        field = event.field
+        section = getattr(self.app.profile, field.section)
+        if getattr(section, field.setting) == event.value:
+            return
+        setattr(section, field.setting, event.value)
+        self.app.profile_dirty = True
+        self._refresh_profile_line()
+
+    def show_profile(self) -> None:
+        """Put the app's working profile into the form."""
+        profile = self.app.profile
+        for field in self.query(SettingField):
+            field.set_value(getattr(getattr(profile, field.section), field.setting))
+        self._refresh_profile_line()
+
+    def on_profile_loaded(self, _: ProfileLoaded) -> None:
+        self.show_profile()
+
+    def invalid_fields(self) -> list[SettingField]:
+        return [f for f in self.query(SettingField) if f.has_class("-invalid")]
+
+    # ------------------------------------------------------------ secrets
+    def on_input_submitted(self, event: Input.Submitted) -> None:
+        if not (event.input.id or "").startswith("secret-"):
+            return
+        event.stop()
+        key = event.input.id.removeprefix("secret-")
+        path = settings.save_secret(key, event.value)
+        event.input.value = ""
+        masked = settings.mask_secret(settings.load_secrets().get(key, ""))
+        event.input.placeholder = masked or "not set"
+        self.query_one(f"#secret-state-{key}", Static).update(f"stored: {masked or 'no'}")
+        self.notify(f"{key} {'stored' if masked else 'removed'} in {path} (mode 0600)")
+
+    # ------------------------------------------------------------ profiles
+    def _check(self) -> bool:
+        bad = self.invalid_fields()
+        if bad:
+            self.notify(f"fix {bad[0].key} first: {bad[0].error}", severity="error")
+            return False
+        try:
+            settings.validate(self.app.profile, f"profile {self.app.profile.name!r}")
+        except SettingsError as exc:
+            self.notify(str(exc), severity="error", timeout=10)
+            return False
+        return True
+
+    def action_save(self) -> None:
+        if not self._check():
+            return
+        path = settings.save_profile(self.app.profile)
+        self.app.profile_dirty = False
+        self._refresh_profile_line()
+        self.app.refresh_title()
+        self.notify(f"saved profile {self.app.profile.name!r} to {path}")
+
+    def action_save_as(self) -> None:
+        from .dialogs import AskText
+
+        def done(name: str | None) -> None:
+            if not name:
+                return
+            old = self.app.profile.name
+            self.app.profile.name = name
+            try:
+                settings.validate(self.app.profile)
+            except SettingsError as exc:
+                self.app.profile.name = old
+                self.notify(str(exc), severity="error")
+                return
+            self.action_save()
+
+        self.app.push_screen(AskText("Save profile as (letters, digits, . _ -)", self.app.profile.name), done)
+
+    def action_load(self) -> None:
+        from .dialogs import AskText
+
+        names = settings.list_profiles()
+
+        def done(name: str | None) -> None:
+            if name:
+                self.app.load_profile(name)
+
+        self.app.push_screen(AskText(f"Load profile ({', '.join(names) or 'none saved'}; 'default' = built-in)",
+                                     names[0] if names else "default"), done)
+
+    def action_rename(self) -> None:
+        from .dialogs import AskText
+
+        old = self.app.profile.name
+        if old not in settings.list_profiles():
+            self.notify(f"profile {old!r} is not saved yet: save it first (ctrl+s)", severity="warning")
+            return
+
+        def done(name: str | None) -> None:
+            if not name or name == old:
+                return
+            try:
+                settings.rename_profile(old, name)
+            except SettingsError as exc:
+                self.notify(str(exc), severity="error")
+                return
+            self.app.profile.name = name
+            self._refresh_profile_line()
+            self.app.refresh_title()
+            self.notify(f"renamed profile {old!r} to {name!r}")
+
+        self.app.push_screen(AskText(f"Rename profile {old!r} to", old), done)
+
+    def action_delete(self) -> None:
+        from .dialogs import Confirm
+
+        name = self.app.profile.name
+        if name not in settings.list_profiles():
+            self.notify(f"profile {name!r} is not saved: nothing to delete", severity="warning")
+            return
+
+        def done(yes: bool | None) -> None:
+            if yes:
+                settings.delete_profile(name)
+                self.notify(f"deleted profile {name!r}")
+                self.app.load_profile(None)
+
+        self.app.push_screen(Confirm(f"Delete profile {name!r} ({settings.profile_path(name)})?"), done)

@@ -1,0 +1,306 @@
+"""Aperture and PSF photometry checked against injected truth (rpp_core.synthetic)."""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import pytest
+from astropy.table import Table
+
+from rpp_core import photometry as ph
+from rpp_core.errors import Cancelled
+from rpp_core.settings import PhotometrySettings
+from rpp_core.synthetic import make_frame, moffat_enclosed, render_moffat
+
+FWHM = 3.5
+BETA = 3.0
+
+
+def _prepare(sf, pos_noise=0.05, seed=0):
+    """Background-subtracted data, constant RMS map, mask, saturated mask and sources."""
+    p = sf.params
+    ny, nx = sf.data.shape
+    yy, xx = np.mgrid[0:ny, 0:nx].astype(np.float32)
+    sky = p["sky"] * (1.0 + 0.05 * (xx / nx) - 0.03 * (yy / ny))  # the sky make_frame injects
+    data = (sf.data - sky).astype(np.float32)
+    rms = np.full(data.shape, np.sqrt(p["sky"] * p["gain"] + p["read_noise"] ** 2) / p["gain"], np.float32)
+    sat = sf.data >= 0.95 * p["saturation"]
+    mask = sat | p["cosmic_mask"]
+    rng = np.random.default_rng(seed)
+    tr = sf.truth
+    src = Table(
+        {
+            "id": np.arange(1, len(tr) + 1),
+            "x": np.asarray(tr["x"]) + rng.normal(0, pos_noise, len(tr)),
+            "y": np.asarray(tr["y"]) + rng.normal(0, pos_noise, len(tr)),
+            "flags": np.zeros(len(tr), np.int32),
+        }
+    )
+    return data, rms, mask, sat, src
+
+
+def _mad(a):
+    a = np.asarray(a, float)
+    a = a[np.isfinite(a)]
+    return 1.4826 * np.median(np.abs(a - np.median(a)))
+
+
+@pytest.fixture(scope="module")
+def field():
+    sf = make_frame(shape=(1024, 1024), n_stars=500, seed=11, fwhm=FWHM, beta=BETA)
+    data, rms, mask, sat, src = _prepare(sf)
+    p = sf.params
+    st = PhotometrySettings()
+    tab = ph.aperture_photometry(data, rms, mask, src, FWHM, p["gain"], p["exptime"], st, saturated_mask=sat)
+    return dict(sf=sf, data=data, rms=rms, mask=mask, sat=sat, src=src, tab=tab, st=st, p=p)
+
+
+@pytest.fixture(scope="module")
+def psf_result(field):
+    f = field
+    t0 = time.perf_counter()
+    tab, info = ph.psf_photometry(f["data"], f["rms"], f["mask"], f["tab"], FWHM, f["p"]["gain"],
+                                  f["p"]["exptime"], f["st"])
+    return tab, info, time.perf_counter() - t0
+
+
+def _bright(tab, lab="ap2"):
+    return np.asarray((tab[f"snr_{lab}"] > 100) & (tab[f"flag_{lab}"] == 0))
+
+
+def test_aperture_columns_are_labelled_by_fwhm_factor_and_fixed_radius(field):
+    f = field
+    st = PhotometrySettings(fixed_aperture_px=6.0)
+    tab = ph.aperture_photometry(f["data"], f["rms"], f["mask"], f["src"][:20], FWHM, 1.5, 60.0, st)
+    assert tab.meta["apertures"] == {"ap1p5": 5.25, "ap2": 7.0, "ap2p5": 8.75, "ap3": 10.5, "fix": 6.0}
+    for lab in tab.meta["apertures"]:
+        for c in ("flux", "fluxerr", "mag", "magerr", "snr", "flag", "bkg"):
+            assert f"{c}_{lab}" in tab.colnames
+
+
+def test_bright_star_aperture_fluxes_match_analytic_moffat_within_1_percent(field):
+    tab, tr = field["tab"], field["sf"].truth
+    bright = _bright(tab)
+    assert bright.sum() > 50
+    for lab, r in tab.meta["apertures"].items():
+        ok = bright & np.asarray(tab[f"flag_{lab}"] == 0)
+        ratio = np.asarray(tab[f"flux_{lab}"])[ok] / (np.asarray(tr["flux"])[ok] * moffat_enclosed(r, FWHM, BETA))
+        assert abs(np.median(ratio) - 1.0) < 0.01, (lab, np.median(ratio))
+
+
+def test_magnitudes_follow_flux_and_exposure_time(field):
+    tab, p = field["tab"], field["p"]
+    ok = np.asarray(tab["flux_ap2"] > 0)
+    expected = -2.5 * np.log10(np.asarray(tab["flux_ap2"])[ok] / p["exptime"])
+    np.testing.assert_allclose(np.asarray(tab["mag_ap2"])[ok], expected, rtol=0, atol=1e-9)
+    np.testing.assert_allclose(np.asarray(tab["magerr_ap2"])[ok],
+                               1.0857 * np.asarray(tab["fluxerr_ap2"] / tab["flux_ap2"])[ok], rtol=1e-4)
+
+
+def test_reported_flux_errors_match_scatter_over_noise_realisations():
+    # Same stars, 30 independent noise draws: per-star scatter / mean reported error.
+    rng = np.random.default_rng(5)
+    n_side, gain, rn, sky = 384, 1.5, 5.0, 300.0
+    g = np.linspace(40, n_side - 40, 6)
+    gx, gy = np.meshgrid(g, g)
+    x = gx.ravel() + rng.uniform(-0.5, 0.5, gx.size)
+    y = gy.ravel() + rng.uniform(-0.5, 0.5, gx.size)
+    flux = 10 ** rng.uniform(3.0, 4.0, gx.size)  # faint-ish: SNR ~ 5 to 50
+    model = render_moffat((n_side, n_side), x, y, flux, FWHM, BETA) + sky
+    rms = np.full(model.shape, np.sqrt(sky * gain + rn**2) / gain, np.float32)
+    src = Table({"x": x, "y": y})
+    st = PhotometrySettings()
+    fluxes, errs = [], []
+    for _ in range(30):
+        img = (rng.poisson(model * gain) / gain + rng.normal(0, rn / gain, model.shape) - sky).astype(np.float32)
+        tab = ph.aperture_photometry(img, rms, None, src, FWHM, gain, 60.0, st)
+        fluxes.append([np.asarray(tab[f"flux_{lab}"]) for lab in tab.meta["apertures"]])
+        errs.append([np.asarray(tab[f"fluxerr_{lab}"]) for lab in tab.meta["apertures"]])
+    fluxes, errs = np.array(fluxes), np.array(errs)  # (draw, aperture, star)
+    ratio = np.median(fluxes.std(axis=0, ddof=1) / errs.mean(axis=0), axis=1)
+    print("scatter / reported error per aperture:", np.round(ratio, 3))
+    assert np.all((ratio > 0.8) & (ratio < 1.25)), ratio
+
+
+def _isolated_bright_index(tab, data_shape, margin=40):
+    x, y = np.asarray(tab["x"]), np.asarray(tab["y"])
+    ok = _bright(tab, "ap3") & (x > margin) & (x < data_shape[1] - margin) & (y > margin) & (y < data_shape[0] - margin)
+    ok &= np.asarray(tab["flags"] == 0)
+    idx = np.nonzero(ok)[0]
+    return idx[np.argsort(-np.asarray(tab["snr_ap2"])[idx])][len(idx) // 2]  # a typical bright star, not the brightest
+
+
+@pytest.mark.parametrize("offset", [(0, 0), (1, 2)], ids=["central pixel", "pixel off centre"])
+def test_masked_pixel_in_aperture_is_flagged_1_and_flux_stays_within_2_percent(field, offset):
+    f = field
+    i = _isolated_bright_index(f["tab"], f["data"].shape)
+    star = f["src"][i : i + 1]
+    cx, cy = int(round(star["x"][0])) + offset[0], int(round(star["y"][0])) + offset[1]
+    data = f["data"].copy()
+    data[cy, cx] = 1e6  # a cosmic ray: must not leak into the sum
+    mask = np.zeros(data.shape, bool)
+    mask[cy, cx] = True
+    clean = ph.aperture_photometry(f["data"], f["rms"], None, star, FWHM, 1.5, 60.0, f["st"])
+    hit = ph.aperture_photometry(data, f["rms"], mask, star, FWHM, 1.5, 60.0, f["st"])
+    for lab in hit.meta["apertures"]:
+        assert hit[f"flag_{lab}"][0] & ph.FLAG_MASKED
+        assert abs(hit[f"flux_{lab}"][0] / clean[f"flux_{lab}"][0] - 1) < 0.02
+    assert hit["flags"][0] & ph.FLAG_MASKED
+
+
+def test_nan_pixel_is_treated_as_masked(field):
+    f = field
+    i = _isolated_bright_index(f["tab"], f["data"].shape)
+    star = f["src"][i : i + 1]
+    data = f["data"].copy()
+    data[int(round(star["y"][0])) + 1, int(round(star["x"][0]))] = np.nan
+    tab = ph.aperture_photometry(data, f["rms"], None, star, FWHM, 1.5, 60.0, f["st"])
+    assert np.isfinite(tab["flux_ap2"][0]) and tab["flag_ap2"][0] & ph.FLAG_MASKED
+
+
+def test_saturated_stars_are_flagged_2(field):
+    tab, tr = field["tab"], field["sf"].truth
+    sat = np.asarray(tr["saturated"])
+    assert sat.sum() >= 3
+    for lab in tab.meta["apertures"]:
+        assert np.all(np.asarray(tab[f"flag_{lab}"])[sat] & ph.FLAG_SATURATED)
+    faint = np.asarray(tr["flux"]) < 2e4
+    assert not np.any(np.asarray(tab["flag_ap2"])[faint] & ph.FLAG_SATURATED)
+
+
+def test_stars_cut_by_the_frame_edge_or_in_the_border_are_flagged_4(field):
+    f = field
+    src = Table({"x": [2.0, 500.0, 500.0], "y": [500.0, 1021.5, 500.0], "flags": [0, 0, 4]})
+    tab = ph.aperture_photometry(f["data"], f["rms"], f["mask"], src, FWHM, 1.5, 60.0, f["st"])
+    assert np.all(np.asarray(tab["flag_ap1p5"]) & ph.FLAG_EDGE)
+    assert np.all(np.asarray(tab["flags"]) & ph.FLAG_EDGE)
+
+
+def test_interior_isolated_stars_have_no_edge_or_crowding_flags(field):
+    tab = field["tab"]
+    x, y = np.asarray(tab["x"]), np.asarray(tab["y"])
+    interior = (x > 30) & (x < 994) & (y > 30) & (y < 994)
+    assert not np.any(np.asarray(tab["flag_ap3"])[interior] & ph.FLAG_EDGE)
+
+
+def test_neighbour_inside_aperture_sets_crowded_flag_32(field):
+    f = field
+    src = Table({"x": [300.0, 308.0], "y": [300.0, 300.0]})  # 8 px apart
+    tab = ph.aperture_photometry(f["data"], f["rms"], f["mask"], src, FWHM, 1.5, 60.0, f["st"])
+    for lab, crowded in [("ap1p5", False), ("ap2", False), ("ap2p5", True), ("ap3", True)]:
+        assert bool(np.all(np.asarray(tab[f"flag_{lab}"]) & ph.FLAG_CROWDED)) is crowded, lab
+
+
+def test_non_positive_flux_gives_nan_magnitude_and_flag_16(field):
+    f = field
+    data = f["data"].copy()
+    data[590:611, 590:611] = -50.0  # a dark hole smaller than the annulus
+    src = Table({"x": [600.0], "y": [600.0]})
+    tab = ph.aperture_photometry(data, f["rms"], None, src, FWHM, 1.5, 60.0, f["st"])
+    assert tab["flux_ap2"][0] <= 0
+    assert np.isnan(tab["mag_ap2"][0]) and tab["flag_ap2"][0] & ph.FLAG_NONPOSITIVE
+
+
+def test_local_annulus_removes_a_residual_background_step(field):
+    # A +20 ADU residual the global background missed: the annulus must take it out.
+    f = field
+    data = f["data"] + np.float32(20.0)
+    tab = ph.aperture_photometry(data, f["rms"], f["mask"], f["src"], FWHM, 1.5, 60.0, f["st"])
+    ok = _bright(field["tab"])
+    assert abs(np.median(np.asarray(tab["bkg_ap2"])[ok]) - np.median(np.asarray(field["tab"]["bkg_ap2"])[ok]) - 20) < 0.5
+    ratio = np.asarray(tab["flux_ap2"])[ok] / np.asarray(field["tab"]["flux_ap2"])[ok]
+    assert abs(np.median(ratio) - 1) < 0.002
+
+
+def test_psf_fluxes_of_bright_stars_within_1_percent_of_truth(psf_result, field):
+    tab, info, elapsed = psf_result
+    tr = field["sf"].truth
+    assert info.status == "ok" and info.n_stars >= 10
+    ok = _bright(tab) & np.asarray(tab["psf_flag"] == 0)
+    ratio = np.asarray(tab["psf_flux"])[ok] / np.asarray(tr["flux"])[ok]
+    print(f"PSF flux / truth: median {np.median(ratio):.4f}, MAD-scatter {_mad(ratio):.4f} over {ok.sum()} stars; "
+          f"build {info.build_s:.2f} s, fit {info.fit_s / info.n_fit * 1e3:.3f} ms/star")
+    assert ok.sum() > 50
+    assert abs(np.median(ratio) - 1.0) < 0.01
+    assert _mad(ratio) < 0.02
+    # the ePSF handed to sep_x is centred, odd-sized and unit-sum
+    e = info.epsf_fit
+    assert e.shape[0] % 2 == 1 and np.unravel_index(np.argmax(e), e.shape) == (e.shape[0] // 2, e.shape[1] // 2)
+    assert abs(e.sum() - 1) < 1e-5
+
+
+def test_aperture_correction_puts_psf_mags_on_calibration_aperture_scale(psf_result):
+    tab, info, _ = psf_result
+    ok = _bright(tab) & np.asarray(tab["psf_flag"] == 0)
+    offset = np.median(np.asarray(tab["psf_mag"] - tab["mag_ap2"])[ok])
+    assert abs(offset) < 0.005, offset
+    # without the correction the PSF (whole-stamp) mags are brighter than the 2-FWHM aperture
+    assert info.apcorr > 0.01 and info.apcorr_n > 20 and info.apcorr_err < 0.005
+    assert tab.meta["psf_apcorr"] == info.apcorr and tab.meta["psf_apcorr_aperture"] == "ap2"
+    # per-aperture corrections to the largest aperture grow as the aperture shrinks
+    c = info.aperture_corrections
+    assert c["ap3"][0] == 0.0 and c["ap1p5"][0] < c["ap2"][0] < c["ap2p5"][0] < 0
+
+
+def test_only_the_brightest_psf_max_fit_sources_are_fitted(field):
+    f = field
+    st = PhotometrySettings(psf_max_fit=50)
+    tab, info = ph.psf_photometry(f["data"], f["rms"], f["mask"], f["tab"], FWHM, 1.5, 60.0, st)
+    fitted = np.isfinite(np.asarray(tab["psf_flux"])) | ((np.asarray(tab["psf_flag"]) & ph.FLAG_PSF_FAILED) == 0)
+    assert info.n_fit == 50 and info.n_skipped == len(tab) - 50
+    assert fitted.sum() <= 50
+    unfitted = ~fitted
+    assert np.all(np.isnan(np.asarray(tab["psf_flux"])[unfitted]))
+    assert np.all(np.asarray(tab["psf_flag"])[unfitted] & ph.FLAG_PSF_FAILED)
+    cut = np.sort(np.asarray(tab["flux_ap2"]))[::-1][49]
+    assert np.all(np.asarray(tab["flux_ap2"])[fitted] >= cut)
+
+
+def test_progress_is_reported_and_cancel_stops_both_stages(field):
+    f = field
+    seen = []
+    ph.aperture_photometry(f["data"], f["rms"], f["mask"], f["src"], FWHM, 1.5, 60.0, f["st"],
+                           progress=lambda d, t: seen.append((d, t)))
+    assert seen and seen[-1][0] == seen[-1][1] and all(a[0] <= b[0] for a, b in zip(seen, seen[1:]))
+
+    calls = []
+
+    def cancel_after(n):
+        def cancel():
+            calls.append(1)
+            return len(calls) > n
+        return cancel
+
+    with pytest.raises(Cancelled):
+        ph.aperture_photometry(f["data"], f["rms"], f["mask"], f["src"], FWHM, 1.5, 60.0, f["st"],
+                               cancel=cancel_after(1))
+    calls.clear()
+    with pytest.raises(Cancelled):
+        ph.psf_photometry(f["data"], f["rms"], f["mask"], f["tab"], FWHM, 1.5, 60.0, f["st"],
+                          cancel=cancel_after(2))
+
+
+def test_too_few_stars_for_an_epsf_leaves_psf_columns_nan_with_a_reason(field):
+    f = field
+    tab, info = ph.psf_photometry(f["data"], f["rms"], f["mask"], f["tab"][:3], FWHM, 1.5, 60.0, f["st"])
+    assert info.status.startswith("only") and info.epsf is None
+    assert np.all(np.isnan(tab["psf_flux"])) and np.all(tab["psf_flag"] & ph.FLAG_PSF_FAILED)
+
+
+@pytest.mark.slow
+def test_4k_frame_with_6000_stars_is_measured_fast_and_accurately():
+    sf = make_frame(shape=(4096, 4096), n_stars=6000, seed=7, fwhm=FWHM, beta=BETA)
+    data, rms, mask, sat, src = _prepare(sf)
+    p, st = sf.params, PhotometrySettings()
+    t0 = time.perf_counter()
+    tab = ph.aperture_photometry(data, rms, mask, src, FWHM, p["gain"], p["exptime"], st, saturated_mask=sat)
+    t_ap = time.perf_counter() - t0
+    tab, info = ph.psf_photometry(data, rms, mask, tab, FWHM, p["gain"], p["exptime"], st)
+    ok = _bright(tab) & np.asarray(tab["psf_flag"] == 0)
+    ratio = np.asarray(tab["psf_flux"])[ok] / np.asarray(sf.truth["flux"])[ok]
+    print(f"4k/6000: apertures {t_ap:.2f} s, ePSF {info.build_s:.2f} s, PSF fit {info.fit_s:.2f} s "
+          f"({info.fit_s / info.n_fit * 1e3:.3f} ms/star), PSF/truth {np.median(ratio):.4f} +- {_mad(ratio):.4f}")
+    assert abs(np.median(ratio) - 1) < 0.01
+    # photutils takes 3.1 s (apertures) + 1.7 s (ePSF) + 63 s (PSF) here: stay well below a fifth of that
+    assert t_ap + info.build_s + info.fit_s < 13.0

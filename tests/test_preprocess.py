@@ -1,0 +1,199 @@
+"""Masks, cosmic rays and background against the truth of synthetic frames (fixed seeds)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from scipy import ndimage as ndi
+
+from rpp_core.errors import Cancelled, InputError
+from rpp_core.preprocess import Background, Masks, estimate_background, make_masks, remove_cosmics
+from rpp_core.settings import CosmicRaySettings, DetectionSettings
+from rpp_core.synthetic import make_frame, moffat_alpha
+
+SEED = 7
+
+
+@pytest.fixture(scope="module")
+def frame():
+    return make_frame(shape=(1024, 1024), n_stars=400, n_cosmics=120, n_saturated=4, seed=SEED)
+
+
+@pytest.fixture(scope="module")
+def masks(frame):
+    return make_masks(frame.data, frame.params["saturation"], DetectionSettings())
+
+
+@pytest.fixture(scope="module")
+def cleaned(frame, masks):
+    p = frame.params
+    return remove_cosmics(frame.data, masks.nan | masks.saturated, p["gain"], p["read_noise"], p["saturation"],
+                          CosmicRaySettings())
+
+
+def _sky_map(frame):
+    ny, nx = frame.data.shape
+    yy, xx = np.mgrid[0:ny, 0:nx]
+    return frame.params["sky"] * (1.0 + 0.05 * (xx / nx) - 0.03 * (yy / ny))
+
+
+def test_injected_cosmic_rays_are_found_and_star_cores_are_left_alone(frame, cleaned):
+    image, crmask = cleaned
+    truth_cr = frame.params["cosmic_mask"]
+    assert image.dtype == np.float32 and crmask.dtype == bool
+    recall = (crmask & truth_cr).sum() / truth_cr.sum()
+    assert recall >= 0.9, f"CR recall {recall:.3f}"
+    # false alarms are rare single noise peaks, not stars
+    false_px = crmask & ~ndi.binary_dilation(truth_cr, iterations=2)
+    assert false_px.sum() < 1e-4 * crmask.size
+    t = frame.truth[~frame.truth["saturated"]]
+    ix, iy = np.round(t["x"]).astype(int), np.round(t["y"]).astype(int)
+    core_hit = np.zeros(len(t), bool)
+    real_hit = np.zeros(len(t), bool)
+    for dy in (-1, 0, 1):
+        for dx in (-1, 0, 1):
+            core_hit |= crmask[iy + dy, ix + dx]
+            real_hit |= ndi.binary_dilation(truth_cr, iterations=2)[iy + dy, ix + dx]
+    wrongly = (core_hit & ~real_hit).sum()
+    assert wrongly <= 0.01 * len(t), f"{wrongly} of {len(t)} star cores flagged as cosmic rays"
+
+
+def test_cleaned_cosmic_ray_pixels_match_the_frame_without_cosmic_rays(frame, cleaned):
+    # same seed, no cosmics: every other pixel is identical, so the CR pixels have a truth
+    clean_truth = make_frame(shape=(1024, 1024), n_stars=400, n_cosmics=0, n_saturated=4, seed=SEED).data
+    image, crmask = cleaned
+    truth_cr = frame.params["cosmic_mask"]
+    resid = (image - clean_truth)[truth_cr]
+    noise = np.sqrt(frame.params["sky"] / frame.params["gain"] + (frame.params["read_noise"] / frame.params["gain"]) ** 2)
+    assert np.median(np.abs(resid)) < noise
+    # pixels not flagged are untouched
+    assert np.array_equal(image[~crmask], frame.data[~crmask])
+
+
+def test_tiled_cosmic_ray_cleaning_equals_one_piece_and_reports_progress(frame, masks):
+    p = frame.params
+    sub = frame.data[:512, :512]
+    m = (masks.nan | masks.saturated)[:512, :512]
+    ref_img, ref_mask = remove_cosmics(sub, m, p["gain"], p["read_noise"], p["saturation"], CosmicRaySettings(tile_px=0))
+    seen = []
+    for workers in (1, 2):
+        seen.clear()
+        img, crm = remove_cosmics(sub, m, p["gain"], p["read_noise"], p["saturation"],
+                                  CosmicRaySettings(tile_px=128, workers=workers), progress=lambda d, t: seen.append((d, t)))
+        assert np.array_equal(crm, ref_mask)
+        assert np.array_equal(img, ref_img)
+        assert seen[-1] == (16, 16) and len(seen) == 16
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_cosmic_ray_removal_stops_when_cancelled(frame, workers):
+    p = frame.params
+    calls = []
+
+    def cancel():
+        calls.append(1)
+        return len(calls) > 2
+
+    with pytest.raises(Cancelled):
+        remove_cosmics(frame.data, None, p["gain"], p["read_noise"], p["saturation"],
+                       CosmicRaySettings(tile_px=256, workers=workers), cancel=cancel)
+    assert len(calls) == 3  # stopped at the first check after cancel turned true
+
+
+def test_cosmic_rays_found_without_gain_or_read_noise_in_the_header(frame):
+    sub = frame.data[:512, :512]
+    truth_cr = frame.params["cosmic_mask"][:512, :512]
+    _, crm = remove_cosmics(sub, sub >= 0.95 * frame.params["saturation"], None, None, None, CosmicRaySettings())
+    assert (crm & truth_cr).sum() / truth_cr.sum() >= 0.9
+    # astroscrappy flags the core of a star cut by the array edge: leave out the 10 px border
+    false_px = (crm & ~ndi.binary_dilation(truth_cr, iterations=2))[10:-10, 10:-10]
+    assert false_px.sum() < 1e-4 * crm.size
+
+
+def test_nan_pixels_survive_cosmic_ray_cleaning_as_nan(frame):
+    sub = frame.data[:256, :256].copy()
+    sub[100:110, 50:60] = np.nan
+    img, crm = remove_cosmics(sub, None, 1.5, 5.0, 60000.0, CosmicRaySettings())
+    assert np.isnan(img[100:110, 50:60]).all()
+    assert not crm[100:110, 50:60].any()
+    assert np.isfinite(img[:90]).all()
+
+
+def test_background_within_1_percent_of_injected_sky_and_rms_matches_noise(frame, masks, cleaned):
+    image, crmask = cleaned
+    bkg = estimate_background(image, masks.combined | crmask, DetectionSettings())
+    assert isinstance(bkg, Background)
+    assert bkg.background.dtype == np.float32 and bkg.rms.dtype == np.float32
+    sky = _sky_map(frame)
+    rel = bkg.background / sky - 1.0
+    assert abs(np.median(rel)) < 0.01
+    assert np.percentile(np.abs(rel), 99) < 0.01
+    p = frame.params
+    noise = np.sqrt(sky / p["gain"] + (p["read_noise"] / p["gain"]) ** 2)
+    assert abs(np.median(bkg.rms / noise) - 1.0) < 0.05
+    assert abs(bkg.global_bkg / sky.mean() - 1.0) < 0.01
+    assert abs(bkg.global_rms / np.median(noise) - 1.0) < 0.05
+
+
+def test_background_ignores_masked_pixels():
+    f = make_frame(shape=(512, 512), n_stars=50, n_cosmics=0, n_saturated=0, seed=SEED)
+    data = f.data.copy()
+    data[100:300, 100:300] += 5000.0  # a masked blemish must not raise the sky
+    mask = np.zeros(data.shape, bool)
+    mask[100:300, 100:300] = True
+    bkg = estimate_background(data, mask, DetectionSettings(background_box=32))
+    sky = _sky_map(f)
+    assert np.abs(bkg.background / sky - 1.0)[150:250, 150:250].max() < 0.02
+    unmasked = estimate_background(data, None, DetectionSettings(background_box=32))
+    assert (unmasked.background / sky)[150:250, 150:250].min() > 2.0  # the test can tell
+
+
+def test_saturated_mask_covers_the_injected_saturated_stars(frame, masks):
+    assert isinstance(masks, Masks)
+    sat_stars = frame.truth[frame.truth["saturated"]]
+    assert len(sat_stars) == 4
+    for row in sat_stars:
+        ix, iy = int(round(row["x"])), int(round(row["y"]))
+        assert masks.saturated[iy, ix]
+    # the brightest catalogue stars clip too: predict every star's peak from its flux
+    t = frame.truth
+    beta = t.meta["beta"]
+    alpha = moffat_alpha(t.meta["fwhm"], beta)
+    peak = np.asarray(t["flux"]) * (beta - 1) / (np.pi * alpha**2)
+    level = masks.saturation_level
+    assert level == pytest.approx(0.95 * 60000.0)
+    ix, iy = np.round(t["x"]).astype(int), np.round(t["y"]).astype(int)
+    assert masks.saturated[iy, ix][peak > 1.2 * level].all()
+    assert not masks.saturated[iy, ix][peak < 0.5 * level].any()
+    # every saturated blob sits on a star that should clip
+    labels, n = ndi.label(masks.saturated)
+    on_blob = labels[iy, ix]
+    assert set(on_blob[peak > 0.8 * level]) - {0} == set(range(1, n + 1))
+    raw = frame.data >= level
+    assert masks.saturated[raw].all() and masks.saturated.sum() > raw.sum()  # grown by 1 px
+
+
+def test_border_nan_and_combined_masks():
+    f = make_frame(shape=(256, 300), n_stars=20, n_cosmics=0, n_saturated=1, seed=SEED)
+    data = f.data.copy()
+    data[50, 60] = np.nan
+    data[70, 80] = np.inf
+    m = make_masks(data, 60000.0, DetectionSettings(border_px=12))
+    assert m.nan[50, 60] and m.nan[70, 80] and m.nan.sum() == 2
+    assert m.border[:12].all() and m.border[-12:].all() and m.border[:, :12].all() and m.border[:, -12:].all()
+    assert not m.border[12:-12, 12:-12].any()
+    assert np.array_equal(m.combined, m.nan | m.saturated | m.border)
+
+
+def test_saturation_level_found_from_a_clipped_plateau_when_unknown(frame):
+    m = make_masks(frame.data, None, DetectionSettings())
+    assert m.saturation_level == pytest.approx(60000.0)
+    for row in frame.truth[frame.truth["saturated"]]:
+        assert m.saturated[int(round(row["y"])), int(round(row["x"]))]
+    noise_only = np.random.default_rng(1).normal(100, 10, (128, 128)).astype(np.float32)
+    assert not make_masks(noise_only, None, DetectionSettings()).saturated.any()
+
+
+def test_all_nan_frame_is_refused_with_a_clear_error():
+    with pytest.raises(InputError, match="NaN"):
+        make_masks(np.full((64, 64), np.nan, np.float32), 60000.0, DetectionSettings())
