@@ -625,7 +625,7 @@ def _terminate_local(executor) -> None:
     executor.shutdown(wait=False, cancel_futures=True)
 
 
-def connect_dask(address: str):
+def connect_dask(address: str, timeout: str = "15s"):
     """A ``distributed.Client`` for ``address``; clear errors when dask is missing or unreachable."""
     try:
         from distributed import Client
@@ -633,7 +633,7 @@ def connect_dask(address: str):
         raise UsageError("rpp batch --scheduler needs dask.distributed: install it with "
                          "`pip install 'rpp[dask]'` (or `pip install distributed`)") from None
     try:
-        return Client(address, timeout="15s", set_as_default=False)
+        return Client(address, timeout=timeout, set_as_default=False)
     except (OSError, TimeoutError, ValueError) as exc:
         raise UsageError(f"cannot reach the Dask scheduler at {address}: {exc}; check the address "
                          f"(tcp://HOST:PORT) and that `dask scheduler` and workers are running") from None

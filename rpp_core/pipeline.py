@@ -137,19 +137,6 @@ def _fmt(v: Any) -> str:
     return str(v)
 
 
-def _saturation_level(data: np.ndarray, meta_value: float | None, profile_value: float) -> tuple[float, str]:
-    """SATURATE from header, else the profile, else the data maximum when it is clearly a plateau."""
-    if meta_value and np.isfinite(meta_value) and meta_value > 0:
-        return float(meta_value), "header"
-    if profile_value > 0:
-        return float(profile_value), "profile"
-    finite_max = float(np.nanmax(data))
-    at_max = int(np.count_nonzero(data >= finite_max))
-    if at_max >= 5:  # several pixels sit exactly at the maximum: a clipped detector
-        return finite_max, f"data maximum ({at_max} pixels at {finite_max:g})"
-    return float("inf"), "none (no SATURATE, no plateau in the data)"
-
-
 async def run(path, profile: Profile | None = None, on_event: Callable[[ev.Event], None] | None = None,
               cancel: asyncio.Event | None = None, *, out_dir=None, catalog_files=(), hdu: int | None = None,
               offline: bool | None = None) -> RunResult:
@@ -244,8 +231,15 @@ async def _run_stages(job: _Job, path: Path, profile: Profile, run_dir: Path, hd
         exptime = meta.exptime if meta.exptime and meta.exptime > 0 else None
         if exptime is None:
             job.warn("no EXPTIME: instrumental magnitudes are per frame, not per second")
-        saturation, sat_src = _saturation_level(frame.data, meta.saturation, profile.observatory.saturation)
-        job.log(f"saturation level {saturation:g} ADU from {sat_src}")
+        if meta.saturation and meta.saturation > 0:
+            saturation, sat_src = float(meta.saturation), meta.sources.get("saturation", "header")
+        elif profile.observatory.saturation > 0:
+            saturation, sat_src = profile.observatory.saturation, "profile observatory.saturation"
+        else:
+            saturation, sat_src = None, "none given: the frame maximum if it is a clipped plateau"
+        masks = preprocess.make_masks(frame.data, saturation, det)
+        saturation = masks.saturation_level
+        job.log(f"saturation level {saturation if saturation is not None else 'none'} ADU ({sat_src})")
         fig.update(exptime=exptime, filter=meta.filter, airmass=meta.airmass, pixel_scale=meta.pixel_scale, gain=gain)
     summary.update(
         date_obs=meta.date_obs.isot if meta.date_obs is not None else None,
@@ -255,14 +249,13 @@ async def _run_stages(job: _Job, path: Path, profile: Profile, run_dir: Path, hd
         pointing=[meta.ra, meta.dec], metadata_sources=meta.sources,
     )
 
-    masks = preprocess.make_masks(frame.data, saturation, det)
     data = frame.data
     cr_mask = None
     if profile.cosmic_rays.enabled:
         async with job.step("cosmics") as fig:
             cr = profile.cosmic_rays
             data, cr_mask = await job.in_thread(
-                preprocess.remove_cosmics, frame.data, masks.combined, cr.gain or gain, cr.read_noise or read_noise,
+                preprocess.remove_cosmics, frame.data, masks.nan | masks.saturated, cr.gain or gain, cr.read_noise or read_noise,
                 saturation, cr, progress=job.progress_cb("cosmics"), cancel=job.cancelled)
             fig["n_cr_pixels"] = int(cr_mask.sum())
     else:
@@ -279,14 +272,16 @@ async def _run_stages(job: _Job, path: Path, profile: Profile, run_dir: Path, hd
     async with job.step("fwhm") as fig:
         guess = det.seeing_arcsec / meta.pixel_scale if meta.pixel_scale else 3.0
         guess = float(np.clip(guess, 1.2, 30.0))
-        fw = await job.in_thread(detect.measure_fwhm, data_sub, bkg.rms, mask, guess, det)
+        fw = await job.in_thread(detect.measure_fwhm, data_sub, bkg.rms, mask, guess, det,
+                                 progress=job.progress_cb("fwhm"), cancel=job.cancelled)
         fig.update(fwhm_px=fw.fwhm_px, scatter_px=fw.scatter_px, n_stars=fw.n_stars)
     fwhm = float(fw.fwhm_px)
     summary.update(fwhm_px=fwhm, fwhm_scatter_px=float(fw.scatter_px), fwhm_n_stars=int(fw.n_stars),
                    fwhm_arcsec=fwhm * meta.pixel_scale if meta.pixel_scale else None)
 
     async with job.step("detect") as fig:
-        sources = await job.in_thread(detect.find_stars, data_sub, bkg.rms, mask, fwhm, det, masks.saturated)
+        sources = await job.in_thread(detect.find_stars, data_sub, bkg.rms, mask, fwhm, det, masks.saturated,
+                                      progress=job.progress_cb("detect"), cancel=job.cancelled)
         fig["n_sources"] = len(sources)
     summary["n_sources"] = len(sources)
 
@@ -323,17 +318,13 @@ async def _run_stages(job: _Job, path: Path, profile: Profile, run_dir: Path, hd
     wcs_info: dict[str, Any] = {"status": frame.wcs_status, "source": "header" if wcs is not None else None}
     refcat = None
     ref_error: str | None = None
-    try:
-        from . import astrometry
-    except ImportError:  # pragma: no cover - module always shipped
-        astrometry = None
-    if astrometry is not None and profile.astrometry.solver != "none" and profile.astrometry.solve != "never":
+    from . import astrometry
+
+    if profile.astrometry.solver != "none" and profile.astrometry.solve != "never":
         async with job.step("astrometry") as fig:
             try:
                 refcat = await _reference_for_astrometry(job, profile, meta, frame, wcs)
-                need, why = astrometry.needs_solving(frame, meta, profile.astrometry, refcat=refcat,
-                                                      sources=cat) if _accepts(astrometry.needs_solving, "sources") \
-                    else astrometry.needs_solving(frame, meta, profile.astrometry, refcat=refcat)
+                need, why = astrometry.needs_solving(frame, meta, profile.astrometry, refcat=refcat, sources=cat)
                 job.log(f"plate solving {'needed' if need else 'not needed'}: {why}")
                 if need:
                     res = await job.in_thread(
@@ -343,7 +334,8 @@ async def _run_stages(job: _Job, path: Path, profile: Profile, run_dir: Path, hd
                     wcs_info.update(status="solved", source=res.method, rms_arcsec=res.rms_arcsec, n_matched=res.n_matched)
                     for line in astrometry.wcs_keywords(frame.header):
                         job.log(f"original WCS card: {line}", "DEBUG")
-                if wcs is not None and profile.astrometry.refine and refcat is not None and len(refcat) >= 5:
+                # solve() already refines against refcat; refine a header WCS only
+                if not need and wcs is not None and profile.astrometry.refine and refcat is not None and len(refcat) >= 5:
                     ref = await job.in_thread(astrometry.refine, cat, wcs, refcat, profile.astrometry)
                     for line in ref.log:
                         job.log(line)
@@ -363,8 +355,7 @@ async def _run_stages(job: _Job, path: Path, profile: Profile, run_dir: Path, hd
         if wcs is not None and wcs is not frame.wcs:
             astrometry.write_wcs_file(wcs, frame.data.shape, run_dir / "frame.wcs")
     else:
-        job.skip("astrometry", "disabled in the profile" if profile.astrometry.solve == "never" or profile.astrometry.solver == "none"
-                 else "astrometry module unavailable")
+        job.skip("astrometry", "disabled in the profile")
     if wcs is None:
         why = "no FITS WCS in the header" if frame.wcs_status == "missing" else f"WCS {frame.wcs_status}"
         job.warn(f"{why} and no plate solution: the catalogue has pixel positions only, no calibration "
@@ -438,15 +429,6 @@ async def _run_stages(job: _Job, path: Path, profile: Profile, run_dir: Path, hd
             job.log(f"retention: removed {len(removed)} old run(s)")
     return RunResult(run_dir=run_dir, catalog=cat, summary=summary, files=files, warnings=job.warnings,
                      exit_code=exit_code, message=message)
-
-
-def _accepts(fn, name: str) -> bool:
-    import inspect
-
-    try:
-        return name in inspect.signature(fn).parameters
-    except (TypeError, ValueError):
-        return False
 
 
 def _pixel_scale(wcs) -> float | None:

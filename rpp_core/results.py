@@ -27,11 +27,13 @@ import json
 import os
 import shutil
 import threading
+import warnings
 import zipfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+from astropy.io.fits.verify import VerifyWarning
 from astropy.table import Table
 
 from . import plots
@@ -77,7 +79,10 @@ def atomic_write_text(path: Path, text: str) -> Path:
 def atomic_write_table(table: Table, path: Path, fmt: str) -> Path:
     tmp = _tmp(path)
     try:
-        table.write(tmp, format=fmt, overwrite=True)
+        with warnings.catch_warnings():
+            # long meta keys become HIERARCH cards in FITS: expected, not worth a warning
+            warnings.simplefilter("ignore", VerifyWarning)
+            table.write(tmp, format=fmt, overwrite=True)
         os.replace(tmp, path)
     finally:
         if tmp.exists():

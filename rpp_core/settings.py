@@ -161,7 +161,7 @@ class ServicesSettings:
     backoff_s: float = _f(1.0, "first retry delay, doubled at each retry", "s", (0.0, 60.0))
     retry_after_max_s: float = _f(120.0, "longest Retry-After wait honoured before giving up", "s", (0.0, 3600.0))
     max_rows: int = _f(50000, "most rows asked of one cross-match service per field", "", (10, 10_000_000))
-    gaia_tile_deg: float = _f(0.5, "Gaia cones wider than this are split into tiles of this radius", "deg", (0.05, 5.0))
+    gaia_tile_deg: float = _f(1.0, "Gaia cones wider than this are split into tiles of this radius", "deg", (0.05, 5.0))
     gaia_batch_ids: int = _f(500, "source_ids per synthetic-photometry query", "", (10, 5000))
     gaia_max_ruwe: float = _f(1.4, "calibration stars: largest RUWE", "", (1.0, 100.0))
     gaia_color_min: float = _f(-0.5, "calibration stars: bluest BP-RP", "mag", (-5.0, 10.0))

@@ -31,7 +31,7 @@ from .screens.history import HistoryPane
 from .screens.image import ImagePane
 from .screens.parameters import ParametersPane
 from .screens.plots import PlotsPane
-from .screens.run import RunPane, format_summary
+from .screens.run import RunPane, short_summary
 
 TABS = ("files", "parameters", "run", "catalogue", "plots", "image", "history")
 
@@ -195,9 +195,7 @@ class RppApp(App[int]):
             result = job.result
             run_pane.set_status(f"Run #{job.id} finished: {display_path(result.run_dir)}  (enter: results){queued}")
             self.show_run(loaders.from_result(result))
-            msg = format_summary(result.summary, display_path(result.run_dir)).splitlines()
-            self.notify(" · ".join(m.split(None, 1)[-1] if i < 5 else m for i, m in enumerate(msg[:5])),
-                        title=f"run #{job.id} finished", timeout=6)
+            self.notify(short_summary(result.summary), title=f"run #{job.id} finished", timeout=6)
         elif job.state == "cancelled":
             run_pane.set_status(f"Run #{job.id} cancelled{queued}")
             self.notify(f"run #{job.id} cancelled", severity="warning")

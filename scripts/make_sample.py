@@ -28,8 +28,8 @@ def main() -> None:
     hdr["TELESCOP"] = "RPP synthetic 0.5m"
     hdr["INSTRUME"] = "SYNTHCAM"
     hdr["COMMENT"] = "Synthetic frame made by scripts/make_sample.py; truth in the reference catalogue."
+    # astropy stores uint16 as BITPIX=16 with BZERO=32768, as cameras do
     hdu = fits.PrimaryHDU(data, header=hdr)
-    hdu.scale("int16", bzero=32768)
     hdu.writeto(DATA / "sample_frame.fits.gz", overwrite=True)
     ref = fr.refcat
     rng = np.random.default_rng(7)

@@ -16,4 +16,29 @@ def catalog_servers():
     server = CatalogServers(make_test_sky())
     yield server
     server.close()
+
+
+@pytest.fixture
+def frame_catalog_server():
+    """Factory for a loopback catalogue server whose sky is the truth of YOUR synthetic frame(s).
+
+    ``server = frame_catalog_server(frame)`` (or ``frame_catalog_server(f1, f2, ...)``) starts a
+    server on its own port; ``server.settings(**changes)`` gives ServicesSettings pointing at it.
+    Epoch = DATE-OBS + EXPTIME/2 of each frame. Servers stop at the end of the test.
+    """
+    from tests.servers import CatalogServers, SyntheticSky, frame_epoch
+
+    started = []
+
+    def make(*frames, with_objects=True, **server_kw):
+        sky = SyntheticSky()
+        for k, frame in enumerate(frames):
+            sky.add_frame(f"frame{k}", frame, frame_epoch(frame), seed=k, with_objects=with_objects)
+        server = CatalogServers(sky, **server_kw)
+        started.append(server)
+        return server
+
+    yield make
+    for server in started:
+        server.close()
 # ---- END catalogue loopback servers ----

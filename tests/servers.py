@@ -691,7 +691,7 @@ def vizier_render_empty(params) -> str:
 
 # ---------------------------------------------------------------- the standard test sky
 
-MAIN_FRAME = dict(shape=(512, 512), n_stars=150, seed=11, ra0=150.0, dec0=20.0, pixscale=1.0, mag_range=(12.0, 18.5),
+MAIN_FRAME = dict(shape=(512, 512), n_stars=150, seed=11, ra0=120.0, dec0=35.0, pixscale=1.0, mag_range=(12.0, 18.5),
                   n_cosmics=0, n_saturated=0, date_obs="2025-01-02T03:04:05", exptime=60.0, min_separation=0.0)
 WIDE_FRAME = dict(shape=(400, 400), n_stars=1400, seed=12, ra0=210.0, dec0=-30.0, pixscale=40.0, fwhm=1.5,
                   mag_range=(10.0, 17.0), n_cosmics=0, n_saturated=0, date_obs="2024-06-01T22:00:00", exptime=30.0)

@@ -72,13 +72,13 @@ def test_a_night_gives_one_line_per_frame_and_a_summary_and_the_bad_frame_does_n
     assert [n for _, n, _ in seen] == [1, 2, 3, 4, 5] and {t for *_, t in seen} == {5}
     by_name = {r.name: r for r in report.results}
     bad = by_name.pop("night_004_truncated.fits")
-    assert bad.status == "failed" and bad.exit_code == 3
+    assert bad.status == "failed" and bad.exit_code == 3, bad
     assert "night_004_truncated.fits" in bad.reason
     assert "FAILED" in bad.line(5, 5) and "exit 3" in bad.line(5, 5)
     assert report.exit_code == 3
 
     good = [by_name[f"night_{i:03d}.fits"] for i in range(4)]
-    assert all(r.status == "ok" for r in good)
+    assert all(r.status == "ok" for r in good), [(r.name, r.reason) for r in good]
     zp_adu = [zp0 - 2.5 * np.log10(GAIN) for _, _, zp0 in NIGHT]
     for r, (date, fwhm, _) in zip(good, NIGHT):
         assert r.fwhm_px == pytest.approx(fwhm, rel=0.10), r
@@ -158,7 +158,7 @@ def test_batch_on_a_dask_cluster_gives_the_same_results_as_the_local_pool(night,
                                  catalog_files=[refcat])
     assert [r.name for r in remote.results] == [r.name for r in local.results]
     for a, b in zip(local.results, remote.results):
-        assert (a.status, a.exit_code) == (b.status, b.exit_code)
+        assert (a.status, a.exit_code) == (b.status, b.exit_code), (a, b)
         assert a.n_sources == b.n_sources and a.n_calibrators == b.n_calibrators
         if a.status == "ok":
             assert a.zp == pytest.approx(b.zp, abs=1e-9) and a.fwhm_px == pytest.approx(b.fwhm_px, abs=1e-9)
@@ -177,7 +177,7 @@ def test_unreachable_scheduler_is_a_usage_error_naming_it(night, tmp_path):
     pytest.importorskip("distributed")
     frames, refcat = night
     with pytest.raises(batch.UsageError, match="tcp://127.0.0.1:9"):
-        batch.connect_dask("tcp://127.0.0.1:9")
+        batch.connect_dask("tcp://127.0.0.1:9", timeout="1s")
 
 
 def test_frames_of_one_field_wait_for_the_first_so_the_catalogue_is_fetched_once(tmp_path):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 from scipy import ndimage as ndi
@@ -201,3 +203,31 @@ def test_nan_pixels_do_not_break_detection(field):
     again = find_stars(holed, bkg.rms, m, fw.fwhm_px, settings, saturated_mask=masks.saturated)
     assert abs(len(again) - len(stars)) <= 3
     assert np.isfinite(again["flux"]).all()
+
+
+DATA = Path("/work/shared/data")
+
+
+@pytest.mark.skipif(not (DATA / "images/M6707HH.fits").exists(), reason="shared real data not present")
+def test_real_plate_detects_the_gaia_stars_of_m67():
+    """DSS plate of M67 with its independent astrometry.net WCS: Gaia G 11-18 stars are found within 2 px."""
+    from astropy.io import fits
+    from astropy.table import Table
+    from astropy.wcs import WCS
+
+    data = fits.getdata(DATA / "images/M6707HH.fits").astype(np.float32)
+    wcs = WCS(fits.getheader(DATA / "wcs_truth/m67_custom_gaia_index_solve.wcs.fits"), naxis=2)
+    gaia = Table.read(DATA / "refcats/M67_gaia_dr2_cone40arcmin_plx_gt_0.5.csv")
+    settings = DetectionSettings()
+    masks = make_masks(data, None, settings)
+    bkg = estimate_background(data, masks.combined, settings)
+    sub = data - bkg.background
+    fw = measure_fwhm(sub, bkg.rms, masks.combined, 2.5 / 1.70, settings)
+    assert 2.0 < fw.fwhm_px < 4.0 and fw.n_stars >= 50  # 2.9 px (4.9") on this 1951 plate
+    stars = find_stars(sub, bkg.rms, masks.combined, fw.fwhm_px, settings, saturated_mask=masks.saturated)
+    x, y = wcs.all_world2pix(gaia["ra"], gaia["dec"], 0)
+    ny, nx = data.shape
+    sel = (x > 20) & (x < nx - 21) & (y > 20) & (y < ny - 21) & (gaia["phot_g_mean_mag"] > 11) & (gaia["phot_g_mean_mag"] < 18)
+    d, _ = cKDTree(np.c_[stars["x"], stars["y"]]).query(np.c_[x[sel], y[sel]])
+    found = (d < 2.0).mean()
+    assert sel.sum() > 500 and found >= 0.95, f"{found:.3f} of {sel.sum()} Gaia stars found"

@@ -304,3 +304,14 @@ def test_4k_frame_with_6000_stars_is_measured_fast_and_accurately():
     assert abs(np.median(ratio) - 1) < 0.01
     # photutils takes 3.1 s (apertures) + 1.7 s (ePSF) + 63 s (PSF) here: stay well below a fifth of that
     assert t_ap + info.build_s + info.fit_s < 13.0
+
+
+def test_photometry_table_and_its_meta_survive_an_ecsv_round_trip(psf_result, tmp_path):
+    tab, info, _ = psf_result
+    path = tmp_path / "cat.ecsv"
+    tab.write(path)
+    back = Table.read(path)
+    assert back.meta["apertures"]["ap2"] == pytest.approx(7.0)
+    assert back.meta["psf_apcorr"] == pytest.approx(info.apcorr)
+    assert back.meta["aperture_corrections"]["ap1p5"][0] == pytest.approx(info.aperture_corrections["ap1p5"][0])
+    np.testing.assert_allclose(np.asarray(back["psf_mag"]), np.asarray(tab["psf_mag"]), equal_nan=True)

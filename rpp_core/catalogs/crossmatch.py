@@ -32,7 +32,7 @@ from astropy.time import Time
 from ..errors import Cancelled, ServiceError
 from ..settings import ObservatorySettings, ServicesSettings
 from . import astrocolibri, gaia, simbad, skybot, vizier, vsx
-from .http import OfflineMiss, ServiceClient, redact, run_cancellable
+from .http import ServiceClient, ServiceSkipped, redact, run_cancellable
 
 #: service name in ``services.enabled`` -> column prefix
 PREFIXES = {"gaia": "gaia_", "simbad": "simbad_", "skybot": "skybot_", "vsx": "vsx_", "milliquas": "milliquas_",
@@ -172,7 +172,7 @@ async def _query_service(name: str, client: ServiceClient, center, radius_deg: f
     if name == "vsx":
         return await vsx.query(ra0, dec0, radius_deg, settings, client=client, cancel=cancel)
     if epoch is None and name in ("skybot", "astrocolibri"):
-        raise ServiceError(f"{name}: the observation time is unknown (no DATE-OBS), so it cannot be queried")
+        raise ServiceSkipped(f"{name}: the observation time is unknown (no DATE-OBS), so it cannot be queried")
     if name == "skybot":
         loc, where = skybot.observer_location(observatory, site)
         status["location"] = where
@@ -268,7 +268,7 @@ async def crossmatch_services(ra, dec, radius_arcsec: float, field_center: tuple
             cat = await _query_service(name, client, field_center, field_radius_deg, epoch, settings, observatory,
                                        secrets or {}, site, cancel, log, st)
             return cat
-        except OfflineMiss as exc:
+        except ServiceSkipped as exc:
             st.update(status="skipped", reason=redact(str(exc), secrets))
         except ServiceError as exc:
             st.update(status="failed", reason=redact(str(exc), secrets))

@@ -59,6 +59,8 @@ BANDS: dict[str, tuple[str, str]] = {
 #: DR3 photometric zero-point uncertainties (Riello et al. 2021), mag
 ZP_ERR = {"G": 0.0027553202, "BP": 0.0027901700, "RP": 0.0037793818}
 GAIA_EPOCH = 2016.0
+#: gaiadr3.synthetic_photometry_gspc holds only sources brighter than this G
+GSPC_G_LIMIT = 17.65
 _MAG_PER_LN = 2.5 / np.log(10.0)
 
 
@@ -333,7 +335,9 @@ async def fetch_gaia_reference(center_ra: float, center_dec: float, radius_deg: 
             mag = np.asarray(field[f"gaia_{prefix}_mag"], float)
             mag_err = gaia_mag_err(field[f"gaia_{prefix}_flux_over_error"], band)
         else:
-            synth = await fetch_synthetic(field["gaia_source_id"], band, settings, client=client, cancel=cancel)
+            # no need to ask for ids the GSPC cannot have
+            bright = np.nan_to_num(np.asarray(field["gaia_phot_g_mean_mag"], float), nan=99.0) <= GSPC_G_LIMIT
+            synth = await fetch_synthetic(field["gaia_source_id"][bright], band, settings, client=client, cancel=cancel)
             lookup = {int(s): k for k, s in enumerate(synth["source_id"])}
             idx = np.array([lookup.get(int(s), -1) for s in field["gaia_source_id"]], int)
             have = idx >= 0

@@ -28,11 +28,11 @@ import io
 import json
 import os
 import time
+import uuid
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
-from urllib.parse import urlencode
 
 import httpx
 import numpy as np
@@ -42,13 +42,14 @@ from .. import locations
 from ..errors import Cancelled, ServiceError
 from ..settings import ServicesSettings
 
-CancelLike = "asyncio.Event | Callable[[], bool] | None"
-
-#: what ``ServiceError.reason`` says for each failure kind, used by status dicts
 USER_AGENT = "rpp-photometry-pipeline/0.1 (+catalogue client)"
 
 
-class OfflineMiss(ServiceError):
+class ServiceSkipped(ServiceError):
+    """The service was not asked (offline, no user id, no observation time): skipped, not failed."""
+
+
+class OfflineMiss(ServiceSkipped):
     """Offline mode and no cached answer: the service was skipped, not failed."""
 
 
@@ -179,7 +180,7 @@ class AnswerCache:
         path = self._path(service, key)
         path.parent.mkdir(parents=True, exist_ok=True)
         for target, payload in ((path, data), (path.with_suffix(".json"), json.dumps(describe, default=str).encode())):
-            tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+            tmp = target.with_name(f".{target.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
             tmp.write_bytes(payload)
             os.replace(tmp, target)
         self.prune()
@@ -343,7 +344,7 @@ class ServiceClient:
                     try:
                         value = parse(body)
                     except MalformedAnswer as exc:
-                        last_reason = str(exc)
+                        last_reason = str(exc).removeprefix(f"{service}: ")
                         value = None
                     if value is not None:
                         if cache:
@@ -354,7 +355,7 @@ class ServiceClient:
                         return value
                     if attempt < s.retries:
                         self.stats.add(self.stats.retries, service)
-                        self.log("WARNING", self._say(f"{last_reason}; retry {attempt + 1}/{s.retries} in {wait:.1f} s"))
+                        self.log("WARNING", self._say(f"{service}: {last_reason}; retry {attempt + 1}/{s.retries} in {wait:.1f} s"))
                         await sleep_cancellable(wait, cancel)
                     continue
                 reason = _short_reason(resp.content)
@@ -374,11 +375,6 @@ class ServiceClient:
                 self.log("WARNING", self._say(f"{service}: {last_reason}; retry {attempt + 1}/{s.retries} in {wait:.1f} s"))
                 await sleep_cancellable(wait, cancel)
         raise ServiceError(self._say(f"{service}: {last_reason} ({s.retries + 1} attempts; endpoint {url})"))
-
-    async def get_table(self, service: str, url: str, params: dict, *, what: str, cancel=None,
-                        parse: Callable[[bytes], Any]):
-        """GET returning ``parse(body)``; convenience for the cone-search services."""
-        return await self.request(service, "GET", url, params=params, describe=what, cancel=cancel, parse=parse)
 
     async def tap_sync(self, service: str, endpoint: str, adql: str, *, describe: str = "", cancel=None,
                        maxrec: int | None = None) -> Table:
@@ -471,7 +467,3 @@ def column(tab: Table, name: str, default=np.nan, dtype=float) -> np.ndarray:
             except (TypeError, ValueError):
                 pass
         return out
-
-
-def query_string(params: dict) -> str:
-    return urlencode(params)

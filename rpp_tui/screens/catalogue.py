@@ -65,8 +65,8 @@ class CataloguePane(TabPane):
         self.table_data = None
 
     def compose(self) -> ComposeResult:
-        yield Input(placeholder="filter: snr>10 and flags==0, or a name/id to find  (/ to edit, Esc back)",
-                    id="cat-filter")
+        yield Input(placeholder="/ filter: snr>10 and flags==0, or a name or id to find",
+                    id="cat-filter", compact=True)
         with Horizontal(id="cat-body"):
             yield CatalogueTable(id="cat-table")
             with VerticalScroll(id="cat-details"):

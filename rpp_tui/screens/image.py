@@ -12,7 +12,7 @@ from textual.worker import get_current_worker
 from .. import loaders
 from ..widgets.halfblock import HalfBlockImage, Marker
 
-LEGEND = "+ detection  o calibrator  x rejected"
+LEGEND = "+ source  o calibrator  x rejected"
 
 
 def run_markers(catalog, limit: int = 5000) -> list[Marker]:
@@ -84,7 +84,7 @@ class ImagePane(TabPane):
     def _update_status(self) -> None:
         image = self.query_one(HalfBlockImage)
         overlay = LEGEND if image.show_markers else "overlay off"
-        self.query_one("#image-status", Static).update(f"{image.describe_view()}   {overlay}")
+        self.query_one("#image-status", Static).update(f"{image.describe_view()}  {overlay}")
 
     def on_half_block_image_view_changed(self, _event) -> None:
         self._update_status()

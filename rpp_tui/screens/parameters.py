@@ -32,6 +32,7 @@ class ParametersPane(TabPane):
         Binding("ctrl+o", "load", "Load"),
         Binding("ctrl+r", "rename", "Rename"),
         Binding("ctrl+t", "delete", "Delete"),
+        Binding("escape", "leave_form", "Sections", show=False),
     ]
 
     def __init__(self) -> None:
@@ -67,6 +68,10 @@ class ParametersPane(TabPane):
 
     def focus_main(self) -> None:
         self.query_one("#sections", OptionList).focus()
+
+    def action_leave_form(self) -> None:
+        """Back to the section list, where the app's single-key bindings work again."""
+        self.focus_main()
 
     def _refresh_profile_line(self) -> None:
         names = settings.list_profiles()

@@ -11,6 +11,7 @@ from textual.widgets import Static, TabPane
 
 from rpp_core import events as ev
 
+from ..paths import display_path
 from ..widgets.log_view import LEVELS, EventLog
 from ..widgets.stage_list import StageList
 
@@ -36,9 +37,22 @@ def format_summary(summary: dict, run_dir: Path | str | None) -> str:
         f"Calibrators  {summary.get('n_calibrators', '–')}",
         f"ZP ({band or 'band'})  {zp}",
         f"Airmass      {num('airmass', '.3f')}",
-        f"Output       {run_dir or summary.get('run_dir', '')}",
+        f"Output       {display_path(run_dir or summary.get('run_dir', ''))}",
     ]
     return "\n".join(lines)
+
+
+def short_summary(summary: dict) -> str:
+    """One line for a notification: FWHM, counts and zero point."""
+    parts = []
+    if isinstance(summary.get("fwhm_px"), (int, float)):
+        parts.append(f"FWHM {summary['fwhm_px']:.2f} px")
+    parts.append(f"{summary.get('n_sources', 0)} sources")
+    if summary.get("zp") is not None:
+        parts.append(f"{summary.get('n_calibrators', 0)} calibrators, ZP {summary['zp']:.3f} ± {summary.get('zp_err', float('nan')):.3f}")
+    else:
+        parts.append("not calibrated")
+    return " · ".join(parts)
 
 
 class RunPane(TabPane):

@@ -219,4 +219,4 @@ class HalfBlockImage(Widget, can_focus=True):
         z = self.effective_zoom()
         cx, cy = self.center if self.zoom > 0 else (nx / 2.0, ny / 2.0)
         mode = "fit" if self.zoom == 0 else f"x{z:.3g}"
-        return f"{nx}x{ny} px  zoom {mode}  centre ({cx + 0.5:.0f}, {cy + 0.5:.0f})"
+        return f"{nx}x{ny} zoom {mode} at ({cx + 0.5:.0f},{cy + 0.5:.0f})"
