@@ -150,8 +150,6 @@ class PsfInfo:
     aperture_corrections : label -> (correction to the largest aperture in mag, error, n):
         ``mag_largest = mag_label + correction``; label "psf" gives it for the raw PSF mag.
     largest_aperture : label of the largest aperture.
-    pedestal : residual background (ADU/px, median annulus level of faint sources)
-        subtracted from the ePSF star stamps.
     build_s, fit_s : wall time of the ePSF build and of the PSF fits (s).
     normalisation : one line saying what psf_flux measures.
     """
@@ -173,7 +171,6 @@ class PsfInfo:
     apcorr_aperture: str = ""
     aperture_corrections: dict = field(default_factory=dict)
     largest_aperture: str = ""
-    pedestal: float = 0.0
     build_s: float = 0.0
     fit_s: float = 0.0
     normalisation: str = "ePSF normalised to unit sum over its stamp: psf_flux = flux inside the stamp"
@@ -609,10 +606,10 @@ def _stamp_half(fwhm_px: float, settings: PhotometrySettings) -> int:
 def build_epsf(data_sub, mask, x, y, fwhm_px, settings: PhotometrySettings, ids=None, pedestal: float = 0.0):
     """Build an ePSF with photutils EPSFBuilder from stars at (x, y) (0-based px).
 
-    ``pedestal`` (ADU/px) is subtracted from every star stamp first: the ePSF is
-    normalised to the stamp sum, so a residual background of p ADU/px over the
-    N-pixel stamp would bias every PSF flux by -N p / flux (measured: -0.48 ADU/px
-    left by a 64-px mesh background -> -0.6 % on bright stars).
+    ``pedestal`` (ADU/px) is subtracted from every star stamp first. The ePSF is
+    normalised to the stamp sum, so a residual background of p ADU/px over the N-pixel
+    stamp scales every PSF flux by about 1 + N p / flux_star (see the module docstring
+    for why :func:`psf_photometry` passes 0).
 
     Returns ``(epsf, epsf_fit, n_used)``: the oversampled ePSF (sum = oversampling**2), the
     same decimated to image-pixel steps through its centre with unit sum (what sep_x
@@ -773,16 +770,7 @@ def psf_photometry(
                       "(lower detection.threshold_sigma or photometry.psf_radius)")
     ids = np.asarray(tab["id"]) if "id" in tab.colnames else np.arange(n)
     _check(cancel)
-    # Residual background left by the global 2-D background, from the annuli of faint
-    # sources: a bright star's own annulus holds its wings (~1 ADU/px at 4 FWHM for
-    # 1e5 ADU), which over a 37x37 stamp would cost it 1.4 %.
-    bkg_cal = np.asarray(tab[f"bkg_{calib}"], float)
-    snr_cal = np.asarray(tab[f"snr_{calib}"], float)
-    faint = np.isfinite(bkg_cal) & (snr_cal < 30) & (cal_flag == 0)
-    pool = bkg_cal[faint] if faint.sum() >= 20 else bkg_cal[np.isfinite(bkg_cal)]
-    info.pedestal = float(np.median(pool)) if len(pool) else 0.0
-    info.epsf, epsf_fit, info.n_stars = build_epsf(data, mask, x[stars], y[stars], fwhm_px, settings,
-                                                   ids=ids[stars], pedestal=info.pedestal)
+    info.epsf, epsf_fit, info.n_stars = build_epsf(data, mask, x[stars], y[stars], fwhm_px, settings, ids=ids[stars])
     info.epsf_fit = epsf_fit
     info.stamp_px = epsf_fit.shape[0]
     info.star_ids = ids[stars].tolist()
@@ -809,15 +797,12 @@ def psf_photometry(
     by_y = fit_idx[np.argsort(y[fit_idx], kind="stable")]
     yy_sorted = y[by_y]
     halo = 2.0 * r_fit + info.stamp_px
-    # With background-only weights the fitted flux is sum(P d) / sum(P^2) over the
-    # fit disc, so a local level b adds b * S1 / S2 (S_k = sum P^k): removed with the
-    # source's annulus level, as aperture photometry does. The Poisson variance of
-    # the same estimator is flux * S3 / (gain S2^2).
+    # With background-only weights the Poisson variance of the fitted flux
+    # sum(P d) / sum(P^2) over the fit disc is flux * S3 / (gain S2^2), S_k = sum P^k.
     pc = (info.stamp_px - 1) / 2.0
     pyy, pxx = np.mgrid[0 : info.stamp_px, 0 : info.stamp_px]
-    disc = np.hypot(pxx - pc, pyy - pc) <= r_fit
-    pd = epsf_fit[disc].astype(float)
-    s1, s2, s3 = pd.sum(), (pd**2).sum(), (pd**3).sum()
+    pd = epsf_fit[np.hypot(pxx - pc, pyy - pc) <= r_fit].astype(float)
+    s2, s3 = (pd**2).sum(), (pd**3).sum()
     gain_ok = gain is not None and gain > 0
     n_strips = max(1, math.ceil(len(by_y) / _CHUNK))
     total = n_strips + 1
@@ -836,8 +821,6 @@ def psf_photometry(
         m = len(core)
         fl, fe, xf, yf, chi2 = (np.asarray(v, float)[:m] for v in (fl, fe, xf, yf, chi2))
         fflag = np.asarray(fflag, np.int64)[:m]
-        b_loc = bkg_cal[core]
-        fl = fl - np.where(np.isfinite(b_loc), b_loc, 0.0) * (s1 / s2)
         if gain_ok:
             fe = np.sqrt(fe**2 + np.clip(fl, 0, None) * s3 / (gain * s2**2))
         out_flux[core], out_err[core], out_x[core], out_y[core], out_chi2[core] = fl, fe, xf, yf, chi2

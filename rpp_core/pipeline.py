@@ -364,7 +364,7 @@ async def _run_stages(job: _Job, path: Path, profile: Profile, run_dir: Path, hd
 
     # ---- sky positions
     if wcs is not None:
-        ra, dec = wcs.all_pix2world(np.asarray(cat["x"], float), np.asarray(cat["y"], float), 0)
+        ra, dec = _pix2radec(wcs, cat["x"], cat["y"])
         cat["ra"], cat["dec"] = ra, dec
         cat["ra"].unit = cat["dec"].unit = "deg"
         pixel_scale = _pixel_scale(wcs) or meta.pixel_scale
@@ -441,13 +441,21 @@ def _pixel_scale(wcs) -> float | None:
         return None
 
 
+def _pix2radec(wcs, x, y) -> tuple[np.ndarray, np.ndarray]:
+    """ICRS RA/Dec (deg) of 0-based pixels, whatever the WCS frame (galactic mosaics too)."""
+    from astropy.wcs.utils import pixel_to_skycoord
+
+    c = pixel_to_skycoord(np.asarray(x, float), np.asarray(y, float), wcs, origin=0, mode="all").icrs
+    return c.ra.deg, c.dec.deg
+
+
 def _field_cone(wcs, shape) -> tuple[float, float, float]:
     """Centre (ra, dec) and radius (deg) of the circle round the frame footprint."""
     ny, nx = shape
     cx, cy = (nx - 1) / 2.0, (ny - 1) / 2.0
     xs = np.array([cx, 0, nx - 1, 0, nx - 1])
     ys = np.array([cy, 0, 0, ny - 1, ny - 1])
-    ra, dec = wcs.all_pix2world(xs, ys, 0)
+    ra, dec = _pix2radec(wcs, xs, ys)
     from astropy.coordinates import SkyCoord
 
     c = SkyCoord(ra, dec, unit="deg")
@@ -597,7 +605,8 @@ async def _crossmatch_services(job: _Job, cat: Table, profile: Profile, meta, wc
         columns, statuses = await xm.crossmatch_services(
             np.asarray(cat["ra"], float), np.asarray(cat["dec"], float), radius_arcsec, (ra0, dec0), radius,
             meta.date_obs, svc, profile.observatory, load_secrets(),
-            cancel=job.cancelled, log=job.log, warn=lambda service, reason: job.warn(f"{service}: {reason}"))
+            cancel=job.cancelled, log=job.log, warn=lambda service, reason: job.warn(f"{service}: {reason}"),
+            site=meta.site)
         for name in columns.colnames:
             cat[name] = columns[name]
         summary["services"] = statuses

@@ -42,7 +42,8 @@ def zp_fit(plt, table, meta: dict) -> None:
         plt.title("no zero point: run not calibrated")
         return
     x, y = _finite(mi[used], mr[used])
-    plt.scatter(x.tolist(), y.tolist(), marker="dot", color="cyan", label="used")
+    if len(x):
+        plt.scatter(x.tolist(), y.tolist(), marker="dot", color="cyan", label="used")
     xr, yr = _finite(mi[rej], mr[rej])
     if len(xr):
         plt.scatter(xr.tolist(), yr.tolist(), marker="x", color="red", label="rejected")
@@ -73,6 +74,9 @@ def _residuals(plt, table, meta, xname, xlabel) -> None:
         plt.title("no calibration residuals")
         return
     a, b = _finite(x[used], res[used])
+    if len(a) == 0:
+        plt.title(f"no calibrator has a {xlabel}")
+        return
     plt.scatter(a.tolist(), b.tolist(), marker="dot", color="cyan", label="used")
     a, b = _finite(x[rej], res[rej])
     if len(a):
@@ -137,9 +141,13 @@ def render(name: str, table, meta: dict, width: int = 100, height: int = 30, col
         plotext.plotsize(width, height)
         if not color:
             plotext.theme("clear")
-        draw(name, plotext, table, meta)
-        text = plotext.build()
-        plotext.clear_figure()
+        try:
+            draw(name, plotext, table, meta)
+            text = plotext.build()
+        except Exception as exc:  # plotext has edge-case bugs; a figure must never fail a run
+            text = f"{FIGURES[name][0]}: figure could not be drawn ({type(exc).__name__}: {exc})\n"
+        finally:
+            plotext.clear_figure()
     if not color:
         text = plotext.uncolorize(text)
     return text

@@ -45,7 +45,7 @@ class Recorder:
     def warn(self, service, reason):
         self.warnings.append((service, reason))
 
-    def log(self, level, message):
+    def log(self, message, level="INFO"):
         self.lines.append((level, message))
 
 

@@ -170,4 +170,5 @@ async def test_api_key_is_stored_0600_and_never_shown(tui_env):
         assert app.focused.value == ""
         screen_text = app.export_screenshot()
         assert secret not in screen_text
-        assert f"({len(secret)} chars)" in screen_text
+        assert f"({len(secret)} chars)" in str(app.query_one("#secret-state-astrocolibri_uid").content)
+        assert app.focused.placeholder.endswith(f"({len(secret)} chars)")

@@ -177,8 +177,8 @@ async def _query_service(name: str, client: ServiceClient, center, radius_deg: f
         loc, where = skybot.observer_location(observatory, site)
         status["location"] = where
         if loc == "500":
-            log("WARNING", "skybot: observer location unknown, using the geocentre: set observatory.iau_code "
-                           "or the site coordinates in the profile")
+            log("skybot: observer location unknown, using the geocentre: set observatory.iau_code "
+                "or the site coordinates in the profile", "WARNING")
         return await skybot.query(ra0, dec0, radius_deg, epoch, loc, settings, client=client, cancel=cancel)
     if name == "astrocolibri":
         tab, events = await astrocolibri.query(ra0, dec0, radius_deg, epoch, (secrets or {}).get("astrocolibri_uid", ""),
@@ -222,9 +222,9 @@ async def crossmatch_services(ra, dec, radius_arcsec: float, field_center: tuple
         Astro-Colibri time window. None skips SkyBoT and Astro-Colibri with a warning.
     settings, observatory : profile sections; ``secrets`` from ``rpp_core.settings.load_secrets()``.
     cancel : asyncio.Event or callable, optional
-    log : callable(level, message), optional
+    log : callable(message, level="INFO"), optional
     warn : callable(service, reason), optional
-        Called once per service that failed or was skipped.
+        Called once per service that failed or was skipped; ``reason`` does not repeat the service name.
     client : ServiceClient, optional
         Shared client; a private one is made and closed otherwise.
     site : astropy.coordinates.EarthLocation, optional
@@ -246,7 +246,7 @@ async def crossmatch_services(ra, dec, radius_arcsec: float, field_center: tuple
     Cancelled
         When ``cancel`` fires; a service failure never raises.
     """
-    log = log or (lambda level, msg: None)
+    log = log or (lambda message, level="INFO": None)
     warn = warn or (lambda service, reason: None)
     ra = np.atleast_1d(np.asarray(ra, float))
     dec = np.atleast_1d(np.asarray(dec, float))
@@ -269,13 +269,13 @@ async def crossmatch_services(ra, dec, radius_arcsec: float, field_center: tuple
                                        secrets or {}, site, cancel, log, st)
             return cat
         except ServiceSkipped as exc:
-            st.update(status="skipped", reason=redact(str(exc), secrets))
+            st.update(status="skipped", reason=redact(str(exc).removeprefix(f"{name}: "), secrets))
         except ServiceError as exc:
-            st.update(status="failed", reason=redact(str(exc), secrets))
+            st.update(status="failed", reason=redact(str(exc).removeprefix(f"{name}: "), secrets))
         except (Cancelled, asyncio.CancelledError):
             raise
         except Exception as exc:  # noqa: BLE001 - an enrichment service must never fail the run
-            st.update(status="failed", reason=redact(f"{name}: unexpected {type(exc).__name__}: {exc}", secrets))
+            st.update(status="failed", reason=redact(f"unexpected {type(exc).__name__}: {exc}", secrets))
         finally:
             st["seconds"] = round(time.monotonic() - t0, 3)
             st["network_requests"] = client.stats.network.get(name, 0) - before
@@ -304,7 +304,7 @@ async def crossmatch_services(ra, dec, radius_arcsec: float, field_center: tuple
         if cat is None:
             cols = empty_columns(n, name)
             warn(name, st["reason"])
-            log("WARNING", f"{LABEL[name]}: {st['status']}: {st['reason']}")
+            log(f"{LABEL[name]}: {st['status']}: {st['reason']}", "DEBUG")  # warn() carries the warning
         else:
             st["n_field"] = len(cat)
             i_src, i_cat, sep = match_one_to_one(ra, dec, cat["ra"], cat["dec"], _per_row_radius(name, cat, radius_arcsec))
@@ -313,8 +313,8 @@ async def crossmatch_services(ra, dec, radius_arcsec: float, field_center: tuple
             idcol = ID_COLUMN[name]
             for a in i_src:
                 summary[a].append(f"{LABEL[name]}:{cols[idcol][a]}")
-            log("INFO", f"{LABEL[name]}: {len(cat)} objects in the field, {len(i_src)} matched"
-                        + (" (from cache)" if st["network_requests"] == 0 else ""))
+            log(f"{LABEL[name]}: {len(cat)} objects in the field, {len(i_src)} matched"
+                        + (" (from cache)" if st["network_requests"] == 0 else ""), "INFO")
         for c in cols.colnames:
             out[c] = cols[c]
     out["matches"] = np.array(["; ".join(s) for s in summary], dtype=str) if n else np.array([], dtype=str)

@@ -224,22 +224,22 @@ async def fetch_gaia_field(center_ra: float, center_dec: float, radius_deg: floa
     Columns: ``ra``, ``dec`` (deg, at ``epoch``) and every queried column prefixed ``gaia_``.
     The same cone gives the same cache key for calibration and cross-match.
     """
-    log = log or (lambda level, msg: None)
+    log = log or (lambda message, level="INFO": None)
     dt = abs((Time(epoch).jyear if epoch is not None else GAIA_EPOCH) - GAIA_EPOCH)
     # high-proper-motion stars near the edge: widen the cone by what 0.5"/yr moves them
     radius_q = radius_deg + min(0.5 * dt / 3600.0, 0.05)
     centres = tile_centres(center_ra, center_dec, radius_q, settings.gaia_tile_deg)
     tile_r = radius_q if len(centres) == 1 else settings.gaia_tile_deg
     if len(centres) > 1:
-        log("INFO", f"gaia: field radius {radius_deg:.3f} deg queried as {len(centres)} tiles of {tile_r:g} deg")
+        log(f"gaia: field radius {radius_deg:.3f} deg queried as {len(centres)} tiles of {tile_r:g} deg")
 
     async def one(ra, dec):
         adql = cone_adql(ra, dec, tile_r, settings.gaia_mag_limit)
         tab = await client.tap_sync(SERVICE, settings.gaia_tap, adql, cancel=cancel,
                                     describe=f"Gaia DR3 cone ra={ra:.5f} dec={dec:.5f} r={tile_r:.4f} deg")
         if tab.meta.get("overflow"):
-            log("WARNING", f"gaia: answer for tile ra={ra:.4f} dec={dec:.4f} was truncated by the server (OVERFLOW); "
-                           f"lower services.gaia_tile_deg or services.gaia_mag_limit")
+            log(f"gaia: answer for tile ra={ra:.4f} dec={dec:.4f} was truncated by the server (OVERFLOW); "
+                           f"lower services.gaia_tile_deg or services.gaia_mag_limit", "WARNING")
         return parse_gaia_source(tab)
 
     parts = await _gather_cancellable([one(ra, dec) for ra, dec in centres])
@@ -302,7 +302,7 @@ async def fetch_gaia_reference(center_ra: float, center_dec: float, radius_deg: 
     client : ServiceClient, optional
         Shared client; a private one is made (and closed) otherwise.
     cancel : asyncio.Event or callable, optional
-    log : callable(level, message), optional
+    log : callable(message, level="INFO"), optional
     filters : bool
         Apply the calibration-star cuts of :func:`select_calibrators`
         (False: every star, e.g. for astrometry).
@@ -312,7 +312,7 @@ async def fetch_gaia_reference(center_ra: float, center_dec: float, radius_deg: 
     astropy.table.Table
         ``ra``, ``dec`` (deg, at ``epoch``), ``mag``, ``mag_err`` (mag, in ``band``),
         ``color`` (BP-RP, mag), ``ref_id`` (Gaia DR3 source_id) and the raw Gaia
-        columns prefixed ``gaia_``. ``meta``: ``band``, ``system`` (``Vega``/``AB``),
+        columns prefixed ``gaia_``. ``meta``: ``band``, ``system`` (``Vega``/``AB``), ``source``,
         ``catalog``, ``epoch`` (Julian year), ``n_field``, ``rejected`` (rule -> count).
 
     Raises
@@ -370,7 +370,8 @@ async def fetch_gaia_reference(center_ra: float, center_dec: float, radius_deg: 
             out[name] = field[name]
     for name, unit in (("ra", "deg"), ("dec", "deg"), ("mag", "mag"), ("mag_err", "mag"), ("color", "mag")):
         out[name].unit = unit
-    out.meta.update({"band": band, "system": system, "catalog": "Gaia DR3", "epoch": field.meta["epoch"],
+    out.meta.update({"band": band, "system": system, "catalog": "Gaia DR3", "source": f"Gaia DR3 ({settings.gaia_tap})",
+                     "epoch": field.meta["epoch"],
                      "n_field": len(out), "n_tiles": field.meta.get("n_tiles", 1)})
     if filters:
         keep, rejected = select_calibrators(out, settings)

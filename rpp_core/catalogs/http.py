@@ -256,7 +256,7 @@ class ServiceClient:
     cache_dir : path, optional
         Cache root; default ``locations.cache_dir() / "catalogs"``.
     log : callable, optional
-        ``log(level, message)`` for retries and cache use.
+        ``log(message, level)`` (level ``DEBUG``/``INFO``/``WARNING``) for retries and cache use.
 
     Use as ``async with ServiceClient(settings) as client: ...`` or call
     :meth:`aclose` when done.
@@ -267,7 +267,7 @@ class ServiceClient:
         self.settings = settings
         self.secrets = dict(secrets or {})
         self.cache = AnswerCache(cache_dir, settings.cache_max_mb)
-        self.log = log or (lambda level, msg: None)
+        self.log = log or (lambda message, level="INFO": None)
         self.stats = RequestStats()
         self._limiters: dict[str, _RateLimiter] = {}
         self._http = httpx.AsyncClient(
@@ -319,7 +319,7 @@ class ServiceClient:
                     value = None  # a damaged cache file: ask the service again
                 if value is not None:
                     self.stats.add(self.stats.cache_hits, service)
-                    self.log("DEBUG", f"{service}: answer from cache ({describe or 'query'})")
+                    self.log(f"{service}: answer from cache ({describe or 'query'})", "DEBUG")
                     return value
         if self.settings.offline:
             raise OfflineMiss(f"{service}: offline mode and no cached answer for this field ({describe or 'query'}); skipped")
@@ -355,7 +355,8 @@ class ServiceClient:
                         return value
                     if attempt < s.retries:
                         self.stats.add(self.stats.retries, service)
-                        self.log("WARNING", self._say(f"{service}: {last_reason}; retry {attempt + 1}/{s.retries} in {wait:.1f} s"))
+                        self.log(self._say(f"{service}: {last_reason}; retry {attempt + 1}/{s.retries} "
+                                           f"in {wait:.1f} s"), "WARNING")
                         await sleep_cancellable(wait, cancel)
                     continue
                 reason = _short_reason(resp.content)
@@ -372,7 +373,8 @@ class ServiceClient:
                     raise ServiceError(self._say(f"{service}: {last_reason} ({describe or url})"))
             if attempt < s.retries:
                 self.stats.add(self.stats.retries, service)
-                self.log("WARNING", self._say(f"{service}: {last_reason}; retry {attempt + 1}/{s.retries} in {wait:.1f} s"))
+                self.log(self._say(f"{service}: {last_reason}; retry {attempt + 1}/{s.retries} in {wait:.1f} s"),
+                         "WARNING")
                 await sleep_cancellable(wait, cancel)
         raise ServiceError(self._say(f"{service}: {last_reason} ({s.retries + 1} attempts; endpoint {url})"))
 
