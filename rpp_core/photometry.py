@@ -821,12 +821,13 @@ def psf_photometry(
         m = len(core)
         fl, fe, xf, yf, chi2 = (np.asarray(v, float)[:m] for v in (fl, fe, xf, yf, chi2))
         fflag = np.asarray(fflag, np.int64)[:m]
+        fit_ok = np.isfinite(fl) & (fe > 0)  # sep_x returns 0 +- 0 for a degenerate grouped fit
         if gain_ok:
             fe = np.sqrt(fe**2 + np.clip(fl, 0, None) * s3 / (gain * s2**2))
         out_flux[core], out_err[core], out_x[core], out_y[core], out_chi2[core] = fl, fe, xf, yf, chi2
         # sep_x sets APER_HASMASKED / APER_TRUNC for masked or off-frame pixels in the
         # footprint: the fit is made without them, so they are quality flags, not failures.
-        failed = ((fflag & ~(sep_x.APER_HASMASKED | sep_x.APER_TRUNC)) != 0) | ~np.isfinite(fl) | ~np.isfinite(fe)
+        failed = ((fflag & ~(sep_x.APER_HASMASKED | sep_x.APER_TRUNC)) != 0) | ~fit_ok
         # a fit that wandered more than one FWHM has locked onto a neighbour
         failed |= np.hypot(xf - x[core], yf - y[core]) > fwhm_px
         f = out_flag[core] & ~FLAG_PSF_FAILED

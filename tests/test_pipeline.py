@@ -197,3 +197,27 @@ def test_m67_without_wcs_says_so_and_keeps_pixel_catalogue(tmp_path):
     assert any("no FITS WCS" in w for w in res.warnings)
     assert res.summary["n_sources"] > 100
     assert (res.run_dir / "catalog.csv").exists()
+
+
+def test_calibration_against_gaia_over_the_network_then_from_cache(frame_catalog_server, tmp_path):
+    """No local catalogue: Gaia DR3 from a loopback TAP server; the second run is network-free."""
+    fr = make_frame(shape=(512, 512), n_stars=150, fwhm=3.0, seed=21, zp0=25.0, mag_range=(12.0, 19.0))
+    fr.write(tmp_path / "f.fits")
+    server = frame_catalog_server(fr)
+    svc = server.settings()
+    prof = offline_profile(**{"services.offline": False, "services.enabled": ["gaia", "simbad", "vsx", "skybot"],
+                              "calibration.catalog": "auto", "calibration.mag_max": 18.0,
+                              **{f"services.{k}": getattr(svc, k) for k in ("gaia_tap", "simbad_tap", "vizier", "vsx", "skybot")}})
+    res = asyncio.run(pipeline.run(tmp_path / "f.fits", prof, out_dir=tmp_path / "runs"))
+    s = res.summary
+    assert res.exit_code == 0, res.message
+    assert "gaia" in s["reference"].lower() or "tap" in s["reference"].lower()
+    r = s["apertures_px"][s["calibration_label"]]
+    zp0_truth = 25.0 - 2.5 * np.log10(fr.params["gain"]) + 2.5 * np.log10(moffat_enclosed(r, 3.0, 3.0))
+    assert abs(s["zp0"] - zp0_truth) < 0.01
+    assert "matches" in res.catalog.colnames and "simbad_main_id" in res.catalog.colnames
+    first = server.count()
+    assert first > 0
+    res2 = asyncio.run(pipeline.run(tmp_path / "f.fits", prof.replace(**{"services.offline": True}), out_dir=tmp_path / "runs"))
+    assert server.count() == first  # answered from the on-disk cache
+    assert res2.summary["zp"] == pytest.approx(s["zp"], abs=1e-9)

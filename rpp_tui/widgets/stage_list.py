@@ -34,7 +34,8 @@ class StageRow(Horizontal):
 
     def compose(self) -> ComposeResult:
         yield Static(f"  {self.label}", classes="stage-name")
-        yield ProgressBar(total=None, show_eta=False, show_percentage=False)
+        # an empty bar, not an indeterminate one: nothing is happening yet
+        yield ProgressBar(total=1, show_eta=False, show_percentage=False)
         yield Static("", classes="stage-info")
 
     def set_state(self, state: str, info: str | None = None) -> None:
@@ -46,6 +47,8 @@ class StageRow(Horizontal):
         if state == "done":
             bar.update(total=1, progress=1)
         elif state == "waiting":
+            bar.update(total=1, progress=0)
+        elif state == "running":
             bar.update(total=None, progress=0)
         elif state in ("skipped", "failed", "cancelled") and bar.total is None:
             bar.update(total=1, progress=0)
