@@ -59,10 +59,17 @@ Measured on the 4096 x 4096 synthetic frame with 6,000 stars (2-core machine,
 same ePSF, same 300 bright isolated stars): ``PSFPhotometry`` (fit_shape 11)
 2.2 ms/star, flux/truth 0.9997 +- 0.53 %; ``sep_x.psf_fit`` 0.08 ms/star,
 0.9998 +- 0.35 %. Over all 6,000 stars sep_x takes 0.3-0.6 s (PERFORMANCE.md
-has ~10 ms/star, 63 s, for ``PSFPhotometry`` with default grouping). Bright
-unsaturated stars (SNR > 100): psf_flux/truth median 0.9997, MAD scatter
-0.36 %; 1 failed fit of 6,000 (grouped + fit radius; 306 without them); faint
-stars' pulls (flux - truth) / psf_fluxerr have MAD 0.94.
+has ~10 ms/star, 63 s, for ``PSFPhotometry`` with default grouping). Without
+grouping and the fit radius, 306 of 6,000 fits failed (drifted onto a
+neighbour); with them, 0-1.
+
+sep_x is given the RMS map but not the gain: it would take the Poisson variance
+from the data, which down-weights upward noise and biased 2,000-8,000 ADU stars
+by -0.5 % (-0.23 sigma); without it they are unbiased (1.0002). The Poisson
+term is added to ``psf_fluxerr`` analytically instead (see the fit loop).
+Result on the 4k frame (truth sky): bright unsaturated stars (SNR > 100)
+psf_flux/truth median 1.0008, MAD scatter 0.41 %; faint-star pulls
+(flux - truth) / psf_fluxerr have MAD 1.06.
 
 sep_x treats a supersampled PSF (``sampling < 1``) as the *intrinsic* PSF and
 integrates it over image pixels (a delta-function PSF lands whole in one
@@ -83,6 +90,17 @@ default 5 FWHM half-size, 99.9 % of the total flux. ``psf_mag`` is put on the
 scale of the calibration aperture by the aperture correction
 (``PsfInfo.apcorr``): ``psf_mag = -2.5 log10(psf_flux / exptime) + apcorr``;
 ``psf_flux`` itself stays uncorrected.
+
+Sensitivity to the global background: unlike the apertures, the ePSF and the
+fit have no local background term, and the ePSF's unit-sum normalisation takes
+in whatever residual level the stamps hold. With a 64-px-mesh background that
+left -0.48 ADU/px round the stars (1k frame, 500 stars), bright-star PSF
+fluxes came out 0.990 of truth instead of 0.997 with the true sky, while the
+apertures stayed at 0.998. Subtracting an estimated pedestal from the ePSF
+stamps did not help: annulus levels of faint sources (+1.1 ADU) and stamp-edge
+rings (+0.5 ADU) both hold real wing light of neighbours and of the star
+itself, and made it worse (0.980-0.989). The aperture correction removes such
+a scale error from ``psf_mag``, which is what calibration uses.
 """
 
 from __future__ import annotations
@@ -750,6 +768,10 @@ def psf_photometry(
         )
         return tab, info
 
+    if settings.psf_max_fit <= 0:
+        info.n_skipped = n
+        return finish("photometry.psf_max_fit = 0: no PSF fits")
+
     # ---- ePSF
     t0 = time.perf_counter()
     stars = select_psf_stars(tab, fwhm_px, data.shape, settings)
@@ -770,7 +792,12 @@ def psf_photometry(
                       "(lower detection.threshold_sigma or photometry.psf_radius)")
     ids = np.asarray(tab["id"]) if "id" in tab.colnames else np.arange(n)
     _check(cancel)
-    info.epsf, epsf_fit, info.n_stars = build_epsf(data, mask, x[stars], y[stars], fwhm_px, settings, ids=ids[stars])
+    try:
+        info.epsf, epsf_fit, info.n_stars = build_epsf(data, mask, x[stars], y[stars], fwhm_px, settings,
+                                                       ids=ids[stars])
+    except (ValueError, RuntimeError, InputError) as exc:
+        info.n_skipped = n
+        return finish(f"ePSF build failed on {len(stars)} stars: {exc}")
     info.epsf_fit = epsf_fit
     info.stamp_px = epsf_fit.shape[0]
     info.star_ids = ids[stars].tolist()

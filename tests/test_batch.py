@@ -53,6 +53,23 @@ def night(tmp_path_factory):
     return frames, root / "refcat.ecsv"
 
 
+def fast_profile(**changes):
+    return offline_profile(**{"output.formats": ["ecsv"], "output.zip": False, **changes})
+
+
+@pytest.fixture(scope="module")
+def first_night(night, tmp_path_factory):
+    """The night processed once on a local pool of 2 workers (shared by the tests that compare to it)."""
+    frames, refcat = night
+    ws = tmp_path_factory.mktemp("ws_first")
+    seen = []
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("RPP_CACHE_DIR", str(ws / "cache"))
+        report = batch.run_batch([frames], fast_profile(), jobs=2, out_dir=ws, catalog_files=[refcat],
+                                 on_result=lambda r, n, total: seen.append((r, n, total)))
+    return report, seen, ws
+
+
 def finished_runs(ws: Path) -> dict[str, int]:
     counts: dict[str, int] = {}
     for d in ws.iterdir():
@@ -62,13 +79,10 @@ def finished_runs(ws: Path) -> dict[str, int]:
     return counts
 
 
-def test_a_night_gives_one_line_per_frame_and_a_summary_and_the_bad_frame_does_not_stop_it(night, tmp_path):
+def test_a_night_gives_one_line_per_frame_and_a_summary_and_the_bad_frame_does_not_stop_it(night, first_night):
     frames, refcat = night
-    ws = tmp_path / "ws"
-    profile = offline_profile()
-    seen = []
-    report = batch.run_batch([frames], profile, jobs=2, out_dir=ws, catalog_files=[refcat],
-                             on_result=lambda r, n, total: seen.append((r, n, total)))
+    report, seen, ws = first_night
+    profile = fast_profile()
     assert [n for _, n, _ in seen] == [1, 2, 3, 4, 5] and {t for *_, t in seen} == {5}
     by_name = {r.name: r for r in report.results}
     bad = by_name.pop("night_004_truncated.fits")
@@ -84,7 +98,7 @@ def test_a_night_gives_one_line_per_frame_and_a_summary_and_the_bad_frame_does_n
         assert r.fwhm_px == pytest.approx(fwhm, rel=0.10), r
         assert r.n_sources >= 50 and r.n_calibrators >= 5
         assert r.date_obs.startswith(date[:16])
-        assert Path(r.run_dir).parent == ws.resolve()
+        assert Path(r.run_dir).parent == Path(ws).resolve()
         line = r.line(1, 5)
         assert line.split()[1] == "ok" and f"fwhm {r.fwhm_px:.2f} px" in line and f"zp {r.zp:.3f}" in line
     # the zero point follows the transparency frame to frame (aperture losses cancel in differences
@@ -117,11 +131,12 @@ def test_a_night_gives_one_line_per_frame_and_a_summary_and_the_bad_frame_does_n
     forced = batch.run_batch([frames / "night_000.fits", frames / "night_001.fits", frames / "night_002.fits"],
                              profile, jobs=2, out_dir=ws, catalog_files=[refcat], force=False)
     assert [r.status for r in forced.results] == ["skipped", "ok", "skipped"]
-    forced = batch.run_batch([frames / "night_000.fits"], profile, jobs=1, out_dir=ws, catalog_files=[refcat], force=True)
-    assert forced.results[0].status == "ok" and forced.results[0].zp == pytest.approx(good[0].zp, abs=1e-9)
-    other = offline_profile(**{"detection.threshold_sigma": 6.0})
-    assert batch.run_batch([frames / "night_002.fits"], other, jobs=1, out_dir=ws,
-                           catalog_files=[refcat]).results[0].status == "ok"
+    forced = batch.run_batch([frames / "night_000.fits"], profile, jobs=1, out_dir=ws, catalog_files=[refcat],
+                             force=True, report=False)
+    assert forced.results[0].status == "ok" and forced.results[0].zp == pytest.approx(good[0].zp, abs=1e-6)
+    other = fast_profile(**{"detection.threshold_sigma": 6.0})
+    assert batch.run_batch([frames / "night_002.fits"], other, jobs=1, out_dir=ws, catalog_files=[refcat],
+                           report=False).results[0].status == "ok"
     assert finished_runs(ws) == {"night_000": 2, "night_001": 2, "night_002": 2, "night_003": 1}
 
 
@@ -130,7 +145,7 @@ def test_rpp_batch_command_prints_frame_lines_and_exits_with_the_failure_code(ni
     ws = tmp_path / "ws"
     args = ["batch", str(frames / "night_000.fits"), str(frames / "night_004_truncated.fits"), "--jobs", "2",
             "--out", str(ws), "--catalog", str(refcat), "--offline", "--set", "astrometry.solve=never",
-            "--set", "cosmic_rays.niter=1", "--set", "services.enabled="]
+            "--set", "cosmic_rays.niter=1", "--set", "services.enabled=", "--set", "output.zip=false"]
     assert cli.main(args) == 3
     out = capsys.readouterr().out
     lines = [ln for ln in out.splitlines() if ln.startswith("[")]
@@ -146,12 +161,13 @@ def test_rpp_batch_command_prints_frame_lines_and_exits_with_the_failure_code(ni
     assert cli.main(["batch", str(empty), "--out", str(ws)]) == 2
 
 
-def test_batch_on_a_dask_cluster_gives_the_same_results_as_the_local_pool(night, tmp_path):
+def test_batch_on_a_dask_cluster_gives_the_same_results_as_the_local_pool(night, first_night, tmp_path):
     distributed = pytest.importorskip("distributed")
     frames, refcat = night
-    profile = offline_profile()
+    profile = fast_profile()
     inputs = [frames / "night_000.fits", frames / "night_003.fits", frames / "night_004_truncated.fits"]
-    local = batch.run_batch(inputs, profile, jobs=2, out_dir=tmp_path / "local", catalog_files=[refcat])
+    local_by_name = {r.name: r for r in first_night[0].results}
+    local = batch.BatchReport([local_by_name[p.name] for p in inputs], None, {}, 0.0)
     with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None,
                                   silence_logs=40) as cluster:
         remote = batch.run_batch(inputs, profile, scheduler=cluster.scheduler_address, out_dir=tmp_path / "dask",
@@ -161,7 +177,7 @@ def test_batch_on_a_dask_cluster_gives_the_same_results_as_the_local_pool(night,
         assert (a.status, a.exit_code) == (b.status, b.exit_code), (a, b)
         assert a.n_sources == b.n_sources and a.n_calibrators == b.n_calibrators
         if a.status == "ok":
-            assert a.zp == pytest.approx(b.zp, abs=1e-9) and a.fwhm_px == pytest.approx(b.fwhm_px, abs=1e-9)
+            assert a.zp == pytest.approx(b.zp, abs=1e-6) and a.fwhm_px == pytest.approx(b.fwhm_px, abs=1e-6)
             assert Path(b.run_dir).parent == (tmp_path / "dask").resolve()
     assert remote.exit_code == local.exit_code == 3
     assert "Dask" in remote.files["night_summary.txt"].read_text()
@@ -185,15 +201,15 @@ def test_frames_of_one_field_wait_for_the_first_so_the_catalogue_is_fetched_once
     field; the others of that field start only after it finished (then the cache has the answer)."""
     folder = tmp_path / "mixed"
     folder.mkdir()
-    for i in range(6):
+    for i in range(4):
         ra = 150.0 if i % 2 == 0 else 210.0
         f = make_frame(shape=(128, 128), n_stars=20, seed=i, ra0=ra + 0.01 * i, dec0=20.0, n_cosmics=0)
         f.write(folder / f"f{i}.fits")
     (folder / "junk.fits").write_bytes(b"not a fits file" * 300)
     frames = batch.collect_frames([folder])
-    assert batch.group_fields(frames) == ["F1", "F2", "F1", "F2", "F1", "F2", ""]
+    assert batch.group_fields(frames) == ["F1", "F2", "F1", "F2", ""]
 
-    report = batch.run_batch([folder], offline_profile(**{"photometry.psf": False}), jobs=2,
+    report = batch.run_batch([folder], fast_profile(**{"photometry.psf": False}), jobs=2,
                              out_dir=tmp_path / "ws", report=False)
     starts, ends = {}, {}
     for r in report.results:
@@ -203,10 +219,8 @@ def test_frames_of_one_field_wait_for_the_first_so_the_catalogue_is_fetched_once
             starts[r.name] = dt.datetime.fromisoformat(first).replace(tzinfo=dt.timezone.utc).timestamp()
             ends[r.name] = (run / "summary.json").stat().st_mtime
     firsts = {"F1": "f0.fits", "F2": "f1.fits"}
-    for name in ("f2.fits", "f4.fits"):
-        assert starts[name] >= ends[firsts["F1"]] - 0.05
-    for name in ("f3.fits", "f5.fits"):
-        assert starts[name] >= ends[firsts["F2"]] - 0.05
+    assert starts["f2.fits"] >= ends[firsts["F1"]] - 0.05
+    assert starts["f3.fits"] >= ends[firsts["F2"]] - 0.05
     assert {r.field for r in report.results} == {"F1", "F2", ""}
 
 

@@ -44,6 +44,10 @@ def frames(tmp_path_factory):
     return out, root / "refcat.ecsv"
 
 
+def fast_profile(**changes):
+    return offline_profile(**{"output.formats": ["ecsv"], "output.zip": False, **changes})
+
+
 def ok_runs(ws: Path) -> dict[str, int]:
     counts: dict[str, int] = {}
     for d in ws.iterdir() if ws.exists() else []:
@@ -103,7 +107,7 @@ async def test_frames_appearing_while_watching_are_processed_once_and_a_half_wri
     incoming.mkdir()
     ws = tmp_path / "ws"
     results, logs = [], []
-    watcher = watch.Watcher(incoming, offline_profile(), out_dir=ws, catalog_files=[refcat], poll_s=0.2,
+    watcher = watch.Watcher(incoming, fast_profile(), out_dir=ws, catalog_files=[refcat], poll_s=0.2,
                             settle_s=0.5, on_result=results.append, on_log=logs.append)
     stop = asyncio.Event()
     task = asyncio.create_task(watcher.run(stop))
@@ -117,7 +121,7 @@ async def test_frames_appearing_while_watching_are_processed_once_and_a_half_wri
         with open(incoming / "b.fits", "wb") as fh:
             fh.write(raws[1][: len(raws[1]) // 2])
             fh.flush()
-            await asyncio.sleep(2.0)
+            await asyncio.sleep(1.5)
             assert len(results) == 1  # stable size but incomplete FITS: not touched
             assert any("b.fits" in line and "waiting" in line for line in logs), logs
             fh.write(raws[1][len(raws[1]) // 2:])
@@ -125,7 +129,7 @@ async def test_frames_appearing_while_watching_are_processed_once_and_a_half_wri
         (incoming / ".c.fits.part").write_bytes(raws[2])
         os.rename(incoming / ".c.fits.part", incoming / "c.fits")
         assert await wait_for(lambda: len(results) == 3)
-        await asyncio.sleep(1.0)  # several more polls: nothing is processed again
+        await asyncio.sleep(0.5)  # more polls: nothing is processed again
     finally:
         stop.set()
         processed = await asyncio.wait_for(task, 30)
@@ -140,12 +144,12 @@ async def test_frames_appearing_while_watching_are_processed_once_and_a_half_wri
     assert len(report) == 1 + 3 and "b.fits" in report[2]
 
     # a new watcher on the same folder (a restart): nothing left to do
-    again = await watch.watch(incoming, offline_profile(), out_dir=ws, catalog_files=[refcat], poll_s=0.1,
+    again = await watch.watch(incoming, fast_profile(), out_dir=ws, catalog_files=[refcat], poll_s=0.1,
                               settle_s=0.1, once=True)
     assert again == []
     # a frame rewritten in place (new size/mtime) is new data: processed again
     (incoming / "a.fits").write_bytes(raws[3])
-    again = await watch.watch(incoming, offline_profile(), out_dir=ws, catalog_files=[refcat], poll_s=0.1,
+    again = await watch.watch(incoming, fast_profile(), out_dir=ws, catalog_files=[refcat], poll_s=0.1,
                               settle_s=0.1, once=True)
     assert [r.name for r in again] == ["a.fits"]
     assert ok_runs(ws) == {"a": 2, "b": 1, "c": 1}
@@ -156,7 +160,7 @@ async def test_a_frame_that_crashed_the_watcher_twice_is_recorded_failed_not_ret
     incoming = tmp_path / "in"
     incoming.mkdir()
     (incoming / "boom.fits").write_bytes(raws[0])
-    profile = offline_profile()
+    profile = fast_profile()
     ws = tmp_path / "ws"
     # what two crashed attempts leave behind: a "started" mark with attempts=2
     key = batch.FrameKey.of(incoming / "boom.fits", batch.profile_hash(profile, [str(refcat)]))
@@ -180,7 +184,8 @@ def test_rpp_watch_stops_on_sigterm_and_a_restart_finishes_without_repeating_a_f
     env = dict(os.environ, RPP_WORKSPACE=str(ws), PYTHONUNBUFFERED="1")
     cmd = [sys.executable, "-m", "rpp_core.cli", "watch", str(incoming), "--out", str(ws), "--catalog", str(refcat),
            "--offline", "--poll", "0.2", "--settle", "0.3", "--set", "astrometry.solve=never",
-           "--set", "cosmic_rays.niter=1", "--set", "services.enabled="]
+           "--set", "cosmic_rays.niter=1", "--set", "services.enabled=", "--set", "output.zip=false",
+           "--set", "output.formats=ecsv"]
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         t0 = time.monotonic()
