@@ -476,9 +476,9 @@ def _text_plot(x, y, yerr, title: str, xlabel: str, ylabel: str, width: int = 10
         plotext.plotsize(width, height)
         plotext.theme("clear")
         if x:
-            plotext.scatter(x, y, marker="o")
             if yerr and any(e for e in yerr):
-                plotext.error(x, y, yerr=yerr)
+                plotext.error(x, y, yerr=yerr, color="gray")
+            plotext.scatter(x, y, marker="●")
         plotext.title(title)
         plotext.xlabel(xlabel)
         plotext.ylabel(ylabel)

@@ -131,7 +131,8 @@ def write_catalog(table: Table, run_dir: Path, formats: list[str]) -> dict[str, 
         if fmt in ("votable", "fits"):
             # VOTable and FITS want flat meta: nested dicts go to the ECSV only
             t = table.copy(copy_data=False)
-            t.meta = {k: v for k, v in table.meta.items() if isinstance(v, (str, int, float, bool))}
+            t.meta = {k: v for k, v in table.meta.items()
+                      if isinstance(v, (str, int, bool)) or (isinstance(v, float) and np.isfinite(v))}
         files[fmt] = atomic_write_table(t, run_dir / name, writer)
     return files
 

@@ -191,12 +191,39 @@ def test_horsehead_runs_end_to_end_uncalibrated_without_error(tmp_path):
 
 @pytest.mark.slow
 def test_m67_without_wcs_says_so_and_keeps_pixel_catalogue(tmp_path):
+    """With solving disabled, a frame without FITS WCS says so and keeps its pixel catalogue (exit 6)."""
     res = asyncio.run(pipeline.run(SHARED / "images" / "M6707HH.fits", offline_profile(), out_dir=tmp_path))
     assert res.exit_code == 6
     assert "no usable WCS" in res.message
     assert any("no FITS WCS" in w for w in res.warnings)
     assert res.summary["n_sources"] > 100
     assert (res.run_dir / "catalog.csv").exists()
+
+
+@pytest.mark.slow
+@pytest.mark.solver
+def test_m67_is_plate_solved_blind_then_calibrated_against_gaia(tmp_path):
+    """The DSS plate has no FITS WCS: solve-field with an index built from the Gaia export, then calibrate."""
+    import shutil
+
+    if shutil.which("solve-field") is None:
+        pytest.skip("astrometry.net solve-field not installed (make system-deps)")
+    from rpp_core import astrometry
+
+    cat = SHARED / "refcats" / "M67_gaia_dr2_cone40arcmin_plx_gt_0.5.csv"
+    astrometry.build_index(cat, tmp_path / "idx", scales=range(2, 6), mag_col="phot_g_mean_mag")
+    prof = offline_profile(**{"astrometry.solve": "auto", "astrometry.index_dirs": [str(tmp_path / "idx")],
+                              "astrometry.use_system_indexes": False, "astrometry.timeout_s": 60,
+                              "cosmic_rays.enabled": False, "calibration.mag_min": 10.0, "calibration.mag_max": 17.0})
+    res = asyncio.run(pipeline.run(SHARED / "images" / "M6707HH.fits", prof, out_dir=tmp_path / "runs", catalog_files=[cat]))
+    s = res.summary
+    assert res.exit_code == 0, res.message
+    assert s["wcs"]["status"].startswith("solved")
+    assert s["pixel_scale_arcsec"] == pytest.approx(1.70, rel=0.005)
+    assert s["n_calibrators"] > 50
+    assert (res.run_dir / "frame.wcs").exists()
+    # the plate is non-linear (ZP drifts ~0.5 mag/mag): only check the fit is sane, not its scatter
+    assert 0 < s["zp_rms"] < 0.6
 
 
 def test_calibration_against_gaia_over_the_network_then_from_cache(frame_catalog_server, tmp_path):

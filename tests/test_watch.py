@@ -37,7 +37,7 @@ def frames(tmp_path_factory):
     out = []
     for i in range(5):
         f = make_frame(shape=(256, 256), n_stars=60, seed=5, fwhm=3.0 + 0.3 * i, n_cosmics=10,
-                       date_obs=f"2025-01-02T2{i}:00:00")
+                       date_obs=f"2025-01-02T2{i}:30:00")
         f.write(root / f"src{i}.fits")
         out.append((root / f"src{i}.fits").read_bytes())
     f.write_refcat(root / "refcat.ecsv")

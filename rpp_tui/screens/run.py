@@ -35,7 +35,7 @@ def format_summary(summary: dict, run_dir: Path | str | None) -> str:
         f"FWHM         {num('fwhm_px', '.2f')} px",
         f"Sources      {summary.get('n_sources', '–')}",
         f"Calibrators  {summary.get('n_calibrators', '–')}",
-        f"ZP ({band or 'band'})  {zp}",
+        f"{'ZP ' + band:<13}{zp}",
         f"Airmass      {num('airmass', '.3f')}",
         f"Output       {display_path(run_dir or summary.get('run_dir', ''))}",
     ]

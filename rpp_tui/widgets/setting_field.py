@@ -71,7 +71,7 @@ class SettingField(Vertical):
     SettingField .field-name { width: 24; padding: 0 1 0 0; text-style: bold; }
     SettingField .field-unit { width: 12; padding: 0 0 0 1; color: $text-muted; }
     SettingField Input, SettingField Select { width: 1fr; }
-    SettingField Switch { width: auto; height: 1; border: none; padding: 0; }
+    SettingField Switch { width: 8; height: 1; border: none; padding: 0 1; background: $boost; }
     SettingField .field-help { color: $text-muted; padding: 0 0 0 24; }
     SettingField .field-error { color: $error; padding: 0 0 0 24; display: none; }
     SettingField.-invalid .field-error { display: block; }
@@ -107,6 +107,8 @@ class SettingField(Vertical):
                             validators=[_SettingValidator(self.klass, self.setting, self.section)],
                             validate_on=["changed", "submitted"], compact=True)
             unit = self.meta.get("unit", "")
+            if self.kind == "bool":
+                unit = "on" if self.value else "off"
             yield Static(unit, classes="field-unit")
         rng = self.meta.get("range")
         extra = f"  [{rng[0]:g} to {rng[1]:g}]" if rng else ""
@@ -122,6 +124,7 @@ class SettingField(Vertical):
         with editor.prevent(Input.Changed, Switch.Changed, Select.Changed):
             if isinstance(editor, Switch):
                 editor.value = bool(value)
+                self.query_one(".field-unit", Static).update("on" if value else "off")
             elif isinstance(editor, Select):
                 editor.value = value
             else:
@@ -152,6 +155,7 @@ class SettingField(Vertical):
     def on_switch_changed(self, event: Switch.Changed) -> None:
         event.stop()
         self.value = bool(event.value)
+        self.query_one(".field-unit", Static).update("on" if self.value else "off")
         self.post_message(self.Changed(self, self.value))
 
     def on_select_changed(self, event: Select.Changed) -> None:

@@ -1,0 +1,76 @@
+"""The real ``rpp`` program starts in a real terminal (tmux), answers keys and quits cleanly."""
+
+from __future__ import annotations
+
+import os
+import shlex
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from .test_tui_support import frames, tui_env  # noqa: F401 - fixtures
+
+RPP = Path(sys.executable).with_name("rpp")
+
+pytestmark = pytest.mark.skipif(shutil.which("tmux") is None, reason="tmux is not installed")
+
+
+class Tmux:
+    def __init__(self, name: str, cwd: Path, env: dict[str, str], command: str, size=(80, 24)) -> None:
+        self.name = name
+        exports = " ".join(f"{k}={shlex.quote(v)}" for k, v in env.items())
+        # TERM and a UTF-8 locale as an SSH session to a Linux box would have them
+        shell = f"cd {shlex.quote(str(cwd))} && env TERM=xterm-256color LANG=C.UTF-8 {exports} {command}; echo EXITED=$?; sleep 30"
+        subprocess.run(["tmux", "new-session", "-d", "-s", name, "-x", str(size[0]), "-y", str(size[1]), shell],
+                       check=True)
+
+    def screen(self) -> str:
+        return subprocess.run(["tmux", "capture-pane", "-p", "-t", self.name], capture_output=True, text=True).stdout
+
+    def keys(self, *keys: str) -> None:
+        for key in keys:
+            subprocess.run(["tmux", "send-keys", "-t", self.name, key], check=True)
+            time.sleep(0.3)
+
+    def wait_for(self, text: str, timeout: float = 30.0) -> str:
+        t0 = time.time()
+        while time.time() - t0 < timeout:
+            screen = self.screen()
+            if text in screen:
+                return screen
+            time.sleep(0.2)
+        raise AssertionError(f"{text!r} never appeared; screen:\n{self.screen()}")
+
+    def close(self) -> None:
+        subprocess.run(["tmux", "kill-session", "-t", self.name], capture_output=True)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("command", ["rpp", "rpp tui frames"])
+def test_rpp_starts_in_a_real_80x24_terminal_browses_shows_help_and_quits(frames, tui_env, command):
+    if not RPP.exists():
+        pytest.skip(f"{RPP} is not installed")
+    env = {k: os.environ[k] for k in ("RPP_CONFIG_DIR", "RPP_CACHE_DIR", "RPP_WORKSPACE")}
+    cwd = frames if command == "rpp" else tui_env
+    session = Tmux(f"rpp-test-{os.getpid()}-{len(command)}", cwd, env, str(RPP) + command[3:])
+    try:
+        session.wait_for("? Help", 60)  # the footer: the whole first frame is drawn
+        screen = session.wait_for("7 History", 10)
+        assert "1 Files" in screen
+        session.keys("Down")
+        screen = session.wait_for("SYNTH", 30)
+        assert "256 x 256 px" in screen
+        assert "▀" in session.wait_for("▀", 30)  # the half-block preview is drawn
+        session.keys("?")
+        session.wait_for("RPP keys")
+        session.keys("Escape", "3")
+        session.wait_for("No run yet")
+        session.keys("q")
+        screen = session.wait_for("EXITED=", 20)
+        assert "EXITED=0" in screen
+    finally:
+        session.close()
