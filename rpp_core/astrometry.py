@@ -636,6 +636,15 @@ def wcs_header(wcs: WCS, shape: tuple[int, int] | None = None) -> fits.Header:
     return hdr
 
 
+def header_with_wcs(header: fits.Header, wcs: WCS) -> fits.Header:
+    """Copy of ``header`` whose WCS cards (incl. SIP/TPV and DSS plate keywords) are replaced by ``wcs``."""
+    out = header.copy()
+    for key in {card.keyword for card in header.cards if _WCS_KEY.match(card.keyword or "")}:
+        del out[key]
+    out.update(wcs_header(wcs))
+    return out
+
+
 def write_wcs_file(wcs: WCS, shape: tuple[int, int], path: str | os.PathLike) -> Path:
     """Write a header-only FITS file holding the WCS, like astrometry.net's ``.wcs``.
 

@@ -353,7 +353,9 @@ async def _run_stages(job: _Job, path: Path, profile: Profile, run_dir: Path, hd
                 if isinstance(exc, (CalibrationError, ServiceError)):
                     ref_error = str(exc)
         if wcs is not None and wcs is not frame.wcs:
+            # the solved WCS goes into the header dump and a .wcs file; the originals are in the log
             astrometry.write_wcs_file(wcs, frame.data.shape, run_dir / "frame.wcs")
+            results.write_header(astrometry.header_with_wcs(frame.header, wcs), run_dir / "header.txt")
     else:
         job.skip("astrometry", "disabled in the profile")
     if wcs is None:
