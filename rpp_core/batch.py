@@ -44,6 +44,7 @@ import signal
 import sys
 import threading
 import time
+from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
@@ -98,9 +99,11 @@ def collect_frames(inputs: Iterable[str | os.PathLike], recursive: bool = True) 
 
 
 def profile_hash(profile: Profile, catalog_files=(), hdu: int | None = None, offline: bool | None = None) -> str:
-    """Short hash of everything that changes a frame's result (profile name excluded)."""
+    """Short hash of everything that changes a frame's result (profile name and retention excluded)."""
     data = profile.to_dict()
     data.pop("name", None)
+    # retention settings change what is kept, not what a frame gives
+    data["output"] = {k: v for k, v in data["output"].items() if k not in ("keep_days", "max_total_gb")}
     data["_catalog_files"] = sorted(str(Path(c).expanduser().resolve()) for c in catalog_files)
     data["_hdu"] = hdu
     data["_offline"] = offline
@@ -664,7 +667,7 @@ def run_batch(inputs: Iterable[str | os.PathLike], profile: Profile | None = Non
               scheduler: str | None = None, client=None, out_dir=None, catalog_files=(), offline: bool | None = None,
               hdu: int | None = None, force: bool = False, recursive: bool = True, report: bool = True,
               on_result: Callable[[FrameResult, int, int], None] | None = None,
-              on_start: Callable[[int], None] | None = None, stop: threading.Event | None = None, field_order: bool = True) -> BatchReport:
+              on_start: Callable[[int], None] | None = None, on_tick: Callable[[], None] | None = None, stop: threading.Event | None = None, field_order: bool = True) -> BatchReport:
     """Process frames on a local process pool (``jobs`` workers) or a Dask cluster.
 
     Parameters
@@ -677,6 +680,7 @@ def run_batch(inputs: Iterable[str | os.PathLike], profile: Profile | None = Non
     catalog_files, offline, hdu : passed to :func:`rpp_core.pipeline.run`
     force : redo frames the ledger says are done
     on_start : called once with the number of frames found
+    on_tick : called about twice a second while frames run (to redraw a progress bar)
     on_result : called in the parent as ``on_result(result, n_finished, n_total)``
     stop : set it (e.g. from a signal handler) to stop: running frames are abandoned and
         left unrecorded, so the next run redoes them
@@ -780,12 +784,14 @@ def run_batch(inputs: Iterable[str | os.PathLike], profile: Profile | None = Non
             while ready and len(inflight) < max_inflight:
                 submit(ready.popleft())
             done, _ = cf.wait(list(inflight), timeout=0.5, return_when=cf.FIRST_COMPLETED)
+            if on_tick:
+                on_tick()
             broken = False
             for fut in done:
                 i, _attempt = inflight.pop(fut)
                 try:
                     res = FrameResult.from_dict(fut.result())
-                except cf.process.BrokenProcessPool:
+                except BrokenProcessPool:
                     broken = True
                     if attempts[i] >= MAX_ATTEMPTS:
                         finish(i, FrameResult(str(frames[i]), "failed", "the worker process died while processing "
@@ -904,7 +910,7 @@ def cmd_batch(args) -> int:
         report = run_batch(args.inputs, profile, jobs=args.jobs, scheduler=args.scheduler, out_dir=args.out,
                            catalog_files=args.catalog or [], offline=True if args.offline else None, hdu=args.hdu,
                            force=args.force, recursive=args.recursive, on_result=on_result, on_start=on_start,
-                           stop=stop)
+                           on_tick=bar.draw, stop=stop)
     finally:
         for s, h in old.items():
             signal.signal(s, h)

@@ -43,6 +43,8 @@ class RppApp(App[int]):
     TITLE = "RPP"
     COMMANDS = App.COMMANDS | {RppCommands}
     HORIZONTAL_BREAKPOINTS = [(0, "-narrow"), (120, "-wide")]
+    # focus is placed by the panes: auto-focusing the first widget (the Files tree) would switch tabs
+    AUTO_FOCUS = None
     BINDINGS = [
         *[Binding(str(i + 1), f"show_tab('{name}')", name.capitalize(), show=False) for i, name in enumerate(TABS)],
         Binding("r", "run", "Run"),
@@ -88,7 +90,7 @@ class RppApp(App[int]):
 
     def on_mount(self) -> None:
         self.refresh_title()
-        self.query_one(FilesPane).focus_main()
+        self.call_after_refresh(self._focus_if_active, self.query_one(FilesPane))
         if self._start_file is not None:
             self.query_one(FilesPane).show_frame(self._start_file)
             self.selected_path = self._start_file
@@ -116,7 +118,12 @@ class RppApp(App[int]):
     def on_tabbed_content_tab_activated(self, event: TabbedContent.TabActivated) -> None:
         pane = event.pane
         if hasattr(pane, "focus_main") and not pane.has_focus_within:
-            self.call_after_refresh(pane.focus_main)
+            self.call_after_refresh(self._focus_if_active, pane)
+
+    def _focus_if_active(self, pane) -> None:
+        # focusing a widget of a hidden pane would switch the tabs back to it
+        if self.query_one(TabbedContent).active == pane.id and not pane.has_focus_within:
+            pane.focus_main()
 
     async def action_pane(self, name: str, action: str) -> None:
         self.action_show_tab(name)

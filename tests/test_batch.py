@@ -7,6 +7,7 @@ import csv
 import datetime as dt
 import json
 import os
+import re
 import sys
 import time
 from pathlib import Path
@@ -74,7 +75,7 @@ def finished_runs(ws: Path) -> dict[str, int]:
     counts: dict[str, int] = {}
     for d in ws.iterdir():
         if (d / "summary.json").exists() and json.loads((d / "summary.json").read_text()).get("status") == "ok":
-            stem = d.name.rsplit("_", 1)[0]
+            stem = re.sub(r"_\d{8}T\d{6}(_\d+)?$", "", d.name)
             counts[stem] = counts.get(stem, 0) + 1
     return counts
 
@@ -241,3 +242,75 @@ def test_ledger_is_shared_and_survives_a_torn_or_foreign_file(tmp_path):
     time.sleep(0.01)
     frame.write_bytes(b"y" * 2880)
     assert batch.FrameKey.of(frame, "p1").id != k1.id
+
+
+def test_a_night_on_one_field_asks_the_catalogue_service_once(frame_catalog_server, tmp_path, monkeypatch):
+    """No local catalogue: Gaia from a loopback TAP server. Three frames of one field on two workers
+    send exactly the requests one frame alone sends: the others read the cached answer."""
+    folder = tmp_path / "field"
+    folder.mkdir()
+    made = []
+    for i, (_date, fwhm, zp0) in enumerate(NIGHT[:3]):
+        # one DATE-OBS for all: the Gaia client widens the cone by the proper-motion epoch span, so its
+        # ADQL (the cache key) can change in the 7th decimal between frames hours apart
+        f = make_frame(shape=(256, 256), n_stars=60, seed=11, fwhm=fwhm, zp0=zp0, gain=GAIN,
+                       date_obs=NIGHT[0][0], n_cosmics=10, mag_range=(12.0, 18.0))
+        f.write(folder / f"n{i}.fits")
+        made.append(f)
+    server = frame_catalog_server(made[0])
+    svc = server.settings()
+    profile = fast_profile(**{"services.offline": False, "services.enabled": ["gaia"], "calibration.catalog": "auto",
+                              **{f"services.{k}": getattr(svc, k) for k in ("gaia_tap", "timeout_s", "retries",
+                                                                             "rate_limit_per_s")}})
+    monkeypatch.setenv("RPP_CACHE_DIR", str(tmp_path / "cache_one"))
+    one = batch.run_batch([folder / "n0.fits"], profile, jobs=1, out_dir=tmp_path / "ws_one", report=False)
+    assert one.results[0].status == "ok", one.results[0]
+    assert one.results[0].n_calibrators >= 5
+    per_frame = server.count("gaia")
+    assert per_frame > 0
+
+    server.reset()
+    server.fail("gaia", times=3, delay=1.5)  # a slow archive: frames started together would all ask it
+    monkeypatch.setenv("RPP_CACHE_DIR", str(tmp_path / "cache_night"))
+    night = batch.run_batch([folder], profile, jobs=2, out_dir=tmp_path / "ws_night", report=False)
+    assert [r.status for r in night.results] == ["ok", "ok", "ok"], [r.reason for r in night.results]
+    assert server.count("gaia") == per_frame, [(r["time"], r["params"]["QUERY"][-90:]) for r in server.requests_of("gaia")]
+    assert night.results[0].zp == pytest.approx(one.results[0].zp, abs=1e-6)
+
+
+def _children(pid: int) -> list[int]:
+    out = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            out.append(int(stat.parent.name))
+    return out
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="needs /proc to find the worker processes")
+def test_a_worker_killed_mid_frame_is_replaced_and_the_frame_redone(night, tmp_path):
+    """What the kernel's OOM killer does to a worker: the batch goes on and no frame is lost."""
+    frames, refcat = night
+    inputs = [frames / f"night_{i:03d}.fits" for i in range(3)]
+    killed = []
+
+    def kill_worker() -> None:
+        if killed:
+            return
+        for server in _children(os.getpid()):
+            if b"forkserver" not in Path(f"/proc/{server}/cmdline").read_bytes():
+                continue
+            for worker in _children(server):
+                os.kill(worker, 9)
+                killed.append(worker)
+
+    report = batch.run_batch(inputs, fast_profile(), jobs=1, out_dir=tmp_path / "ws", catalog_files=[refcat],
+                             report=False, on_tick=kill_worker)
+    assert killed
+    assert [r.status for r in report.results] == ["ok", "ok", "ok"], [r.reason for r in report.results]
+    assert finished_runs(tmp_path / "ws") == {f"night_{i:03d}": 1 for i in range(3)}
+    # plus the killed attempt's partial folder (none if the worker died between two frames)
+    assert len([d for d in (tmp_path / "ws").iterdir() if d.name.startswith("night_")]) in (3, 4)

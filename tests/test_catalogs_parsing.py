@@ -189,3 +189,25 @@ def test_answer_cache_stays_within_its_size_bound_dropping_least_recently_used(t
         os.utime(tmp_path / "gaia" / f"k{k}.bin", (1000 + k, 1000 + k))
     assert cache.size_bytes() <= 0.25 * 1024 * 1024
     assert cache.get("gaia", "k4") == blob and cache.get("gaia", "k0") is None
+
+
+def test_frames_of_one_field_share_one_snapped_cone():
+    """Pointing jitter of a few arcsec and footprint changes keep the same query (cache key) and cover the field."""
+    import numpy as np
+    from astropy import units as u
+    from astropy.coordinates import SkyCoord
+
+    from rpp_core.catalogs.http import snap_cone
+
+    rng = np.random.default_rng(3)
+    base = (150.01234, 20.0321, 0.21)
+    cones = set()
+    for _ in range(20):
+        ra = base[0] + rng.normal(0, 3 / 3600)
+        dec = base[1] + rng.normal(0, 3 / 3600)
+        r = base[2] + rng.normal(0, 1e-4)
+        ra_s, dec_s, r_s = snap_cone(ra, dec, r)
+        sep = SkyCoord(ra * u.deg, dec * u.deg).separation(SkyCoord(ra_s * u.deg, dec_s * u.deg)).deg
+        assert sep + r <= r_s  # the snapped cone contains the field
+        cones.add((ra_s, dec_s, r_s))
+    assert len(cones) <= 2  # at most a grid boundary between them

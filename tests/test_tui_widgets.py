@@ -200,3 +200,37 @@ def test_every_footer_key_of_every_screen_has_a_command_palette_entry():
         if binding.show and binding.action not in actions and binding.action != "quit":
             missing.append(f"RppApp.{binding.action}")
     assert not missing, missing
+
+
+async def test_profiles_are_loaded_renamed_and_deleted_from_the_keyboard(tui_env):
+    from rpp_core import settings
+
+    settings.save_profile(settings.Profile(name="dark").replace(**{"detection.threshold_sigma": 7.0}))
+    app = RppApp(str(tui_env))
+    async with app.run_test(size=(100, 30)) as pilot:
+        await pilot.press("2", "ctrl+o", "ctrl+u", *list("dark"), "enter")
+        assert app.profile.name == "dark" and app.profile.detection.threshold_sigma == 7.0
+        shown = app.query_one("#input-detection-threshold_sigma").value
+        assert shown == "7.0"
+        await pilot.press("ctrl+r", "ctrl+u", *list("dark2"), "enter")
+        assert settings.list_profiles() == ["dark2"]
+        assert app.sub_title.startswith("profile dark2 ")
+        await pilot.press("ctrl+t", "enter")  # Enter on the question is "no"
+        assert settings.list_profiles() == ["dark2"]
+        await pilot.press("ctrl+t", "y")
+        assert settings.list_profiles() == []
+        assert app.profile.name == "default" and app.profile.detection.threshold_sigma == 5.0
+
+
+async def test_files_tree_lists_plain_and_compressed_fits_and_nothing_else(tui_env):
+    folder = tui_env / "night"
+    (folder / "sub").mkdir(parents=True)
+    for name in ("a.fits", "b.fit", "c.fts", "d.fits.fz", "e.fits.gz", "f.fz", "notes.txt", "g.txt.gz", ".hidden.fits"):
+        (folder / name).write_bytes(b"")
+    app = RppApp("night")
+    async with app.run_test(size=(80, 24)) as pilot:
+        tree = app.query_one("#tree")
+        await wait_for(pilot, lambda: len(tree.root.children) > 0, 10)
+        assert [str(n.label) for n in tree.root.children] == [
+            "sub", "a.fits", "b.fit", "c.fts", "d.fits.fz", "e.fits.gz", "f.fz"]
+        assert str(tree.root.label) == "night"

@@ -7,6 +7,7 @@ import asyncio
 import gzip
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -53,7 +54,7 @@ def ok_runs(ws: Path) -> dict[str, int]:
     for d in ws.iterdir() if ws.exists() else []:
         s = d / "summary.json"
         if s.exists() and json.loads(s.read_text()).get("status") == "ok":
-            stem = d.name.rsplit("_", 1)[0]
+            stem = re.sub(r"_\d{8}T\d{6}(_\d+)?$", "", d.name)
             counts[stem] = counts.get(stem, 0) + 1
     return counts
 
@@ -179,8 +180,9 @@ def test_rpp_watch_stops_on_sigterm_and_a_restart_finishes_without_repeating_a_f
     incoming = tmp_path / "cam"
     incoming.mkdir()
     ws = tmp_path / "ws"
-    for i, raw in enumerate(raws):
-        (incoming / f"n{i}.fits").write_bytes(raw)
+    n_frames = 8
+    for i in range(n_frames):
+        (incoming / f"n{i}.fits").write_bytes(raws[i % len(raws)])
     env = dict(os.environ, RPP_WORKSPACE=str(ws), PYTHONUNBUFFERED="1")
     cmd = [sys.executable, "-m", "rpp_core.cli", "watch", str(incoming), "--out", str(ws), "--catalog", str(refcat),
            "--offline", "--poll", "0.2", "--settle", "0.3", "--set", "astrometry.solve=never",
@@ -201,14 +203,39 @@ def test_rpp_watch_stops_on_sigterm_and_a_restart_finishes_without_repeating_a_f
     assert proc.returncode == 0, err
     assert time.monotonic() - t_stop < 15
     first = ok_runs(ws)
-    assert sum(first.values()) < 5, "stopped too late to test a restart"
+    assert sum(first.values()) < n_frames, "stopped too late to test a restart"
+    statuses = [json.loads(p.read_text())["status"] for p in ws.glob("n*/summary.json")]
+    assert set(statuses) <= {"ok", "cancelled"} and statuses.count("cancelled") <= 1  # the frame stopped mid-way
     assert "watcher stopped" in err and "Traceback" not in err
     assert all(line.split()[1] == "ok" for line in out.splitlines() if line.strip()), out
 
     proc = subprocess.run([*cmd, "--once"], env=env, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
-    assert ok_runs(ws) == {f"n{i}": 1 for i in range(5)}  # every frame exactly once over both lives
+    assert ok_runs(ws) == {f"n{i}": 1 for i in range(n_frames)}  # every frame exactly once over both lives
     restarted = [line.split()[2] for line in proc.stdout.splitlines() if line.strip()]
-    assert sorted(restarted) == sorted(f"n{i}.fits" for i in range(5) if f"n{i}" not in first)
+    assert sorted(restarted) == sorted(f"n{i}.fits" for i in range(n_frames) if f"n{i}" not in first)
     summary = (ws / "watch_cam" / "night_summary.csv").read_text().splitlines()
-    assert len(summary) == 1 + 5
+    assert len(summary) == 1 + n_frames
+
+
+async def test_ignore_existing_skips_old_frames_and_recursive_finds_new_night_folders(tmp_path, frames):
+    raws, refcat = frames
+    root = tmp_path / "camera"
+    (root / "2025-01-01").mkdir(parents=True)
+    (root / "2025-01-01" / "old.fits").write_bytes(raws[0])
+    results = []
+    watcher = watch.Watcher(root, fast_profile(), out_dir=tmp_path / "ws", catalog_files=[refcat], poll_s=0.1,
+                            settle_s=0.2, recursive=True, ignore_existing=True, on_result=results.append)
+    stop = asyncio.Event()
+    task = asyncio.create_task(watcher.run(stop))
+    try:
+        await asyncio.sleep(0.5)
+        (root / "2025-01-02").mkdir()
+        (root / "2025-01-02" / "new.fits").write_bytes(raws[1])
+        assert await wait_for(lambda: len(results) == 1)
+        await asyncio.sleep(0.4)
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 30)
+    assert [(r.name, r.status) for r in results] == [("new.fits", "ok")]
+    assert ok_runs(tmp_path / "ws") == {"new": 1}

@@ -32,7 +32,7 @@ from astropy.time import Time
 from ..errors import Cancelled, ServiceError
 from ..settings import ObservatorySettings, ServicesSettings
 from . import astrocolibri, gaia, simbad, skybot, vizier, vsx
-from .http import ServiceClient, ServiceSkipped, redact, run_cancellable
+from .http import ServiceClient, ServiceSkipped, redact, run_cancellable, snap_cone
 
 #: service name in ``services.enabled`` -> column prefix
 PREFIXES = {"gaia": "gaia_", "simbad": "simbad_", "skybot": "skybot_", "vsx": "vsx_", "milliquas": "milliquas_",
@@ -255,6 +255,8 @@ async def crossmatch_services(ra, dec, radius_arcsec: float, field_center: tuple
     if own:
         client = ServiceClient(settings, secrets=secrets, log=log)
     names = list(dict.fromkeys(settings.enabled))
+    # one grid-snapped cone per field: frames of the same field hit the same cache entries
+    cone = snap_cone(field_center[0], field_center[1], field_radius_deg)
     statuses = {name: {"service": name, "status": "ok", "reason": "", "n_field": 0, "n_matched": 0, "seconds": 0.0,
                        "network_requests": 0} for name in names}
 
@@ -265,7 +267,9 @@ async def crossmatch_services(ra, dec, radius_arcsec: float, field_center: tuple
         try:
             if name not in PREFIXES:
                 raise ServiceError(f"unknown service {name!r} in services.enabled; known: {', '.join(PREFIXES)}")
-            cat = await _query_service(name, client, field_center, field_radius_deg, epoch, settings, observatory,
+            # gaia snaps its own cone (shared with the calibration query)
+            center, radius = (field_center, field_radius_deg) if name == "gaia" else (cone[:2], cone[2])
+            cat = await _query_service(name, client, center, radius, epoch, settings, observatory,
                                        secrets or {}, site, cancel, log, st)
             return cat
         except ServiceSkipped as exc:

@@ -38,7 +38,7 @@ from astropy.time import Time
 
 from ..errors import Cancelled, ServiceError
 from ..settings import ServicesSettings
-from .http import OfflineMiss, ServiceClient, column
+from .http import OfflineMiss, ServiceClient, column, snap_cone
 
 SERVICE = "gaia"
 
@@ -225,10 +225,10 @@ async def fetch_gaia_field(center_ra: float, center_dec: float, radius_deg: floa
     The same cone gives the same cache key for calibration and cross-match.
     """
     log = log or (lambda message, level="INFO": None)
-    dt = abs((Time(epoch).jyear if epoch is not None else GAIA_EPOCH) - GAIA_EPOCH)
-    # high-proper-motion stars near the edge: widen the cone by what 0.5"/yr moves them
-    radius_q = radius_deg + min(0.5 * dt / 3600.0, 0.05)
-    centres = tile_centres(center_ra, center_dec, radius_q, settings.gaia_tile_deg)
+    # widen the cone by 10" for stars moving in or out since J2016 (0.5"/yr over 20 yr), then put it
+    # on a fixed grid: the query text is the cache key, and a whole night on one field must share it
+    ra_q, dec_q, radius_q = snap_cone(center_ra, center_dec, radius_deg + 10.0 / 3600.0)
+    centres = tile_centres(ra_q, dec_q, radius_q, settings.gaia_tile_deg)
     tile_r = radius_q if len(centres) == 1 else settings.gaia_tile_deg
     if len(centres) > 1:
         log(f"gaia: field radius {radius_deg:.3f} deg queried as {len(centres)} tiles of {tile_r:g} deg")

@@ -469,3 +469,21 @@ def column(tab: Table, name: str, default=np.nan, dtype=float) -> np.ndarray:
             except (TypeError, ValueError):
                 pass
         return out
+
+
+def snap_cone(ra: float, dec: float, radius_deg: float) -> tuple[float, float, float]:
+    """A slightly larger cone on a fixed grid that contains ``(ra, dec, radius_deg)``.
+
+    Frames of one field never have exactly the same centre and footprint, and
+    the cache key is the query text: snapping the centre to a grid of about 5%
+    of the radius (a power of two in degrees, so it does not move as the radius
+    changes slightly) and rounding the radius up makes a night on one field ask
+    each service once.
+    """
+    step = 2.0 ** np.floor(np.log2(max(radius_deg * 0.05, 1.0 / 3600.0)))
+    dec_s = float(np.clip(np.round(dec / step) * step, -90.0, 90.0))
+    ra_step = step / max(np.cos(np.radians(dec_s)), 1e-3)
+    ra_s = float((np.round(ra / ra_step) * ra_step) % 360.0)
+    # the snapped centre is at most step * sqrt(2)/2 (plus cos(dec) slack) from the true one
+    radius_s = float(np.ceil((radius_deg + 1.5 * step) / step) * step)
+    return ra_s, dec_s, radius_s

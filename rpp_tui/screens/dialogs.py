@@ -12,6 +12,8 @@ from textual.widgets import Button, Input, Label, SelectionList
 class AskText(ModalScreen[str | None]):
     """One line of text; Enter accepts, Escape cancels."""
 
+    AUTO_FOCUS = "*"
+
     BINDINGS = [Binding("escape", "cancel", "Cancel")]
 
     def __init__(self, prompt: str, value: str = "", password: bool = False) -> None:
@@ -33,6 +35,8 @@ class AskText(ModalScreen[str | None]):
 
 class Confirm(ModalScreen[bool]):
     """A yes/no question; y / n / Escape."""
+
+    AUTO_FOCUS = "#no"  # Enter on a delete question must not delete
 
     BINDINGS = [Binding("y", "answer(True)", "Yes"), Binding("n,escape", "answer(False)", "No")]
 
@@ -56,6 +60,8 @@ class Confirm(ModalScreen[bool]):
 
 class ChooseColumns(ModalScreen[list[str] | None]):
     """Tick the columns to show; Enter/Escape closes (Escape keeps the old choice)."""
+
+    AUTO_FOCUS = "*"
 
     BINDINGS = [Binding("escape", "cancel", "Cancel"), Binding("enter", "accept", "Apply", priority=True)]
 

@@ -22,6 +22,7 @@ command palette, where every action can be searched by name.
 | `?` | this help |
 | `ctrl+p` | command palette (themes too) |
 | `q` | quit |
+| `Esc` | leave a text field (then the keys above work again) |
 
 **Files** `enter` select frame, `u` parent folder, `o` go to a path, `c` copy path.
 
@@ -47,6 +48,7 @@ terminal allows it.
 
 
 class HelpScreen(ModalScreen[None]):
+    AUTO_FOCUS = "*"
     BINDINGS = [Binding("escape,question_mark,q", "close", "Close")]
 
     def compose(self) -> ComposeResult:

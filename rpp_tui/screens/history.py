@@ -81,7 +81,7 @@ class HistoryPane(TabPane):
             table.add_row(*row, key=str(run.path))
         total = sum(r.size for r in runs)
         self.query_one("#history-status", Static).update(
-            f"{len(runs)} runs, {cleanup.format_size(total)} in {display_path(workspace)}")
+            f"{len(runs)} run{'' if len(runs) == 1 else 's'}, {cleanup.format_size(total)} in {display_path(workspace)}")
 
     def selected(self) -> Path | None:
         table = self.query_one(DataTable)

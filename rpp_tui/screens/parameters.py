@@ -7,7 +7,7 @@ import dataclasses
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical, VerticalScroll
-from textual.widgets import ContentSwitcher, Input, Label, OptionList, Static, TabPane
+from textual.widgets import ContentSwitcher, Input, OptionList, Static, TabPane
 from textual.widgets.option_list import Option
 
 from rpp_core import settings

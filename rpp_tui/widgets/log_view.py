@@ -46,6 +46,5 @@ class EventLog(RichLog):
 
     def shown_text(self) -> str:
         """The lines currently shown, as plain text (for tests and copying)."""
-        return "\n".join(prefix_msg for lvl, st, prefix_msg in
-                         ((lvl, st, f"{lvl[0]} " + (f"[{st}] " if st else "") + msg) for lvl, st, msg in self.records)
-                         if LEVELS.index(lvl) >= LEVELS.index(self.level))
+        keep = LEVELS.index(self.level)
+        return "\n".join(self._line(lvl, st, msg).plain for lvl, st, msg in self.records if LEVELS.index(lvl) >= keep)

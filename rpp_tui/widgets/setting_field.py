@@ -50,7 +50,7 @@ class _SettingValidator(Validator):
 
 
 def _numeric_list_field(klass: type, name: str) -> bool:
-    default = klass().__getattribute__(name)
+    default = getattr(klass(), name)
     return bool(default) and all(isinstance(v, (int, float)) for v in default)
 
 
@@ -147,8 +147,8 @@ class SettingField(Vertical):
             return
         self._show_error("")
         value = check_value(self.klass, self.setting, event.value, f"[{self.section}]")
-        if self.kind == "list":
-            value = _numbers_if_numeric(value)
+        if self.kind == "list" and _numeric_list_field(self.klass, self.setting):
+            value = [float(v) for v in value]
         self.value = value
         self.post_message(self.Changed(self, value))
 
@@ -164,10 +164,3 @@ class SettingField(Vertical):
             return
         self.value = event.value
         self.post_message(self.Changed(self, self.value))
-
-
-def _numbers_if_numeric(items: list) -> list:
-    try:
-        return [float(v) for v in items]
-    except (TypeError, ValueError):
-        return list(items)
