@@ -30,13 +30,6 @@ NIGHT = [  # (time, fwhm px, zp0)
 GAIN = 1.5
 
 
-@pytest.fixture(autouse=True)
-def _isolated(tmp_path, monkeypatch):
-    monkeypatch.setenv("RPP_CONFIG_DIR", str(tmp_path / "config"))
-    monkeypatch.setenv("RPP_CACHE_DIR", str(tmp_path / "cache"))
-    monkeypatch.setenv("RPP_WORKSPACE", str(tmp_path / "ws"))
-
-
 @pytest.fixture(scope="module")
 def night(tmp_path_factory):
     """Frames of one night in a folder (plus a corrupt one) and the field's reference catalogue."""

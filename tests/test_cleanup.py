@@ -16,13 +16,6 @@ from rpp_core.settings import OutputSettings
 DAY = 86400.0
 
 
-@pytest.fixture(autouse=True)
-def _isolated(tmp_path, monkeypatch):
-    monkeypatch.setenv("RPP_CONFIG_DIR", str(tmp_path / "config"))
-    monkeypatch.setenv("RPP_CACHE_DIR", str(tmp_path / "cache"))
-    monkeypatch.setenv("RPP_WORKSPACE", str(tmp_path / "ws"))
-
-
 def make_run(ws: Path, name: str, age_days: float, size_kb: int = 10, finished=True, now=None) -> Path:
     run = ws / name
     (run / "plots").mkdir(parents=True)

@@ -19,13 +19,6 @@ from rpp_core.synthetic import make_frame, moffat_enclosed
 from .conftest_pipeline_helpers import SHARED, offline_profile
 
 
-@pytest.fixture(autouse=True)
-def isolated_dirs(tmp_path, monkeypatch):
-    monkeypatch.setenv("RPP_CONFIG_DIR", str(tmp_path / "config"))
-    monkeypatch.setenv("RPP_CACHE_DIR", str(tmp_path / "cache"))
-    monkeypatch.setenv("RPP_WORKSPACE", str(tmp_path / "runs"))
-
-
 @pytest.fixture(scope="module")
 def synth(tmp_path_factory):
     """A 1024^2 frame, airmass 1.6 with k = 0.2: truth ZP0 = 25 (electrons)."""

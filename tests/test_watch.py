@@ -24,13 +24,6 @@ from rpp_core.synthetic import make_frame
 from .conftest_pipeline_helpers import offline_profile
 
 
-@pytest.fixture(autouse=True)
-def _isolated(tmp_path, monkeypatch):
-    monkeypatch.setenv("RPP_CONFIG_DIR", str(tmp_path / "config"))
-    monkeypatch.setenv("RPP_CACHE_DIR", str(tmp_path / "cache"))
-    monkeypatch.setenv("RPP_WORKSPACE", str(tmp_path / "ws"))
-
-
 @pytest.fixture(scope="module")
 def frames(tmp_path_factory):
     """Bytes of five frames of one field (different seeing) and the field's reference catalogue."""
