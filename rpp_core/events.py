@@ -16,10 +16,10 @@ from typing import Any, Callable
 STAGES: tuple[tuple[str, str], ...] = (
     ("load", "Load FITS"),
     ("metadata", "Observation metadata"),
-    ("cosmics", "Cosmic rays"),
     ("background", "Background"),
     ("fwhm", "FWHM"),
     ("detect", "Detection"),
+    ("cosmics", "Cosmic rays"),
     ("aperture", "Aperture photometry"),
     ("psf", "PSF photometry"),
     ("astrometry", "Astrometry"),

@@ -32,7 +32,7 @@ import numpy as np
 from astropy.table import Table
 
 from . import __version__, events as ev, locations, results
-from .errors import AstrometryError, CalibrationError, Cancelled, RppError, ServiceError
+from .errors import CalibrationError, Cancelled, NoStarsError, RppError, ServiceError
 from .settings import Profile
 
 
@@ -249,25 +249,12 @@ async def _run_stages(job: _Job, path: Path, profile: Profile, run_dir: Path, hd
         pointing=[meta.ra, meta.dec], metadata_sources=meta.sources,
     )
 
-    data = frame.data
-    cr_mask = None
-    if profile.cosmic_rays.enabled:
-        async with job.step("cosmics") as fig:
-            cr = profile.cosmic_rays
-            data, cr_mask = await job.in_thread(
-                preprocess.remove_cosmics, frame.data, masks.nan | masks.saturated, cr.gain or gain, cr.read_noise or read_noise,
-                saturation, cr, progress=job.progress_cb("cosmics"), cancel=job.cancelled)
-            fig["n_cr_pixels"] = int(cr_mask.sum())
-    else:
-        job.skip("cosmics", "disabled in the profile")
-    mask = masks.combined if cr_mask is None else (masks.combined | cr_mask)
-
+    mask = masks.combined
     async with job.step("background") as fig:
-        bkg = await job.in_thread(preprocess.estimate_background, data, mask, det)
-        data_sub = (data - bkg.background).astype(np.float32, copy=False)
+        bkg = await job.in_thread(preprocess.estimate_background, frame.data, mask, det)
+        data_sub = (frame.data - bkg.background).astype(np.float32, copy=False)
         fig.update(background=float(bkg.global_bkg), rms=float(bkg.global_rms))
     summary.update(background=float(bkg.global_bkg), background_rms=float(bkg.global_rms))
-    del data
 
     async with job.step("fwhm") as fig:
         guess = det.seeing_arcsec / meta.pixel_scale if meta.pixel_scale else 3.0
@@ -283,7 +270,39 @@ async def _run_stages(job: _Job, path: Path, profile: Profile, run_dir: Path, hd
         sources = await job.in_thread(detect.find_stars, data_sub, bkg.rms, mask, fwhm, det, masks.saturated,
                                       progress=job.progress_cb("detect"), cancel=job.cancelled)
         fig["n_sources"] = len(sources)
+
+    cr = profile.cosmic_rays
+    if cr.enabled:
+        async with job.step("cosmics") as fig:
+            # the largest radius any measurement uses: apertures and the PSF fit
+            radius = max(max(phot.aperture_factors) * fwhm, phot.fixed_aperture_px,
+                         (phot.psf_fit_radius * fwhm) if phot.psf else 0.0)
+            args = (frame.data, masks.nan | masks.saturated)
+            if cr.scope == "frame":
+                cleaned, cr_mask = await job.in_thread(
+                    preprocess.remove_cosmics, *args, cr.gain or gain, cr.read_noise or read_noise, saturation, cr,
+                    progress=job.progress_cb("cosmics"), cancel=job.cancelled)
+            else:
+                cleaned, cr_mask = await job.in_thread(
+                    preprocess.remove_cosmics_near, *args, np.asarray(sources["x"]), np.asarray(sources["y"]), radius,
+                    cr.gain or gain, cr.read_noise or read_noise, saturation, cr,
+                    progress=job.progress_cb("cosmics"), cancel=job.cancelled)
+            # a "star" whose peak pixel is a cosmic ray is a hit DAOStarFinder let through
+            px = np.clip(np.round(np.asarray(sources["x"])).astype(int), 0, cr_mask.shape[1] - 1)
+            py = np.clip(np.round(np.asarray(sources["y"])).astype(int), 0, cr_mask.shape[0] - 1)
+            is_cr = cr_mask[py, px]
+            if is_cr.any():
+                sources = sources[~is_cr]
+                sources["id"] = np.arange(1, len(sources) + 1)
+            data_sub = (cleaned - bkg.background).astype(np.float32, copy=False)
+            del cleaned
+            mask = mask | cr_mask
+            fig.update(n_cr_pixels=int(cr_mask.sum()), dropped_sources=int(is_cr.sum()), scope=cr.scope)
+    else:
+        job.skip("cosmics", "disabled in the profile")
     summary["n_sources"] = len(sources)
+    if len(sources) == 0:
+        raise NoStarsError(f"{path}: every detection was a cosmic-ray hit: no stars to measure")
 
     async with job.step("aperture") as fig:
         cat = await job.in_thread(

@@ -1,9 +1,12 @@
 """Pixel masks, cosmic-ray removal and the 2-D background of a frame.
 
-Order in the pipeline: :func:`make_masks` on the raw frame, :func:`remove_cosmics`
-on the raw frame (ADU, sky included: astroscrappy's noise model needs it), then
-:func:`estimate_background` on the cleaned frame. Images are float32, pixel
-origin 0, values in ADU.
+Order in the pipeline: :func:`make_masks` and :func:`estimate_background` on the
+raw frame, FWHM and detection, then :func:`remove_cosmics_near` (round the
+detected sources) or :func:`remove_cosmics` (whole frame, ``scope = "frame"``)
+on the raw frame (ADU, sky included: astroscrappy's noise model needs it).
+Detection does not need cleaned data: DAOStarFinder's sharpness and roundness
+limits reject most hits, and a detection whose peak pixel is a cosmic ray is
+dropped after this stage. Images are float32, pixel origin 0, values in ADU.
 """
 
 from __future__ import annotations
@@ -139,6 +142,30 @@ def _tiles(shape: tuple[int, int], size: int, overlap: int):
             yield (y0, y1, x0, x1), outer
 
 
+def _scrappy_kwargs(data, inmask, gain, read_noise, saturation, settings: CosmicRaySettings) -> dict:
+    """astroscrappy parameters: gain/read noise from the header, the settings or the sky noise."""
+    g = settings.gain if settings.gain > 0 else gain
+    rn = settings.read_noise if settings.read_noise > 0 else read_noise
+    if g is None or g <= 0 or rn is None or rn < 0:
+        sky, sig = _sky_stats(data, inmask)
+        if g is None or g <= 0:
+            g = sky / sig**2 if sky > 0 else 1.0
+        if rn is None or rn < 0:
+            rn = g * float(np.sqrt(max(sig**2 - max(sky, 0.0) / g, 0.0)))
+    if saturation is not None and saturation > 0:
+        satlevel = float(saturation)
+    else:
+        # astroscrappy protects stars reaching satlevel; without one, the wings of
+        # clipped stars were flagged (28 of 50 false pixels in a 512 px test cut)
+        top = float(np.nanmax(data))
+        satlevel = top if np.count_nonzero(data == top) >= 5 else float(np.finfo(np.float32).max)
+    return dict(
+        sigclip=settings.sigclip, sigfrac=settings.sigfrac, objlim=settings.objlim, gain=float(g),
+        readnoise=float(rn), satlevel=satlevel, niter=settings.niter, sepmed=True,
+        cleantype="meanmask", fsmode="median", verbose=False,
+    )
+
+
 def remove_cosmics(
     data: np.ndarray,
     mask: np.ndarray | None,
@@ -210,26 +237,7 @@ def remove_cosmics(
         return data, np.zeros(data.shape, bool)
     nan = ~np.isfinite(data)
     inmask = nan if mask is None else (mask | nan)
-    g = settings.gain if settings.gain > 0 else gain
-    rn = settings.read_noise if settings.read_noise > 0 else read_noise
-    if g is None or g <= 0 or rn is None or rn < 0:
-        sky, sig = _sky_stats(data, inmask)
-        if g is None or g <= 0:
-            g = sky / sig**2 if sky > 0 else 1.0
-        if rn is None or rn < 0:
-            rn = g * float(np.sqrt(max(sig**2 - max(sky, 0.0) / g, 0.0)))
-    if saturation is not None and saturation > 0:
-        satlevel = float(saturation)
-    else:
-        # astroscrappy protects stars reaching satlevel; without one, the wings of
-        # clipped stars were flagged (28 of 50 false pixels in a 512 px test cut)
-        top = float(np.nanmax(data))
-        satlevel = top if np.count_nonzero(data == top) >= 5 else float(np.finfo(np.float32).max)
-    kwargs = dict(
-        sigclip=settings.sigclip, sigfrac=settings.sigfrac, objlim=settings.objlim, gain=float(g),
-        readnoise=float(rn), satlevel=satlevel, niter=settings.niter, sepmed=True,
-        cleantype="meanmask", fsmode="median", verbose=False,
-    )
+    kwargs = _scrappy_kwargs(data, inmask, gain, read_noise, saturation, settings)
     fill = None
     if nan.any():
         fill = np.float32(_sky_stats(data, inmask)[0])
@@ -290,6 +298,99 @@ def remove_cosmics(
     if fill is not None:
         cleaned[nan] = data[nan]
         crmask &= ~nan
+    return cleaned, crmask
+
+
+#: context kept round each stamp so that astroscrappy's filters (7x7 medians, Laplacian of the
+#: 2x up-sampled image) never see the mosaic seams from the pixels whose result is kept
+_STAMP_MARGIN = 8
+
+
+def remove_cosmics_near(
+    data: np.ndarray,
+    mask: np.ndarray | None,
+    x: np.ndarray,
+    y: np.ndarray,
+    radius_px: float,
+    gain: float | None,
+    read_noise: float | None,
+    saturation: float | None,
+    settings: CosmicRaySettings,
+    progress: ProgressFn = None,
+    cancel: CancelFn = None,
+    chunk: int = 1024,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Cosmic rays found and cleaned only where they change a measurement: round the sources.
+
+    Same detector and parameters as :func:`remove_cosmics`, run on a mosaic of
+    square stamps centred on each source (0-based ``x``, ``y``) that cover the
+    disc of ``radius_px`` (the largest aperture / PSF fit radius) plus an
+    8 px context margin; only the stamp interiors are kept. Cosmic rays in the
+    local-background annulus need no mask there (its sigma-clipped median
+    rejects them), and hits elsewhere touch no measurement.
+
+    Why: astroscrappy costs ~0.3 s per megapixel here (2 cores, niter 1), so
+    on a 4096x4096 frame with 6,000 stars the whole frame takes 5.1 s while the
+    stamps (39 % of the pixels) take ~2 s; a sparse field costs almost nothing.
+
+    Returns
+    -------
+    cleaned : float32 copy of ``data`` with flagged pixels replaced (meanmask)
+    crmask : bool array, ``True`` on cosmic-ray pixels (only near sources)
+    """
+    import astroscrappy
+
+    data = np.asarray(data, dtype=np.float32)
+    crmask = np.zeros(data.shape, bool)
+    cleaned = data.copy()
+    n = len(x)
+    if not settings.enabled or n == 0:
+        return cleaned, crmask
+    ny, nx = data.shape
+    nan = ~np.isfinite(data)
+    inmask = nan if mask is None else (mask | nan)
+    kwargs = _scrappy_kwargs(data, inmask, gain, read_noise, saturation, settings)
+    fill = np.float32(_sky_stats(data, inmask)[0]) if nan.any() else None
+    inner = int(np.ceil(radius_px)) + 1
+    h = inner + _STAMP_MARGIN
+    size = 2 * h + 1
+    offs = np.arange(-h, h + 1)
+    keep = slice(_STAMP_MARGIN, size - _STAMP_MARGIN)
+    xc = np.round(np.asarray(x, float)).astype(int)
+    yc = np.round(np.asarray(y, float)).astype(int)
+    total = (n + chunk - 1) // chunk
+    for k in range(total):
+        _check_cancel(cancel)
+        sl = slice(k * chunk, min((k + 1) * chunk, n))
+        m = sl.stop - sl.start
+        iy = yc[sl, None, None] + offs[None, :, None]
+        ix = xc[sl, None, None] + offs[None, None, :]
+        outside = (iy < 0) | (iy >= ny) | (ix < 0) | (ix >= nx)
+        iy = np.clip(iy, 0, ny - 1)
+        ix = np.clip(ix, 0, nx - 1)
+        iy, ix = np.broadcast_arrays(iy, ix)
+        stamps = data[iy, ix]
+        smask = inmask[iy, ix] | outside
+        if fill is not None:
+            stamps = np.where(nan[iy, ix], fill, stamps)
+        # lay the stamps out as a square mosaic: one astroscrappy call per chunk
+        cols = int(np.ceil(np.sqrt(m)))
+        rows = (m + cols - 1) // cols
+        pad = rows * cols - m
+        def mosaic(a, value):
+            a = np.concatenate([a, np.full((pad, size, size), value, a.dtype)]) if pad else a
+            return a.reshape(rows, cols, size, size).transpose(0, 2, 1, 3).reshape(rows * size, cols * size)
+        mos_cr, mos_clean = astroscrappy.detect_cosmics(mosaic(stamps, 0.0), inmask=mosaic(smask, True), **kwargs)
+        def unmosaic(a):
+            return a.reshape(rows, size, cols, size).transpose(0, 2, 1, 3).reshape(rows * cols, size, size)[:m]
+        hit = unmosaic(mos_cr)[:, keep, keep] & ~outside[:, keep, keep]
+        if hit.any():
+            yy, xx = iy[:, keep, keep][hit], ix[:, keep, keep][hit]
+            crmask[yy, xx] = True
+            cleaned[yy, xx] = unmosaic(mos_clean)[:, keep, keep][hit]
+        if progress:
+            progress(k + 1, total)
+    crmask &= ~nan
     return cleaned, crmask
 
 

@@ -60,13 +60,13 @@ class RppApp(App[int]):
         super().__init__()
         start = Path(start_path) if start_path else Path.cwd()
         self._start_file: Path | None = None
+        self._start_error = ""
         if start.is_file():
             self._start_file, start = start, start.parent
         elif not start.exists():
             self._start_error = f"{start} does not exist: showing {Path.cwd()}"
             start = Path.cwd()
         self.start_dir = start
-        self._start_error = getattr(self, "_start_error", "")
         try:
             self.profile = settings.load_profile(profile) if profile else settings.load_profile("default")
         except SettingsError as exc:
@@ -174,6 +174,9 @@ class RppApp(App[int]):
         job = self.runner.submit(path, self.profile)
         if busy:
             self.notify(f"run #{job.id} queued ({len(self.runner.waiting)} waiting)")
+            current = self.runner.current
+            self.pane("run").set_status(f"Run #{current.id} running: {current.path.name}  "
+                                        f"(x cancels, {len(self.runner.waiting)} queued)")
         self.action_show_tab("run")
 
     def action_cancel_run(self) -> None:
@@ -200,9 +203,17 @@ class RppApp(App[int]):
         queued = f"  ({waiting} queued)" if waiting else ""
         if job.state == "finished":
             result = job.result
-            run_pane.set_status(f"Run #{job.id} finished: {display_path(result.run_dir)}  (enter: results){queued}")
             self.show_run(loaders.from_result(result))
-            self.notify(short_summary(result.summary), title=f"run #{job.id} finished", timeout=6)
+            code = getattr(result, "exit_code", 0)
+            if code:
+                # the catalogue exists but part of the job could not be done (see rpp_core.errors)
+                note = getattr(result, "message", "") or f"exit code {code}"
+                run_pane.set_status(f"Run #{job.id} finished with a problem: {note}  (enter: results){queued}")
+                self.notify(f"{note}\n{short_summary(result.summary)}", title=f"run #{job.id}: exit {code}",
+                            severity="warning", timeout=10)
+            else:
+                run_pane.set_status(f"Run #{job.id} finished: {display_path(result.run_dir)}  (enter: results){queued}")
+                self.notify(short_summary(result.summary), title=f"run #{job.id} finished", timeout=6)
         elif job.state == "cancelled":
             run_pane.set_status(f"Run #{job.id} cancelled{queued}")
             self.notify(f"run #{job.id} cancelled", severity="warning")

@@ -58,16 +58,33 @@ def to_grey(data: np.ndarray, sample: int = 200_000) -> np.ndarray:
     return out
 
 
+def max_pool(grey: np.ndarray, factor: int) -> np.ndarray:
+    """Shrink by ``factor`` keeping the brightest pixel of each block, so stars survive the shrinking."""
+    if factor <= 1:
+        return grey
+    ny, nx = (grey.shape[0] // factor) * factor, (grey.shape[1] // factor) * factor
+    if ny == 0 or nx == 0:
+        return grey
+    return grey[:ny, :nx].reshape(ny // factor, factor, nx // factor, factor).max(axis=(1, 3))
+
+
+def pyramid(grey: np.ndarray, min_px: int = 8) -> list[np.ndarray]:
+    """``grey`` and its 2x2 max-pooled halvings down to ``min_px``: what a zoomed-out view samples."""
+    levels = [grey]
+    while min(levels[-1].shape) >= 2 * min_px:
+        levels.append(max_pool(levels[-1], 2))
+    return levels
+
+
 def preview_image(path: str | Path, max_px: int = 600) -> np.ndarray:
-    """A quick-look: the frame decimated to at most ``max_px`` on its long side, as grey levels."""
-    data = _read_pixels(Path(path))
-    step = max(1, int(np.ceil(max(data.shape) / max_px)))
-    return to_grey(np.ascontiguousarray(data[::step, ::step]))
+    """A quick-look: the frame in grey levels, max-pooled to at most ``max_px`` on its long side."""
+    grey = to_grey(_read_pixels(Path(path)))
+    return max_pool(grey, int(np.ceil(max(grey.shape) / max_px)))
 
 
-def full_image(path: str | Path) -> np.ndarray:
-    """The whole frame as grey levels (one byte per pixel) for pan and zoom."""
-    return to_grey(_read_pixels(Path(path)))
+def full_image(path: str | Path) -> list[np.ndarray]:
+    """The whole frame as grey levels (one byte per pixel) and its :func:`pyramid`, for pan and zoom."""
+    return pyramid(to_grey(_read_pixels(Path(path))))
 
 
 # ---------------------------------------------------------------- run folders

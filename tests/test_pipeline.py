@@ -241,3 +241,12 @@ def test_calibration_against_gaia_over_the_network_then_from_cache(frame_catalog
     res2 = asyncio.run(pipeline.run(tmp_path / "f.fits", prof.replace(**{"services.offline": True}), out_dir=tmp_path / "runs"))
     assert server.count() == first  # answered from the on-disk cache
     assert res2.summary["zp"] == pytest.approx(s["zp"], abs=1e-9)
+
+
+def test_no_catalogue_source_is_a_cosmic_ray_hit(synth_run):
+    res, _, fr = synth_run
+    cr = fr.params["cosmic_mask"]
+    x = np.round(np.asarray(res.catalog["x"])).astype(int)
+    y = np.round(np.asarray(res.catalog["y"])).astype(int)
+    assert cr[y, x].sum() == 0
+    assert res.summary["timings"]["cosmics"] > 0

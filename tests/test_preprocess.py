@@ -7,7 +7,8 @@ import pytest
 from scipy import ndimage as ndi
 
 from rpp_core.errors import Cancelled, InputError
-from rpp_core.preprocess import Background, Masks, estimate_background, make_masks, remove_cosmics
+from rpp_core.preprocess import (Background, Masks, estimate_background, make_masks, remove_cosmics,
+                                 remove_cosmics_near)
 from rpp_core.settings import CosmicRaySettings, DetectionSettings
 from rpp_core.synthetic import make_frame, moffat_alpha
 
@@ -197,3 +198,43 @@ def test_saturation_level_found_from_a_clipped_plateau_when_unknown(frame):
 def test_all_nan_frame_is_refused_with_a_clear_error():
     with pytest.raises(InputError, match="NaN"):
         make_masks(np.full((64, 64), np.nan, np.float32), 60000.0, DetectionSettings())
+
+
+def test_cosmic_rays_round_sources_match_the_whole_frame_result_there(frame, masks, cleaned):
+    """Stamps round the sources find the same hits as the whole-frame run, inside the measured discs."""
+    p = frame.params
+    t = frame.truth
+    radius = 10.0
+    progress = []
+    near_clean, near_mask = remove_cosmics_near(
+        frame.data, masks.nan | masks.saturated, np.asarray(t["x"]), np.asarray(t["y"]), radius,
+        p["gain"], p["read_noise"], p["saturation"], CosmicRaySettings(), chunk=150,
+        progress=lambda d, n: progress.append((d, n)))
+    assert progress[-1] == (3, 3)
+    ny, nx = frame.data.shape
+    yy, xx = np.mgrid[0:ny, 0:nx]
+    near = np.zeros((ny, nx), bool)
+    for x, y in zip(t["x"], t["y"]):
+        near |= (xx - x) ** 2 + (yy - y) ** 2 <= radius**2
+    injected = p["cosmic_mask"] & near & ~masks.saturated
+    full_mask = cleaned[1]
+    assert injected.sum() > 20
+    recall = (near_mask & injected).sum() / injected.sum()
+    assert recall >= 0.9
+    # agreement with the whole-frame run inside the discs, nothing flagged outside the stamps
+    inside = near & ~masks.saturated
+    assert (near_mask[inside] == full_mask[inside]).mean() > 0.9999
+    # nothing is flagged beyond the kept stamp interiors (squares of half-size ceil(r) + 1)
+    fy, fx = np.nonzero(near_mask)
+    cheb = np.min(np.maximum(np.abs(fx[:, None] - np.round(np.asarray(t["x"]))[None, :]),
+                             np.abs(fy[:, None] - np.round(np.asarray(t["y"]))[None, :])), axis=1)
+    assert cheb.max() <= np.ceil(radius) + 1
+    # only flagged pixels change
+    assert np.array_equal(near_clean[~near_mask], frame.data[~near_mask])
+
+
+def test_cosmic_rays_round_sources_stop_when_cancelled(frame, masks):
+    t = frame.truth
+    with pytest.raises(Cancelled):
+        remove_cosmics_near(frame.data, masks.combined, np.asarray(t["x"]), np.asarray(t["y"]), 8.0, 1.5, 5.0,
+                            60000, CosmicRaySettings(), cancel=lambda: True)

@@ -101,6 +101,18 @@ async def test_observer_session_pick_edit_save_run_sort_plot_queue_and_cancel(fr
         print(f"run 1: {summary['total_seconds']:.2f} s in the core, worst UI stall {max_lag * 1000:.0f} ms")
         assert max_lag < 1.0
 
+        # the log keeps everything; l raises the level shown, and cycling back shows the debug lines too
+        log = app.query_one("#run-log")
+        info_lines = log.shown_text().splitlines()
+        assert any(line.startswith("I ") for line in info_lines) and not any(line.startswith("D ") for line in info_lines)
+        await pilot.press("l")
+        assert log.level == "WARNING"
+        assert all(line[:2] in ("W ", "E ") for line in log.shown_text().splitlines())
+        await pilot.press("l", "l")
+        assert log.level == "DEBUG"
+        assert any(line.startswith("D ") for line in log.shown_text().splitlines())
+        await pilot.press("l")
+
         # Catalogue: enter jumps to results; sort the highlighted column both ways
         await pilot.press("enter")
         assert app.query_one("#tabs").active == "catalogue"

@@ -15,7 +15,7 @@ from rpp_tui.commands import COMMANDS
 from rpp_tui.widgets.catalogue_table import CatalogueTable, column_arrays, filter_mask
 from rpp_tui.widgets.halfblock import HalfBlockImage, Marker
 
-from .test_tui_support import LoopLag, run_folder, tui_env, wait_for  # noqa: F401 - fixtures
+from .test_tui_support import LoopLag, frames, run_folder, tui_env, wait_for  # noqa: F401 - fixtures
 
 
 class _One(App):
@@ -155,7 +155,9 @@ async def test_history_opens_a_run_and_deletes_it_after_confirmation(run_folder,
         await wait_for(pilot, lambda: app.current_run is not None, 10)
         assert app.query_one("#tabs").active == "catalogue"
         assert app.query_one(CatalogueTable).total_rows == 200
-        await pilot.press("7", "d", "n")
+        await pilot.press("7", "c")
+        assert app.clipboard == str(run_folder)  # sent to the local terminal with OSC 52
+        await pilot.press("d", "n")
         assert run_folder.exists()
         await pilot.press("d", "y")
         await wait_for(pilot, lambda: not run_folder.exists() and not history.runs, 10)
@@ -166,10 +168,22 @@ async def test_catalogue_view_exports_only_the_filtered_rows_and_chosen_columns(
     async with app.run_test(size=(100, 30)) as pilot:
         app.open_run(run_folder)
         await wait_for(pilot, lambda: app.current_run is not None, 10)
-        await pilot.press("slash", *list("snr>100"), "enter")
         table = app.query_one(CatalogueTable)
+        # the details of the highlighted source: every column, then links for its position
+        details = app.query_one("#cat-details-text").content
+        src = table.current_source()
+        assert f"simbad_name     {app.current_run.catalog['simbad_name'][src]}" in details.plain
+        links = {span.style.link for span in details.spans if getattr(span.style, "link", None)}
+        ra = app.current_run.catalog["ra"][src]
+        assert len(links) == 3 and all(f"{ra:.6f}" in url for url in links)
+        await pilot.press("slash", *list("snr>100"), "enter")
         expected = int((app.current_run.catalog["snr_ap2"] > 100).sum())
         assert 0 < table.row_count == expected < 200
+        # hide the first column (id) with the column chooser
+        await pilot.press("v")
+        await pilot.pause(0.1)
+        await pilot.press("space", "enter")
+        assert "id" not in table.columns and "ra" in table.columns
         await pilot.press("e", "enter")
         out = run_folder / "catalog_view.csv"
         await wait_for(pilot, out.exists, 10)
@@ -234,3 +248,58 @@ async def test_files_tree_lists_plain_and_compressed_fits_and_nothing_else(tui_e
         assert [str(n.label) for n in tree.root.children] == [
             "sub", "a.fits", "b.fit", "c.fts", "d.fits.fz", "e.fits.gz", "f.fz"]
         assert str(tree.root.label) == "night"
+
+
+async def test_a_one_pixel_star_stays_visible_when_a_large_frame_is_zoomed_out():
+    from rpp_tui.loaders import pyramid
+
+    image = np.zeros((2000, 3000), np.uint8)
+    image[1234, 2345] = 255
+    widget = HalfBlockImage()
+    app = _One(widget)
+    async with app.run_test(size=(80, 24)) as pilot:
+        widget.set_image(pyramid(image))
+        await pilot.pause()
+        brightest = 0
+        for y in range(widget.size.height):
+            for seg in widget.render_line(y):
+                for c in (seg.style.color, seg.style.bgcolor):
+                    if c is not None and c.triplet is not None:
+                        brightest = max(brightest, c.triplet.red)
+        assert brightest == 255
+        # plain decimation (the first level only) loses it: the pyramid is what keeps it
+        widget.set_image(image)
+        await pilot.pause()
+        lost = max((c.triplet.red for y in range(widget.size.height) for seg in widget.render_line(y)
+                    for c in (seg.style.color, seg.style.bgcolor) if c is not None and c.triplet is not None),
+                   default=0)
+        assert lost == 0
+
+
+async def test_a_broken_frame_fails_with_the_cores_message_and_the_app_carries_on(tui_env):
+    folder = tui_env / "bad"
+    folder.mkdir()
+    (folder / "broken.fits").write_bytes(b"SIMPLE  =                    T" + b" " * 50 + b"garbage" * 10)
+    app = RppApp("bad")
+    async with app.run_test(size=(100, 30)) as pilot:
+        tree = app.query_one("#tree")
+        await wait_for(pilot, lambda: app.focused is tree and tree.root.children, 10)
+        await pilot.press("down", "enter")
+        await wait_for(pilot, lambda: "Problem" in str(app.query_one("#facts").content), 10)
+        await pilot.press("r")
+        job = app.runner.jobs[0]
+        await wait_for(pilot, lambda: job.state not in ("queued", "running"), 60)
+        assert job.state == "failed" and job.exit_code == 3
+        status = str(app.query_one("#run-status").content)
+        assert "failed (exit 3)" in status and "broken.fits" in status
+        assert "Run failed" in str(app.query_one("#run-summary").content)
+        await pilot.press("1")  # still answering
+        assert app.query_one("#tabs").active == "files"
+
+
+async def test_a_frame_given_on_the_command_line_is_selected_at_start(frames):
+    app = RppApp("frames/synth.fits")
+    async with app.run_test(size=(80, 24)) as pilot:
+        await wait_for(pilot, lambda: "SYNTH" in str(app.query_one("#facts").content), 10)
+        assert app.selected_path == frames / "synth.fits" or app.selected_path.resolve() == (frames / "synth.fits")
+        assert app.sub_title == "profile default · frames/synth.fits"

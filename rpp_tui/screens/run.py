@@ -96,7 +96,10 @@ class RunPane(TabPane):
             log.add("INFO", f"run #{job.id}: {event.path} with profile {event.profile!r}")
             self.query_one("#run-summary", Static).update("")
             self.last_run_dir = Path(event.run_dir)
-            self.set_status(f"Run #{job.id} running: {Path(event.path).name}  (x cancels)")
+            runner = getattr(self.app, "runner", None)
+            waiting = len(runner.waiting) if runner is not None else 0
+            queued = f", {waiting} queued" if waiting else ""
+            self.set_status(f"Run #{job.id} running: {Path(event.path).name}  (x cancels{queued})")
         elif isinstance(event, ev.StageStarted):
             stages.row(event.stage).set_state("running", "…")
         elif isinstance(event, ev.StageProgress):

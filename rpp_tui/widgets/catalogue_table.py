@@ -64,6 +64,8 @@ def format_value(name: str, value) -> str:
             return f"{value:.3f}"
         if low in ("x", "y"):
             return f"{value:.2f}"
+        if low.startswith("snr"):
+            return f"{value:.1f}"
         if float(value).is_integer() and abs(value) < 1e9:
             return str(int(value))
         return f"{value:.5g}"

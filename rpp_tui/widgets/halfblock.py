@@ -65,6 +65,7 @@ class HalfBlockImage(Widget, can_focus=True):
     def __init__(self, *, message: str = "", name=None, id=None, classes=None) -> None:  # noqa: A002
         super().__init__(name=name, id=id, classes=classes)
         self._image: np.ndarray | None = None
+        self._levels: list[np.ndarray] = []
         self._markers: list[Marker] = []
         self._message = message
         self._grid: np.ndarray | None = None
@@ -73,8 +74,17 @@ class HalfBlockImage(Widget, can_focus=True):
         self._pair_cache: dict[tuple[int, int], Style] = {}
 
     # ------------------------------------------------------------ data
-    def set_image(self, image: np.ndarray | None, markers: list[Marker] | None = None, message: str = "") -> None:
-        """Show ``image`` (2-D uint8, row 0 = bottom of the frame) or a message when ``None``."""
+    def set_image(self, image, markers: list[Marker] | None = None, message: str = "") -> None:
+        """Show ``image`` (2-D uint8, row 0 = bottom of the frame) or a message when ``None``.
+
+        ``image`` may also be a list: the frame then its 2x2 halvings (``loaders.pyramid``),
+        which zoomed-out views sample so that stars do not fall between the samples.
+        """
+        if isinstance(image, (list, tuple)):
+            self._levels = list(image)
+            image = self._levels[0]
+        else:
+            self._levels = [image] if image is not None else []
         self._image = image
         self._markers = list(markers or [])
         self._message = message
@@ -140,7 +150,15 @@ class HalfBlockImage(Widget, can_focus=True):
         okx = (ix >= 0) & (ix < nx)
         oky = (iy >= 0) & (iy < ny)
         grid = np.full((2 * h, w), -1, dtype=np.int16)
-        sub = self._image[np.clip(iy, 0, ny - 1)][:, np.clip(ix, 0, nx - 1)].astype(np.int16)
+        # zoomed out: sample the first halving whose pixels are at least one screen sample wide,
+        # so consecutive samples never skip a pooled pixel (and the star in it)
+        level = 0
+        while level + 1 < len(self._levels) and 2 ** level < 1.0 / z:
+            level += 1
+        src = self._levels[level] if self._levels else self._image
+        f = 2 ** level
+        sy, sx = src.shape
+        sub = src[np.clip(iy // f, 0, sy - 1)][:, np.clip(ix // f, 0, sx - 1)].astype(np.int16)
         grid[:] = np.where(oky[:, None] & okx[None, :], sub, -1)
         self._grid = grid
         if self.show_markers and self._markers:
