@@ -303,7 +303,7 @@ def remove_cosmics(
 
 #: context kept round each stamp so that astroscrappy's filters (7x7 medians, Laplacian of the
 #: 2x up-sampled image) never see the mosaic seams from the pixels whose result is kept
-_STAMP_MARGIN = 8
+_STAMP_MARGIN = 6
 
 
 def remove_cosmics_near(
@@ -325,7 +325,7 @@ def remove_cosmics_near(
     Same detector and parameters as :func:`remove_cosmics`, run on a mosaic of
     square stamps centred on each source (0-based ``x``, ``y``) that cover the
     disc of ``radius_px`` (the largest aperture / PSF fit radius) plus an
-    8 px context margin; only the stamp interiors are kept. Cosmic rays in the
+    6 px context margin; only the stamp interiors are kept. Cosmic rays in the
     local-background annulus need no mask there (its sigma-clipped median
     rejects them), and hits elsewhere touch no measurement.
 
@@ -351,7 +351,7 @@ def remove_cosmics_near(
     inmask = nan if mask is None else (mask | nan)
     kwargs = _scrappy_kwargs(data, inmask, gain, read_noise, saturation, settings)
     fill = np.float32(_sky_stats(data, inmask)[0]) if nan.any() else None
-    inner = int(np.ceil(radius_px)) + 1
+    inner = int(np.ceil(radius_px))
     h = inner + _STAMP_MARGIN
     size = 2 * h + 1
     offs = np.arange(-h, h + 1)

@@ -64,7 +64,7 @@ class DetectionSettings:
     saturation_fraction: float = _f(0.95, "pixels above this fraction of SATURATE are masked", "", (0.1, 1.0))
     background_box: int = _f(64, "2-D background mesh size", "px", (8, 1024))
     background_filter: int = _f(3, "median filter over background meshes", "meshes", (1, 15))
-    fwhm_max_stars: int = _f(100, "isolated stars used to measure the FWHM", "", (5, 2000))
+    fwhm_max_stars: int = _f(60, "isolated stars used to measure the FWHM", "", (5, 2000))
     max_sources: int = _f(0, "keep only the N brightest detections, 0 = all", "", (0, 10_000_000))
     saturation_dilate_px: int = _f(1, "grow the saturated-pixel mask by this many pixels", "px", (0, 20))
 

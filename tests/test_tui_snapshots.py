@@ -74,13 +74,15 @@ def test_run_screen_midway_shows_done_running_and_waiting_stages(snap_compare, t
         pane = app.query_one("#run")
         feed = [ev.RunStarted(path="frames/synth.fits", profile="night1", run_dir="runs/synth_20250102T030405"),
                 ev.LogLine(level="INFO", message="rpp 0.1.0: frame frames/synth.fits, profile 'night1'")]
-        for stage, secs, figs in (("load", 0.21, {"shape": "256x256"}), ("metadata", 0.01, {"exptime": 60.0})):
-            feed += [ev.StageStarted(stage=stage, index=0, total=13),
+        # the first two stages of the contract done, the third one running with progress
+        (s1, _), (s2, _), (s3, _) = ev.STAGES[:3]
+        for i, (stage, secs, figs) in enumerate(((s1, 0.21, {"shape": "256x256"}), (s2, 0.01, {"exptime": 60.0}))):
+            feed += [ev.StageStarted(stage=stage, index=i, total=len(ev.STAGES)),
                      ev.StageFinished(stage=stage, seconds=secs, figures=figs)]
-        feed += [ev.StageStarted(stage="cosmics", index=2, total=13),
-                 ev.StageProgress(stage="cosmics", done=3, total=8, message="tile 3/8"),
-                 ev.Warning(stage="metadata", message="no AIRMASS in the header: computed from the site"),
-                 ev.LogLine(level="DEBUG", message="astroscrappy niter=1")]
+        feed += [ev.StageStarted(stage=s3, index=2, total=len(ev.STAGES)),
+                 ev.StageProgress(stage=s3, done=3, total=8, message="tile 3/8"),
+                 ev.Warning(stage=s2, message="no AIRMASS in the header: computed from the site"),
+                 ev.LogLine(level="DEBUG", message="a debug line, hidden at level INFO")]
         for event in feed:
             pane.handle(job, event)
         pane.set_status("Run #1 running: synth.fits  (x cancels)")

@@ -22,7 +22,7 @@ from rpp_core.synthetic import make_frame
 def tui_env(tmp_path, monkeypatch):
     """An isolated home for the app; returns tmp_path (also the working directory)."""
     for name, sub in (("RPP_CONFIG_DIR", "config"), ("RPP_CACHE_DIR", "cache"), ("RPP_WORKSPACE", "runs")):
-        (tmp_path / sub).mkdir()
+        (tmp_path / sub).mkdir(exist_ok=True)
         monkeypatch.setenv(name, str(tmp_path / sub))
     monkeypatch.delenv("ASTROCOLIBRI_UID", raising=False)
     monkeypatch.chdir(tmp_path)
