@@ -195,7 +195,7 @@ async def run(path, profile: Profile | None = None, on_event: Callable[[ev.Event
     job.emit(ev.RunFinished(result=result))
     log.close()
     if profile.output.zip:
-        result.files["zip"] = results.make_zip(run_dir)
+        result.files["zip"] = await asyncio.to_thread(results.make_zip, run_dir)
     return result
 
 

@@ -67,10 +67,13 @@ async def test_observer_session_pick_edit_save_run_sort_plot_queue_and_cancel(fr
         await type_into(pilot, app, "calibration", "catalog_files", str(refcat))
         assert app.profile.calibration.catalog_files == [str(refcat)]
         await focus_field(pilot, app, "services", "offline")
-        await pilot.press("space")
+        if not app.profile.services.offline:
+            await pilot.press("space")
         assert app.profile.services.offline is True
         await focus_field(pilot, app, "astrometry", "solve")
-        await pilot.press("enter", "down", "down", "enter")
+        choices = app.query_one("#field-astrometry-solve").meta["choices"]
+        steps = choices.index("never") - choices.index(app.profile.astrometry.solve)
+        await pilot.press("enter", *(["down"] * steps if steps > 0 else ["up"] * -steps), "enter")
         assert app.profile.astrometry.solve == "never"
         assert app.profile_dirty and app.sub_title.startswith("profile default*")
 

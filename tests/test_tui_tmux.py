@@ -74,3 +74,30 @@ def test_rpp_starts_in_a_real_80x24_terminal_browses_shows_help_and_quits(frames
         assert "EXITED=0" in screen
     finally:
         session.close()
+
+
+@pytest.mark.slow
+def test_rpp_runs_a_frame_in_a_real_terminal_and_shows_the_zero_point(frames, tui_env):
+    if not RPP.exists():
+        pytest.skip(f"{RPP} is not installed")
+    from rpp_core import settings
+
+    profile = settings.Profile(name="tmux").replace(**{
+        "calibration.catalog_files": [str(frames / "refcat.ecsv")], "services.offline": True,
+        "astrometry.solve": "never", "cosmic_rays.niter": 1})
+    settings.save_profile(profile)
+    env = {k: os.environ[k] for k in ("RPP_CONFIG_DIR", "RPP_CACHE_DIR", "RPP_WORKSPACE")}
+    session = Tmux(f"rpp-run-{os.getpid()}", tui_env, env, f"{RPP} tui frames --profile tmux", size=(100, 30))
+    try:
+        session.wait_for("? Help", 60)
+        assert "profile tmux" in session.screen()
+        session.keys("Down", "Enter", "r")
+        screen = session.wait_for("finished:", 120)
+        assert "ZP G" in screen and "±" in screen
+        assert any((r / "catalog.csv").exists() for r in Path(env["RPP_WORKSPACE"]).iterdir())
+        session.keys("4")
+        session.wait_for("sources", 10)
+        session.keys("q")
+        assert "EXITED=0" in session.wait_for("EXITED=", 20)
+    finally:
+        session.close()
