@@ -342,7 +342,7 @@ async def _run_stages(job: _Job, path: Path, profile: Profile, run_dir: Path, hd
     if profile.astrometry.solver != "none" and profile.astrometry.solve != "never":
         async with job.step("astrometry") as fig:
             try:
-                refcat = await _reference_for_astrometry(job, profile, meta, frame, wcs)
+                refcat, ref_error = await _reference_for_astrometry(job, profile, meta, frame, wcs)
                 need, why = astrometry.needs_solving(frame, meta, profile.astrometry, refcat=refcat, sources=cat)
                 job.log(f"plate solving {'needed' if need else 'not needed'}: {why}")
                 if need:
@@ -404,12 +404,13 @@ async def _run_stages(job: _Job, path: Path, profile: Profile, run_dir: Path, hd
         exit_code, message = 6, f"{path}: no usable WCS ({frame.wcs_status}) and plate solving did not give one: catalogue in pixel coordinates only"
     else:
         async with job.step("reference") as fig:
-            if refcat is None:
+            if refcat is None and ref_error is None:
                 try:
                     refcat = await _reference_catalog(job, profile, meta, frame, wcs)
                 except (CalibrationError, ServiceError) as exc:
                     ref_error = str(exc)
-                    job.warn(str(exc))
+            if ref_error:
+                job.warn(ref_error)
             fig["n_reference"] = 0 if refcat is None else len(refcat)
         if refcat is None:
             job.skip("calibrate", ref_error or "no reference catalogue")
@@ -483,18 +484,24 @@ def _field_cone(wcs, shape) -> tuple[float, float, float]:
     return float(ra[0]), float(dec[0]), float(c[1:].separation(c[0]).deg.max()) * 1.05
 
 
-async def _reference_for_astrometry(job: _Job, profile: Profile, meta, frame, wcs):
-    """Reference stars for solving checks and refinement: the local files, or Gaia round the pointing."""
+async def _reference_for_astrometry(job: _Job, profile: Profile, meta, frame, wcs) -> tuple[Table | None, str | None]:
+    """Reference stars for solving checks and refinement: the local files, or Gaia round the header WCS.
+
+    Returns (table or None, why it failed or None): a failure is remembered, so the
+    calibration stage does not ask an unreachable service a second time.
+    """
     if profile.calibration.catalog_files:
         from .catalogs.local import load_reference
 
         ref = await job.in_thread(load_reference, profile.calibration.catalog_files, profile.calibration)
         job.log(f"reference for astrometry: {len(ref)} stars from {ref.meta.get('source')}")
-        return ref
+        return ref, None
     if wcs is not None:
-        with contextlib.suppress(CalibrationError, ServiceError):
-            return await _reference_catalog(job, profile, meta, frame, wcs)
-    return None
+        try:
+            return await _reference_catalog(job, profile, meta, frame, wcs), None
+        except (CalibrationError, ServiceError) as exc:
+            return None, str(exc)
+    return None, None
 
 
 async def _reference_catalog(job: _Job, profile: Profile, meta, frame, wcs) -> Table | None:

@@ -356,7 +356,7 @@ class ServiceClient:
                     if attempt < s.retries:
                         self.stats.add(self.stats.retries, service)
                         self.log(self._say(f"{service}: {last_reason}; retry {attempt + 1}/{s.retries} "
-                                           f"in {wait:.1f} s"), "WARNING")
+                                           f"in {wait:.1f} s"), "INFO")
                         await sleep_cancellable(wait, cancel)
                     continue
                 reason = _short_reason(resp.content)
@@ -373,8 +373,8 @@ class ServiceClient:
                     raise ServiceError(self._say(f"{service}: {last_reason} ({describe or url})"))
             if attempt < s.retries:
                 self.stats.add(self.stats.retries, service)
-                self.log(self._say(f"{service}: {last_reason}; retry {attempt + 1}/{s.retries} in {wait:.1f} s"),
-                         "WARNING")
+                # a retry is not yet a problem: the final failure is what the run warns about
+                self.log(self._say(f"{service}: {last_reason}; retry {attempt + 1}/{s.retries} in {wait:.1f} s"), "INFO")
                 await sleep_cancellable(wait, cancel)
         raise ServiceError(self._say(f"{service}: {last_reason} ({s.retries + 1} attempts; endpoint {url})"))
 
