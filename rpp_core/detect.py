@@ -158,6 +158,10 @@ def _select_isolated(tab, data, rms, mask, half, n_max, min_snr):
     return np.array(keep, int)
 
 
+#: side (px) of the central window used for the FWHM of frames larger than about 2900^2
+_FWHM_WINDOW = 2048
+
+
 def measure_fwhm(
     data_sub: np.ndarray,
     rms: np.ndarray,
@@ -179,6 +183,9 @@ def measure_fwhm(
     with a fitting box sized on the new value. Deterministic: no random sampling.
 
     ``mask`` should include saturated, NaN, border and cosmic-ray pixels.
+    On frames larger than about 2900 x 2900 px the stars of the central
+    2048 x 2048 window are used when it holds enough of them (30 or
+    ``fwhm_max_stars``), the whole frame otherwise; ``x``/``y`` stay in frame pixels.
     Raises :class:`NoStarsError` when no star can be measured.
 
     Why not ``photutils.psf.fit_fwhm``: it fits a Gaussian, and on the same
@@ -186,6 +193,21 @@ def measure_fwhm(
     5.65 px for true 2.5 / 3.5 / 5.0 (+14 %), this fit 2.500 / 3.501 / 4.997,
     in 0.3-0.6 s (3 ms a star); 0.5-0.7 s on a 4k frame with 6,000 stars.
     """
+    ny, nx = np.shape(data_sub)
+    if ny * nx > 2 * _FWHM_WINDOW**2:
+        # big frame: the stars of the central window are enough and its detection pass costs a
+        # quarter (0.2 s instead of 0.8 s on 4096^2); the whole frame if the window is too empty
+        y0, x0 = (ny - _FWHM_WINDOW) // 2, (nx - _FWHM_WINDOW) // 2
+        win = (slice(max(y0, 0), max(y0, 0) + _FWHM_WINDOW), slice(max(x0, 0), max(x0, 0) + _FWHM_WINDOW))
+        try:
+            res = measure_fwhm(data_sub[win], rms[win] if np.ndim(rms) == 2 else rms,
+                               None if mask is None else mask[win], guess_px, settings, progress=progress, cancel=cancel)
+        except NoStarsError:
+            res = None
+        if res is not None and res.n_stars >= min(settings.fwhm_max_stars, 30):
+            res.x = res.x + win[1].start
+            res.y = res.y + win[0].start
+            return res
     data = _finite(data_sub)
     rms = np.asarray(rms, dtype=np.float32)
     guess = float(guess_px) if guess_px and guess_px > 0 else 3.0

@@ -318,7 +318,7 @@ def remove_cosmics_near(
     settings: CosmicRaySettings,
     progress: ProgressFn = None,
     cancel: CancelFn = None,
-    chunk: int = 1024,
+    chunk: int = 4096,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Cosmic rays found and cleaned only where they change a measurement: round the sources.
 

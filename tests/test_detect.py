@@ -231,3 +231,18 @@ def test_real_plate_detects_the_gaia_stars_of_m67():
     d, _ = cKDTree(np.c_[stars["x"], stars["y"]]).query(np.c_[x[sel], y[sel]])
     found = (d < 2.0).mean()
     assert sel.sum() > 500 and found >= 0.95, f"{found:.3f} of {sel.sum()} Gaia stars found"
+
+
+def test_fwhm_of_a_big_frame_comes_from_its_central_window_in_frame_pixels():
+    from rpp_core.detect import _FWHM_WINDOW
+
+    fr = make_frame(shape=(3000, 3000), n_stars=900, fwhm=4.0, seed=12, n_cosmics=0, n_saturated=0)
+    sky = np.median(fr.data)
+    rms = np.full(fr.data.shape, np.std(fr.data[fr.data < sky + 30]), np.float32)
+    res = measure_fwhm(fr.data - sky, rms, None, 3.0, DetectionSettings())
+    assert abs(res.fwhm_px / 4.0 - 1) < 0.05
+    lo, hi = (3000 - _FWHM_WINDOW) // 2, (3000 - _FWHM_WINDOW) // 2 + _FWHM_WINDOW
+    assert (res.x >= lo).all() and (res.x < hi).all() and (res.y >= lo).all() and (res.y < hi).all()
+    # the positions are frame pixels: each lies on an injected star
+    d = np.hypot(res.x[:, None] - np.asarray(fr.truth["x"])[None, :], res.y[:, None] - np.asarray(fr.truth["y"])[None, :])
+    assert np.median(d.min(axis=1)) < 0.05 and (d.min(axis=1) < 0.5).mean() > 0.9
