@@ -95,7 +95,7 @@ class PhotometrySettings:
     psf_oversampling: int = _f(2, "ePSF oversampling", "", (1, 4))
     psf_max_fit: int = _f(20000, "fit at most the N brightest sources with the PSF (cost ~0.1 ms/star)", "", (0, 10_000_000))
     annulus_sigma: float = _f(3.0, "sigma-clipping threshold of the local annulus statistic", "sigma", (1.5, 10.0))
-    psf_iterations: int = _f(5, "ePSF build iterations (fixed, so a run is reproducible)", "", (1, 50))
+    psf_iterations: int = _f(3, "ePSF build iterations (fixed, so a run is reproducible)", "", (1, 50))
     psf_radius: float = _f(5.0, "half-size of the ePSF stamp (its flux is what psf_flux measures)", "x FWHM", (2.0, 15.0))
     psf_fit_radius: float = _f(3.0, "only pixels within this radius of a source enter its PSF fit", "x FWHM", (1.0, 15.0))
     min_snr: float = _f(0.0, "drop sources whose SNR in the calibration aperture is below this", "", (0.0, 1000.0))
