@@ -25,12 +25,12 @@ import argparse
 import dataclasses
 import os
 import re
-import shutil
 import sys
 import time
 from pathlib import Path
 
 from . import locations
+from .results import is_run_dir, remove_run
 from .errors import RppError, UsageError
 
 #: seconds during which an unfinished run (run.log, no summary.json) counts as running
@@ -88,10 +88,6 @@ def format_size(n: int) -> str:
     return f"{n}"
 
 
-def _is_run_dir(path: Path) -> bool:
-    return path.is_dir() and ((path / "summary.json").exists() or (path / "run.log").exists())
-
-
 def _folder_size(path: Path) -> int:
     total = 0
     for root, _dirs, files in os.walk(path, followlinks=False):
@@ -110,7 +106,7 @@ def find_runs(workspace: str | os.PathLike) -> list[RunFolder]:
     if not ws.is_dir():
         return runs
     for entry in ws.iterdir():
-        if entry.name.startswith(".") or entry.is_symlink() or not _is_run_dir(entry):
+        if entry.name.startswith(".") or entry.is_symlink() or not is_run_dir(entry):
             continue
         times = [p.stat().st_mtime for p in (entry / "summary.json", entry / "run.log") if p.exists()]
         if not times:
@@ -153,15 +149,10 @@ def select(runs: list[RunFolder], older_than_s: float | None = None, max_bytes: 
 
 
 def _remove(path: Path) -> bool:
-    if path.is_symlink() or not _is_run_dir(path):
-        return False
-    hidden = path.with_name(f".{path.name}.deleting-{os.getpid()}")
     try:
-        os.rename(path, hidden)
-    except FileNotFoundError:  # another process removed it first
+        return remove_run(path)
+    except ValueError:
         return False
-    shutil.rmtree(hidden, ignore_errors=True)
-    return True
 
 
 def clean(workspace: str | os.PathLike | None = None, older_than: str | float | None = None,

@@ -16,7 +16,6 @@ import os
 import signal
 import sys
 import traceback
-from pathlib import Path
 
 from . import __version__, events as ev, locations, settings
 from .errors import RppError, UsageError

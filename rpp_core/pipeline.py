@@ -205,7 +205,7 @@ def run_sync(path, profile: Profile | None = None, **kwargs) -> RunResult:
 
 
 async def _run_stages(job: _Job, path: Path, profile: Profile, run_dir: Path, hdu, summary: dict) -> RunResult:
-    from . import calibrate, detect, image, photometry, preprocess
+    from . import detect, image, photometry, preprocess
 
     det, phot = profile.detection, profile.photometry
 

@@ -213,7 +213,21 @@ def is_run_dir(path: Path) -> bool:
     return path.is_dir() and ((path / "summary.json").exists() or (path / "run.log").exists())
 
 
-def remove_run(path: Path) -> None:
-    if not is_run_dir(path):
+def remove_run(path: Path) -> bool:
+    """Delete a run folder; False if another process removed it first.
+
+    The folder is first renamed to a hidden name, atomically, so two processes
+    (``rpp clean``, retention after a run, the app) never both delete it or
+    leave it half-deleted under its real name. Refuses anything that is not a
+    run folder (ValueError).
+    """
+    path = Path(path)
+    if path.is_symlink() or not is_run_dir(path):
         raise ValueError(f"{path} is not an rpp run folder (no summary.json or run.log): not deleting it")
-    shutil.rmtree(path)
+    hidden = path.with_name(f".{path.name}.deleting-{os.getpid()}")
+    try:
+        os.rename(path, hidden)
+    except FileNotFoundError:
+        return False
+    shutil.rmtree(hidden, ignore_errors=True)
+    return True
