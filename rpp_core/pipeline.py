@@ -333,50 +333,7 @@ async def _run_stages(job: _Job, path: Path, profile: Profile, run_dir: Path, hd
         job.skip("psf", "disabled in the profile")
 
     # ---- astrometry
-    wcs = frame.wcs if frame.wcs_status == "ok" else None
-    wcs_info: dict[str, Any] = {"status": frame.wcs_status, "source": "header" if wcs is not None else None}
-    refcat = None
-    ref_error: str | None = None
-    from . import astrometry
-
-    if profile.astrometry.solver != "none" and profile.astrometry.solve != "never":
-        async with job.step("astrometry") as fig:
-            try:
-                refcat, ref_error = await _reference_for_astrometry(job, profile, meta, frame, wcs)
-                need, why = astrometry.needs_solving(frame, meta, profile.astrometry, refcat=refcat, sources=cat)
-                job.log(f"plate solving {'needed' if need else 'not needed'}: {why}")
-                if need:
-                    res = await job.in_thread(
-                        astrometry.solve, cat, frame.data.shape, meta, profile.astrometry,
-                        cancel=job.cancelled, progress=job.progress_cb("astrometry"), log=job.thread_log(), refcat=refcat)
-                    wcs = res.wcs
-                    wcs_info.update(status="solved", source=res.method, rms_arcsec=res.rms_arcsec, n_matched=res.n_matched)
-                    for line in astrometry.wcs_keywords(frame.header):
-                        job.log(f"original WCS card: {line}", "DEBUG")
-                # solve() already refines against refcat; refine a header WCS only
-                if not need and wcs is not None and profile.astrometry.refine and refcat is not None and len(refcat) >= 5:
-                    ref = await job.in_thread(astrometry.refine, cat, wcs, refcat, profile.astrometry)
-                    for line in ref.log:
-                        job.log(line)
-                    if ref.wcs is not None and ref.wcs is not wcs:
-                        wcs = ref.wcs
-                        wcs_info.update(status="refined" if wcs_info["status"] == "ok" else wcs_info["status"] + "+refined",
-                                        refine_method=ref.method)
-                    wcs_info.update(rms_arcsec=ref.rms_arcsec, n_matched=ref.n_matched)
-                fig.update({k: v for k, v in wcs_info.items() if k in ("status", "rms_arcsec", "n_matched")})
-            except (Cancelled, asyncio.CancelledError):
-                raise
-            except RppError as exc:
-                job.warn(f"astrometry failed: {exc}")
-                wcs_info["error"] = str(exc)
-                if isinstance(exc, (CalibrationError, ServiceError)):
-                    ref_error = str(exc)
-        if wcs is not None and wcs is not frame.wcs:
-            # the solved WCS goes into the header dump and a .wcs file; the originals are in the log
-            astrometry.write_wcs_file(wcs, frame.data.shape, run_dir / "frame.wcs")
-            results.write_header(astrometry.header_with_wcs(frame.header, wcs), run_dir / "header.txt")
-    else:
-        job.skip("astrometry", "disabled in the profile")
+    wcs, wcs_info, refcat, ref_error = await _astrometry_stage(job, profile, frame, meta, cat, run_dir)
     if wcs is None:
         why = "no FITS WCS in the header" if frame.wcs_status == "missing" else f"WCS {frame.wcs_status}"
         job.warn(f"{why} and no plate solution: the catalogue has pixel positions only, no calibration "
@@ -388,7 +345,7 @@ async def _run_stages(job: _Job, path: Path, profile: Profile, run_dir: Path, hd
         ra, dec = _pix2radec(wcs, cat["x"], cat["y"])
         cat["ra"], cat["dec"] = ra, dec
         cat["ra"].unit = cat["dec"].unit = "deg"
-        pixel_scale = _pixel_scale(wcs) or meta.pixel_scale
+        pixel_scale = image.pixel_scale_from_wcs(wcs) or meta.pixel_scale
         summary["pixel_scale_arcsec"] = pixel_scale
     else:
         cat["ra"] = np.full(len(cat), np.nan)
@@ -453,14 +410,51 @@ async def _run_stages(job: _Job, path: Path, profile: Profile, run_dir: Path, hd
                      exit_code=exit_code, message=message)
 
 
-def _pixel_scale(wcs) -> float | None:
-    try:
-        from astropy.wcs.utils import proj_plane_pixel_scales
+async def _astrometry_stage(job: _Job, profile: Profile, frame, meta, cat: Table, run_dir: Path):
+    """Decide, solve and/or refine. Returns (wcs or None, info dict, reference table or None, reference error)."""
+    from . import astrometry
 
-        s = proj_plane_pixel_scales(wcs.celestial) * 3600.0
-        return float(np.sqrt(s[0] * s[1]))
-    except Exception:
-        return None
+    wcs = frame.wcs if frame.wcs_status == "ok" else None
+    wcs_info: dict[str, Any] = {"status": frame.wcs_status, "source": "header" if wcs is not None else None}
+    refcat, ref_error = None, None
+    if profile.astrometry.solver == "none" or profile.astrometry.solve == "never":
+        job.skip("astrometry", "disabled in the profile")
+        return wcs, wcs_info, refcat, ref_error
+    async with job.step("astrometry") as fig:
+        try:
+            refcat, ref_error = await _reference_for_astrometry(job, profile, meta, frame, wcs)
+            need, why = astrometry.needs_solving(frame, meta, profile.astrometry, refcat=refcat, sources=cat)
+            job.log(f"plate solving {'needed' if need else 'not needed'}: {why}")
+            if need:
+                res = await job.in_thread(
+                    astrometry.solve, cat, frame.data.shape, meta, profile.astrometry,
+                    cancel=job.cancelled, progress=job.progress_cb("astrometry"), log=job.thread_log(), refcat=refcat)
+                wcs = res.wcs
+                wcs_info.update(status="solved", source=res.method, rms_arcsec=res.rms_arcsec, n_matched=res.n_matched)
+                for line in astrometry.wcs_keywords(frame.header):
+                    job.log(f"original WCS card: {line}", "DEBUG")
+            # solve() already refines against refcat; refine a header WCS only
+            elif wcs is not None and profile.astrometry.refine and refcat is not None and len(refcat) >= 5:
+                ref = await job.in_thread(astrometry.refine, cat, wcs, refcat, profile.astrometry)
+                for line in ref.log:
+                    job.log(line)
+                if ref.wcs is not None and ref.wcs is not wcs:
+                    wcs = ref.wcs
+                    wcs_info.update(status="refined", refine_method=ref.method)
+                wcs_info.update(rms_arcsec=ref.rms_arcsec, n_matched=ref.n_matched)
+            fig.update({k: v for k, v in wcs_info.items() if k in ("status", "rms_arcsec", "n_matched")})
+        except (Cancelled, asyncio.CancelledError):
+            raise
+        except RppError as exc:
+            job.warn(f"astrometry failed: {exc}")
+            wcs_info["error"] = str(exc)
+            if isinstance(exc, (CalibrationError, ServiceError)):
+                ref_error = str(exc)
+    if wcs is not None and wcs is not frame.wcs:
+        # the solved WCS goes into the header dump and a .wcs file; the originals are in the log
+        astrometry.write_wcs_file(wcs, frame.data.shape, run_dir / "frame.wcs")
+        results.write_header(astrometry.header_with_wcs(frame.header, wcs), run_dir / "header.txt")
+    return wcs, wcs_info, refcat, ref_error
 
 
 def _pix2radec(wcs, x, y) -> tuple[np.ndarray, np.ndarray]:
