@@ -42,14 +42,14 @@ def zp_fit(plt, table, meta: dict) -> None:
         plt.title("no zero point: run not calibrated")
         return
     x, y = _finite(mi[used], mr[used])
-    if len(x):
-        plt.scatter(x.tolist(), y.tolist(), marker="dot", color="cyan", label="used")
     xr, yr = _finite(mi[rej], mr[rej])
-    if len(xr):
-        plt.scatter(xr.tolist(), yr.tolist(), marker="x", color="red", label="rejected")
     if len(x):
+        # the line first: points drawn later stay visible on top of it
         lo, hi = float(np.min(x)), float(np.max(x))
         plt.plot([lo, hi], [lo + zp, hi + zp], color="yellow", label=f"ZP {zp:.3f}")
+        plt.scatter(x.tolist(), y.tolist(), marker="dot", color="cyan", label="used")
+    if len(xr):
+        plt.scatter(xr.tolist(), yr.tolist(), marker="x", color="red", label="rejected")
     plt.title(f"Zero point {zp:.3f} ± {meta.get('zp_err', float('nan')):.3f}  (n={meta.get('n_calibrators', 0)})")
     plt.xlabel(f"instrumental mag ({label})")
     plt.ylabel(f"catalogue {meta.get('band', '')}")
