@@ -173,6 +173,7 @@ class PsfInfo:
     """
 
     status: str = "ok"
+    relaxed_selection: bool = False  # ePSF stars chosen by the relaxed rules (crowded or nebulous frame)
     epsf: np.ndarray | None = None
     epsf_fit: np.ndarray | None = None
     oversampling: int = 1
@@ -572,7 +573,7 @@ def aperture_photometry(
 
 
 def select_psf_stars(tab: Table, fwhm_px: float, shape, settings: PhotometrySettings,
-                     n_max: int | None = None, min_snr: float = 50.0) -> np.ndarray:
+                     n_max: int | None = None, min_snr: float = 50.0, relaxed: bool = False) -> np.ndarray:
     """Rows of an aperture-photometry table suitable for the ePSF and the aperture correction.
 
     A star qualifies when every aperture flag is 0 (no masked, saturated, edge,
@@ -580,6 +581,11 @@ def select_psf_stars(tab: Table, fwhm_px: float, shape, settings: PhotometrySett
     its ePSF stamp lies inside the frame, no other source lies within 3 FWHM and no
     source brighter than 10 % of it lies within the stamp half-diagonal. Returns row
     indices, highest SNR first, at most ``n_max``.
+
+    ``relaxed`` is the last resort for crowded or nebulous frames (a DSS plate of
+    the Horsehead left 1 star under the strict rules): only the calibration
+    aperture must be unflagged except for "crowded" and "annulus", neighbours
+    must be 2 FWHM away and fainter than 30 %.
     """
     labels = aperture_labels(settings)
     calib = _calib_label(settings)
@@ -590,8 +596,11 @@ def select_psf_stars(tab: Table, fwhm_px: float, shape, settings: PhotometrySett
     half = _stamp_half(fwhm_px, settings)
     ny, nx = shape
     good = np.isfinite(x) & np.isfinite(y) & np.isfinite(flux) & (snr > min_snr)
-    for lab in labels:
-        good &= np.asarray(tab[f"flag_{lab}"]) == 0
+    if relaxed:
+        good &= (np.asarray(tab[f"flag_{calib}"]) & ~(FLAG_CROWDED | FLAG_ANNULUS)) == 0
+    else:
+        for lab in labels:
+            good &= np.asarray(tab[f"flag_{lab}"]) == 0
     good &= (x >= half) & (x <= nx - 1 - half) & (y >= half) & (y <= ny - 1 - half)
     idx = np.nonzero(good)[0]
     if len(idx) == 0:
@@ -609,7 +618,8 @@ def select_psf_stars(tab: Table, fwhm_px: float, shape, settings: PhotometrySett
             keep.append(i)
             continue
         d = np.hypot(x[nb] - x[i], y[nb] - y[i])
-        if np.any(d < 3.0 * fwhm_px) or np.any(fl_all[nb] > 0.1 * flux[i]):
+        near, frac = (2.0, 0.3) if relaxed else (3.0, 0.1)
+        if np.any(d < near * fwhm_px) or np.any(fl_all[nb] > frac * flux[i]):
             continue
         keep.append(i)
     keep = np.array(keep, dtype=np.intp)
@@ -777,6 +787,9 @@ def psf_photometry(
     stars = select_psf_stars(tab, fwhm_px, data.shape, settings)
     if len(stars) < 5:
         stars = select_psf_stars(tab, fwhm_px, data.shape, settings, min_snr=20.0)
+    if len(stars) < 5:
+        stars = select_psf_stars(tab, fwhm_px, data.shape, settings, min_snr=10.0, relaxed=True)
+        info.relaxed_selection = True
     if mask is not None and len(stars):
         # A masked pixel anywhere in the stamp makes photutils fill it by 2-D cubic
         # interpolation, 0.5 s per star (measured): prefer stars with clean stamps.
@@ -788,8 +801,8 @@ def psf_photometry(
     stars = stars[: int(settings.psf_stars)]
     if len(stars) < 5:
         info.n_skipped = n
-        return finish(f"only {len(stars)} isolated unflagged stars with SNR > 20: no ePSF built "
-                      "(lower detection.threshold_sigma or photometry.psf_radius)")
+        return finish(f"only {len(stars)} isolated unflagged stars with SNR > 10, even by the relaxed rules: "
+                      "no ePSF built (lower detection.threshold_sigma or photometry.psf_radius)")
     ids = np.asarray(tab["id"]) if "id" in tab.colnames else np.arange(n)
     _check(cancel)
     try:
@@ -873,8 +886,10 @@ def psf_photometry(
     # ---- aperture correction: same star choice as the ePSF, but as many as qualify
     ap_stars = select_psf_stars(tab, fwhm_px, data.shape, settings, n_max=None, min_snr=50.0)
     ap_stars = ap_stars[(out_flag[ap_stars] == 0) & (out_flux[ap_stars] > 0)]
-    if len(ap_stars) < 5:
-        ap_stars = select_psf_stars(tab, fwhm_px, data.shape, settings, n_max=None, min_snr=20.0)
+    for kw in (dict(min_snr=20.0), dict(min_snr=10.0, relaxed=True)):
+        if len(ap_stars) >= 5:
+            break
+        ap_stars = select_psf_stars(tab, fwhm_px, data.shape, settings, n_max=None, **kw)
         ap_stars = ap_stars[(out_flag[ap_stars] == 0) & (out_flux[ap_stars] > 0)]
     psf_raw, _ = _magnitudes(out_flux, out_err, exptime)
     if len(ap_stars):
@@ -886,7 +901,8 @@ def psf_photometry(
             info.aperture_corrections[lab] = _robust_offset(m_big - np.asarray(tab[f"mag_{lab}"])[ap_stars])
         info.aperture_corrections["psf"] = _robust_offset(m_big - psf_raw[ap_stars])
         info.largest_aperture = big
-        status = "ok"
+        status = ("ok, but the ePSF stars were chosen by the relaxed rules (crowded or nebulous frame): "
+                  "look at psf.fits" if info.relaxed_selection else "ok")
         if not np.isfinite(corr):
             info.apcorr = 0.0
             status = "ok, but the aperture correction could not be measured: apcorr = 0"

@@ -320,7 +320,9 @@ async def _run_stages(job: _Job, path: Path, profile: Profile, run_dir: Path, hd
                 cat, psf_info = await job.in_thread(
                     photometry.psf_photometry, data_sub, bkg.rms, mask, cat, fwhm, gain, exptime, phot,
                     progress=job.progress_cb("psf"), cancel=job.cancelled)
-                fig.update(n_fitted=int(getattr(psf_info, "n_fitted", 0)), apcorr=getattr(psf_info, "apcorr", None))
+                fig.update(n_fitted=int(psf_info.n_fitted), apcorr=psf_info.apcorr)
+                if psf_info.status != "ok":
+                    job.warn(f"PSF photometry: {psf_info.status}")
             except (Cancelled, asyncio.CancelledError):
                 raise
             except RppError as exc:

@@ -88,7 +88,7 @@ def parse(content: bytes) -> tuple[Table, list[dict]]:
 async def query(ra: float, dec: float, radius_deg: float, epoch: Time, uid: str, settings: ServicesSettings, *,
                 client: ServiceClient, cancel=None) -> tuple[Table, list[dict]]:
     if not uid:
-        raise ServiceSkipped("astrocolibri: no user id; store it with `rpp profile secret astrocolibri_uid` "
+        raise ServiceSkipped("astrocolibri: no user id; store it with `rpp secret set astrocolibri_uid` "
                            "(secrets file) or set ASTROCOLIBRI_UID")
     body = request_body(uid, ra, dec, radius_deg, epoch, settings.transient_days)
     key = {k: v for k, v in body.items() if k != "uid"}  # the cache key must not depend on the secret
