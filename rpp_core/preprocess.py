@@ -166,6 +166,15 @@ def _scrappy_kwargs(data, inmask, gain, read_noise, saturation, settings: Cosmic
     )
 
 
+def _scrappy_setup(data, mask, gain, read_noise, saturation, settings: CosmicRaySettings):
+    """NaN mask, astroscrappy's inmask and parameters, and the sky value that stands in for NaN pixels."""
+    nan = ~np.isfinite(data)
+    inmask = nan if mask is None else (mask | nan)
+    kwargs = _scrappy_kwargs(data, inmask, gain, read_noise, saturation, settings)
+    fill = np.float32(_sky_stats(data, inmask)[0]) if nan.any() else None
+    return nan, inmask, kwargs, fill
+
+
 def remove_cosmics(
     data: np.ndarray,
     mask: np.ndarray | None,
@@ -235,12 +244,7 @@ def remove_cosmics(
     data = np.asarray(data, dtype=np.float32)
     if not settings.enabled:
         return data, np.zeros(data.shape, bool)
-    nan = ~np.isfinite(data)
-    inmask = nan if mask is None else (mask | nan)
-    kwargs = _scrappy_kwargs(data, inmask, gain, read_noise, saturation, settings)
-    fill = None
-    if nan.any():
-        fill = np.float32(_sky_stats(data, inmask)[0])
+    nan, inmask, kwargs, fill = _scrappy_setup(data, mask, gain, read_noise, saturation, settings)
 
     cleaned = np.empty_like(data)
     crmask = np.zeros(data.shape, bool)
@@ -347,10 +351,7 @@ def remove_cosmics_near(
     if not settings.enabled or n == 0:
         return cleaned, crmask
     ny, nx = data.shape
-    nan = ~np.isfinite(data)
-    inmask = nan if mask is None else (mask | nan)
-    kwargs = _scrappy_kwargs(data, inmask, gain, read_noise, saturation, settings)
-    fill = np.float32(_sky_stats(data, inmask)[0]) if nan.any() else None
+    nan, inmask, kwargs, fill = _scrappy_setup(data, mask, gain, read_noise, saturation, settings)
     inner = int(np.ceil(radius_px))
     h = inner + _STAMP_MARGIN
     size = 2 * h + 1
