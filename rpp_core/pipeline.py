@@ -61,6 +61,7 @@ class _Job:
         self.figures: dict[str, dict] = {}
         self.warnings: list[str] = []
         self.stage = ""
+        self.local_reference: Table | None = None  # local catalogue files, read once
 
     def emit(self, event: ev.Event) -> None:
         try:
@@ -363,11 +364,12 @@ async def _run_stages(job: _Job, path: Path, profile: Profile, run_dir: Path, hd
         exit_code, message = 6, f"{path}: no usable WCS ({frame.wcs_status}) and plate solving did not give one: catalogue in pixel coordinates only"
     else:
         async with job.step("reference") as fig:
-            if refcat is None and ref_error is None:
+            # local files are always cut to this field here; a Gaia answer from the astrometry stage is reused
+            if (refcat is None and ref_error is None) or refcat is job.local_reference:
                 try:
                     refcat = await _reference_catalog(job, profile, meta, frame, wcs)
                 except (CalibrationError, ServiceError) as exc:
-                    ref_error = str(exc)
+                    refcat, ref_error = None, str(exc)
             if ref_error:
                 job.warn(ref_error)
             fig["n_reference"] = 0 if refcat is None else len(refcat)
@@ -487,9 +489,7 @@ async def _reference_for_astrometry(job: _Job, profile: Profile, meta, frame, wc
     calibration stage does not ask an unreachable service a second time.
     """
     if profile.calibration.catalog_files:
-        from .catalogs.local import load_reference
-
-        ref = await job.in_thread(load_reference, profile.calibration.catalog_files, profile.calibration)
+        ref = await _local_reference(job, profile)
         job.log(f"reference for astrometry: {len(ref)} stars from {ref.meta.get('source')}")
         return ref, None
     if wcs is not None:
@@ -500,14 +500,23 @@ async def _reference_for_astrometry(job: _Job, profile: Profile, meta, frame, wc
     return None, None
 
 
+async def _local_reference(job: _Job, profile: Profile) -> Table:
+    """The local reference files, read once per run (astrometry and calibration share them)."""
+    if job.local_reference is None:
+        from .catalogs.local import load_reference
+
+        job.local_reference = await job.in_thread(load_reference, profile.calibration.catalog_files, profile.calibration)
+    return job.local_reference
+
+
 async def _reference_catalog(job: _Job, profile: Profile, meta, frame, wcs) -> Table | None:
     """Local files first when configured, else Gaia DR3 (unless offline); falls back to local files."""
     cal = profile.calibration
     ra0, dec0, radius = _field_cone(wcs, frame.data.shape)
     if cal.catalog_files and cal.catalog in ("auto", "file"):
-        from .catalogs.local import load_reference
+        from .catalogs.local import cone_cut
 
-        ref = await job.in_thread(load_reference, cal.catalog_files, cal, (ra0, dec0), radius)
+        ref = await job.in_thread(cone_cut, await _local_reference(job, profile), (ra0, dec0), radius)
         job.log(f"reference catalogue: {len(ref)} stars within {radius * 60:.1f}' from {ref.meta.get('source')}")
         if len(ref) == 0:
             raise CalibrationError(f"the reference catalogue ({ref.meta.get('source')}) has no stars in the field "

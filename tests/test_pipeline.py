@@ -250,3 +250,15 @@ def test_no_catalogue_source_is_a_cosmic_ray_hit(synth_run):
     y = np.round(np.asarray(res.catalog["y"])).astype(int)
     assert cr[y, x].sum() == 0
     assert res.summary["timings"]["cosmics"] > 0
+
+
+def test_local_catalogue_off_the_field_fails_calibration_even_when_astrometry_reads_it(tmp_path):
+    fr = make_frame(shape=(256, 256), n_stars=60, seed=3)
+    fr.write(tmp_path / "f.fits")
+    make_frame(shape=(256, 256), n_stars=60, seed=3, ra0=10.0, dec0=-40.0).write_refcat(tmp_path / "far.ecsv")
+    prof = offline_profile(**{"astrometry.solve": "auto", "astrometry.timeout_s": 5, "astrometry.index_dirs": [],
+                              "astrometry.use_system_indexes": False})
+    res = asyncio.run(pipeline.run(tmp_path / "f.fits", prof, out_dir=tmp_path / "runs", catalog_files=[tmp_path / "far.ecsv"]))
+    assert res.exit_code == 5
+    assert "no stars in the field" in res.message
+    assert (res.run_dir / "catalog.csv").exists()

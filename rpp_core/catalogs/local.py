@@ -158,8 +158,15 @@ def load_reference(paths: Iterable[str | Path], settings: CalibrationSettings,
         raise CalibrationError("no local reference catalogue given (calibration.catalog_files or --catalog)")
     ref = vstack(tables, metadata_conflicts="silent") if len(tables) > 1 else tables[0]
     ref.meta["source"] = ", ".join(str(p) for p in paths)
-    if center is not None and radius_deg is not None and len(ref):
-        c0 = SkyCoord(center[0] * u.deg, center[1] * u.deg)
-        sep = SkyCoord(ref["ra"], ref["dec"], unit=u.deg).separation(c0).deg
-        ref = ref[sep <= radius_deg]
+    if center is not None and radius_deg is not None:
+        ref = cone_cut(ref, center, radius_deg)
     return ref
+
+
+def cone_cut(ref: Table, center: tuple[float, float], radius_deg: float) -> Table:
+    """Rows of a reference table within ``radius_deg`` of ``center`` (ra, dec in deg)."""
+    if len(ref) == 0:
+        return ref
+    c0 = SkyCoord(center[0] * u.deg, center[1] * u.deg)
+    sep = SkyCoord(ref["ra"], ref["dec"], unit=u.deg).separation(c0).deg
+    return ref[sep <= radius_deg]
