@@ -621,8 +621,7 @@ def _calibrate(job: _Job, cat: Table, refcat: Table, profile: Profile, meta, fwh
 
 async def _crossmatch_services(job: _Job, cat: Table, profile: Profile, meta, wcs, fwhm, pixel_scale, wcs_info, summary) -> None:
     svc = profile.services
-    enrich = [s for s in svc.enabled if s != "gaia" or not profile.calibration.catalog_files]
-    if wcs is None or not enrich:
+    if wcs is None or not svc.enabled:
         job.skip("crossmatch", "no WCS" if wcs is None else "no services enabled")
         return
     try:
