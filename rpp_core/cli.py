@@ -194,9 +194,8 @@ def cmd_profile(args) -> int:
 
 def cmd_secret(args) -> int:
     if args.action == "set":
-        value = os.environ.get("RPP_SECRET_VALUE") if not sys.stdin.isatty() else None
-        if value is None:
-            value = getpass.getpass(f"{args.key} (input hidden): ") if sys.stdin.isatty() else sys.stdin.readline().strip()
+        # hidden prompt on a terminal; one line from stdin otherwise (scripts, provisioning)
+        value = getpass.getpass(f"{args.key} (input hidden): ") if sys.stdin.isatty() else sys.stdin.readline().strip()
         path = settings.save_secret(args.key, value)
         print(f"stored {args.key} in {path} (mode 0600)")
     elif args.action == "list":

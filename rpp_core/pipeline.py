@@ -105,10 +105,6 @@ class _Job:
     def thread_log(self) -> Callable[[str], None]:
         return lambda msg: self.loop.call_soon_threadsafe(self.log, msg)
 
-    async def in_thread(self, fn, *args, **kwargs):
-        """Run blocking work in a thread; a cancel request is answered once the function checks it."""
-        return await asyncio.to_thread(fn, *args, **kwargs)
-
     @contextlib.asynccontextmanager
     async def step(self, name: str):
         self.check_cancel()
@@ -211,7 +207,7 @@ async def _run_stages(job: _Job, path: Path, profile: Profile, run_dir: Path, hd
     det, phot = profile.detection, profile.photometry
 
     async with job.step("load") as fig:
-        frame = await job.in_thread(image.load_frame, path, hdu)
+        frame = await asyncio.to_thread(image.load_frame, path, hdu)
         for note in frame.notes:
             job.log(note)
         for rep in frame.repairs:
@@ -252,7 +248,7 @@ async def _run_stages(job: _Job, path: Path, profile: Profile, run_dir: Path, hd
 
     mask = masks.combined
     async with job.step("background") as fig:
-        bkg = await job.in_thread(preprocess.estimate_background, frame.data, mask, det)
+        bkg = await asyncio.to_thread(preprocess.estimate_background, frame.data, mask, det)
         data_sub = (frame.data - bkg.background).astype(np.float32, copy=False)
         fig.update(background=float(bkg.global_bkg), rms=float(bkg.global_rms))
     summary.update(background=float(bkg.global_bkg), background_rms=float(bkg.global_rms))
@@ -260,7 +256,7 @@ async def _run_stages(job: _Job, path: Path, profile: Profile, run_dir: Path, hd
     async with job.step("fwhm") as fig:
         guess = det.seeing_arcsec / meta.pixel_scale if meta.pixel_scale else 3.0
         guess = float(np.clip(guess, 1.2, 30.0))
-        fw = await job.in_thread(detect.measure_fwhm, data_sub, bkg.rms, mask, guess, det,
+        fw = await asyncio.to_thread(detect.measure_fwhm, data_sub, bkg.rms, mask, guess, det,
                                  progress=job.progress_cb("fwhm"), cancel=job.cancelled)
         fig.update(fwhm_px=fw.fwhm_px, scatter_px=fw.scatter_px, n_stars=fw.n_stars)
     fwhm = float(fw.fwhm_px)
@@ -268,7 +264,7 @@ async def _run_stages(job: _Job, path: Path, profile: Profile, run_dir: Path, hd
                    fwhm_arcsec=fwhm * meta.pixel_scale if meta.pixel_scale else None)
 
     async with job.step("detect") as fig:
-        sources = await job.in_thread(detect.find_stars, data_sub, bkg.rms, mask, fwhm, det, masks.saturated,
+        sources = await asyncio.to_thread(detect.find_stars, data_sub, bkg.rms, mask, fwhm, det, masks.saturated,
                                       progress=job.progress_cb("detect"), cancel=job.cancelled)
         fig["n_sources"] = len(sources)
 
@@ -280,11 +276,11 @@ async def _run_stages(job: _Job, path: Path, profile: Profile, run_dir: Path, hd
                          (phot.psf_fit_radius * fwhm) if phot.psf else 0.0)
             args = (frame.data, masks.nan | masks.saturated)
             if cr.scope == "frame":
-                cleaned, cr_mask = await job.in_thread(
+                cleaned, cr_mask = await asyncio.to_thread(
                     preprocess.remove_cosmics, *args, cr.gain or gain, cr.read_noise or read_noise, saturation, cr,
                     progress=job.progress_cb("cosmics"), cancel=job.cancelled)
             else:
-                cleaned, cr_mask = await job.in_thread(
+                cleaned, cr_mask = await asyncio.to_thread(
                     preprocess.remove_cosmics_near, *args, np.asarray(sources["x"]), np.asarray(sources["y"]), radius,
                     cr.gain or gain, cr.read_noise or read_noise, saturation, cr,
                     progress=job.progress_cb("cosmics"), cancel=job.cancelled)
@@ -306,7 +302,7 @@ async def _run_stages(job: _Job, path: Path, profile: Profile, run_dir: Path, hd
         raise NoStarsError(f"{path}: every detection was a cosmic-ray hit: no stars to measure")
 
     async with job.step("aperture") as fig:
-        cat = await job.in_thread(
+        cat = await asyncio.to_thread(
             photometry.aperture_photometry, data_sub, bkg.rms, mask, sources, fwhm, gain, exptime, phot,
             masks.saturated, progress=job.progress_cb("aperture"), cancel=job.cancelled)
         labels = list(cat.meta["apertures"])
@@ -318,7 +314,7 @@ async def _run_stages(job: _Job, path: Path, profile: Profile, run_dir: Path, hd
     if phot.psf:
         async with job.step("psf") as fig:
             try:
-                cat, psf_info = await job.in_thread(
+                cat, psf_info = await asyncio.to_thread(
                     photometry.psf_photometry, data_sub, bkg.rms, mask, cat, fwhm, gain, exptime, phot,
                     progress=job.progress_cb("psf"), cancel=job.cancelled)
                 fig.update(n_fitted=int(psf_info.n_fitted), apcorr=psf_info.apcorr)
@@ -394,7 +390,7 @@ async def _run_stages(job: _Job, path: Path, profile: Profile, run_dir: Path, hd
 
     # ---- outputs
     async with job.step("output") as fig:
-        files = await job.in_thread(_write_outputs, cat, summary, frame, wcs, run_dir, profile, fwhm, job.timings)
+        files = await asyncio.to_thread(_write_outputs, cat, summary, frame, wcs, run_dir, profile, fwhm, job.timings)
         fig["files"] = len(files)
     summary["timings"] = job.timings
     summary["warnings"] = job.warnings
@@ -430,7 +426,7 @@ async def _astrometry_stage(job: _Job, profile: Profile, frame, meta, cat: Table
             need, why = astrometry.needs_solving(frame, meta, profile.astrometry, refcat=refcat, sources=cat)
             job.log(f"plate solving {'needed' if need else 'not needed'}: {why}")
             if need:
-                res = await job.in_thread(
+                res = await asyncio.to_thread(
                     astrometry.solve, cat, frame.data.shape, meta, profile.astrometry,
                     cancel=job.cancelled, progress=job.progress_cb("astrometry"), log=job.thread_log(), refcat=refcat)
                 wcs = res.wcs
@@ -439,7 +435,7 @@ async def _astrometry_stage(job: _Job, profile: Profile, frame, meta, cat: Table
                     job.log(f"original WCS card: {line}", "DEBUG")
             # solve() already refines against refcat; refine a header WCS only
             elif wcs is not None and profile.astrometry.refine and refcat is not None and len(refcat) >= 5:
-                ref = await job.in_thread(astrometry.refine, cat, wcs, refcat, profile.astrometry)
+                ref = await asyncio.to_thread(astrometry.refine, cat, wcs, refcat, profile.astrometry)
                 for line in ref.log:
                     job.log(line)
                 if ref.wcs is not None and ref.wcs is not wcs:
@@ -505,7 +501,7 @@ async def _local_reference(job: _Job, profile: Profile) -> Table:
     if job.local_reference is None:
         from .catalogs.local import load_reference
 
-        job.local_reference = await job.in_thread(load_reference, profile.calibration.catalog_files, profile.calibration)
+        job.local_reference = await asyncio.to_thread(load_reference, profile.calibration.catalog_files, profile.calibration)
     return job.local_reference
 
 
@@ -516,7 +512,7 @@ async def _reference_catalog(job: _Job, profile: Profile, meta, frame, wcs) -> T
     if cal.catalog_files and cal.catalog in ("auto", "file"):
         from .catalogs.local import cone_cut
 
-        ref = await job.in_thread(cone_cut, await _local_reference(job, profile), (ra0, dec0), radius)
+        ref = await asyncio.to_thread(cone_cut, await _local_reference(job, profile), (ra0, dec0), radius)
         job.log(f"reference catalogue: {len(ref)} stars within {radius * 60:.1f}' from {ref.meta.get('source')}")
         if len(ref) == 0:
             raise CalibrationError(f"the reference catalogue ({ref.meta.get('source')}) has no stars in the field "
