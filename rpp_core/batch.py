@@ -468,26 +468,18 @@ def _time_hours(results: list[FrameResult]) -> tuple[list[float | None], str]:
 
 
 def _text_plot(x, y, yerr, title: str, xlabel: str, ylabel: str, width: int = 100, height: int = 25) -> str:
-    import plotext
+    from .plots import render_figure
 
-    try:  # plotext has one global figure, also used by rpp_core.plots from other threads
-        from .plots import _LOCK as lock
-    except Exception:
-        lock = threading.Lock()
-    with lock:
-        plotext.clear_figure()
-        plotext.plotsize(width, height)
-        plotext.theme("clear")
+    def draw(plt):
         if x:
             if yerr and any(e for e in yerr):
-                plotext.error(x, y, yerr=yerr, color="gray")
-            plotext.scatter(x, y, marker="●")
-        plotext.title(title)
-        plotext.xlabel(xlabel)
-        plotext.ylabel(ylabel)
-        text = plotext.build()
-        plotext.clear_figure()
-    return plotext.uncolorize(text)
+                plt.error(x, y, yerr=yerr, color="gray")
+            plt.scatter(x, y, marker="●")
+        plt.title(title)
+        plt.xlabel(xlabel)
+        plt.ylabel(ylabel)
+
+    return render_figure(draw, width, height, color=False, what=title)
 
 
 def night_table(results: list[FrameResult]):

@@ -134,20 +134,30 @@ def draw(name: str, plt, table, meta: dict) -> None:
     FIGURES[name][1](plt, table, meta)
 
 
-def render(name: str, table, meta: dict, width: int = 100, height: int = 30, color: bool = False) -> str:
-    """The figure as text (ANSI colours only when ``color``)."""
+def render_figure(draw_fn: Callable, width: int = 100, height: int = 30, color: bool = False,
+                  what: str = "figure") -> str:
+    """Text of the figure ``draw_fn(plt)`` draws on plotext (ANSI colours only when ``color``).
+
+    The one place that touches plotext's global figure: every text figure of the
+    core (run plots, night summaries) goes through it, under one lock.
+    """
     with _LOCK:
         plotext.clear_figure()
         plotext.plotsize(width, height)
         if not color:
             plotext.theme("clear")
         try:
-            draw(name, plotext, table, meta)
+            draw_fn(plotext)
             text = plotext.build()
         except Exception as exc:  # plotext has edge-case bugs; a figure must never fail a run
-            text = f"{FIGURES[name][0]}: figure could not be drawn ({type(exc).__name__}: {exc})\n"
+            text = f"{what}: could not be drawn ({type(exc).__name__}: {exc})\n"
         finally:
             plotext.clear_figure()
     if not color:
         text = plotext.uncolorize(text)
     return text
+
+
+def render(name: str, table, meta: dict, width: int = 100, height: int = 30, color: bool = False) -> str:
+    """Figure ``name`` of :data:`FIGURES` as text."""
+    return render_figure(lambda plt: draw(name, plt, table, meta), width, height, color, FIGURES[name][0])
