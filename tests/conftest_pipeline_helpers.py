@@ -6,8 +6,6 @@ from pathlib import Path
 
 from rpp_core.settings import Profile
 
-#: ../shared/data beside the clone (as in CI)
-SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 
 
 def offline_profile(**changes) -> Profile:

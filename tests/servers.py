@@ -6,7 +6,7 @@ answering from a synthetic sky built from synthetic test frames
 against truth:
 
 =============  ==========================  =============================================================
-path prefix    protocol                    answer shape taken from /work/shared/data/fixtures
+path prefix    protocol                    answer shape taken from tests/data/fixtures
 =============  ==========================  =============================================================
 /gaia/tap      TAP sync (REQUEST=doQuery,  ``gaia_tap/1710099405832VAL-result.vot`` (header, FIELDs, tail)
                LANG=ADQL, QUERY, FORMAT)   gaiadr3.gaia_source and gaiadr3.synthetic_photometry_gspc
@@ -44,7 +44,9 @@ from astropy import units as u
 from astropy.table import Table
 from astropy.time import Time
 
-FIXTURES = Path("/work/shared/data/fixtures")
+from tests.datafiles import data_file
+
+FIXTURES = data_file("fixtures")
 GAIA_EPOCH = 2016.0
 
 #: synthetic photometry model of the sky: band -> (prefix, a, b): mag = G + a + b * (BP - RP)

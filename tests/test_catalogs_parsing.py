@@ -1,4 +1,4 @@
-"""Catalogue answers parsed without network: the recorded real answers in /work/shared/data/fixtures."""
+"""Catalogue answers parsed without network: the recorded real answers in tests/data/fixtures."""
 
 from __future__ import annotations
 
@@ -15,7 +15,9 @@ from rpp_core.catalogs.http import AnswerCache, MalformedAnswer, read_votable, r
 from rpp_core.errors import ServiceError
 from rpp_core.settings import ObservatorySettings
 
-FIX = Path("/work/shared/data/fixtures")
+from .datafiles import data_file
+
+FIX = data_file("fixtures")
 
 
 def test_recorded_gaia_archive_votable_gives_source_ids_flags_and_positions():

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gzip
 import os
 import subprocess
 import sys
@@ -12,7 +13,7 @@ from astropy.io import fits
 
 from rpp_core.synthetic import make_frame
 
-from .conftest_pipeline_helpers import SHARED
+from .datafiles import data_file
 
 RPP = [sys.executable, "-m", "rpp_core.cli"]
 
@@ -57,7 +58,7 @@ def test_not_a_fits_file_exits_3(env, tmp_path):
 
 
 def test_truncated_fits_exits_3(env, tmp_path):
-    src = (SHARED / "images" / "HorseHead.fits").read_bytes()
+    src = gzip.decompress(data_file("images/HorseHead.fits.gz").read_bytes())
     bad = tmp_path / "cut.fits"
     bad.write_bytes(src[: len(src) // 2])
     assert_one_line_error(rpp(["run", bad, *OFFLINE], env), 3, "cut.fits", "truncated")

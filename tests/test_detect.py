@@ -15,6 +15,8 @@ from rpp_core.preprocess import estimate_background, make_masks
 from rpp_core.settings import DetectionSettings
 from rpp_core.synthetic import make_frame, moffat_enclosed
 
+from .datafiles import data_file
+
 SEED = 11
 
 
@@ -205,19 +207,15 @@ def test_nan_pixels_do_not_break_detection(field):
     assert np.isfinite(again["flux"]).all()
 
 
-DATA = Path("/work/shared/data")
-
-
-@pytest.mark.skipif(not (DATA / "images/M6707HH.fits").exists(), reason="shared real data not present")
 def test_real_plate_detects_the_gaia_stars_of_m67():
     """DSS plate of M67 with its independent astrometry.net WCS: Gaia G 11-18 stars are found within 2 px."""
     from astropy.io import fits
     from astropy.table import Table
     from astropy.wcs import WCS
 
-    data = fits.getdata(DATA / "images/M6707HH.fits").astype(np.float32)
-    wcs = WCS(fits.getheader(DATA / "wcs_truth/m67_custom_gaia_index_solve.wcs.fits"), naxis=2)
-    gaia = Table.read(DATA / "refcats/M67_gaia_dr2_cone40arcmin_plx_gt_0.5.csv")
+    data = fits.getdata(data_file("images/M6707HH.fits.gz")).astype(np.float32)
+    wcs = WCS(fits.getheader(data_file("wcs_truth/m67_custom_gaia_index_solve.wcs.fits")), naxis=2)
+    gaia = Table.read(data_file("refcats/M67_gaia_dr2_cone40arcmin_plx_gt_0.5.csv"))
     settings = DetectionSettings()
     masks = make_masks(data, None, settings)
     bkg = estimate_background(data, masks.combined, settings)

@@ -1,6 +1,6 @@
 """FITS loading, header repair and observation metadata (rpp_core.image).
 
-Real frames from /work/shared/data/images (copied before any change) and small
+Real frames from tests/data/images (copied before any change) and small
 synthetic frames from rpp_core.synthetic with a fixed seed.
 """
 
@@ -35,10 +35,11 @@ from rpp_core.image import (
 from rpp_core.settings import ObservatorySettings
 from rpp_core.synthetic import make_frame
 
-DATA = Path("/work/shared/data/images")
-M67 = DATA / "M6707HH.fits"
-SPITZER = DATA / "spitzer_example_image.fits"
-HORSEHEAD = DATA / "HorseHead.fits"
+from .datafiles import data_unpacked
+
+M67 = data_unpacked("images/M6707HH.fits.gz")
+SPITZER = data_unpacked("images/spitzer_example_image.fits.gz")
+HORSEHEAD = data_unpacked("images/HorseHead.fits.gz")
 NO_PROFILE = ObservatorySettings()
 
 

@@ -16,7 +16,8 @@ from rpp_core import pipeline
 from rpp_core.errors import Cancelled
 from rpp_core.synthetic import make_frame, moffat_enclosed
 
-from .conftest_pipeline_helpers import SHARED, offline_profile
+from .conftest_pipeline_helpers import offline_profile
+from .datafiles import data_file
 
 
 @pytest.fixture(scope="module")
@@ -162,8 +163,8 @@ def test_spitzer_zero_point_near_16_71_for_3px_apertures(tmp_path):
         "photometry.fixed_aperture_px": 3.0, "calibration.band": "mag4_5",
         "calibration.mag_min": 5.0, "calibration.mag_max": 14.0, "calibration.match_radius_min_arcsec": 1.5,
     })
-    res = asyncio.run(pipeline.run(SHARED / "images" / "spitzer_example_image.fits", prof, out_dir=tmp_path,
-                                   catalog_files=[SHARED / "refcats" / "glimpse_spitzer_example_catalog.xml"]))
+    res = asyncio.run(pipeline.run(data_file("images/spitzer_example_image.fits.gz"), prof, out_dir=tmp_path,
+                                   catalog_files=[data_file("refcats/glimpse_spitzer_example_catalog.xml")]))
     s = res.summary
     assert s["calibration_label"] == "fix"
     zp_counts = s["zp"] + 2.5 * np.log10(1.2)
@@ -173,7 +174,7 @@ def test_spitzer_zero_point_near_16_71_for_3px_apertures(tmp_path):
 
 @pytest.mark.slow
 def test_horsehead_runs_end_to_end_uncalibrated_without_error(tmp_path):
-    res = asyncio.run(pipeline.run(SHARED / "images" / "HorseHead.fits", offline_profile(), out_dir=tmp_path))
+    res = asyncio.run(pipeline.run(data_file("images/HorseHead.fits.gz"), offline_profile(), out_dir=tmp_path))
     assert res.exit_code == 0
     assert res.summary["n_sources"] > 50
     assert res.summary["wcs"]["status"] == "ok"
@@ -185,7 +186,7 @@ def test_horsehead_runs_end_to_end_uncalibrated_without_error(tmp_path):
 @pytest.mark.slow
 def test_m67_without_wcs_says_so_and_keeps_pixel_catalogue(tmp_path):
     """With solving disabled, a frame without FITS WCS says so and keeps its pixel catalogue (exit 6)."""
-    res = asyncio.run(pipeline.run(SHARED / "images" / "M6707HH.fits", offline_profile(), out_dir=tmp_path))
+    res = asyncio.run(pipeline.run(data_file("images/M6707HH.fits.gz"), offline_profile(), out_dir=tmp_path))
     assert res.exit_code == 6
     assert "no usable WCS" in res.message
     assert any("no FITS WCS" in w for w in res.warnings)
@@ -203,12 +204,12 @@ def test_m67_is_plate_solved_blind_then_calibrated_against_gaia(tmp_path):
         pytest.skip("astrometry.net solve-field not installed (make system-deps)")
     from rpp_core import astrometry
 
-    cat = SHARED / "refcats" / "M67_gaia_dr2_cone40arcmin_plx_gt_0.5.csv"
+    cat = data_file("refcats/M67_gaia_dr2_cone40arcmin_plx_gt_0.5.csv")
     astrometry.build_index(cat, tmp_path / "idx", scales=range(2, 6), mag_col="phot_g_mean_mag")
     prof = offline_profile(**{"astrometry.solve": "auto", "astrometry.index_dirs": [str(tmp_path / "idx")],
                               "astrometry.use_system_indexes": False, "astrometry.timeout_s": 60,
                               "cosmic_rays.enabled": False, "calibration.mag_min": 10.0, "calibration.mag_max": 17.0})
-    res = asyncio.run(pipeline.run(SHARED / "images" / "M6707HH.fits", prof, out_dir=tmp_path / "runs", catalog_files=[cat]))
+    res = asyncio.run(pipeline.run(data_file("images/M6707HH.fits.gz"), prof, out_dir=tmp_path / "runs", catalog_files=[cat]))
     s = res.summary
     assert res.exit_code == 0, res.message
     assert s["wcs"]["status"].startswith("solved")

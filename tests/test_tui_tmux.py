@@ -16,7 +16,10 @@ from .test_tui_support import frames, tui_env  # noqa: F401 - fixtures
 
 RPP = Path(sys.executable).with_name("rpp")
 
-pytestmark = pytest.mark.skipif(shutil.which("tmux") is None, reason="tmux is not installed")
+
+
+def test_tmux_is_installed():
+    assert shutil.which("tmux"), "tmux is not installed: run make test (it installs tmux from Debian)"
 
 
 class Tmux:
