@@ -62,6 +62,7 @@ class _Job:
         self.warnings: list[str] = []
         self.stage = ""
         self.local_reference: Table | None = None  # local catalogue files, read once
+        self.services = None  # the run's one catalogue-service client (catalogs.crossmatch.open_client), made on first use
 
     def emit(self, event: ev.Event) -> None:
         try:
@@ -158,7 +159,11 @@ async def run(path, profile: Profile | None = None, on_event: Callable[[ev.Event
     t_start = time.perf_counter()
     summary: dict[str, Any] = {"frame": str(path), "profile": profile.name, "run_dir": str(run_dir), "rpp_version": __version__}
     try:
-        result = await _run_stages(job, path, profile, run_dir, hdu, summary)
+        try:
+            result = await _run_stages(job, path, profile, run_dir, hdu, summary)
+        finally:
+            if job.services is not None:
+                await job.services.aclose()
     except BaseException as exc:
         summary["total_seconds"] = round(time.perf_counter() - t_start, 3)
         summary["timings"] = job.timings
@@ -529,12 +534,21 @@ async def _reference_catalog(job: _Job, profile: Profile, meta, frame, wcs) -> T
     return await _gaia(job, profile, meta, ra0, dec0, radius)
 
 
+def _services(job: _Job, profile: Profile):
+    """The run's catalogue-service client: one per run, so a failed service is asked once."""
+    if job.services is None:
+        from .catalogs.crossmatch import open_client
+
+        job.services = open_client(profile.services, log=job.log, warn=job.warn)
+    return job.services
+
+
 async def _gaia(job: _Job, profile: Profile, meta, ra0, dec0, radius, offline: bool = False):
     from .catalogs import gaia
 
     ref = await gaia.fetch_gaia_reference(
         ra0, dec0, radius, meta.date_obs, profile.calibration.band, profile.services,
-        cancel=job.cancelled, log=job.log)
+        client=_services(job, profile), cancel=job.cancelled, log=job.log)
     job.log(f"reference catalogue: {len(ref)} Gaia DR3 stars within {radius * 60:.1f}'")
     return ref
 
@@ -625,14 +639,13 @@ async def _crossmatch_services(job: _Job, cat: Table, profile: Profile, meta, wc
     except ImportError as exc:
         job.skip("crossmatch", f"catalogue clients unavailable ({exc})")
         return
-    from .settings import load_secrets
-
     async with job.step("crossmatch") as fig:
         ra0, dec0, radius = _field_cone(wcs, (int(summary["shape"][0]), int(summary["shape"][1])))
         radius_arcsec = max(1.0 * fwhm * (pixel_scale or 1.0), 3.0 * (wcs_info.get("rms_arcsec") or 0.0), 1.0)
+        client = _services(job, profile)
         columns, statuses = await xm.crossmatch_services(
             np.asarray(cat["ra"], float), np.asarray(cat["dec"], float), radius_arcsec, (ra0, dec0), radius,
-            meta.date_obs, svc, profile.observatory, load_secrets(),
+            meta.date_obs, svc, profile.observatory, client.secrets, client=client,
             cancel=job.cancelled, log=job.log, warn=lambda service, reason: job.warn(f"{service}: {reason}"),
             site=meta.site)
         for name in columns.colnames:
