@@ -15,6 +15,7 @@ import json
 import os
 import signal
 import sys
+import time
 import traceback
 
 from . import __version__, events as ev, locations, settings
@@ -207,6 +208,34 @@ def cmd_secret(args) -> int:
     return 0
 
 
+def add_cache_command(sub) -> None:
+    """``rpp cache info`` / ``rpp cache clear [SERVICE]``: the catalogue answer cache (rpp_core.catalogs.cache)."""
+    from .catalogs import cache
+
+    def run(args) -> int:
+        if args.action == "clear":
+            done = cache.clear_cache(args.service)
+            print(f"cleared the cached answers of {', '.join(done.services)} ({done.freed_bytes / 1e6:.1f} MB freed)")
+            return 0
+        if args.service:
+            raise UsageError("rpp cache info takes no service; it lists them all")
+        services = settings.load_profile(args.profile).services if args.profile else settings.ServicesSettings()
+        rows = cache.cache_info(services)
+        print(f"answer cache: {rows[0].path.parent}")
+        print(f"{'service':<13}{'answers':>8}{'expired':>9}{'size MB':>9}{'kept for':>11}  first expiry")
+        for r in rows:
+            kept = f"{r.ttl_days:g} d" if r.ttl_days >= 1 else f"{r.ttl_days * 24:g} h"
+            first = time.strftime("%Y-%m-%d %H:%M", time.localtime(r.next_expiry)) if r.next_expiry else "-"
+            print(f"{r.service:<13}{r.answers:>8}{r.expired:>9}{r.size_bytes / 1e6:>9.1f}{kept:>11}  {first}")
+        return 0
+
+    p = sub.add_parser("cache", help="catalogue answers cached on disk: info, clear [SERVICE]")
+    p.add_argument("action", choices=["info", "clear"])
+    p.add_argument("service", nargs="?", choices=cache.SERVICES, help="clear only this service's answers")
+    p.add_argument("--profile", "-p", help="show the times to live of this profile (default: the defaults)")
+    p.set_defaults(func=run)
+
+
 def _add_run_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--profile", "-p", help="profile name (in the config dir) or path to a TOML file")
     p.add_argument("--out", "-o", help="parent folder of run folders (default: the workspace)")
@@ -254,6 +283,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("action", choices=["set", "list", "delete"])
     p.add_argument("key", nargs="?", default="astrocolibri_uid")
     p.set_defaults(func=cmd_secret)
+
+    add_cache_command(sub)
 
     for modname in ("batch", "watch", "cleanup", "astrometry"):
         try:

@@ -430,3 +430,115 @@ async def test_any_synthetic_frame_can_get_its_own_catalogue_server(frame_catalo
     assert len(ref) == np.sum(frame.truth["mag"] < server.settings().gaia_mag_limit) > 30
     k = np.asarray(ref["ref_id"]) - server.sky.info("frame0")[3]
     assert np.max(np.abs(ref["mag"] - frame.truth["mag"][k])) < 1e-6
+
+
+# ---------------------------------------------------------------- what the real services answer (issue 13)
+
+async def test_vsx_minimum_given_as_an_amplitude_becomes_a_magnitude(sky_server):
+    """B/vsx: f_min = "(" means min is an amplitude; the faintest magnitude is then max + amplitude."""
+    frame, epoch, id0, info, _ = _field(sky_server)
+    t = frame.truth
+    out, status, rec = await _crossmatch(sky_server, sky_server.settings(enabled=["vsx"]), t["ra"], t["dec"])
+    assert "f_min" in sky_server.requests_of("vizier")[-1]["params"]["-out"].split(",")
+    assert np.any(sky_server.sky.vsx["f_min"] == "(")  # the sky holds both kinds of rows
+    for k in info["vsx"]:
+        assert out["vsx_min"][k] - out["vsx_max"][k] == pytest.approx(0.5, abs=1e-4)
+
+
+async def test_nearby_stars_moving_arcseconds_a_year_are_matched_at_the_observation_epoch(sky_server):
+    frame, epoch, id0, info, _ = _field(sky_server)
+    t = frame.truth
+    out, status, rec = await _crossmatch(sky_server, sky_server.settings(enabled=["10pc"]), t["ra"], t["dec"])
+    asked = sky_server.requests_of("vizier")[-1]["params"]
+    assert asked["-source"] == "J/A+A/650/A201/tablea1"
+    assert {"pmRA", "pmDE", "Epoch", "RAdeg", "DEdeg"} <= set(asked["-out"].split(","))
+    # catalogue positions are 45" and 150" from where the stars are at the epoch; after propagation < 0.1"
+    for k in info["10pc"]:
+        assert out["pc10_name"][k] == f"SYN NEAR main {k}" and out["pc10_sep_arcsec"][k] < 0.1
+    assert out["pc10_plx"][info["10pc"][0]] == 250.0 and out["pc10_type"][info["10pc"][1]] == "*"
+    assert np.sum(out["pc10_name"] != "") == len(info["10pc"])
+
+
+async def test_every_vizier_query_names_its_columns_and_vizier_refuses_unknown_ones(sky_server):
+    frame, epoch, id0, info, _ = _field(sky_server)
+    t = frame.truth
+    await _crossmatch(sky_server, sky_server.settings(enabled=["vsx", "milliquas", "10pc"]), t["ra"], t["dec"])
+    reqs = sky_server.requests_of("vizier")
+    assert len(reqs) == 3 and all(r["params"].get("-out") for r in reqs)
+    # the loopback VizieR is as strict as the real one: an unknown column is an error naming it
+    import httpx
+    params = {**reqs[0]["params"], "-out": "Name,NoSuchColumn"}
+    body = httpx.get(sky_server.url("vizier"), params=params).content
+    from rpp_core.catalogs.http import read_votable
+    with pytest.raises(ServiceError, match="Column 'NoSuchColumn' unknown"):
+        read_votable(body, "vsx")
+
+
+async def test_skybot_field_without_asteroids_is_empty_not_failed(sky_server):
+    frame, epoch, id0, info, _ = _field(sky_server)
+    t = frame.truth
+    st = sky_server.settings(enabled=["skybot"], retries=2)
+    from astropy import units as u
+    out, status, rec = await _crossmatch(sky_server, st, t["ra"], t["dec"], epoch=epoch + 30 * u.day)
+    assert rec.warnings == [] and status["skybot"]["status"] == "ok" and status["skybot"]["n_field"] == 0
+    assert status["skybot"]["network_requests"] == 1  # an empty answer is not retried as malformed
+    assert np.all(out["skybot_name"] == "")
+
+
+def test_loopback_skybot_accepts_the_epoch_forms_the_real_one_accepts(catalog_servers):
+    import httpx
+    name, frame, epoch, *_ = catalog_servers.sky.info("main")
+    base = {"-ra": "120.0", "-dec": "35.0", "-rd": "0.2", "-loc": "J13", "-mime": "votable"}
+    for ep in (f"{epoch.utc.jd:.6f}", epoch.utc.iso[:19], epoch.utc.isot[:19], epoch.utc.iso[:10]):
+        r = httpx.get(catalog_servers.url("skybot"), params={**base, "-ep": ep})
+        assert r.status_code == 200, (ep, r.text)
+    assert httpx.get(catalog_servers.url("skybot"), params={**base, "-ep": "yesterday"}).status_code == 400
+    assert httpx.get(catalog_servers.url("skybot"), params={**base, "-ep": "2460000.5",
+                                                            "-loc": "-17.9 +28.8 2332"}).status_code == 400
+
+
+def test_loopback_simbad_refuses_an_unquoted_allfluxes_band_and_a_wrong_join(catalog_servers):
+    import httpx
+    from rpp_core.catalogs import simbad
+
+    good = simbad.cone_adql(120.0, 35.0, 0.1, 100)
+    url = catalog_servers.url("simbad") + "/sync"
+    form = {"REQUEST": "doQuery", "LANG": "ADQL", "FORMAT": "votable"}
+    assert httpx.post(url, data={**form, "QUERY": good}).status_code == 200
+    r = httpx.post(url, data={**form, "QUERY": good.replace('allfluxes."B"', "allfluxes.B")})
+    assert r.status_code == 400 and b"allfluxes.b does not exist" in r.content
+    r = httpx.post(url, data={**form, "QUERY": good.replace('basic."oid" = ids."oidref"', 'basic."oid" = ids."oid"')})
+    assert r.status_code == 400 and b"wrong join of ids" in r.content
+
+
+async def test_simbad_answer_cut_at_maxrec_is_said_in_the_log(sky_server):
+    frame, epoch, id0, info, _ = _field(sky_server)
+    t = frame.truth
+    sky_server.max_rows = 2  # the service's own limit, below what the field holds
+    out, status, rec = await _crossmatch(sky_server, sky_server.settings(enabled=["simbad"]), t["ra"], t["dec"])
+    assert sky_server.requests_of("simbad")[-1]["params"]["MAXREC"] == str(sky_server.settings().max_rows)
+    assert status["simbad"]["status"] == "ok" and status["simbad"]["n_field"] == 2
+    assert any(level == "WARNING" and "simbad" in m and "cut" in m for level, m in rec.lines)
+
+
+async def test_gaia_cone_cut_by_the_archive_is_split_until_every_star_is_there(sky_server):
+    frame, epoch, id0, info, (ra, dec, r) = _field(sky_server)
+    sky_server.max_rows = 60  # the field holds 150 stars
+    lines = []
+    ref = await fetch_gaia_reference(ra, dec, r, epoch, "G", sky_server.settings(), filters=False,
+                                     log=lambda m, level="INFO": lines.append(m))
+    assert len(ref) == len(frame.truth) and len(set(ref["ref_id"])) == len(ref)
+    assert all("MAXREC" in q["params"] for q in sky_server.requests_of("gaia"))
+    assert ref.meta["n_tiles"] > 1 and any("cut at 60 rows" in m for m in lines)
+
+
+async def test_astrocolibri_catalogue_sources_are_kept_apart_from_transients(sky_server):
+    frame, epoch, id0, info, _ = _field(sky_server)
+    t = frame.truth
+    out, status, rec = await _crossmatch(sky_server, sky_server.settings(enabled=["astrocolibri"]), t["ra"], t["dec"])
+    st = status["astrocolibri"]
+    assert [s["name"] for s in st["sources"]] == ["SYNXRB main"]
+    assert all(e["kind"] == "transient" for e in st["events"]) and "SYNXRB main" not in [e["name"] for e in st["events"]]
+    k = info["colibri_source"]
+    assert out["colibri_name"][k] == "SYNXRB main" and out["colibri_kind"][k] == "source"
+    assert out["colibri_kind"][info["colibri"]] == "transient"

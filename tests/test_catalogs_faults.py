@@ -302,3 +302,10 @@ def test_config_folder_that_cannot_be_created_still_gives_the_calibrated_catalog
     assert res.summary["calibrated"] and (res.run_dir / "catalog.csv").exists()
     status = {s["service"]: s for s in res.summary["services"]}
     assert status["vsx"]["status"] == "ok" and status["astrocolibri"]["status"] == "skipped"
+
+
+async def test_skybot_204_no_content_is_an_empty_field(fault_proxy, catalog_servers):
+    fault_proxy.inject("skybot", "status", status=204, body=b"")
+    out, status, rec = await _crossmatch(catalog_servers, fault_proxy.settings(enabled=["skybot"], retries=2))
+    assert rec.warnings == [] and status["skybot"]["status"] == "ok" and status["skybot"]["n_field"] == 0
+    assert fault_proxy.count("skybot") == 1

@@ -202,3 +202,26 @@ def test_frames_of_one_field_share_one_snapped_cone():
         assert sep + r <= r_s  # the snapped cone contains the field
         cones.add((ra_s, dec_s, r_s))
     assert len(cones) <= 2  # at most a grid boundary between them
+
+
+@pytest.mark.parametrize("doc, expected", [
+    ([{"message": "Invalid user ID", "status_code": 401}, 401], (401, "Invalid user ID")),
+    ({"message": "Internal error", "status_code": "500"}, (500, "Internal error")),
+    ({"error": "Daily quota exceeded", "status_code": 429}, (429, "Daily quota exceeded")),
+    ({"voevents": [], "sources": [], "status_code": 500}, None),  # a result that happens to carry the key
+    ({"message": "ok", "status_code": 200}, None),
+])
+def test_astrocolibri_error_envelopes_are_told_from_results(doc, expected):
+    assert astrocolibri.error_envelope(doc) == expected
+    if expected is not None:
+        with pytest.raises(ServiceError, match=f"error {expected[0]}: {expected[1]}") as err:
+            astrocolibri.parse(json.dumps(doc).encode())
+        assert not isinstance(err.value, MalformedAnswer)  # final: reported, not retried or cached
+
+
+def test_secrets_are_redacted_from_answer_bodies_in_every_encoding():
+    from rpp_core.catalogs.http import redact_bytes
+
+    secret = "a b/c+d"
+    body = b'{"uid": "a b/c+d", "url": "x?uid=a+b%2Fc%2Bd", "p": "a%20b%2Fc%2Bd"}'
+    assert redact_bytes(body, {"astrocolibri_uid": secret}) == b'{"uid": "***", "url": "x?uid=***", "p": "***"}'

@@ -82,21 +82,24 @@ class _Transient(ServiceError):
 
 # ---------------------------------------------------------------- helpers
 
-def redact(text: str, secrets: dict | None) -> str:
-    """Replace every secret value in ``text`` (also URL-encoded) by ``***``."""
+def _secret_forms(secrets: dict | None):
+    """Each secret as written, percent-encoded and form-encoded (how it may come back from a server)."""
     for value in (secrets or {}).values():
         if value and isinstance(value, str) and len(value) >= 3:
-            for form in {value, quote(value, safe=""), quote_plus(value, safe="")}:
-                text = text.replace(form, "***")
+            yield from {value, quote(value, safe=""), quote_plus(value, safe="")}
+
+
+def redact(text: str, secrets: dict | None) -> str:
+    """Replace every secret value in ``text`` (also URL-encoded) by ``***``."""
+    for form in _secret_forms(secrets):
+        text = text.replace(form, "***")
     return text
 
 
 def redact_bytes(body: bytes, secrets: dict | None) -> bytes:
     """:func:`redact` for an answer body (a server may echo the request, key included)."""
-    for value in (secrets or {}).values():
-        if value and isinstance(value, str) and len(value) >= 3:
-            for form in {value, quote(value, safe=""), quote_plus(value, safe="")}:
-                body = body.replace(form.encode(), b"***")
+    for form in _secret_forms(secrets):
+        body = body.replace(form.encode(), b"***")
     return body
 
 
