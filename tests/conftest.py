@@ -54,6 +54,15 @@ def frame_catalog_server():
     for server in started:
         server.close()
 @pytest.fixture
+def sky_server(catalog_servers, tmp_path, monkeypatch):
+    """The session servers, reset, with a fresh answer cache for this test."""
+    catalog_servers.reset()
+    monkeypatch.setenv("RPP_CACHE_DIR", str(tmp_path / "cache"))
+    yield catalog_servers
+    catalog_servers.reset()
+
+
+@pytest.fixture
 def fault_proxy(catalog_servers, tmp_path, monkeypatch):
     """A fault-injecting proxy (tests/faultproxy.py) in front of the session catalogue servers.
 

@@ -17,40 +17,12 @@ import pytest
 from rpp_core.catalogs import ServiceClient, crossmatch_services, fetch_gaia_reference, field_of_view
 from rpp_core.errors import Cancelled, ServiceError
 from rpp_core.settings import ObservatorySettings
+from tests.catalog_helpers import UID, Recorder, sky_field
 from tests.servers import MAIN_FRAME, SYNTH_MODEL, sep_deg, synthetic_mag
-
-UID = "test-uid-7f3a9c"
-
-
-@pytest.fixture
-def sky_server(catalog_servers, tmp_path, monkeypatch):
-    """The session servers, reset, with a fresh answer cache for this test."""
-    catalog_servers.reset()
-    monkeypatch.setenv("RPP_CACHE_DIR", str(tmp_path / "cache"))
-    yield catalog_servers
-    catalog_servers.reset()
-
-
-def _field(server, name="main"):
-    name, frame, epoch, id0, info = server.sky.info(name)
-    ra, dec, r = field_of_view(frame.wcs, frame.data.shape)
-    return frame, epoch, id0, info, (ra, dec, r)
-
-
-class Recorder:
-    def __init__(self):
-        self.warnings: list[tuple[str, str]] = []
-        self.lines: list[tuple[str, str]] = []
-
-    def warn(self, service, reason):
-        self.warnings.append((service, reason))
-
-    def log(self, message, level="INFO"):
-        self.lines.append((level, message))
 
 
 async def _crossmatch(server, settings, ra, dec, *, observatory=None, secrets=None, name="main", **kw):
-    frame, epoch, _, _, (fra, fdec, fr) = _field(server, name)
+    frame, epoch, _, _, (fra, fdec, fr) = sky_field(server, name)
     rec = Recorder()
     out, status = await crossmatch_services(
         ra, dec, 1.5, (fra, fdec), fr, kw.pop("epoch", epoch), settings,
@@ -62,7 +34,7 @@ async def _crossmatch(server, settings, ra, dec, *, observatory=None, secrets=No
 # ---------------------------------------------------------------- calibration catalogue
 
 async def test_gaia_reference_magnitudes_and_positions_equal_the_injected_truth(sky_server):
-    frame, epoch, id0, info, (ra, dec, r) = _field(sky_server)
+    frame, epoch, id0, info, (ra, dec, r) = sky_field(sky_server)
     st = sky_server.settings()
     ref = await fetch_gaia_reference(ra, dec, r, epoch, "G", st)
     k = np.asarray(ref["ref_id"]) - id0
@@ -87,7 +59,7 @@ async def test_gaia_reference_magnitudes_and_positions_equal_the_injected_truth(
 
 
 async def test_high_proper_motion_stars_land_on_truth_only_after_propagation(sky_server):
-    frame, epoch, id0, info, (ra, dec, r) = _field(sky_server)
+    frame, epoch, id0, info, (ra, dec, r) = sky_field(sky_server)
     ref = await fetch_gaia_reference(ra, dec, r, epoch, "G", sky_server.settings(), filters=False)
     assert len(ref) == len(frame.truth)
     k = np.asarray(ref["ref_id"]) - id0
@@ -102,7 +74,7 @@ async def test_high_proper_motion_stars_land_on_truth_only_after_propagation(sky
 
 @pytest.mark.parametrize("band, system", [("V", "Vega"), ("r", "AB")])
 async def test_synthetic_photometry_band_comes_from_gspc_by_source_id(sky_server, band, system):
-    frame, epoch, id0, info, (ra, dec, r) = _field(sky_server)
+    frame, epoch, id0, info, (ra, dec, r) = sky_field(sky_server)
     ref = await fetch_gaia_reference(ra, dec, r, epoch, band, sky_server.settings())
     t = frame.truth[np.asarray(ref["ref_id"]) - id0]
     assert ref.meta["system"] == system
@@ -117,7 +89,7 @@ async def test_synthetic_photometry_band_comes_from_gspc_by_source_id(sky_server
 
 
 async def test_wide_field_is_tiled_complete_and_synthetic_ids_go_in_batches_beyond_1000(sky_server):
-    frame, epoch, id0, info, (ra, dec, r) = _field(sky_server, "wide")
+    frame, epoch, id0, info, (ra, dec, r) = sky_field(sky_server, "wide")
     assert r > 3.0
     sky_server.max_rows = 300  # one cone would overflow; tiles of 0.5 deg stay far below
     st = sky_server.settings(gaia_tile_deg=0.5, gaia_mag_limit=17.5, gaia_batch_ids=250)
@@ -143,7 +115,7 @@ async def test_wide_field_is_tiled_complete_and_synthetic_ids_go_in_batches_beyo
 # ---------------------------------------------------------------- cross-match
 
 async def test_every_service_identifies_the_injected_objects_and_nothing_else(sky_server):
-    frame, epoch, id0, info, _ = _field(sky_server)
+    frame, epoch, id0, info, _ = sky_field(sky_server)
     t = frame.truth
     rng = np.random.default_rng(5)
     order = rng.permutation(len(t))
@@ -174,7 +146,7 @@ async def test_every_service_identifies_the_injected_objects_and_nothing_else(sk
 
 
 async def test_vsx_from_the_aavso_api_gives_the_same_variables(sky_server):
-    frame, epoch, id0, info, _ = _field(sky_server)
+    frame, epoch, id0, info, _ = sky_field(sky_server)
     t = frame.truth
     st = sky_server.settings(vsx_source="api", enabled=["vsx"])
     out, status, rec = await _crossmatch(sky_server, st, t["ra"], t["dec"])
@@ -185,7 +157,7 @@ async def test_vsx_from_the_aavso_api_gives_the_same_variables(sky_server):
 
 
 async def test_skybot_asks_for_the_iau_code_and_the_geocentre_would_misplace_a_near_earth_object(sky_server):
-    frame, epoch, id0, info, _ = _field(sky_server)
+    frame, epoch, id0, info, _ = sky_field(sky_server)
     t = frame.truth
     st = sky_server.settings(enabled=["skybot"])
     out, status, _ = await _crossmatch(sky_server, st, t["ra"], t["dec"], observatory=ObservatorySettings(iau_code="j13"))
@@ -202,7 +174,7 @@ async def test_skybot_asks_for_the_iau_code_and_the_geocentre_would_misplace_a_n
 
 
 async def test_asteroid_is_not_matched_a_day_later(sky_server):
-    frame, epoch, id0, info, _ = _field(sky_server)
+    frame, epoch, id0, info, _ = sky_field(sky_server)
     t = frame.truth
     from astropy import units as u
     out, status, _ = await _crossmatch(sky_server, sky_server.settings(enabled=["skybot"]), t["ra"], t["dec"],
@@ -213,7 +185,7 @@ async def test_asteroid_is_not_matched_a_day_later(sky_server):
 # ---------------------------------------------------------------- the client on a flaky link
 
 async def test_second_run_of_a_field_needs_no_network(sky_server):
-    frame, epoch, id0, info, (ra, dec, r) = _field(sky_server)
+    frame, epoch, id0, info, (ra, dec, r) = sky_field(sky_server)
     t = frame.truth
     st = sky_server.settings()
     ref1 = await fetch_gaia_reference(ra, dec, r, epoch, "V", st)
@@ -228,7 +200,7 @@ async def test_second_run_of_a_field_needs_no_network(sky_server):
 
 
 async def test_offline_mode_uses_only_the_cache_and_names_what_it_skipped(sky_server):
-    frame, epoch, id0, info, (ra, dec, r) = _field(sky_server)
+    frame, epoch, id0, info, (ra, dec, r) = sky_field(sky_server)
     t = frame.truth
     offline = sky_server.settings(offline=True)
     with pytest.raises(ServiceError, match="offline.*catalog_files"):
@@ -250,7 +222,7 @@ async def test_offline_mode_uses_only_the_cache_and_names_what_it_skipped(sky_se
 
 
 async def test_server_errors_are_retried_with_backoff_until_the_answer_comes(sky_server):
-    frame, epoch, id0, info, _ = _field(sky_server)
+    frame, epoch, id0, info, _ = sky_field(sky_server)
     sky_server.fail("simbad", status=500, times=2)
     out, status, rec = await _crossmatch(sky_server, sky_server.settings(enabled=["simbad"], retries=2),
                                          frame.truth["ra"], frame.truth["dec"])
@@ -260,7 +232,7 @@ async def test_server_errors_are_retried_with_backoff_until_the_answer_comes(sky
 
 
 async def test_rate_limited_answer_waits_for_retry_after(sky_server):
-    frame, epoch, id0, info, (ra, dec, r) = _field(sky_server)
+    frame, epoch, id0, info, (ra, dec, r) = sky_field(sky_server)
     sky_server.fail("gaia", status=429, retry_after="1")
     t0 = time.monotonic()
     ref = await fetch_gaia_reference(ra, dec, r, epoch, "G", sky_server.settings(backoff_s=0.01))
@@ -270,7 +242,7 @@ async def test_rate_limited_answer_waits_for_retry_after(sky_server):
 
 
 async def test_rate_limit_spaces_requests_to_one_service(sky_server):
-    frame, epoch, id0, info, (ra, dec, r) = _field(sky_server, "wide")
+    frame, epoch, id0, info, (ra, dec, r) = sky_field(sky_server, "wide")
     rate = 5.0
     st = sky_server.settings(rate_limit_per_s=rate, gaia_tile_deg=1.5)
     await fetch_gaia_reference(ra, dec, r, epoch, "G", st, filters=False)
@@ -283,7 +255,7 @@ async def test_rate_limit_spaces_requests_to_one_service(sky_server):
 
 
 async def test_calibration_catalogue_failure_is_a_clear_service_error(sky_server):
-    frame, epoch, id0, info, (ra, dec, r) = _field(sky_server)
+    frame, epoch, id0, info, (ra, dec, r) = sky_field(sky_server)
     sky_server.fail("gaia", status=503, times=3)
     with pytest.raises(ServiceError) as err:
         await fetch_gaia_reference(ra, dec, r, epoch, "G", sky_server.settings(retries=2))
@@ -295,7 +267,7 @@ async def test_calibration_catalogue_failure_is_a_clear_service_error(sky_server
 
 
 async def test_timeouts_are_retried_then_reported_with_the_limit(sky_server):
-    frame, epoch, id0, info, (ra, dec, r) = _field(sky_server)
+    frame, epoch, id0, info, (ra, dec, r) = sky_field(sky_server)
     sky_server.fail("gaia", delay=2.5, times=2)
     t0 = time.monotonic()
     with pytest.raises(ServiceError, match=r"timed out after 1 s.*2 attempts"):
@@ -304,7 +276,7 @@ async def test_timeouts_are_retried_then_reported_with_the_limit(sky_server):
 
 
 async def test_unreachable_enrichment_service_only_warns(sky_server):
-    frame, epoch, id0, info, _ = _field(sky_server)
+    frame, epoch, id0, info, _ = sky_field(sky_server)
     st = sky_server.settings(simbad_tap="http://127.0.0.1:9/nothing", retries=1)
     out, status, rec = await _crossmatch(sky_server, st, frame.truth["ra"], frame.truth["dec"])
     assert [s for s, _ in rec.warnings] == ["simbad"] and "connection failed" in rec.warnings[0][1]
@@ -314,7 +286,7 @@ async def test_unreachable_enrichment_service_only_warns(sky_server):
 
 
 async def test_malformed_and_truncated_answers_fail_one_service_and_are_never_cached(sky_server):
-    frame, epoch, id0, info, _ = _field(sky_server)
+    frame, epoch, id0, info, _ = sky_field(sky_server)
     st = sky_server.settings(retries=1)
     sky_server.fail("simbad", truncate=True, times=2)
     sky_server.fail("vizier", body=b"<html><body>Proxy error</body></html>", times=6)
@@ -329,14 +301,14 @@ async def test_malformed_and_truncated_answers_fail_one_service_and_are_never_ca
 
 
 async def test_truncated_answer_is_retried_and_then_succeeds(sky_server):
-    frame, epoch, id0, info, (ra, dec, r) = _field(sky_server)
+    frame, epoch, id0, info, (ra, dec, r) = sky_field(sky_server)
     sky_server.fail("gaia", truncate=True)
     ref = await fetch_gaia_reference(ra, dec, r, epoch, "G", sky_server.settings())
     assert len(ref) > 100 and sky_server.count("gaia") == 2
 
 
 async def test_empty_answers_are_empty_columns_not_failures(sky_server):
-    frame, epoch, id0, info, _ = _field(sky_server)
+    frame, epoch, id0, info, _ = sky_field(sky_server)
     for svc in ("simbad", "skybot", "vsx", "astrocolibri"):
         sky_server.fail(svc, empty=True)
     st = sky_server.settings(enabled=["simbad", "skybot", "vsx", "astrocolibri"], vsx_source="api")
@@ -347,7 +319,7 @@ async def test_empty_answers_are_empty_columns_not_failures(sky_server):
 
 
 async def test_services_are_queried_concurrently(sky_server):
-    frame, epoch, id0, info, _ = _field(sky_server)
+    frame, epoch, id0, info, _ = sky_field(sky_server)
     for svc in ("gaia", "simbad", "skybot", "vizier", "astrocolibri"):
         sky_server.fail(svc, delay=0.6, times=3)
     t0 = time.monotonic()
@@ -357,7 +329,7 @@ async def test_services_are_queried_concurrently(sky_server):
 
 
 async def test_slow_answer_is_abandoned_at_once_on_cancel(sky_server):
-    frame, epoch, id0, info, (ra, dec, r) = _field(sky_server)
+    frame, epoch, id0, info, (ra, dec, r) = sky_field(sky_server)
     sky_server.fail("gaia", delay=4.0)
     cancel = asyncio.Event()
     asyncio.get_running_loop().call_later(0.3, cancel.set)
@@ -377,7 +349,7 @@ async def test_slow_answer_is_abandoned_at_once_on_cancel(sky_server):
 
 
 async def test_astrocolibri_user_id_never_reaches_logs_errors_or_disk(sky_server, tmp_path):
-    frame, epoch, id0, info, _ = _field(sky_server)
+    frame, epoch, id0, info, _ = sky_field(sky_server)
     wrong = "wrong-secret-uid-4242"
     st = sky_server.settings(enabled=["astrocolibri"], retries=0)
     out, status, rec = await _crossmatch(sky_server, st, frame.truth["ra"], frame.truth["dec"],
@@ -398,7 +370,7 @@ async def test_astrocolibri_user_id_never_reaches_logs_errors_or_disk(sky_server
 
 
 async def test_missing_astrocolibri_user_id_is_a_warning_that_says_how_to_set_it(sky_server):
-    frame, epoch, id0, info, _ = _field(sky_server)
+    frame, epoch, id0, info, _ = sky_field(sky_server)
     out, status, rec = await _crossmatch(sky_server, sky_server.settings(enabled=["astrocolibri", "simbad"]),
                                          frame.truth["ra"], frame.truth["dec"], secrets={})
     assert [s for s, _ in rec.warnings] == ["astrocolibri"] and "ASTROCOLIBRI_UID" in rec.warnings[0][1]
@@ -407,7 +379,7 @@ async def test_missing_astrocolibri_user_id_is_a_warning_that_says_how_to_set_it
 
 
 async def test_one_shared_client_serves_calibration_and_crossmatch(sky_server, tmp_path):
-    frame, epoch, id0, info, (ra, dec, r) = _field(sky_server)
+    frame, epoch, id0, info, (ra, dec, r) = sky_field(sky_server)
     st = sky_server.settings()
     async with ServiceClient(st, secrets={"astrocolibri_uid": UID}, cache_dir=tmp_path / "c") as client:
         await fetch_gaia_reference(ra, dec, r, epoch, "G", st, client=client)
@@ -436,7 +408,7 @@ async def test_any_synthetic_frame_can_get_its_own_catalogue_server(frame_catalo
 
 async def test_vsx_minimum_given_as_an_amplitude_becomes_a_magnitude(sky_server):
     """B/vsx: f_min = "(" means min is an amplitude; the faintest magnitude is then max + amplitude."""
-    frame, epoch, id0, info, _ = _field(sky_server)
+    frame, epoch, id0, info, _ = sky_field(sky_server)
     t = frame.truth
     out, status, rec = await _crossmatch(sky_server, sky_server.settings(enabled=["vsx"]), t["ra"], t["dec"])
     assert "f_min" in sky_server.requests_of("vizier")[-1]["params"]["-out"].split(",")
@@ -446,7 +418,7 @@ async def test_vsx_minimum_given_as_an_amplitude_becomes_a_magnitude(sky_server)
 
 
 async def test_nearby_stars_moving_arcseconds_a_year_are_matched_at_the_observation_epoch(sky_server):
-    frame, epoch, id0, info, _ = _field(sky_server)
+    frame, epoch, id0, info, _ = sky_field(sky_server)
     t = frame.truth
     out, status, rec = await _crossmatch(sky_server, sky_server.settings(enabled=["10pc"]), t["ra"], t["dec"])
     asked = sky_server.requests_of("vizier")[-1]["params"]
@@ -460,7 +432,7 @@ async def test_nearby_stars_moving_arcseconds_a_year_are_matched_at_the_observat
 
 
 async def test_every_vizier_query_names_its_columns_and_vizier_refuses_unknown_ones(sky_server):
-    frame, epoch, id0, info, _ = _field(sky_server)
+    frame, epoch, id0, info, _ = sky_field(sky_server)
     t = frame.truth
     await _crossmatch(sky_server, sky_server.settings(enabled=["vsx", "milliquas", "10pc"]), t["ra"], t["dec"])
     reqs = sky_server.requests_of("vizier")
@@ -475,7 +447,7 @@ async def test_every_vizier_query_names_its_columns_and_vizier_refuses_unknown_o
 
 
 async def test_skybot_field_without_asteroids_is_empty_not_failed(sky_server):
-    frame, epoch, id0, info, _ = _field(sky_server)
+    frame, epoch, id0, info, _ = sky_field(sky_server)
     t = frame.truth
     st = sky_server.settings(enabled=["skybot"], retries=2)
     from astropy import units as u
@@ -512,7 +484,7 @@ def test_loopback_simbad_refuses_an_unquoted_allfluxes_band_and_a_wrong_join(cat
 
 
 async def test_simbad_answer_cut_at_maxrec_is_said_in_the_log(sky_server):
-    frame, epoch, id0, info, _ = _field(sky_server)
+    frame, epoch, id0, info, _ = sky_field(sky_server)
     t = frame.truth
     sky_server.max_rows = 2  # the service's own limit, below what the field holds
     out, status, rec = await _crossmatch(sky_server, sky_server.settings(enabled=["simbad"]), t["ra"], t["dec"])
@@ -522,7 +494,7 @@ async def test_simbad_answer_cut_at_maxrec_is_said_in_the_log(sky_server):
 
 
 async def test_gaia_cone_cut_by_the_archive_is_split_until_every_star_is_there(sky_server):
-    frame, epoch, id0, info, (ra, dec, r) = _field(sky_server)
+    frame, epoch, id0, info, (ra, dec, r) = sky_field(sky_server)
     sky_server.max_rows = 60  # the field holds 150 stars
     lines = []
     ref = await fetch_gaia_reference(ra, dec, r, epoch, "G", sky_server.settings(), filters=False,
@@ -533,7 +505,7 @@ async def test_gaia_cone_cut_by_the_archive_is_split_until_every_star_is_there(s
 
 
 async def test_astrocolibri_catalogue_sources_are_kept_apart_from_transients(sky_server):
-    frame, epoch, id0, info, _ = _field(sky_server)
+    frame, epoch, id0, info, _ = sky_field(sky_server)
     t = frame.truth
     out, status, rec = await _crossmatch(sky_server, sky_server.settings(enabled=["astrocolibri"]), t["ra"], t["dec"])
     st = status["astrocolibri"]

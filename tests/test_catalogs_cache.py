@@ -12,9 +12,9 @@ from rpp_core.catalogs import cache, crossmatch_services, fetch_gaia_reference, 
 from rpp_core.catalogs.cache import AnswerCache, cache_info, clear_cache
 from rpp_core.settings import ObservatorySettings, ServicesSettings
 
+from .catalog_helpers import UID
 from .datafiles import data_file
 
-UID = "test-uid-7f3a9c"
 
 
 class Clock:
@@ -38,14 +38,6 @@ def clock(monkeypatch):
     monkeypatch.setattr(sqlite_store, "time", c)
     monkeypatch.setattr(cache, "time", c)
     return c
-
-
-@pytest.fixture
-def sky_server(catalog_servers, tmp_path, monkeypatch):
-    catalog_servers.reset()
-    monkeypatch.setenv("RPP_CACHE_DIR", str(tmp_path / "cache"))
-    yield catalog_servers
-    catalog_servers.reset()
 
 
 async def _crossmatch(server, settings):

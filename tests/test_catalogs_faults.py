@@ -16,33 +16,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from rpp_core.catalogs import crossmatch_services, fetch_gaia_reference, field_of_view
+from rpp_core.catalogs import crossmatch_services, fetch_gaia_reference
 from rpp_core.errors import ServiceError
 from rpp_core.settings import ObservatorySettings
-
-UID = "test-uid-7f3a9c"
-
-
-def _field(server, name="main"):
-    name, frame, epoch, id0, info = server.sky.info(name)
-    ra, dec, r = field_of_view(frame.wcs, frame.data.shape)
-    return frame, epoch, id0, info, (ra, dec, r)
-
-
-class Recorder:
-    def __init__(self):
-        self.warnings: list[tuple[str, str]] = []
-        self.lines: list[tuple[str, str]] = []
-
-    def warn(self, service, reason):
-        self.warnings.append((service, reason))
-
-    def log(self, message, level="INFO"):
-        self.lines.append((level, message))
+from tests.catalog_helpers import UID, Recorder, sky_field
 
 
 async def _crossmatch(server, settings, *, secrets=None, name="main", **kw):
-    frame, epoch, _, _, (fra, fdec, fr) = _field(server, name)
+    frame, epoch, _, _, (fra, fdec, fr) = sky_field(server, name)
     rec = Recorder()
     out, status = await crossmatch_services(
         frame.truth["ra"], frame.truth["dec"], 1.5, (fra, fdec), fr, epoch, settings, ObservatorySettings(iau_code="J13"),
@@ -57,7 +38,7 @@ def _cache_bytes(root: Path) -> bytes:
 # ---------------------------------------------------------------- time: every request is bounded
 
 async def test_gaia_answer_trickled_byte_by_byte_fails_within_the_timeout(fault_proxy, catalog_servers):
-    frame, epoch, id0, info, (ra, dec, r) = _field(catalog_servers)
+    frame, epoch, id0, info, (ra, dec, r) = sky_field(catalog_servers)
     fault_proxy.inject("gaia", "drip", seconds=8.0, times=4)  # each answer would take 8 s to arrive
     t0 = time.monotonic()
     with pytest.raises(ServiceError, match="timed out after 1 s"):
@@ -67,7 +48,7 @@ async def test_gaia_answer_trickled_byte_by_byte_fails_within_the_timeout(fault_
 
 
 async def test_enrichment_service_trickling_its_answer_only_warns_and_the_others_answer(fault_proxy, catalog_servers):
-    frame, epoch, id0, info, _ = _field(catalog_servers)
+    frame, epoch, id0, info, _ = sky_field(catalog_servers)
     fault_proxy.inject("simbad", "drip", seconds=8.0, times=3)
     st = fault_proxy.settings(enabled=["simbad", "vsx", "skybot"], timeout_s=1.0, retries=1, backoff_s=0.05)
     t0 = time.monotonic()
@@ -81,7 +62,7 @@ async def test_enrichment_service_trickling_its_answer_only_warns_and_the_others
 # ---------------------------------------------------------------- size: every answer is bounded
 
 async def test_endless_gaia_answer_is_cut_at_the_size_limit_and_the_error_says_so(fault_proxy, catalog_servers, tmp_path):
-    frame, epoch, id0, info, (ra, dec, r) = _field(catalog_servers)
+    frame, epoch, id0, info, (ra, dec, r) = sky_field(catalog_servers)
     fault_proxy.inject("gaia", "huge", mb=60)  # chunked: no Content-Length to refuse it by
     st = fault_proxy.settings(gaia_max_answer_mb=1.0, retries=2)
     t0 = time.monotonic()
@@ -106,7 +87,7 @@ async def test_answer_announced_larger_than_the_limit_is_refused_without_reading
 # ---------------------------------------------------------------- content: only what parsed is kept
 
 async def test_valid_votable_with_the_wrong_columns_is_never_cached(fault_proxy, catalog_servers):
-    frame, epoch, id0, info, (ra, dec, r) = _field(catalog_servers)
+    frame, epoch, id0, info, (ra, dec, r) = sky_field(catalog_servers)
     fault_proxy.inject("gaia", "wrong_columns", times=2)
     st = fault_proxy.settings(retries=1)
     with pytest.raises(ServiceError, match="phot_g_mean_mag"):  # the error names a missing column
@@ -117,7 +98,7 @@ async def test_valid_votable_with_the_wrong_columns_is_never_cached(fault_proxy,
 
 
 async def test_html_page_under_http_200_is_retried_and_never_cached(fault_proxy, catalog_servers, tmp_path):
-    frame, epoch, id0, info, _ = _field(catalog_servers)
+    frame, epoch, id0, info, _ = sky_field(catalog_servers)
     fault_proxy.inject("simbad", "html")
     out, status, rec = await _crossmatch(catalog_servers, fault_proxy.settings(enabled=["simbad"], retries=1))
     assert rec.warnings == [] and status["simbad"]["network_requests"] == 2
@@ -128,7 +109,7 @@ async def test_html_page_under_http_200_is_retried_and_never_cached(fault_proxy,
 # ---------------------------------------------------------------- connections
 
 async def test_connection_reset_before_the_answer_is_retried(fault_proxy, catalog_servers):
-    frame, epoch, id0, info, _ = _field(catalog_servers)
+    frame, epoch, id0, info, _ = sky_field(catalog_servers)
     fault_proxy.inject("skybot", "reset")
     out, status, rec = await _crossmatch(catalog_servers, fault_proxy.settings(enabled=["skybot"], retries=1))
     assert rec.warnings == [] and status["skybot"]["network_requests"] == 2
@@ -136,7 +117,7 @@ async def test_connection_reset_before_the_answer_is_retried(fault_proxy, catalo
 
 
 async def test_connection_reset_in_the_middle_of_the_answer_is_retried(fault_proxy, catalog_servers):
-    frame, epoch, id0, info, (ra, dec, r) = _field(catalog_servers)
+    frame, epoch, id0, info, (ra, dec, r) = sky_field(catalog_servers)
     fault_proxy.inject("gaia", "reset_mid")
     ref = await fetch_gaia_reference(ra, dec, r, epoch, "G", fault_proxy.settings(retries=1))
     k = np.asarray(ref["ref_id"]) - id0
@@ -146,7 +127,7 @@ async def test_connection_reset_in_the_middle_of_the_answer_is_retried(fault_pro
 # ---------------------------------------------------------------- busy services
 
 async def test_busy_vizier_429_is_asked_again_after_retry_after(fault_proxy, catalog_servers):
-    frame, epoch, id0, info, _ = _field(catalog_servers)
+    frame, epoch, id0, info, _ = sky_field(catalog_servers)
     fault_proxy.inject("vizier", "status", status=429, retry_after="1")
     t0 = time.monotonic()
     out, status, rec = await _crossmatch(catalog_servers, fault_proxy.settings(enabled=["vsx"], backoff_s=0.01))
@@ -155,7 +136,7 @@ async def test_busy_vizier_429_is_asked_again_after_retry_after(fault_proxy, cat
 
 
 async def test_gaia_503_with_a_retry_after_date_is_asked_again_at_that_time(fault_proxy, catalog_servers):
-    frame, epoch, id0, info, (ra, dec, r) = _field(catalog_servers)
+    frame, epoch, id0, info, (ra, dec, r) = sky_field(catalog_servers)
     fault_proxy.inject("gaia", "status", status=503, retry_after=formatdate(time.time() + 2, usegmt=True))
     t0 = time.monotonic()
     ref = await fetch_gaia_reference(ra, dec, r, epoch, "G", fault_proxy.settings(backoff_s=0.01))
@@ -163,7 +144,7 @@ async def test_gaia_503_with_a_retry_after_date_is_asked_again_at_that_time(faul
 
 
 async def test_retry_after_beyond_the_allowed_wait_fails_at_once_saying_so(fault_proxy, catalog_servers):
-    frame, epoch, id0, info, (ra, dec, r) = _field(catalog_servers)
+    frame, epoch, id0, info, (ra, dec, r) = sky_field(catalog_servers)
     fault_proxy.inject("gaia", "status", status=503, retry_after="600")
     t0 = time.monotonic()
     with pytest.raises(ServiceError, match=r"retry after 600 s.*retry_after_max_s"):
@@ -196,7 +177,7 @@ async def test_astrocolibri_error_list_under_200_reports_the_message_and_is_not_
 
 
 async def test_astrocolibri_server_error_under_200_is_not_zero_events(fault_proxy, catalog_servers):
-    frame, epoch, id0, info, _ = _field(catalog_servers)
+    frame, epoch, id0, info, _ = sky_field(catalog_servers)
     catalog_servers.fail("astrocolibri", envelope="dict500", times=3)
     st = fault_proxy.settings(enabled=["astrocolibri"], retries=0)
     out, status, rec = await _crossmatch(catalog_servers, st)

@@ -253,7 +253,7 @@ async def crossmatch_services(ra, dec, radius_arcsec: float, field_center: tuple
     epoch : astropy.time.Time or None
         Observation time (mid-exposure): proper motions, SkyBoT ephemerides,
         Astro-Colibri time window. None skips SkyBoT and Astro-Colibri with a warning.
-    settings, observatory : profile sections; ``secrets`` from ``rpp_core.settings.load_secrets()``.
+    settings, observatory : profile sections; ``secrets`` from :func:`service_secrets` (None: the client's).
     cancel : asyncio.Event or callable, optional
     log : callable(message, level="INFO"), optional
     warn : callable(service, reason), optional
@@ -272,7 +272,7 @@ async def crossmatch_services(ra, dec, radius_arcsec: float, field_center: tuple
         nothing matched, and ``matches`` ("SIMBAD:HD 1; VSX:V* X" style summary).
         Each status dict has ``service``, ``status`` (``ok``, ``failed``,
         ``skipped``), ``reason``, ``n_field``, ``n_matched``, ``seconds``,
-        ``network_requests``, and ``events`` (Astro-Colibri) / ``location`` (SkyBoT).
+        ``network_requests``, and ``events`` and ``sources`` (Astro-Colibri) / ``location`` (SkyBoT).
 
     Raises
     ------
