@@ -237,8 +237,6 @@ class ServiceClient:
     warn : callable, optional
         ``warn(message)`` for what the user should act on (a cache that cannot be
         written); default ``log(message, "WARNING")``.
-    use_cache : bool
-        False: never read or write the answer cache.
 
     Use as ``async with ServiceClient(settings) as client: ...`` or call
     :meth:`aclose` when done.
@@ -246,7 +244,7 @@ class ServiceClient:
 
     def __init__(self, settings: ServicesSettings, *, secrets: dict | None = None, cache_dir=None,
                  log: Callable[[str, str], None] | None = None, warn: Callable[[str], None] | None = None,
-                 transport=None, use_cache: bool = True):
+                 transport=None):
         self.settings = settings
         self.secrets = dict(secrets or {})
         self.log = log or (lambda message, level="INFO": None)
@@ -255,14 +253,11 @@ class ServiceClient:
         self._limiters: dict[str, _RateLimiter] = {}
         self._down: dict[str, str] = {}     # service -> why it could not be reached in this run
         self._failed: dict[str, str] = {}   # cache key -> why this query failed in this run
-        self.cache: AnswerCache | None = None
-        if use_cache:
-            cache = AnswerCache(cache_dir, settings)
-            try:
-                cache.check()
-                self.cache = cache
-            except CacheUnavailable as exc:
-                self._cache_off(exc)
+        self.cache: AnswerCache | None = AnswerCache(cache_dir, settings)
+        try:
+            self.cache.check()
+        except CacheUnavailable as exc:
+            self._cache_off(exc)
         # connect, read, write and pool waits are each bounded; the whole answer has its own deadline below
         self._http = httpx.AsyncClient(timeout=httpx.Timeout(settings.timeout_s), headers={"User-Agent": USER_AGENT},
                                        follow_redirects=True, transport=transport)
