@@ -120,10 +120,16 @@ async def test_cache_clear_forgets_one_service_or_all(sky_server, tmp_path):
     assert all(r.answers == 0 and r.size_bytes == 0 for r in cache_info(st, root))
 
 
+def test_cli_knows_every_cached_service():
+    from rpp_cli.cache import SERVICES
+
+    assert SERVICES == cache.SERVICES
+
+
 def test_rpp_cache_info_and_clear_from_the_command_line(tmp_path, monkeypatch, capsys):
     import asyncio
 
-    from rpp_core.cli import main
+    from rpp_cli.main import main
 
     monkeypatch.setenv("RPP_CACHE_DIR", str(tmp_path))
     store = AnswerCache(None, ServicesSettings())

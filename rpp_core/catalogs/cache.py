@@ -49,11 +49,11 @@ logging.getLogger("hishel").propagate = False
 
 
 def cache_root(root: Path | str | None = None) -> Path:
-    """The cache folder: ``root``, else ``locations.cache_dir() / "catalogs"``."""
+    """The cache folder: ``root``, else ``locations.catalog_cache_dir()``."""
     if root is not None:
         return Path(root)
     try:
-        return locations.cache_dir() / "catalogs"
+        return locations.catalog_cache_dir()
     except OSError:  # the folder cannot be created: name it anyway, AnswerCache.check says what is wrong
         return Path(os.environ.get("RPP_CACHE_DIR") or platformdirs.user_cache_dir(locations.APP)).expanduser() / "catalogs"
 

@@ -179,12 +179,13 @@ def service_secrets(warn: Callable[[str], None] | None = None) -> dict:
 
 
 def open_client(settings: ServicesSettings, *, log: Callable[[str, str], None] | None = None,
-                warn: Callable[[str], None] | None = None, secrets: dict | None = None) -> ServiceClient:
+                warn: Callable[[str], None] | None = None, secrets: dict | None = None,
+                cache_dir=None) -> ServiceClient:
     """The one :class:`ServiceClient` of a run: calibration and cross-match share it, so a service that
     failed is asked once per run and the calibration cone is reused. Local faults (a secrets file or a
     cache folder that cannot be read or written) become warnings. Close it with ``await client.aclose()``."""
     secrets = service_secrets(warn) if secrets is None else secrets
-    return ServiceClient(settings, secrets=secrets, log=log, warn=warn)
+    return ServiceClient(settings, secrets=secrets, cache_dir=cache_dir, log=log, warn=warn)
 
 
 # ---------------------------------------------------------------- the service calls
