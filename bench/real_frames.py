@@ -120,7 +120,7 @@ def main(argv=None) -> int:
             rows.append(row(case, s))
             scores[case.name] = asdict(s)
             if s.message:
-                messages.append(f"{case.name} (exit {s.exit_code}): {s.message}")
+                messages.append(f"{case.name} (exit {s.exit_code}): {s.message.replace(str(R.DATA), 'tests/data')}")
             print(f"{case.name}: exit {s.exit_code} in {s.seconds:.1f} s", file=sys.stderr)
     finally:
         if not args.keep:
