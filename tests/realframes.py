@@ -541,7 +541,7 @@ def build_index(case: FrameCase, root: Path) -> Path | None:
     out = root / "index" / case.name
     if out.is_dir() and any(out.glob("index-*.fits")):
         return out
-    cmd = [sys.executable, "-m", "rpp_core.cli", "index", "build", str(data_file(case.index_from)), "--out", str(out),
+    cmd = [sys.executable, "-m", "rpp_cli", "index", "build", str(data_file(case.index_from)), "--out", str(out),
            "--scales", case.index_scales]
     if case.index_mag_col:
         cmd += ["--mag-col", case.index_mag_col]
@@ -553,7 +553,7 @@ def build_index(case: FrameCase, root: Path) -> Path | None:
 
 def rpp_command(case: FrameCase, out: Path, index_dir: Path | None = None, extra_sets: tuple[str, ...] = ()) -> list[str]:
     """``rpp run`` of ``case``: default profile, offline, its local catalogues and truth-defining settings."""
-    cmd = [sys.executable, "-m", "rpp_core.cli", "run", str(data_file(case.path)), "--offline", "--json", "-q",
+    cmd = [sys.executable, "-m", "rpp_cli", "run", str(data_file(case.path)), "--offline", "--json", "-q",
            "--out", str(out)]
     for cat in case.catalogs:
         cmd += ["--catalog", str(data_file(cat))]
