@@ -48,18 +48,6 @@ from tests import realframes as R  # noqa: E402
 N_STARS = 40
 
 
-def _sep(data):
-    import sep_x
-
-    img = np.ascontiguousarray(data, np.float32)
-    bad = ~np.isfinite(img)
-    img = np.where(bad, np.float32(0), img)
-    bkg = sep_x.Background(img, mask=bad)
-    sub = img - bkg.back()
-    obj = sep_x.extract(sub, 5.0, err=bkg.globalrms, mask=bad, minarea=5)
-    return sub, bad, float(bkg.globalrms), obj
-
-
 def _plateau(sub: np.ndarray) -> float:
     """The frame maximum if 3 or more pixels sit within 0.1 % of it (a clipped top), else inf."""
     top = np.nanmax(sub)
@@ -176,7 +164,7 @@ def weighted_median(values, weights) -> float:
 
 def measure(case) -> dict[str, float]:
     ref = R.reference_image(case)
-    sub, _, rms, obj = _sep(ref.data)
+    sub, rms, obj = R.sep_sources(ref.data)
     row: dict[str, float] = {}
     for sel in ("all", "clean"):
         idx = select(sub, rms, obj, clean=sel == "clean")

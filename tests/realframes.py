@@ -460,6 +460,22 @@ def sextractor_reference(case: FrameCase, ref: ReferenceImage | None = None) -> 
 # ---------------------------------------------------------------- the reference FWHM
 
 
+def sep_sources(data: np.ndarray):
+    """``sep_x`` background (64 px mesh) and sources at 5 sigma (minarea 5, default 3x3 kernel).
+
+    Returns (background-subtracted float32 image, global RMS, sep's source array); NaN
+    pixels are masked and set to 0.
+    """
+    import sep_x
+
+    img = np.ascontiguousarray(data, np.float32)
+    bad = ~np.isfinite(img)
+    img = np.where(bad, np.float32(0), img)
+    bkg = sep_x.Background(img, mask=bad)
+    sub = img - bkg.back()
+    return sub, float(bkg.globalrms), sep_x.extract(sub, 5.0, err=bkg.globalrms, mask=bad, minarea=5)
+
+
 def reference_fwhm(data: np.ndarray, n_stars: int = 40) -> tuple[float, int]:
     """The README's FWHM reference method: median ``photutils.psf.fit_fwhm`` on the brightest isolated ``sep`` detections.
 
@@ -472,22 +488,16 @@ def reference_fwhm(data: np.ndarray, n_stars: int = 40) -> tuple[float, int]:
     (median FWHM in px, number of stars). Reproduces the README values within 5 % where the
     README gives one (a Gaussian fitted to a Moffat star reads 5-15 % wider than its true FWHM).
     """
-    import sep_x
     from photutils.psf import fit_fwhm
 
-    img = np.ascontiguousarray(data, np.float32)
-    bad = ~np.isfinite(img)
-    img = np.where(bad, np.float32(0), img)
-    bkg = sep_x.Background(img, mask=bad)
-    sub = img - bkg.back()
-    obj = sep_x.extract(sub, 5.0, err=bkg.globalrms, mask=bad, minarea=5)
+    sub, _, obj = sep_sources(data)
     x, y = np.asarray(obj["x"], float), np.asarray(obj["y"], float)
     moment = 2.3548 * np.sqrt((obj["a"] ** 2 + obj["b"] ** 2) / 2.0)
     clean = (obj["flag"] == 0) & (obj["peak"] < 0.5 * np.nanmax(sub))
     order = np.flatnonzero(clean)[np.argsort(-obj["flux"][clean])]
     guess = float(np.median(moment[order[:n_stars]]))
     dist = cKDTree(np.c_[x, y]).query(np.c_[x, y], k=2)[0][:, 1] if len(x) > 1 else np.full(len(x), np.inf)
-    ny, nx = img.shape
+    ny, nx = sub.shape
     fwhm, n = guess, 0
     for _ in range(2):
         box = max(int(2 * np.ceil(1.5 * fwhm) + 1), 5)
