@@ -3,7 +3,7 @@ PY ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo test bench venv system-deps clean-venv
+.PHONY: demo test bench real-frames venv system-deps clean-venv
 
 $(BIN)/rpp: pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -13,11 +13,12 @@ $(BIN)/rpp: pyproject.toml
 
 venv: $(BIN)/rpp
 
-# astrometry.net (solve-field, build-astrometry-index) from Debian; needs root or sudo
+# astrometry.net (solve-field, build-astrometry-index), tmux and SExtractor (the real-frame
+# detection reference, tests/realframes.py) from Debian; needs root or sudo
 system-deps:
-	@command -v solve-field >/dev/null && command -v tmux >/dev/null || { \
+	@command -v solve-field >/dev/null && command -v tmux >/dev/null && command -v source-extractor >/dev/null || { \
 	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
-	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq astrometry.net tmux; }
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq astrometry.net tmux source-extractor; }
 
 demo: venv
 	$(BIN)/rpp demo --out runs
@@ -27,6 +28,10 @@ test: venv system-deps
 
 bench: venv
 	$(BIN)/python bench/bench.py
+
+# rpp on every real frame of tests/data, scored against its truths (docs/real-frames.md)
+real-frames: venv system-deps
+	$(BIN)/python bench/real_frames.py
 
 clean-venv:
 	rm -rf $(VENV)
