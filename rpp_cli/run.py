@@ -83,7 +83,9 @@ def print_summary(result, stream=sys.stdout) -> None:
         f"Sources     {s.get('n_sources', 0)}",
         f"WCS         {s.get('wcs', {}).get('status', 'n/a')}",
     ]
-    if s.get("zp") is not None:
+    if s.get("zp") is not None and str(s.get("calibration_source", "")).startswith("header"):
+        lines.append(f"Zero point  {s['zp']:.4f} mag from the {s['calibration_source']} (no reference catalogue)")
+    elif s.get("zp") is not None:
         lines += [
             f"Calibrators {s.get('n_calibrators', 0)} ({s.get('n_rejected', 0)} rejected) from {s.get('reference', '')}",
             f"Zero point  {s['zp']:.4f} ± {s['zp_err']:.4f} mag ({s.get('band', '')}, aperture {s.get('calibration_label', '')})",
@@ -113,7 +115,8 @@ def _run_frame(args, frame: str, catalogs: list[str]) -> int:
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, cancel.set)
         return await pipeline.run(frame, profile, reporter, cancel, out_dir=args.out, catalog_files=catalogs,
-                                  hdu=args.hdu, offline=True if args.offline else None)
+                                  hdu=args.hdu, offline=True if args.offline else None,
+                                  weight=getattr(args, "weight", None), mask=getattr(args, "mask", None))
 
     result = asyncio.run(main())
     apply_retention(result.run_dir.parent, profile.output, keep=result.run_dir)
@@ -153,6 +156,9 @@ def register(sub) -> None:
     p = sub.add_parser("run", help="process one frame")
     p.add_argument("frame", help="FITS file (.fits, .fit, .fts, .fz, .gz)")
     add_frame_options(p)
+    p.add_argument("--weight", metavar="FILE", help="inverse-variance weight map of the frame (default: a DECam-style "
+                   "_oow_ file beside an _ooi_ image)")
+    p.add_argument("--mask", metavar="FILE", help="bad-pixel mask of the frame, nonzero = bad (default: an _ood_ file)")
     _add_output_options(p)
     p.set_defaults(func=cmd_run)
 

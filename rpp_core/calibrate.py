@@ -164,3 +164,30 @@ def match_radius_arcsec(fwhm_px: float, pixel_scale: float | None, settings: Cal
     scale = pixel_scale or 1.0
     return float(max(settings.match_radius_fwhm * fwhm_px * scale, settings.match_radius_min_arcsec,
                      3.0 * astrometric_rms_arcsec))
+
+
+def header_calibration(cat, zero_point, labels) -> dict:
+    """Calibrate ``cat`` with a zero point the header gives (no reference catalogue): the columns a fit would add.
+
+    ``zero_point`` is an :class:`rpp_core.image.units.HeaderZeroPoint` (rpp's convention,
+    ``m_cal = m_inst + zp``); ``labels`` the aperture labels (``"psf"`` for PSF
+    magnitudes). The same zero point serves every aperture: it is for pixel sums, so a
+    small aperture's magnitude misses the light outside it (no aperture correction).
+    ``magerr_cal^2 = magerr^2 + zp_err^2`` when the header gives an error. Returns the
+    summary fields (``zp``, ``zp_err`` NaN when unknown, ``calibration_source``...).
+    """
+    zp = float(zero_point.zp)
+    zp_err = float(zero_point.zp_err) if zero_point.zp_err is not None else float("nan")
+    n = len(cat)
+    for label in labels:
+        mcol, ecol = ("psf_mag", "psf_magerr") if label == "psf" else (f"mag_{label}", f"magerr_{label}")
+        if mcol not in cat.colnames:
+            continue
+        cat[f"mag_cal_{label}"] = np.asarray(cat[mcol], float) + zp
+        cat[f"magerr_cal_{label}"] = np.hypot(np.asarray(cat[ecol], float), np.nan_to_num(zp_err))
+    cat["zp"] = np.full(n, zp)
+    cat["zp_err"] = np.full(n, zp_err)
+    return {"zp": zp, "zp_err": zp_err, "zp0": zp, "calibration_source": zero_point.source,
+            "reference": zero_point.source, "reference_system": zero_point.system, "n_calibrators": 0,
+            "n_rejected": 0, "zp_by_aperture": {label: {"zp": zp, "zp_err": zp_err, "n": 0} for label in labels},
+            "header_zp": zero_point.to_dict()}

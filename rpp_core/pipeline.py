@@ -162,9 +162,13 @@ def _fmt(v: Any) -> str:
 
 async def run(path, profile: Profile | None = None, on_event: Callable[[ev.Event], None] | None = None,
               cancel: asyncio.Event | None = None, *, out_dir=None, catalog_files=(), hdu: int | None = None,
-              offline: bool | None = None, cache_dir=None, secrets: dict | None = None) -> RunResult:
+              offline: bool | None = None, cache_dir=None, secrets: dict | None = None,
+              weight=None, mask=None) -> RunResult:
     """Process one frame; see the module docstring. Raises RppError subclasses on failure.
 
+    ``weight`` (inverse-variance map) and ``mask`` (nonzero = bad) files go with the frame;
+    without them, companions named as the DECam community pipeline names them are used
+    (:func:`rpp_core.image.load_pixel_weights`).
     ``catalog_files`` add local reference catalogues to ``profile.calibration.catalog_files``;
     ``offline`` overrides ``profile.services.offline``. ``cache_dir`` (catalogue answers) and
     ``secrets`` (API keys) default to the user's (:mod:`rpp_core.locations`, ``secrets.toml``).
@@ -186,7 +190,7 @@ async def run(path, profile: Profile | None = None, on_event: Callable[[ev.Event
     summary: dict[str, Any] = {"frame": str(path), "profile": profile.name, "run_dir": str(run_dir), "rpp_version": __version__}
     try:
         try:
-            result = await _run_stages(job, path, profile, run_dir, hdu, summary)
+            result = await _run_stages(job, path, profile, run_dir, hdu, summary, (weight, mask))
         finally:
             with contextlib.suppress(Exception):
                 await job.close()
@@ -232,7 +236,8 @@ def run_sync(path, profile: Profile | None = None, **kwargs) -> RunResult:
     return asyncio.run(run(path, profile, **kwargs))
 
 
-async def _run_stages(job: _Job, path: Path, profile: Profile, run_dir: Path, hdu, summary: dict) -> RunResult:
+async def _run_stages(job: _Job, path: Path, profile: Profile, run_dir: Path, hdu, summary: dict,
+                      companions: tuple = (None, None)) -> RunResult:
     from . import detect, image, photometry, preprocess
 
     det, phot = profile.detection, profile.photometry
@@ -243,22 +248,33 @@ async def _run_stages(job: _Job, path: Path, profile: Profile, run_dir: Path, hd
             job.log(note)
         for rep in frame.repairs:
             job.log(f"header repair: {rep}", "WARNING")
+        # issue 9: weight map and mask that come with the frame
+        weights = await asyncio.to_thread(image.load_pixel_weights, frame, *companions)
+        for note in weights.notes:
+            job.log(note)
         fig.update(shape=f"{frame.data.shape[1]}x{frame.data.shape[0]}", hdu=frame.hdu, wcs=frame.wcs_status)
-    summary.update(hdu=frame.hdu, shape=list(frame.data.shape), wcs_status=frame.wcs_status)
+    summary.update(hdu=frame.hdu, shape=list(frame.data.shape), wcs_status=frame.wcs_status,
+                   pixels=frame.layout.to_dict() if frame.layout is not None else None, companions=weights.to_dict())
     results.write_header(frame.header, run_dir / "header.txt")
 
     async with job.step("metadata") as fig:
-        meta = image.read_metadata(frame, profile.observatory)
+        meta = await asyncio.to_thread(image.read_metadata, frame, profile.observatory)  # measures the sky noise
         for key, src in meta.sources.items():
             job.log(f"{key}: {getattr(meta, key, None)!s} ({src})", "DEBUG")
-        gain = meta.gain or profile.observatory.gain or None
-        if not gain:
-            gain = 1.0
-            job.warn("no GAIN in the header or profile: using 1 e-/ADU (Poisson errors may be wrong); set observatory.gain")
+        # issue 9: units, effective gain (None: no Poisson term) and header zero points, decided in image.units
+        job.log(f"units: {meta.units.text}")
+        gain = meta.effective_gain.value
+        (job.warn if meta.effective_gain.source is image.GainSource.ASSUMED else job.log)(
+            f"effective gain: {meta.effective_gain.text}")
         read_noise = meta.read_noise or profile.observatory.read_noise or 0.0
         exptime = meta.exptime if meta.exptime and meta.exptime > 0 else None
-        if exptime is None:
+        exptime_mag = exptime if meta.units.divide_by_exptime else None
+        if exptime is None and meta.units.divide_by_exptime:
             job.warn("no EXPTIME: instrumental magnitudes are per frame, not per second")
+        elif exptime_mag is None:
+            job.log(f"instrumental magnitudes not divided by EXPTIME: the image is {meta.units.kind.value}")
+        if meta.zero_points.best is not None:
+            job.log(f"header zero point: {meta.zero_points.best.text} -> {meta.zero_points.best.zp:.4f} (rpp convention)")
         if meta.saturation and meta.saturation > 0:
             saturation, sat_src = float(meta.saturation), meta.sources.get("saturation", "header")
         elif profile.observatory.saturation > 0:
@@ -273,14 +289,20 @@ async def _run_stages(job: _Job, path: Path, profile: Profile, run_dir: Path, hd
         date_obs=meta.date_obs.isot if meta.date_obs is not None else None,
         mjd=float(meta.date_obs.mjd) if meta.date_obs is not None else None,
         exptime=exptime, filter=meta.filter, object=meta.object, airmass=meta.airmass,
-        pixel_scale_arcsec=meta.pixel_scale, gain=gain, read_noise=read_noise, saturation=saturation,
+        pixel_scale_arcsec=meta.pixel_scale, gain=gain, gain_source=meta.effective_gain.source.value,
+        units=meta.units.kind.value, bunit=meta.units.bunit, exptime_magnitudes=exptime_mag,
+        read_noise=read_noise, saturation=saturation,
         pointing=[meta.ra, meta.dec], metadata_sources=meta.sources,
     )
 
-    mask = masks.combined
+    mask = masks.combined if weights.bad is None else masks.combined | weights.bad
     async with job.step("background") as fig:
         bkg = await asyncio.to_thread(preprocess.estimate_background, frame.data, mask, det)
         data_sub = (frame.data - bkg.background).astype(np.float32, copy=False)
+        noise = image.noise_map(weights, float(bkg.global_rms), ~mask)
+        if noise is not None:  # the weight map is the noise for detection and errors
+            bkg = dataclasses.replace(bkg, rms=noise.rms)
+            job.log(f"noise map: {noise.source}")
         fig.update(background=float(bkg.global_bkg), rms=float(bkg.global_rms))
     summary.update(background=float(bkg.global_bkg), background_rms=float(bkg.global_rms))
 
@@ -306,14 +328,15 @@ async def _run_stages(job: _Job, path: Path, profile: Profile, run_dir: Path, hd
             radius = max(max(phot.aperture_factors) * fwhm, phot.fixed_aperture_px,
                          (phot.psf_fit_radius * fwhm) if phot.psf else 0.0)
             args = (frame.data, masks.nan | masks.saturated)
+            # astroscrappy needs a gain: where the Poisson term is left out (plates, physical units) it gets 1, as before
             if cr.scope == "frame":
                 cleaned, cr_mask = await asyncio.to_thread(
-                    preprocess.remove_cosmics, *args, cr.gain or gain, cr.read_noise or read_noise, saturation, cr,
+                    preprocess.remove_cosmics, *args, cr.gain or gain or 1.0, cr.read_noise or read_noise, saturation, cr,
                     progress=job.progress_cb("cosmics"), cancel=job.cancelled)
             else:
                 cleaned, cr_mask = await asyncio.to_thread(
                     preprocess.remove_cosmics_near, *args, np.asarray(sources["x"]), np.asarray(sources["y"]), radius,
-                    cr.gain or gain, cr.read_noise or read_noise, saturation, cr,
+                    cr.gain or gain or 1.0, cr.read_noise or read_noise, saturation, cr,
                     progress=job.progress_cb("cosmics"), cancel=job.cancelled)
             # a "star" whose peak pixel is a cosmic ray is a hit DAOStarFinder let through
             px = np.clip(np.round(np.asarray(sources["x"])).astype(int), 0, cr_mask.shape[1] - 1)
@@ -334,7 +357,7 @@ async def _run_stages(job: _Job, path: Path, profile: Profile, run_dir: Path, hd
 
     async with job.step("aperture") as fig:
         cat = await asyncio.to_thread(
-            photometry.aperture_photometry, data_sub, bkg.rms, mask, sources, fwhm, gain, exptime, phot,
+            photometry.aperture_photometry, data_sub, bkg.rms, mask, sources, fwhm, gain, exptime_mag, phot,
             masks.saturated, progress=job.progress_cb("aperture"), cancel=job.cancelled)
         labels = list(cat.meta["apertures"])
         fig["apertures_px"] = ", ".join(f"{r:.1f}" for r in cat.meta["apertures"].values())
@@ -346,7 +369,7 @@ async def _run_stages(job: _Job, path: Path, profile: Profile, run_dir: Path, hd
         async with job.step("psf") as fig:
             try:
                 cat, psf_info = await asyncio.to_thread(
-                    photometry.psf_photometry, data_sub, bkg.rms, mask, cat, fwhm, gain, exptime, phot,
+                    photometry.psf_photometry, data_sub, bkg.rms, mask, cat, fwhm, gain, exptime_mag, phot,
                     progress=job.progress_cb("psf"), cancel=job.cancelled)
                 fig.update(n_fitted=int(psf_info.n_fitted), apcorr=psf_info.apcorr)
                 if psf_info.status != "ok":
@@ -412,6 +435,7 @@ async def _run_stages(job: _Job, path: Path, profile: Profile, run_dir: Path, hd
                 except CalibrationError as exc:
                     job.warn(str(exc))
                     exit_code, message = 5, f"{path}: calibration failed: {exc}"
+    zp_results = _header_zero_point(job, cat, meta, zp_results, labels + (["psf"] if "psf_mag" in cat.colnames else []))
     summary.update(zp_results)
     summary.setdefault("zp", None)
     summary["calibrated"] = bool(zp_results)
@@ -640,6 +664,29 @@ def _calibrate(job: _Job, cat: Table, refcat: Table, profile: Profile, meta, fwh
     return out
 
 
+def _header_zero_point(job: _Job, cat: Table, meta, zp_results: dict, labels: list[str]) -> dict:
+    """Issue 9: the header's zero point beside a fitted one, or as the calibration when nothing was fitted."""
+    from . import calibrate
+
+    header_zp = meta.zero_points.best if meta.zero_points is not None else None
+    if zp_results:
+        zp_results["calibration_source"] = f"fit to {zp_results.get('reference') or 'the reference catalogue'}"
+        if header_zp is not None:
+            diff = zp_results["zp"] - header_zp.zp
+            zp_results["header_zp"] = {**header_zp.to_dict(), "fitted_minus_header": diff}
+            job.log(f"zero point: fitted {zp_results['zp']:.4f}, {header_zp.source} {header_zp.zp:.4f} "
+                    f"({header_zp.system or 'system unknown'}): difference {diff:+.4f} mag")
+        return zp_results
+    if header_zp is None:
+        return zp_results
+    out = calibrate.header_calibration(cat, header_zp, labels)
+    job.log(f"calibration source: {header_zp.source} (no fitted zero point): zp = {header_zp.zp:.4f}"
+            + (f" ± {header_zp.zp_err:.4f}" if header_zp.zp_err is not None else "")
+            + f" {header_zp.system} mag ({header_zp.text})")
+    job.warn(f"calibrated with the header zero point ({header_zp.source}), not against a reference catalogue")
+    return out
+
+
 async def _crossmatch_services(job: _Job, cat: Table, profile: Profile, meta, wcs, fwhm, pixel_scale, wcs_info, summary) -> None:
     svc = profile.services
     if wcs is None or not svc.enabled:
@@ -690,6 +737,9 @@ def _write_outputs(cat: Table, summary: dict, frame, wcs, run_dir: Path, profile
         "exptime": summary.get("exptime"), "airmass": summary.get("airmass"), "fwhm_px": fwhm,
         "zp": summary.get("zp"), "zp_err": summary.get("zp_err"), "band": summary.get("band"),
         "calibration_aperture": label, "pixel_origin": 0, "rpp_version": summary.get("rpp_version"),
+        "calibration_source": summary.get("calibration_source"), "units": summary.get("units"),
+        "effective_gain": summary.get("gain"), "gain_source": summary.get("gain_source"),
+        "pixel_frame": (summary.get("pixels") or {}).get("pixels", "the image as stored"),
     })
     summary["timings"] = dict(timings)
     files.update(results.write_catalog(cat, run_dir, profile.output.formats))

@@ -1,4 +1,5 @@
-"""Observation metadata: time, exposure, filter, gain, saturation, site, pointing, scale, airmass.
+"""Observation metadata: time, exposure, filter, gain, saturation, site, pointing, scale, airmass,
+and what the pixel values mean (units, effective gain, header zero points: :mod:`.units`).
 
 Each value comes with where it came from (``ObservationMeta.sources``), or why
 it is missing. Nothing here downloads anything: IERS tables are used as
@@ -25,6 +26,8 @@ from ..settings import ObservatorySettings
 from .header import pixel_scale_from_wcs
 from .keywords import TIME_KEYS, first_key, parse_angle, parse_date, parse_float, parse_text, parse_time_of_day
 from .load import Frame
+from .units import (EffectiveGain, HeaderZeroPoints, ImageUnits, classify_units, decide_gain, header_gain,
+                    header_zero_points, sky_noise)
 
 
 @dataclass
@@ -52,6 +55,12 @@ class ObservationMeta:
         arcsec/px (geometric mean of the two axes).
     airmass : float or None
     object : str or None
+    units : ImageUnits or None
+        What the pixel values are (BUNIT, plate, counts or rate).
+    effective_gain : EffectiveGain or None
+        Electrons per image unit for the Poisson term (``value`` None: left out), typed source and text.
+    zero_points : HeaderZeroPoints or None
+        Zero points the header gives, in rpp's convention (``zero_points.best`` the one to use).
     sources : dict
         field -> where the value came from, or why it is None.
     """
@@ -68,6 +77,9 @@ class ObservationMeta:
     pixel_scale: float | None = None
     airmass: float | None = None
     object: str | None = None
+    units: ImageUnits | None = None
+    effective_gain: EffectiveGain | None = None
+    zero_points: HeaderZeroPoints | None = None
     sources: dict[str, str] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
@@ -92,6 +104,8 @@ class ObservationMeta:
             "pixel_scale": self.pixel_scale,
             "airmass": self.airmass,
             "object": self.object,
+            "units": self.units.kind.value if self.units else None,
+            "effective_gain": self.effective_gain.value if self.effective_gain else None,
             "sources": dict(self.sources),
         }
 
@@ -149,9 +163,13 @@ def _read_time(header: fits.Header) -> tuple[Time | None, str, bool]:
     return None, "not in header (DATE-AVG, DATE-OBS, TIME-OBS/UT, DATE-BEG, MJD-OBS, JD, DATE)", False
 
 
+#: exposure-time keywords, first hit wins (EXP_TIME: UKIDSS/CASU; EXPOSED, TEXPTIME, EXPTIM: other writers)
+EXPTIME_KEYS = ("EXPTIME", "EXPOSURE", "EXP_TIME", "ITIME", "EXPOSED", "TEXPTIME", "EXPTIM")
+
+
 def read_exptime(header: fits.Header) -> tuple[float | None, str]:
-    """EXPTIME, then EXPOSURE, then ITIME (s; a comment saying minutes or ms converts)."""
-    for k in ("EXPTIME", "EXPOSURE", "ITIME"):
+    """:data:`EXPTIME_KEYS` in order (s; a comment saying minutes or ms converts)."""
+    for k in EXPTIME_KEYS:
         if k not in header:
             continue
         v = parse_float(header[k])
@@ -163,7 +181,7 @@ def read_exptime(header: fits.Header) -> tuple[float | None, str]:
         if re.search(r"\b(ms|msec|millisec\w*)\b", comment):
             return v / 1000.0, f"header {k} (ms per comment, /1000)"
         return v, f"header {k}"
-    return None, "not in header (EXPTIME, EXPOSURE, ITIME)"
+    return None, f"not in header ({', '.join(EXPTIME_KEYS)})"
 
 
 def _read_site(header: fits.Header, obs: ObservatorySettings) -> tuple[EarthLocation | None, str]:
@@ -294,20 +312,25 @@ def read_metadata(frame: Frame, observatory: ObservatorySettings) -> Observation
     - date_obs: see :func:`_read_time` (DATE-AVG, DATE-OBS [+TIME-OBS/UT],
       DATE-BEG, MJD-OBS, JD, DATE); a start time is moved to mid-exposure by
       + exptime/2 when the exposure time is known.
-    - exptime: EXPTIME, EXPOSURE, ITIME (seconds; comments saying minutes/ms
+    - exptime: :data:`EXPTIME_KEYS` (seconds; comments saying minutes/ms
       are honoured, e.g. DSS 'EXPOSURE = 50 / Exposure time minutes').
     - filter: FILTER, FILTNAME, BAND.
-    - gain: GAIN, EGAIN, CCDGAIN (> 0), else profile ``observatory.gain`` if > 0.
+    - gain: GAIN, EGAIN, CCDGAIN (> 0), else the mean of GAINA/GAINB...
+      (:func:`.units.header_gain`), else profile ``observatory.gain`` if > 0.
     - read_noise: RDNOISE, READNOIS, RON (>= 0), else profile if > 0.
     - saturation: SATURATE, SATLEVEL, DATAMAX, else profile if > 0, else None
       (estimating it from the data is the detection stage's business).
     - site: :func:`_read_site`.
     - ra/dec: :func:`_read_pointing`.
     - pixel_scale: :func:`_read_pixel_scale`.
-    - airmass: AIRMASS (or SECZ) if 1 <= X <= 40, else computed with
+    - airmass: AIRMASS (or SECZ) if 1 <= X <= 40, else the mean of AMSTART
+      and AMEND (UKIRT, ESO), else computed with
       :func:`compute_airmass` from site, time (a real time of day, not the
       file date) and pointing, else None.
     - object: OBJECT, OBJNAME.
+    - units, effective_gain, zero_points: :func:`.units.classify_units`,
+      :func:`.units.decide_gain` (the sky noise measured on ``frame.data``),
+      :func:`.units.header_zero_points`.
     """
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ErfaWarning)  # pre-1960 plates: 'dubious year' from ERFA
@@ -340,7 +363,9 @@ def _read_metadata(frame: Frame, observatory: ObservatorySettings) -> Observatio
             return float(prof_value), f"profile observatory.{prof_name}"
         return None, f"not in header ({', '.join(keys)}) nor in the profile"
 
-    m.gain, src["gain"] = header_or_profile(["GAIN", "EGAIN", "CCDGAIN"], observatory.gain, "gain", lambda x: x > 0)
+    m.gain, src["gain"] = header_gain(h)
+    if m.gain is None and observatory.gain > 0:
+        m.gain, src["gain"] = float(observatory.gain), f"profile observatory.gain ({src['gain']})"
     m.read_noise, src["read_noise"] = header_or_profile(
         ["RDNOISE", "READNOIS", "RON"], observatory.read_noise, "read_noise", lambda x: x >= 0)
     m.saturation, src["saturation"] = header_or_profile(
@@ -354,8 +379,11 @@ def _read_metadata(frame: Frame, observatory: ObservatorySettings) -> Observatio
     m.pixel_scale, src["pixel_scale"] = _read_pixel_scale(h, frame.wcs, observatory)
 
     k, v = first_key(h, ["AIRMASS", "SECZ"])
+    start, end = parse_float(h.get("AMSTART")), parse_float(h.get("AMEND"))
     if k and 1.0 <= v <= 40.0:
         m.airmass, src["airmass"] = v, f"header {k}"
+    elif start is not None and end is not None and 1.0 <= start <= 40.0 and 1.0 <= end <= 40.0:
+        m.airmass, src["airmass"] = (start + end) / 2.0, "header AMSTART/AMEND mean"
     else:
         why = f"header {k} = {v:g} implausible; " if k else ""
         if m.site is None:
@@ -374,4 +402,14 @@ def _read_metadata(frame: Frame, observatory: ObservatorySettings) -> Observatio
 
     k, v = first_key(h, ["OBJECT", "OBJNAME"], bool, parse=parse_text)
     m.object, src["object"] = (v, f"header {k}") if k else (None, "not in header (OBJECT, OBJNAME)")
+
+    m.units = classify_units(h)
+    src["units"] = m.units.text
+    sky = sky_noise(frame.data)
+    m.effective_gain = decide_gain(h, m.units, m.exptime, observatory.gain, sky, m.read_noise or 0.0,
+                                   bias_removed=frame.layout is not None)
+    src["effective_gain"] = m.effective_gain.text
+    m.zero_points = header_zero_points(h, m.units, m.exptime, m.airmass, m.pixel_scale)
+    best = m.zero_points.best
+    src["zero_point"] = best.text if best else ("; ".join(m.zero_points.rejected) or "no zero point in the header")
     return m
