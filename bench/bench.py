@@ -328,8 +328,8 @@ def report(res: dict, ev: dict, args) -> dict:
             print(f"  rpp / source-extractor flux at 2 x FWHM (rpp's own FWHM): {p['median_ratio']:.4f} ± {p['scatter']:.4f} (n={p['n']})")
         if res.get(f"sep_{tag}"):
             s = res[f"sep_{tag}"]
-            print(f"  sep_x.extract with a Gaussian matched filter (FWHM kernel) instead of default.conv: "
-                  f"{s['detect_matched_s']:.2f} s, {s['n_sources_matched']} sources (default.conv {s['timings']['detect']:.2f} s, {s['n_sources']})")
+            print(f"  sep_x.extract, Gaussian FWHM kernel, matched filter: {s['detect_matched_s']:.2f} s, {s['n_sources_matched']} sources "
+                  f"(the floor's default.conv, SExtractor's conv threshold: {s['timings']['detect']:.2f} s, {s['n_sources']})")
         print()
 
     for name, key in (("rpp run (SExtractor's job), frame A", "rpp_lite_A"), ("rpp run (SExtractor's job), frame B", "rpp_lite_B"),
@@ -348,7 +348,7 @@ def report(res: dict, ev: dict, args) -> dict:
     print("\nGoals (issue 10), measured in this run:")
     def goal(label, value, target, ok, fmt="{:.2f}"):
         ratios[label] = value
-        state = "n/a" if value != value else ("met" if ok(value) else "NOT met")
+        state = "" if ok is None else "n/a" if value != value else ("met" if ok(value) else "NOT met")
         print(f"  {label:<58} {fmt.format(value):>8}   goal {target:<10} {state}")
     for tag in ("A", "B"):
         if f"rpp_lite_{tag}" in res and f"sex_{tag}" in res:
@@ -357,10 +357,10 @@ def report(res: dict, ev: dict, args) -> dict:
     for tag in ("A", "B"):
         if f"rpp_lite_{tag}" in res and f"sep_{tag}" in res:
             goal(f"rpp run / sep_x floor in-process, frame {tag} (x, info)", _ratio(res[f"rpp_lite_{tag}"]["process_wall_s"], res[f"sep_{tag}"]["total_s"]),
-                 "-", lambda v: True)
+                 "-", None)
     if "stdpipe_B" in res and "rpp_lite_B" in res:
         goal("stdpipe / rpp run, frame B, whole processes (x, info)", _ratio(res["stdpipe_B"]["process_wall_s"], res["rpp_lite_B"]["process_wall_s"]),
-             "-", lambda v: True)
+             "-", None)
     if "baseline" in res and "rpp_full" in res:
         goal("photutils path / rpp with CR + PSF, frame A (x)", _ratio(res["baseline"]["total_s"], res["rpp_full"]["total_s"]),
              ">= 8x", lambda v: v >= 8)
