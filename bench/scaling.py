@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import resource
 import sys
 import time
@@ -38,6 +39,11 @@ STAR_COUNTS = (1000, 3000, 6000, 12000, 25000, 50000)
 
 def _maxrss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def _cpu_s() -> float:
+    u = resource.getrusage(resource.RUSAGE_SELF)
+    return u.ru_utime + u.ru_stime
 
 
 def frame_path(out: Path, size: int, stars: int) -> Path:
@@ -83,21 +89,27 @@ def part_scale_run(args) -> dict:
         catalogs = []
     profile = Profile(name="scaling").replace(**changes)
     hwm: dict[str, float] = {}
+    cpu: dict[str, float] = {}
+    started: dict[str, float] = {}
 
-    def on_event(e):
-        if isinstance(e, ev.StageFinished):
+    def on_event(e):  # CPU time of the whole process (all threads) between a stage's start and end
+        if isinstance(e, ev.StageStarted):
+            started[e.stage] = _cpu_s()
+        elif isinstance(e, ev.StageFinished):
             hwm[e.stage] = _maxrss_mb()
+            cpu[e.stage] = _cpu_s() - started.get(e.stage, _cpu_s())
 
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), _cpu_s()
     res = asyncio.run(pipeline.run(path, profile, on_event, out_dir=Path(args.out) / "scaling" / "runs", catalog_files=catalogs))
     wall = time.perf_counter() - t0
     timings = dict(res.summary["timings"])
     if "zip" in res.files:
         timings["zip"] = max(wall - float(res.summary["total_seconds"]), 0.0)
         hwm["zip"] = _maxrss_mb()
+        cpu["zip"] = _cpu_s() - c0 - sum(cpu.values())
     results.remove_run(res.run_dir)
     return {"size": args.size, "stars": args.stars, "timings": timings, "hwm_mb": hwm, "base_mb": base,
-            "peak_mb": _maxrss_mb(), "total_s": wall, "import_s": import_s, "n_sources": res.summary.get("n_sources"),
+            "cpu_s": cpu, "total_cpu_s": _cpu_s() - c0, "peak_mb": _maxrss_mb(), "total_s": wall, "import_s": import_s, "n_sources": res.summary.get("n_sources"),
             "fwhm_n_stars": res.summary.get("fwhm_n_stars")}
 
 
@@ -118,37 +130,61 @@ def _table(rows: list[dict]) -> None:
         print(f"{r['size']:>6}{r['stars']:>7}{r['n_sources'] or 0:>7} "
               + "".join(f"{r['timings'].get(s, float('nan')):>10.2f}" for s in stages)
               + f"{r['total_s']:>9.2f}{r['peak_mb']:>9.0f}{r['peak_mb'] / frame_mb:>8.1f}{(r['peak_mb'] - r['base_mb']) / frame_mb:>8.1f}")
+    if all("cpu_s" in r for r in rows):
+        print("CPU s per stage (all threads; less sensitive than wall time to other load on the machine):")
+        for r in rows:
+            print(f"{r['size']:>6}{r['stars']:>7}{'':>7} " + "".join(f"{r['cpu_s'].get(s, float('nan')):>10.2f}" for s in stages)
+                  + f"{r['total_cpu_s']:>9.2f}")
     print("RSS high-water mark (MB) at the end of each stage (base = after imports):")
     for r in rows:
         print(f"{r['size']:>6}{r['stars']:>7}{r['base_mb']:>7.0f} " + "".join(f"{r['hwm_mb'].get(s, float('nan')):>10.0f}" for s in stages))
 
 
+def _series(rows, stage, cpu=False):
+    if cpu:
+        return [r["total_cpu_s"] if stage == "total" else r["cpu_s"].get(stage, 0.0) for r in rows]
+    return [r["total_s"] if stage == "total" else r["timings"].get(stage, 0.0) for r in rows]
+
+
 def _per_pixel(rows: list[dict]) -> None:
     n = [r["size"] ** 2 / 1e6 for r in rows]
-    print("time per Mpx (s), first -> last size, and the exponent of time vs pixels (1.0 = linear):")
+    has_cpu = all("cpu_s" in r for r in rows)
+    print("time per Mpx (s), first -> last size, and the exponent of time vs pixels (1.0 = linear)"
+          + ("; the same for CPU time" if has_cpu else "") + ":")
     for s in [*_stage_order(rows), "total"]:
-        t = [r["total_s"] if s == "total" else r["timings"].get(s, 0.0) for r in rows]
+        t = _series(rows, s)
         e = _slope(n, t)
-        mark = "  <- grows faster than linear" if e == e and e > 1.15 else ""
-        print(f"  {s:<11} {t[0] / n[0]:8.4f} -> {t[-1] / n[-1]:8.4f}   exponent {e:5.2f}{mark}")
+        line = f"  {s:<11} wall {t[0] / n[0]:8.4f} -> {t[-1] / n[-1]:8.4f}  exponent {e:5.2f}"
+        if has_cpu:
+            c = _series(rows, s, cpu=True)
+            ec = _slope(n, c)
+            line += f"   CPU {c[0] / n[0]:8.4f} -> {c[-1] / n[-1]:8.4f}  exponent {ec:5.2f}"
+            e = min(e, ec) if ec == ec else e
+        print(line + ("  <- grows faster than linear" if e == e and e > 1.15 else ""))
 
 
 def _per_star(rows: list[dict]) -> None:
     if len(rows) < 2:
         return
     n = np.array([r["stars"] / 1e3 for r in rows])
+    has_cpu = all("cpu_s" in r for r in rows)
     print("cost per 1k stars (s): straight-line fit t = fixed + slope x (stars/1000), and the slope over the\n"
-          "first two and last two points (equal slopes = linear; a last slope well above the first = superlinear):")
+          "first two and last two points (equal slopes = linear; a last slope well above the first = superlinear)"
+          + (", wall then CPU:" if has_cpu else ":"))
     for s in [*_stage_order(rows), "total"]:
-        t = np.array([r["total_s"] if s == "total" else r["timings"].get(s, 0.0) for r in rows])
-        slope, fixed = np.polyfit(n, t, 1)
-        first = (t[1] - t[0]) / (n[1] - n[0])
-        last = (t[-1] - t[-2]) / (n[-1] - n[-2])
-        mark = "  <- superlinear" if last > 1.5 * max(first, 0.002) and last > 0.01 else ""
-        print(f"  {s:<11} fixed {fixed:7.2f}  slope {slope:7.4f}   first {first:7.4f}  last {last:7.4f}{mark}")
+        parts = []
+        flags = []
+        for cpu in ((False, True) if has_cpu else (False,)):
+            t = np.array(_series(rows, s, cpu))
+            slope, fixed = np.polyfit(n, t, 1)
+            first = (t[1] - t[0]) / (n[1] - n[0])
+            last = (t[-1] - t[-2]) / (n[-1] - n[-2])
+            flags.append(last > 1.5 * max(first, 0.002) and last > 0.01)
+            parts.append(f"fixed {fixed:6.2f} slope {slope:7.4f} (first {first:7.4f}, last {last:7.4f})")
+        print(f"  {s:<11} " + "   |   ".join(parts) + ("  <- superlinear" if all(flags) else ""))
 
 
-def _stage_order(rows):
+def _stage_order(rows):  # stages in the order they ran, over all rows
     seen = []
     for r in rows:
         for s in r["timings"]:
@@ -164,8 +200,13 @@ def main(args, env) -> int:
     sizes = [int(s) for s in args.sizes.split(",")] if args.sizes else list(SIZES)
     counts = [int(s) for s in args.star_counts.split(",")] if args.star_counts else list(STAR_COUNTS)
     points = [(s, int(round(DENSITY * s * s))) for s in sizes] + [(4096, n) for n in counts]
+    saved = out / f"scaling_results_{args.scaling_config}.json"
     results: dict[tuple, dict] = {}
+    if args.reprint:
+        results = {(r["size"], r["stars"]): r for r in json.loads(saved.read_text())}
     for size, stars in dict.fromkeys(points):
+        if (size, stars) in results:
+            continue
         base = [sys.executable, str(Path(__file__).parent / "bench.py"), "--size", str(size), "--stars", str(stars),
                 "--out", str(out), "--scaling-config", args.scaling_config] + (["--fresh"] if args.fresh else [])
         print(f"... {size}^2, {stars} stars: frame", file=sys.stderr, flush=True)
@@ -181,10 +222,12 @@ def main(args, env) -> int:
         r = json.loads(p["stdout"].strip().splitlines()[-1])
         r["process_wall_s"] = p["wall_s"]
         results[(size, stars)] = r
+        saved.write_text(json.dumps(list(results.values()), indent=1, default=float))
     print(f"\nScaling ({args.scaling_config}: "
           + ("cosmic rays + PSF on, calibrated, all outputs + ZIP" if args.scaling_config == "full" else "cosmic rays, PSF, astrometry, services off")
-          + f"), {time.strftime('%Y-%m-%d %H:%M')}. Times in s per stage; peak = RSS high-water mark of the run's process;"
-          " xframe = peak / float32 frame size; +xframe = (peak - base RSS after imports) / frame size.")
+          + f"), {time.strftime('%Y-%m-%d %H:%M')}, load average {os.getloadavg()[0]:.1f}. Times in s per stage; peak = RSS"
+          " high-water mark of the run's process; xframe = peak / float32 frame size; +xframe = (peak - base RSS after"
+          " imports) / frame size.")
     size_rows = [results[(s, int(round(DENSITY * s * s)))] for s in sizes]
     print(f"\nFrame size at constant density ({DENSITY * 1e6:.0f} stars per Mpx):")
     _table(size_rows)
@@ -193,6 +236,5 @@ def main(args, env) -> int:
     print("\nStar count on a 4096^2 frame:")
     _table(star_rows)
     _per_star(star_rows)
-    (out / "scaling_results.json").write_text(json.dumps([{**v} for v in results.values()], indent=1, default=float))
-    print(f"\nresults in {out / 'scaling_results.json'}")
+    print(f"\nresults in {saved} (--reprint prints them again without running)")
     return 0
