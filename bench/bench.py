@@ -105,7 +105,7 @@ def part(name: str, args, env: dict, **extra) -> dict:
 
 def rpp_exe() -> list[str]:
     exe = Path(sys.executable).parent / "rpp"
-    return [str(exe)] if exe.exists() else [sys.executable, "-m", "rpp_core.cli"]
+    return [str(exe)] if exe.exists() else [sys.executable, "-m", "rpp_cli"]
 
 
 def rpp_run(frame: Path, args, env: dict, extra: list[str], label: str) -> dict:

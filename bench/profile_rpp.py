@@ -73,10 +73,10 @@ def _import_report(title: str, rows) -> None:
 
 def cmd_imports(args) -> None:
     env = dict(os.environ)
-    _import_report("rpp --help", _importtime(["-c", "import sys; from rpp_core.cli import main; sys.exit(main(['--help']))"], env))
+    _import_report("rpp --help", _importtime(["-c", "import sys; from rpp_cli.main import main; sys.exit(main(['--help']))"], env))
     if args.frame:
         out = Path(args.frame).parent / "runs"
-        code = ("import sys; from rpp_core.cli import main; sys.exit(main(['run', sys.argv[1], '--out', sys.argv[2], '-q', "
+        code = ("import sys; from rpp_cli.main import main; sys.exit(main(['run', sys.argv[1], '--out', sys.argv[2], '-q', "
                 "'--offline', '--set', 'cosmic_rays.enabled=false', '--set', 'photometry.psf=false', '--set', "
                 "'astrometry.solve=never', '--set', 'services.enabled=']))")
         _import_report(f"rpp run {Path(args.frame).name} (SExtractor's job)", _importtime(["-c", code, args.frame, str(out)], env))

@@ -169,7 +169,7 @@ def _per_star(rows: list[dict]) -> None:
     n = np.array([r["stars"] / 1e3 for r in rows])
     has_cpu = all("cpu_s" in r for r in rows)
     print("cost per 1k stars (s): straight-line fit t = fixed + slope x (stars/1000), and the slope over the\n"
-          "first two and last two points (equal slopes = linear; a last slope well above the first = superlinear)"
+          "first two and last two points (a last slope well above the fitted one = superlinear)"
           + (", wall then CPU:" if has_cpu else ":"))
     for s in [*_stage_order(rows), "total"]:
         parts = []
@@ -179,7 +179,7 @@ def _per_star(rows: list[dict]) -> None:
             slope, fixed = np.polyfit(n, t, 1)
             first = (t[1] - t[0]) / (n[1] - n[0])
             last = (t[-1] - t[-2]) / (n[-1] - n[-2])
-            flags.append(last > 1.5 * max(first, 0.002) and last > 0.01)
+            flags.append(last > 1.5 * max(slope, 0.002) and last > 0.01)  # the first points are mostly fixed cost and noise
             parts.append(f"fixed {fixed:6.2f} slope {slope:7.4f} (first {first:7.4f}, last {last:7.4f})")
         print(f"  {s:<11} " + "   |   ".join(parts) + ("  <- superlinear" if all(flags) else ""))
 
