@@ -129,7 +129,9 @@ def sextractor(frame: Path, fwhm: float, out: Path, tag: str) -> dict:
     params = out / "sextractor.param"
     params.write_text("NUMBER\nX_IMAGE\nY_IMAGE\nFLUX_APER(4)\nFLUXERR_APER(4)\nBACKGROUND\nFLAGS\n")
     cat = out / f"sextractor_{tag}.cat"
-    diam = ",".join(f"{2 * f * fwhm:.3f}" for f in (1.5, 2.0, 2.5, 3.0))
+    from parts import FACTORS
+
+    diam = ",".join(f"{2 * f * fwhm:.3f}" for f in FACTORS)
     cmd = [exe, str(frame), "-c", str(SEX_SHARE / "default.sex"), "-PARAMETERS_NAME", str(params),
            "-CATALOG_NAME", str(cat), "-CATALOG_TYPE", "ASCII_HEAD", "-DETECT_THRESH", "5", "-ANALYSIS_THRESH", "5",
            "-DETECT_MINAREA", "5", "-FILTER", "Y", "-FILTER_NAME", str(SEX_SHARE / "default.conv"),
@@ -141,7 +143,7 @@ def sextractor(frame: Path, fwhm: float, out: Path, tag: str) -> dict:
     if p["rc"]:
         raise RuntimeError(f"source-extractor failed (exit {p['rc']}): {p['stderr'][-2000:]}")
     return {"process_wall_s": p["wall_s"], "process_cpu_s": p["cpu_s"], "peak_rss_mb": p["peak_rss_mb"], "catalog": str(cat),
-            "radii": [f * fwhm for f in (1.5, 2.0, 2.5, 3.0)], "version": _sex_version(exe)}
+            "radii": [f * fwhm for f in FACTORS], "version": _sex_version(exe)}
 
 
 def _sex_version(exe: str) -> str:
