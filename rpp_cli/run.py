@@ -83,7 +83,7 @@ def print_summary(result, stream=sys.stdout) -> None:
         f"Sources     {s.get('n_sources', 0)}",
         f"WCS         {s.get('wcs', {}).get('status', 'n/a')}",
     ]
-    if s.get("zp") is not None and str(s.get("calibration_source", "")).startswith("header"):
+    if s.get("zp") is not None and str(s.get("calibration_source") or "").startswith("header"):
         lines.append(f"Zero point  {s['zp']:.4f} mag from the {s['calibration_source']} (no reference catalogue)")
     elif s.get("zp") is not None:
         lines += [

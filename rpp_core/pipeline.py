@@ -682,7 +682,7 @@ def _header_zero_point(job: _Job, cat: Table, meta, zp_results: dict, labels: li
     out = calibrate.header_calibration(cat, header_zp, labels)
     job.log(f"calibration source: {header_zp.source} (no fitted zero point): zp = {header_zp.zp:.4f}"
             + (f" ± {header_zp.zp_err:.4f}" if header_zp.zp_err is not None else "")
-            + f" {header_zp.system} mag ({header_zp.text})")
+            + f" mag{f' ({header_zp.system})' if header_zp.system else ''}: {header_zp.text}")
     job.warn(f"calibrated with the header zero point ({header_zp.source}), not against a reference catalogue")
     return out
 

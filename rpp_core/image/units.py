@@ -378,7 +378,7 @@ class ZpConvention(enum.Enum):
 class HeaderZeroPoint:
     """A zero point the header gives, in rpp's convention (``m = -2.5 log10(flux / t) + zp``, module docstring).
 
-    ``source`` names it (``"header MAGZPT"``, ``"BUNIT nanomaggy"``), ``value`` as written,
+    ``source`` names it (``"header MAGZPT"``, ``"header BUNIT nanomaggy"``), ``value`` as written,
     ``convention`` what that value applies to, ``zp_err`` the header's error if any,
     ``system`` ``"AB"``, ``"Vega"`` or ``""`` (unknown), ``text`` the conversion in words.
     """
@@ -463,14 +463,14 @@ def _unit_zero_point(header: fits.Header, units: ImageUnits, pixel_scale: float 
                          f"({det:.4g}\", {det_src}): resampled keeping values per detector pixel, so "
                          f"{-2.5 * math.log10(area):+.3f} mag (if the resampling summed pixels instead, the zero point "
                          "is the unit's)")
-        return HeaderZeroPoint(zp, f"BUNIT {units.bunit}", zp, ZpConvention.IMAGE_VALUES, None, "AB", text), ""
+        return HeaderZeroPoint(zp, f"header BUNIT {units.bunit}", zp, ZpConvention.IMAGE_VALUES, None, "AB", text), ""
     if units.kind is UnitKind.SURFACE_BRIGHTNESS:
         if not pixel_scale:
             return None, f"BUNIT {units.bunit}: a surface brightness needs the pixel scale for a zero point (none known)"
         omega = (pixel_scale * u.arcsec) ** 2
         per_pixel = (1.0 * unit * omega).to(u.Jy).value
         zp = -2.5 * math.log10(per_pixel / AB_JY)
-        return HeaderZeroPoint(zp, f"BUNIT {units.bunit}", zp, ZpConvention.IMAGE_VALUES, None, "AB",
+        return HeaderZeroPoint(zp, f"header BUNIT {units.bunit}", zp, ZpConvention.IMAGE_VALUES, None, "AB",
                                f"BUNIT {units.bunit} over {pixel_scale:.4g}\" pixels: AB magnitude {zp:.3f} for a "
                                "pixel sum of 1"), ""
     return None, ""

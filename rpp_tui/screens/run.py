@@ -22,6 +22,11 @@ def _short(v) -> str:
     return str(v)
 
 
+def _from_header(summary: dict) -> bool:
+    """The run was calibrated with a zero point from the header, not against a reference catalogue."""
+    return str(summary.get("calibration_source") or "").startswith("header")
+
+
 def format_summary(summary: dict, run_dir: Path | str | None) -> str:
     """The few numbers an observer checks first, one per line."""
 
@@ -34,7 +39,8 @@ def format_summary(summary: dict, run_dir: Path | str | None) -> str:
     lines = [
         f"FWHM         {num('fwhm_px', '.2f')} px",
         f"Sources      {summary.get('n_sources', '–')}",
-        f"Calibrators  {summary.get('n_calibrators', '–')}",
+        f"Calibrators  {summary.get('n_calibrators', '–')}" if not _from_header(summary)
+        else f"Calibration  {summary['calibration_source']} (no reference)",
         f"{'ZP ' + band:<13}{zp}",
         f"Airmass      {num('airmass', '.3f')}",
         f"Output       {display_path(run_dir or summary.get('run_dir', ''))}",
@@ -48,7 +54,9 @@ def short_summary(summary: dict) -> str:
     if isinstance(summary.get("fwhm_px"), (int, float)):
         parts.append(f"FWHM {summary['fwhm_px']:.2f} px")
     parts.append(f"{summary.get('n_sources', 0)} sources")
-    if summary.get("zp") is not None:
+    if summary.get("zp") is not None and _from_header(summary):
+        parts.append(f"ZP {summary['zp']:.3f} from the {summary['calibration_source']}")
+    elif summary.get("zp") is not None:
         parts.append(f"{summary.get('n_calibrators', 0)} calibrators, ZP {summary['zp']:.3f} ± {summary.get('zp_err', float('nan')):.3f}")
     else:
         parts.append("not calibrated")
