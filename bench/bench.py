@@ -92,10 +92,10 @@ def part_rpp(args) -> dict:
     total = time.perf_counter() - t0
     cat = Table.read(res.run_dir / "catalog.ecsv")
     return {
-        "timings": res.summary["timings"], "total_s": total,
+        "timings": dict(res.summary.timings), "total_s": total,
         "aperture_2fwhm": _truth_eval(out, cat["x"], cat["y"], cat["flux_ap2"], 2.0),
         "psf": _truth_eval(out, cat["x"], cat["y"], cat["psf_flux"], None) if "psf_flux" in cat.colnames else None,
-        "zp": res.summary.get("zp"), "fwhm_px": res.summary.get("fwhm_px"), "n_sources": res.summary.get("n_sources"),
+        "zp": res.summary.zp, "fwhm_px": res.summary.fwhm_px, "n_sources": res.summary.n_sources,
     }
 
 
