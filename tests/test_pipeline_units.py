@@ -44,14 +44,15 @@ def test_header_zero_point_calibrates_a_frame_with_no_reference_within_30_mmag(f
     fr, d = frame
     res = asyncio.run(pipeline.run(d / "frame.fits", offline_profile(), out_dir=tmp_path))
     s, cat = res.summary, res.catalog
-    assert s["calibration_source"] == "header MAGZPT"
-    assert s["zp"] == pytest.approx(ZP0 - 2.5 * math.log10(GAIN), abs=1e-9)
-    assert cat.meta["calibration_source"] == "header MAGZPT"
+    assert s.calibration_source == "header MAGZPT"
+    assert s.zp == pytest.approx(ZP0 - 2.5 * math.log10(GAIN), abs=1e-9)
+    written = Table.read(res.run_dir / "catalog.ecsv", format="ascii.ecsv")
+    assert written.meta["calibration_source"] == "header MAGZPT" and written.meta["gain_source"] == "header"
     assert any("calibration source: header MAGZPT" in line for line in (res.run_dir / "run.log").read_text().splitlines())
     # the largest aperture (3 FWHM) holds all but enclosed(3 FWHM) of a Moffat beta 3 star
     j, ok = _isolated_truth(fr, cat)
     ok &= np.asarray(cat["snr_ap3"]) > 50
-    loss = -2.5 * np.log10(moffat_enclosed(s["apertures_px"]["ap3"], 3.0, 3.0))
+    loss = -2.5 * np.log10(moffat_enclosed(s.apertures_px["ap3"], 3.0, 3.0))
     offset = np.median(np.asarray(cat["mag_cal_ap3"])[ok] - np.asarray(fr.truth["mag"])[j[ok]]) - loss
     assert ok.sum() >= 20 and abs(offset) < 0.03
 
@@ -61,11 +62,11 @@ def test_header_zero_point_is_reported_beside_the_fitted_one(frame, tmp_path):
     res = asyncio.run(pipeline.run(d / "frame.fits", offline_profile(**{"calibration.mag_max": 18.0}), out_dir=tmp_path,
                                    catalog_files=[d / "ref.ecsv"]))
     s = res.summary
-    assert s["calibration_source"].startswith("fit to")
-    assert s["header_zp"]["source"] == "header MAGZPT"
+    assert s.calibration_source.startswith("fit to")
+    assert s.header_zp["source"] == "header MAGZPT"
     # the fit is for the ap2 aperture, the header for the total flux: the fitted one is smaller by the aperture loss
-    loss = -2.5 * np.log10(moffat_enclosed(s["apertures_px"][s["calibration_label"]], 3.0, 3.0))
-    assert s["header_zp"]["fitted_minus_header"] == pytest.approx(-loss, abs=0.02)
+    loss = -2.5 * np.log10(moffat_enclosed(s.apertures_px[s.calibration_label], 3.0, 3.0))
+    assert s.header_zp["fitted_minus_header"] == pytest.approx(-loss, abs=0.02)
 
 
 def test_weight_map_and_mask_keep_bad_regions_and_a_masked_star_out_and_set_the_errors(frame, tmp_path):
@@ -108,13 +109,13 @@ def test_weight_map_and_mask_keep_bad_regions_and_a_masked_star_out_and_set_the_
 
     assert on_blobs(x, y) == 0, "detections where the weight is zero"
     assert not np.any(np.hypot(x - mx, y - my) < 3), "the masked star was measured"
-    assert s["companions"]["weight"].startswith("ghosts.weight.fits") and s["companions"]["mask"].startswith("ghosts.mask")
+    assert s.companions["weight"].startswith("ghosts.weight.fits") and s.companions["mask"].startswith("ghosts.mask")
     bare = asyncio.run(pipeline.run(tmp_path / "ghosts.fits", prof, out_dir=tmp_path / "bare"))
     assert on_blobs(np.asarray(bare.catalog["x"]), np.asarray(bare.catalog["y"])) >= 4
     # errors: aperture S/N of isolated stars against the truth's: source Poisson, sky noise in the aperture, and the
     # noise of the local level (median of the annulus: pi/2 the variance of a mean), all from the injected model
     j, ok = _isolated_truth(fr, cat)
-    r = s["apertures_px"]["ap2"]
+    r = s.apertures_px["ap2"]
     rin, rout = cat.meta["annulus_px"]
     area, n_ann = np.pi * r * r, np.pi * (rout**2 - rin**2)
     signal = np.asarray(fr.truth["flux"])[j] * moffat_enclosed(r, 3.0, 3.0)

@@ -20,17 +20,20 @@ fallbacks), :mod:`.units` (units, effective gain, header zero points),
 from .companions import NoiseMap, PixelWeights, load_pixel_weights, noise_map
 from .header import pixel_scale_from_wcs, repair_header, wcs_from_header
 from .keywords import parse_date
-from .load import Frame, load_frame
-from .metadata import ObservationMeta, compute_airmass, read_metadata
+from ..products import ExposureValues, Frame, ObservationMeta
+from .load import load_frame
+from .metadata import compute_airmass, exposure_values, read_metadata
 from .raw import RawLayout
 from .summary import header_summary
-from .units import EffectiveGain, GainSource, HeaderZeroPoint, ImageUnits, UnitKind
+from .units import EffectiveGain, GainSource, HeaderZeroPoint, HeaderZeroPoints, ImageUnits, UnitKind
 
 __all__ = [
     "EffectiveGain",
+    "ExposureValues",
     "Frame",
     "GainSource",
     "HeaderZeroPoint",
+    "HeaderZeroPoints",
     "ImageUnits",
     "NoiseMap",
     "ObservationMeta",
@@ -38,6 +41,7 @@ __all__ = [
     "RawLayout",
     "UnitKind",
     "compute_airmass",
+    "exposure_values",
     "header_summary",
     "load_frame",
     "load_pixel_weights",

@@ -15,56 +15,17 @@ import bz2
 import gzip
 import math
 import warnings
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 from astropy.io import fits
 from astropy.io.fits.verify import VerifyWarning
-from astropy.wcs import WCS
 
 from ..errors import InputError
+from ..products import Frame
 from .header import STRUCTURAL_KEYS, WCS_PRIMARY_KEY, repair_and_check, salvage_cards
 from .keywords import one_line, parse_float
-from .raw import RawLayout, amplifier_extensions, assemble_amplifiers, subtract_overscan_and_trim
-
-
-@dataclass
-class Frame:
-    """One image plane ready for processing.
-
-    Attributes
-    ----------
-    path : Path
-    hdu : int
-        Index of the HDU in the file (0 = primary).
-    data : ndarray
-        float32, 2-D, physical units (scaling applied), 0-based ``[y, x]``.
-    header : fits.Header
-        Repaired header (plus inherited primary keywords for extensions);
-        BSCALE/BZERO/BLANK removed and BITPIX = -32 so it matches ``data``.
-    wcs : WCS or None
-        Celestial 2-D WCS when ``wcs_status == "ok"``.
-    wcs_status : str
-        ``"ok"``, ``"missing"`` or ``"invalid: <why>"``.
-    repairs : list of str
-        One line per header change.
-    notes : list of str
-        Other facts worth logging (cube plane used, compression, scaling...).
-    layout : RawLayout or None
-        For a raw frame, what the loader did (overscan, trim, amplifiers) and how the
-        measured pixels map to the raw ones; None when the data are used as stored.
-    """
-
-    path: Path
-    hdu: int
-    data: np.ndarray
-    header: fits.Header
-    wcs: WCS | None
-    wcs_status: str
-    repairs: list[str] = field(default_factory=list)
-    notes: list[str] = field(default_factory=list)
-    layout: RawLayout | None = None
+from .raw import amplifier_extensions, assemble_amplifiers, subtract_overscan_and_trim
 
 
 def check_magic(path: Path) -> str:
