@@ -270,7 +270,7 @@ def run_sync(path, profile: Profile | None = None, **kwargs) -> RunResult:
 async def _run_stages(job: _Job, path: Path, profile: Profile, run_dir: Path, hdu, made: _Products,
                       companions: tuple = (None, None)) -> dict[str, Path]:
     """The stages in order; each product lands in ``made``. Returns the output files."""
-    made.frame, made.weights = await _load(job, path, hdu, run_dir, companions)
+    made.frame, made.weights = await _load(job, path, hdu, run_dir, companions, profile)
     made.meta, made.exposure, masks = await _metadata(job, made.frame, made.weights, profile)
     made.image, background = await _background(job, made.frame, masks, made.exposure, made.weights, profile)
     made.fwhm = await _fwhm(job, made.image, made.meta, profile)
@@ -294,7 +294,7 @@ async def _run_stages(job: _Job, path: Path, profile: Profile, run_dir: Path, hd
 
 # ---------------------------------------------------------------- the stages, one step each
 
-async def _load(job: _Job, path: Path, hdu, run_dir: Path, companions: tuple = (None, None)):
+async def _load(job: _Job, path: Path, hdu, run_dir: Path, companions: tuple, profile: Profile):
     from . import image
 
     async with job.step("load") as fig:
@@ -304,7 +304,9 @@ async def _load(job: _Job, path: Path, hdu, run_dir: Path, companions: tuple = (
         for rep in frame.repairs:
             job.log(f"header repair: {rep}", "WARNING")
         # issue 9: the weight map and mask that come with the frame
-        weights = await asyncio.to_thread(image.load_pixel_weights, frame, *companions)
+        weight, mask = companions
+        weights = await asyncio.to_thread(image.load_pixel_weights, frame, weight or profile.masks.weight_file or None,
+                                          mask or profile.masks.mask_file or None, profile.masks.companions)
         for note in weights.notes:
             job.log(note)
         fig.update(shape=f"{frame.data.shape[1]}x{frame.data.shape[0]}", hdu=frame.hdu, wcs=frame.wcs_status)

@@ -99,8 +99,9 @@ def test_weight_map_and_mask_keep_bad_regions_and_a_masked_star_out_and_set_the_
     fits.PrimaryHDU(weight).writeto(tmp_path / "ghosts.weight.fits")
     fits.PrimaryHDU(mask).writeto(tmp_path / "ghosts.mask.fits")
     prof = offline_profile(**{"cosmic_rays.enabled": False})
-    res = asyncio.run(pipeline.run(tmp_path / "ghosts.fits", prof, out_dir=tmp_path / "runs",
-                                   weight=tmp_path / "ghosts.weight.fits", mask=tmp_path / "ghosts.mask.fits"))
+    # the weight as a run option, the mask from the profile (a camera's bad-pixel mask)
+    res = asyncio.run(pipeline.run(tmp_path / "ghosts.fits", prof.replace(**{"masks.mask_file": str(tmp_path / "ghosts.mask.fits")}),
+                                   out_dir=tmp_path / "runs", weight=tmp_path / "ghosts.weight.fits"))
     cat, s = res.catalog, res.summary
     x, y = np.asarray(cat["x"]), np.asarray(cat["y"])
 
