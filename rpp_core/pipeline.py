@@ -320,7 +320,8 @@ async def _metadata(job: _Job, frame: Frame, weights, profile: Profile):
     async with job.step("metadata") as fig:
         meta = await asyncio.to_thread(image.read_metadata, frame, profile.observatory)  # measures the sky noise
         for key, src in meta.sources.items():
-            job.log(f"{key}: {getattr(meta, key, None)!s} ({src})", "DEBUG")
+            if key not in ("units", "effective_gain", "zero_point"):  # these three get their own lines below
+                job.log(f"{key}: {getattr(meta, key)!s} ({src})", "DEBUG")
         exposure = image.exposure_values(meta)
         for why in exposure.assumed():
             job.warn(why)
