@@ -53,6 +53,12 @@ class RppApp(App[int]):
         Binding("q", "quit", "Quit"),
     ]
 
+    def check_action(self, action: str, parameters: tuple) -> bool | None:
+        # "x Cancel" is in the footer only while a run is going: it saves room at 80 columns
+        if action == "cancel_run":
+            return bool(self.runner.busy)
+        return True
+
     selected_path: var[Path | None] = var(None)
     profile_dirty: var[bool] = var(False)
 
@@ -195,6 +201,7 @@ class RppApp(App[int]):
 
     def _on_run_event(self, job, event) -> None:
         run_pane: RunPane = self.pane("run")
+        self.refresh_bindings()  # x Cancel shows only while a run is going (check_action)
         if event is not None:
             run_pane.handle(job, event)
             return

@@ -42,7 +42,7 @@ class FilesPane(TabPane):
 
     BINDINGS = [
         Binding("enter", "choose", "Select", show=False),
-        Binding("u,backspace", "up", "Parent dir"),
+        Binding("u,backspace", "up", "Parent", key_display="u"),
         Binding("c", "copy_path", "Copy path"),
         Binding("o", "open_path", "Go to path"),
         Binding("R", "reload", "Reload", show=False),

@@ -43,8 +43,8 @@ class HistoryPane(TabPane):
         Binding("o", "open", "Open"),
         Binding("d,delete", "delete", "Delete"),
         Binding("C", "cleanup", "Clean up"),
-        Binding("f5,R", "reload", "Reload"),
-        Binding("c", "copy_path", "Copy path"),
+        Binding("R,f5", "reload", "Reload", key_display="R"),
+        Binding("c", "copy_path", "Copy path", show=False),
     ]
 
     def __init__(self) -> None:

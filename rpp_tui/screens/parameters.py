@@ -30,8 +30,8 @@ class ParametersPane(TabPane):
         Binding("ctrl+s", "save", "Save"),
         Binding("ctrl+n", "save_as", "Save as"),
         Binding("ctrl+o", "load", "Load"),
-        Binding("ctrl+r", "rename", "Rename"),
-        Binding("ctrl+t", "delete", "Delete"),
+        Binding("ctrl+r", "rename", "Rename", show=False),
+        Binding("ctrl+t", "delete", "Delete", show=False),
         Binding("escape", "leave_form", "Sections", show=False),
     ]
 

@@ -12,6 +12,7 @@ from textual.widgets import Static, TabPane
 from rpp_core import events as ev
 
 from ..paths import display_path
+from ..summary import facts, value_with_error
 from ..widgets.log_view import LEVELS, EventLog
 from ..widgets.stage_list import StageList
 
@@ -22,37 +23,45 @@ def _short(v) -> str:
     return str(v)
 
 
-def format_summary(summary: dict, run_dir: Path | str | None) -> str:
-    """The few numbers an observer checks first, one per line."""
+def format_summary(summary, run_dir: Path | str | None) -> str:
+    """The few numbers an observer checks first, one per line (``summary``: anything :func:`facts` reads)."""
+    f = facts(summary)
 
-    def num(key, fmt):
-        v = summary.get(key)
-        return format(v, fmt) if isinstance(v, (int, float)) and v == v else "–"
+    def num(value, fmt):
+        return "–" if value is None else format(value, fmt)
 
-    zp = f"{num('zp', '.3f')} ± {num('zp_err', '.3f')}" if summary.get("zp") is not None else "not calibrated"
-    band = summary.get("band") or ""
+    zp = value_with_error(f.zp, f.zp_err) if f.calibrated else "not calibrated"
     lines = [
-        f"FWHM         {num('fwhm_px', '.2f')} px",
-        f"Sources      {summary.get('n_sources', '–')}",
-        f"Calibrators  {summary.get('n_calibrators', '–')}",
-        f"{'ZP ' + band:<13}{zp}",
-        f"Airmass      {num('airmass', '.3f')}",
-        f"Output       {display_path(run_dir or summary.get('run_dir', ''))}",
+        f"FWHM         {num(f.fwhm_px, '.2f')} px",
+        f"Sources      {num(f.n_sources, 'd')}",
+        f"Calibrators  {num(f.n_calibrators, 'd')}",
+        f"{'ZP ' + f.band:<13}{zp}",
+        f"Airmass      {num(f.airmass, '.3f')}",
+        f"Output       {display_path(run_dir or f.run_dir or '')}",
     ]
     return "\n".join(lines)
 
 
-def short_summary(summary: dict) -> str:
+def short_summary(summary) -> str:
     """One line for a notification: FWHM, counts and zero point."""
+    f = facts(summary)
     parts = []
-    if isinstance(summary.get("fwhm_px"), (int, float)):
-        parts.append(f"FWHM {summary['fwhm_px']:.2f} px")
-    parts.append(f"{summary.get('n_sources', 0)} sources")
-    if summary.get("zp") is not None:
-        parts.append(f"{summary.get('n_calibrators', 0)} calibrators, ZP {summary['zp']:.3f} ± {summary.get('zp_err', float('nan')):.3f}")
+    if f.fwhm_px is not None:
+        parts.append(f"FWHM {f.fwhm_px:.2f} px")
+    parts.append(f"{f.n_sources or 0} sources")
+    if f.calibrated:
+        parts.append(f"{f.n_calibrators or 0} calibrators, ZP {value_with_error(f.zp, f.zp_err)}")
     else:
         parts.append("not calibrated")
     return " · ".join(parts)
+
+
+def failure_headline(state: str, message: str, stage: str = "") -> str:
+    """``Run cancelled in stage fwhm`` or ``Run failed: <why>``, never the same words twice."""
+    where = f" in stage {stage}" if stage else ""
+    if not message or message.strip().lower() == f"run {state}":
+        return f"Run {state}{where}"
+    return f"Run {state}{where}: {message}"
 
 
 class RunPane(TabPane):
@@ -60,7 +69,7 @@ class RunPane(TabPane):
 
     BINDINGS = [
         Binding("l", "cycle_level", "Log level"),
-        Binding("enter", "results", "Results"),
+        Binding("enter", "results", "Results", key_display="⏎"),
         Binding("c", "copy_folder", "Copy folder"),
     ]
 
@@ -70,6 +79,7 @@ class RunPane(TabPane):
 
     def compose(self) -> ComposeResult:
         yield Static("No run yet: select a frame (1 Files) and press r.", id="run-status", markup=False)
+        yield Static("", id="run-headline", markup=False)
         with Horizontal(id="run-body"):
             with Vertical(id="run-left"):
                 yield StageList(id="stages")
@@ -87,6 +97,12 @@ class RunPane(TabPane):
     def set_status(self, text: str) -> None:
         self.query_one("#run-status", Static).update(text)
 
+    def set_headline(self, text: str) -> None:
+        """A failure or cancel message over the whole width (wrapped), hidden when empty."""
+        headline = self.query_one("#run-headline", Static)
+        headline.update(text)
+        headline.set_class(bool(text), "-shown")
+
     def handle(self, job, event) -> None:
         """Show one :mod:`rpp_core.events` event of ``job`` (called on the event-loop thread)."""
         stages = self.query_one(StageList)
@@ -95,6 +111,7 @@ class RunPane(TabPane):
             stages.reset()
             log.add("INFO", f"run #{job.id}: {event.path} with profile {event.profile!r}")
             self.query_one("#run-summary", Static).update("")
+            self.set_headline("")
             self.last_run_dir = Path(event.run_dir)
             runner = getattr(self.app, "runner", None)
             waiting = len(runner.waiting) if runner is not None else 0
@@ -124,8 +141,8 @@ class RunPane(TabPane):
             state = "cancelled" if event.exit_code == 130 else "failed"
             if event.stage and event.stage in ev.STAGE_NAMES:
                 stages.row(event.stage).set_state(state, event.message[:60])
-            self.query_one("#run-summary", Static).update(
-                f"Run {state}: {event.message}\nLog and summary in {event.run_dir}")
+            self.set_headline(f"{failure_headline(state, event.message, event.stage)}\n"
+                              f"Log and summary in {display_path(event.run_dir)}")
 
     # ------------------------------------------------------------ actions
     def action_cycle_level(self) -> None:
