@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import time
 
 import numpy as np
@@ -12,7 +13,7 @@ from textual.app import App, ComposeResult
 
 from rpp_tui.app import RppApp
 from rpp_tui.commands import COMMANDS
-from rpp_tui.widgets.catalogue_table import CatalogueTable, column_arrays, filter_mask
+from rpp_tui.widgets.catalogue_table import CatalogueTable, column_arrays, filter_mask, magnitude_aliases
 from rpp_tui.widgets.halfblock import HalfBlockImage, Marker
 
 from .test_tui_support import LoopLag, frames, run_folder, tui_env, wait_for  # noqa: F401 - fixtures
@@ -52,8 +53,37 @@ def test_filter_understands_ranges_short_names_and_text():
         filter_mask(arrays, "mag > 3")
     with pytest.raises(ValueError, match="no column 'nosuch'"):
         filter_mask(arrays, "nosuch > 3")
-    with pytest.raises(ValueError, match="'abc' is not a number"):
+    with pytest.raises(ValueError, match="no column 'abc'"):
         filter_mask(arrays, "snr > abc")
+
+
+def test_filter_takes_or_not_and_parentheses_as_pandas_does():
+    t = _big_catalogue(1000)
+    arrays = column_arrays(t)
+    snr, flags, mag = arrays["snr_ap2"], arrays["flags"], arrays["mag_ap2"]
+    got = filter_mask(arrays, "snr>16 or mag<12", prefer="ap2")
+    assert got.sum() == ((snr > 16) | (mag < 12)).sum() > (snr > 16).sum()
+    got = filter_mask(arrays, "snr>14 and (flags==0 or mag<13)", prefer="ap2")
+    assert np.array_equal(got, (snr > 14) & ((flags == 0) | (mag < 13)))
+    assert np.array_equal(filter_mask(arrays, "not flags==0"), flags != 0)
+    assert filter_mask(arrays, "simbad_name == 'NGC 1234'").sum() == (arrays["simbad_name"] == "NGC 1234").sum()
+    for text in ("snr>10 or", "snr>", "(snr>10", "simbad_name > 3"):
+        with pytest.raises(ValueError):
+            filter_mask(arrays, text)
+
+
+def test_mag_in_a_filter_means_the_calibrated_magnitude_when_the_frame_is_calibrated():
+    t = _big_catalogue(1000)
+    t["mag_ap2"] = t["mag_cal_ap2"] - 24.5  # instrumental magnitudes are ~ -10
+    arrays = column_arrays(t)
+    aliases = magnitude_aliases(arrays, "ap2")
+    assert aliases["mag"] == "mag_cal_ap2"
+    bright = filter_mask(arrays, "mag<15", prefer="ap2", aliases=aliases)
+    assert np.array_equal(bright, arrays["mag_cal_ap2"] < 15) and 0 < bright.sum() < 1000
+    t["mag_cal_ap2"] = np.nan  # not calibrated: mag is the instrumental magnitude
+    arrays = column_arrays(t)
+    assert magnitude_aliases(arrays, "ap2")["mag"] == "mag_ap2"
+    assert filter_mask(arrays, "mag<15", "ap2", magnitude_aliases(arrays, "ap2")).all()
 
 
 async def test_twenty_thousand_rows_load_sort_and_page_without_stalling():
@@ -70,7 +100,7 @@ async def test_twenty_thousand_rows_load_sort_and_page_without_stalling():
         t0 = time.perf_counter()
         await pilot.press(*["pagedown"] * 40)
         t_page = (time.perf_counter() - t0) / 40
-        assert table.cursor_row == 40 * (table.size.height - 2)
+        assert table.cursor_row == 40 * (table.body_height - 1)
         t0 = time.perf_counter()
         for _ in range(10):
             table.action_page(1)
@@ -172,7 +202,11 @@ async def test_catalogue_view_exports_only_the_filtered_rows_and_chosen_columns(
         # the details of the highlighted source: every column, then links for its position
         details = app.query_one("#cat-details-text").content
         src = table.current_source()
-        assert f"simbad_name     {app.current_run.catalog['simbad_name'][src]}" in details.plain
+        lines = details.plain.splitlines()
+        assert re.search(rf"^simbad_name +{app.current_run.catalog['simbad_name'][src]}$", details.plain, re.M)
+        # names and values in two columns: every value starts in the same column, after a space
+        starts = {len(line) - len(line.split(" ", 1)[1].lstrip()) for line in lines[:10] if " " in line}
+        assert len(starts) == 1
         links = {span.style.link for span in details.spans if getattr(span.style, "link", None)}
         ra = app.current_run.catalog["ra"][src]
         assert len(links) == 3 and all(f"{ra:.6f}" in url for url in links)
@@ -189,12 +223,15 @@ async def test_catalogue_view_exports_only_the_filtered_rows_and_chosen_columns(
         await wait_for(pilot, out.exists, 10)
         written = Table.read(out, format="ascii.csv")
         assert len(written) == expected and written.colnames == table.columns
-        # a bad filter says what is wrong and leaves the view alone
-        await pilot.press("slash", "end", *list(" and nosuch>1"))
-        assert "no column 'nosuch'" in str(app.query_one("#cat-status").content)
+        # a bad filter says what is wrong under the box, keeps the typed text and shows no stale rows
+        await pilot.press("slash", "end", *list(" or nosuch>1"))
+        assert "no column 'nosuch'" in str(app.query_one("#cat-filter-error").content)
+        assert app.query_one("#cat-filter-error").display
+        assert app.query_one("#cat-filter").value == "snr>100 or nosuch>1"
         assert app.query_one("#cat-filter").has_class("-invalid-filter")
-        await pilot.press(*["backspace"] * len(" and nosuch>1"))
-        assert table.row_count == expected
+        assert table.row_count == 0
+        await pilot.press(*["backspace"] * len(" or nosuch>1"))
+        assert table.row_count == expected and not app.query_one("#cat-filter-error").display
 
 
 def test_every_footer_key_of_every_screen_has_a_command_palette_entry():
@@ -292,7 +329,7 @@ async def test_a_broken_frame_fails_with_the_cores_message_and_the_app_carries_o
         assert job.state == "failed" and job.exit_code == 3
         status = str(app.query_one("#run-status").content)
         assert "failed (exit 3)" in status and "broken.fits" in status
-        assert "Run failed" in str(app.query_one("#run-summary").content)
+        assert "Run failed in stage load" in str(app.query_one("#run-headline").content)
         await pilot.press("1")  # still answering
         assert app.query_one("#tabs").active == "files"
 

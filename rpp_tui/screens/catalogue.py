@@ -152,7 +152,7 @@ class CataloguePane(TabPane):
             return Text("no source selected")
         arrays = table.arrays
         text = Text()
-        ids = [c for c in arrays if "id" in c.lower() or "name" in c.lower()]
+        ids = [c for c in arrays if c.lower() == "id" or c.lower().endswith("_id") or "name" in c.lower()]
         rows = [(name, format_value(name, arrays[name][row])) for name in ids + [c for c in arrays if c not in ids]]
         rows = [(name, value) for name, value in rows if value != ""]
         # names in a column one wider than the longest, so a long name never runs into its value
