@@ -390,7 +390,8 @@ async def _run_stages(job: _Job, path: Path, profile: Profile, run_dir: Path, hd
 
     # ---- outputs
     async with job.step("output") as fig:
-        files = await asyncio.to_thread(_write_outputs, cat, summary, frame, wcs, run_dir, profile, fwhm, job.timings)
+        files = await asyncio.to_thread(_write_outputs, cat, summary, frame, wcs, run_dir, profile, fwhm, job.timings,
+                                        lambda m: job.loop.call_soon_threadsafe(job.warn, m))
         fig["files"] = len(files)
     summary["timings"] = job.timings
     summary["warnings"] = job.warnings
@@ -657,7 +658,8 @@ def _save_psf(psf_info, run_dir: Path) -> None:
     tmp.replace(run_dir / "psf.fits")
 
 
-def _write_outputs(cat: Table, summary: dict, frame, wcs, run_dir: Path, profile: Profile, fwhm: float, timings) -> dict:
+def _write_outputs(cat: Table, summary: dict, frame, wcs, run_dir: Path, profile: Profile, fwhm: float, timings,
+                   warn=None) -> dict:
     files: dict[str, Path] = {}
     label = summary.get("calibration_label", "")
     meta_plot = {"calibration_label": label, "zp": summary.get("zp"), "zp_err": summary.get("zp_err"),
@@ -673,6 +675,9 @@ def _write_outputs(cat: Table, summary: dict, frame, wcs, run_dir: Path, profile
         "zp": summary.get("zp"), "zp_err": summary.get("zp_err"), "band": summary.get("band"),
         "calibration_aperture": label, "pixel_origin": 0, "rpp_version": summary.get("rpp_version"),
     })
+    # PNG figures and sky.html, before the catalogue so its presence still means "complete"
+    files.update(results.write_views(cat, {**meta_plot, "frame": summary["frame"]}, run_dir, frame.data, wcs,
+                                     Path(summary["frame"]).name, warn))
     summary["timings"] = dict(timings)
     files.update(results.write_catalog(cat, run_dir, profile.output.formats))
     return files

@@ -11,6 +11,8 @@ header.txt          the (repaired) FITS header of the frame
 regions.reg         DS9 regions: detections (green), calibrators (cyan), rejected (red)
 frame.wcs           WCS of the frame when it was solved or refined (header only)
 plots/*.txt         text figures: zero-point fit, residuals, histogram, error vs mag
+plots/*.png         the same as PNG, and finder.png: the frame with detections and calibrators
+sky.html            the field in Aladin Lite with the sources as overlays; a table offline
 <run>.zip           all of the above
 ==================  ==========================================================
 
@@ -138,15 +140,31 @@ def write_catalog(table: Table, run_dir: Path, formats: list[str]) -> dict[str, 
 
 
 def write_regions(table: Table, path: Path, radius_px: float) -> Path:
-    """DS9 region file in image coordinates (1-based, as DS9 expects)."""
-    lines = ["# Region file format: DS9 version 4.1", "# written by rpp: green = detection, cyan = calibrator, red = rejected calibrator",
-             'global color=green width=1 font="helvetica 9 normal"', "image"]
-    used = np.asarray(table["calib_used"]) if "calib_used" in table.colnames else np.zeros(len(table), bool)
-    rej = np.asarray(table["calib_rejected"]) if "calib_rejected" in table.colnames else np.zeros(len(table), bool)
-    for row, u_, r_ in zip(table, used, rej):
+    """DS9 region file in image coordinates, written with astropy's ``regions`` package.
+
+    Positions are the catalogue's 0-based ``x``, ``y``; ``regions`` writes them
+    1-based, as DS9 expects. Colours: green detection, cyan calibrator, red
+    rejected calibrator; the text of each circle is the source id.
+    """
+    from regions import CirclePixelRegion, PixCoord, Regions
+
+    used = np.asarray(table["calib_used"], bool) if "calib_used" in table.colnames else np.zeros(len(table), bool)
+    rej = np.asarray(table["calib_rejected"], bool) if "calib_rejected" in table.colnames else np.zeros(len(table), bool)
+    ids = np.asarray(table["id"]) if "id" in table.colnames else np.arange(1, len(table) + 1)
+    x, y = np.asarray(table["x"], float), np.asarray(table["y"], float)
+    shapes = []
+    for xi, yi, i, u_, r_ in zip(x, y, ids, used, rej):
         color = "red" if r_ else ("cyan" if u_ else "green")
-        lines.append(f"circle({row['x'] + 1:.3f},{row['y'] + 1:.3f},{radius_px:.2f}) # color={color} text={{{row['id']}}}")
-    return atomic_write_text(path, "\n".join(lines) + "\n")
+        shapes.append(CirclePixelRegion(PixCoord(float(xi), float(yi)), float(radius_px),
+                                        meta={"text": str(i)}, visual={"color": color}))
+    tmp = _tmp(path)
+    try:
+        Regions(shapes).write(tmp, format="ds9", overwrite=True)
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    return path
 
 
 def write_header(header, path: Path) -> Path:
@@ -188,6 +206,31 @@ def write_plots(table: Table, meta: dict, run_dir: Path) -> dict[str, Path]:
     for name in plots.FIGURES:
         text = plots.render(name, table, meta, width=100, height=30, color=False)
         files[f"plot_{name}"] = atomic_write_text(folder / f"{name}.txt", text)
+    return files
+
+
+def write_views(table: Table, meta: dict, run_dir: Path, data=None, wcs=None, title: str = "",
+                warn=None) -> dict[str, Path]:
+    """Files for people rather than programs: PNG figures (``plots/*.png``) and ``sky.html``.
+
+    Computed from the catalogue and calibration already in ``table``/``meta``
+    (see :mod:`rpp_core.figures`, :mod:`rpp_core.skyview`). A figure that cannot
+    be drawn is reported through ``warn(message)`` and skipped: it never fails a run.
+    """
+    from . import figures, skyview
+
+    files: dict[str, Path] = {}
+    try:
+        files.update(figures.write_all(table, meta, run_dir / "plots", data=data, wcs=wcs, title=title))
+    except Exception as exc:  # noqa: BLE001 - matplotlib edge cases must not cost the catalogue
+        if warn:
+            warn(f"PNG figures not written: {type(exc).__name__}: {exc}")
+    try:
+        shape = None if data is None else data.shape
+        files["sky_html"] = skyview.write_sky_html(table, {**meta, "title": title}, run_dir / "sky.html", wcs=wcs, shape=shape)
+    except Exception as exc:  # noqa: BLE001
+        if warn:
+            warn(f"sky.html not written: {type(exc).__name__}: {exc}")
     return files
 
 
