@@ -13,11 +13,12 @@ $(BIN)/rpp: pyproject.toml
 
 venv: $(BIN)/rpp
 
-# astrometry.net (solve-field, build-astrometry-index) from Debian; needs root or sudo
+# astrometry.net (solve-field, build-astrometry-index), tmux (app tests) and chromium (sky.html test,
+# headless) from Debian; needs root or sudo
 system-deps:
-	@command -v solve-field >/dev/null && command -v tmux >/dev/null || { \
+	@command -v solve-field >/dev/null && command -v tmux >/dev/null && command -v chromium >/dev/null || { \
 	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
-	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq astrometry.net tmux; }
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq astrometry.net tmux chromium; }
 
 demo: venv
 	$(BIN)/rpp demo --out runs
