@@ -120,6 +120,7 @@ def _run_frame(args, frame: str, catalogs: list[str]) -> int:
     from . import pipeline
 
     profile = _apply_sets(settings.load_profile(args.profile), args.set)
+    _check_before_run(profile, frame, catalogs)
     reporter = ConsoleReporter(quiet=args.quiet, verbose=args.verbose)
     cancel = asyncio.Event()
 
@@ -140,6 +141,24 @@ def _run_frame(args, frame: str, catalogs: list[str]) -> int:
     if result.exit_code:
         sys.stderr.write(f"rpp: {result.message}\n")
     return result.exit_code
+
+
+def _check_before_run(profile: settings.Profile, frame: str, catalogs: list[str]) -> None:
+    """rpp_core.preflight before the run: missing files or columns fail in a second, with the option to change."""
+    from .errors import InputError
+    from .preflight import preflight
+
+    if catalogs:
+        profile = profile.replace(**{"calibration.catalog_files": [*profile.calibration.catalog_files, *map(str, catalogs)]})
+    problems = preflight(profile, frame)
+    for p in problems:
+        if p.severity != "error":
+            sys.stderr.write(f"rpp: warning: {p.advice('cli')}\n")
+    errors = [p for p in problems if p.severity == "error"]
+    for p in errors[1:]:
+        sys.stderr.write(f"rpp: {p.advice('cli')}\n")
+    if errors:
+        raise (InputError if errors[0].setting == "frame" else UsageError)(errors[0].advice("cli"))
 
 
 def cmd_run(args) -> int:

@@ -31,7 +31,7 @@ from .screens.history import HistoryPane
 from .screens.image import ImagePane
 from .screens.parameters import ParametersPane
 from .screens.plots import PlotsPane
-from .screens.run import RunPane, short_summary
+from .screens.run import RunPane, check_before_run, short_summary
 
 TABS = ("files", "parameters", "run", "catalogue", "plots", "image", "history")
 
@@ -175,6 +175,8 @@ class RppApp(App[int]):
             settings.validate(self.profile, f"profile {self.profile.name!r}")
         except SettingsError as exc:
             self.notify(str(exc), severity="error", timeout=10)
+            return
+        if not check_before_run(self, path, self.profile):
             return
         busy = self.runner.current is not None
         job = self.runner.submit(path, self.profile)

@@ -64,6 +64,29 @@ def failure_headline(state: str, message: str, stage: str = "") -> str:
     return f"Run {state}{where}: {message}"
 
 
+def check_before_run(app, path: Path, profile) -> bool:
+    """:func:`rpp_core.preflight.preflight` before a run; False (and the advice shown) when it must not start.
+
+    Errors stop the run and are listed over the Run screen's full width with
+    the Parameters field to change; warnings are notified and the run goes on.
+    """
+    from rpp_core.preflight import preflight
+
+    problems = preflight(profile, path)
+    errors = [p for p in problems if p.severity == "error"]
+    for p in problems:
+        if p.severity != "error":
+            app.notify(p.advice("app"), title="before the run", severity="warning", timeout=10)
+    if not errors:
+        return True
+    pane = app.query_one(RunPane)
+    pane.set_status(f"Not started: {len(errors)} problem{'s' if len(errors) > 1 else ''} with {path.name} or profile {profile.name!r}")
+    pane.set_headline("\n".join(f"• {p.advice('app')}" for p in errors))
+    app.notify(errors[0].advice("app"), title="run not started", severity="error", timeout=10)
+    app.action_show_tab("run")
+    return False
+
+
 class RunPane(TabPane):
     """Per-stage status with progress bars and timings, the live log, and the result."""
 
