@@ -259,7 +259,13 @@ async def test_profiles_are_loaded_renamed_and_deleted_from_the_keyboard(tui_env
     settings.save_profile(settings.Profile(name="dark").replace(**{"detection.threshold_sigma": 7.0}))
     app = RppApp(str(tui_env))
     async with app.run_test(size=(100, 30)) as pilot:
-        await pilot.press("2", "ctrl+o", "ctrl+u", *list("dark"), "enter")
+        await pilot.press("2", "ctrl+o")
+        await pilot.pause(0.1)
+        # a list of the saved profiles and the built-in one, not a box to type a name into
+        options = app.screen.query_one("#choices")
+        assert [str(options.get_option_at_index(i).prompt) for i in range(options.option_count)] == [
+            "dark", "default (built-in settings)"]
+        await pilot.press("up", "enter")
         assert app.profile.name == "dark" and app.profile.detection.threshold_sigma == 7.0
         shown = app.query_one("#input-detection-threshold_sigma").value
         assert shown == "7.0"
@@ -340,3 +346,65 @@ async def test_a_frame_given_on_the_command_line_is_selected_at_start(frames):
         await wait_for(pilot, lambda: "SYNTH" in str(app.query_one("#facts").content), 10)
         assert app.selected_path == frames / "synth.fits" or app.selected_path.resolve() == (frames / "synth.fits")
         assert app.sub_title == "profile default · frames/synth.fits"
+
+
+async def test_a_list_value_the_profile_refuses_is_refused_while_typing(tui_env):
+    app = RppApp(str(tui_env))
+    async with app.run_test(size=(100, 30)) as pilot:
+        await pilot.press("2")
+        field = app.query_one("#field-photometry-aperture_factors")
+        editor = app.query_one("#input-photometry-aperture_factors")
+        editor.focus()
+        await pilot.press("end", "ctrl+u", *list("1.5, -2"))
+        assert field.has_class("-invalid")
+        assert "aperture_factors" in field.error and "between 0.3 and 20" in field.error
+        assert app.profile.photometry.aperture_factors == [1.5, 2.0, 2.5, 3.0]  # not taken
+        await pilot.press("backspace", "backspace", "2")
+        assert not field.has_class("-invalid") and app.profile.photometry.aperture_factors == [1.5, 2.0]
+
+
+async def test_modified_goes_away_when_the_original_value_is_typed_back(tui_env):
+    app = RppApp(str(tui_env))
+    async with app.run_test(size=(100, 30)) as pilot:
+        await pilot.press("2")
+        line = app.query_one("#profile-line")
+        app.query_one("#input-detection-threshold_sigma").focus()
+        await pilot.press("end", "ctrl+u", *list("4"))
+        assert app.profile_dirty and "(modified)" in str(line.content)
+        await pilot.press("ctrl+u", *list("5.0"))
+        assert not app.profile_dirty and "(modified)" not in str(line.content)
+        assert app.sub_title.startswith("profile default ")
+
+
+async def test_save_as_with_a_bad_name_keeps_the_dialog_open_with_the_reason(tui_env):
+    from rpp_core import settings
+    from rpp_tui.screens.dialogs import AskText
+
+    app = RppApp(str(tui_env))
+    async with app.run_test(size=(100, 30)) as pilot:
+        await pilot.press("2", "ctrl+n", "ctrl+u", *list("my night"), "enter")
+        await pilot.pause(0.1)
+        assert isinstance(app.screen, AskText)
+        assert "use letters, digits" in app.screen.error
+        assert settings.list_profiles() == []
+        await pilot.press("ctrl+u", *list("my-night"), "enter")
+        await pilot.pause(0.1)
+        assert not isinstance(app.screen, AskText)
+        assert settings.list_profiles() == ["my-night"] and app.profile.name == "my-night"
+
+
+async def test_go_to_path_completes_folders_and_frames(frames):
+    from rpp_tui.loaders import is_fits_name
+    from rpp_tui.screens.dialogs import PathSuggester
+
+    suggester = PathSuggester(is_fits_name)
+    assert await suggester.get_suggestion("fra") == "frames/"
+    assert await suggester.get_suggestion("frames/s") == "frames/synth.fits"
+    assert await suggester.get_suggestion("frames/n") is None  # notes.txt is not a frame
+    app = RppApp(str(frames.parent))
+    async with app.run_test(size=(100, 30)) as pilot:
+        await pilot.press("1", "o", "ctrl+u", *list("frames/sy"))
+        await pilot.pause(0.2)
+        await pilot.press("right", "enter")
+        await pilot.pause(0.2)
+        assert app.selected_path == frames / "synth.fits" or app.selected_path.resolve() == (frames / "synth.fits").resolve()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from textual import work
@@ -130,7 +131,7 @@ class FilesPane(TabPane):
             self.notify(f"copied {Path(path).resolve()}")
 
     def action_open_path(self) -> None:
-        from .dialogs import AskText
+        from .dialogs import AskText, PathSuggester
 
         def done(value: str | None) -> None:
             if not value:
@@ -145,7 +146,9 @@ class FilesPane(TabPane):
             else:
                 self.notify(f"{p} does not exist", severity="error")
 
-        self.app.push_screen(AskText("Go to folder or frame", str(self.query_one(FitsTree).path)), done)
+        start = str(self.query_one(FitsTree).path).rstrip(os.sep) + os.sep
+        self.app.push_screen(AskText("Go to folder or frame", start, suggester=PathSuggester(loaders.is_fits_name),
+                                     hint="→ completes the path, Enter goes there, Escape cancels"), done)
 
     def action_reload(self) -> None:
         self.query_one(FitsTree).reload()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 
 from textual.app import ComposeResult
@@ -37,6 +38,8 @@ class ParametersPane(TabPane):
 
     def __init__(self) -> None:
         super().__init__("2 Parameters", id="parameters")
+        #: the profile as last loaded or saved: "(modified)" means the form differs from it
+        self.baseline: dict | None = None
 
     def compose(self) -> ComposeResult:
         yield Static("", id="profile-line", markup=False)
@@ -64,6 +67,7 @@ class ParametersPane(TabPane):
                                          id=f"secret-state-{key}", classes="field-help", markup=False)
 
     def on_mount(self) -> None:
+        self.baseline = self.app.profile.to_dict()
         self._refresh_profile_line()
 
     def focus_main(self) -> None:
@@ -94,11 +98,38 @@ class ParametersPane(TabPane):
     def on_setting_field_changed(self, event: SettingField.Changed) -> None:
         event.stop()
         field = event.field
-        section = getattr(self.app.profile, field.section)
-        if getattr(section, field.setting) == event.value:
+        problem = self._cross_field_problem(field, event.value)
+        if problem:
+            field.show_error(problem)
             return
-        setattr(section, field.setting, event.value)
-        self.app.profile_dirty = True
+        section = getattr(self.app.profile, field.section)
+        if getattr(section, field.setting) != event.value:
+            setattr(section, field.setting, event.value)
+        self._update_dirty()
+
+    def _cross_field_problem(self, field: SettingField, value) -> str:
+        """The core's whole-profile check (``settings.validate``) with ``value`` in place, as typed.
+
+        Catches what one value alone cannot say (a negative radius in a list, an
+        annulus inside the largest aperture). A problem the profile had before
+        this value counts only when it names this field.
+        """
+        candidate = copy.deepcopy(self.app.profile)
+        setattr(getattr(candidate, field.section), field.setting, value)
+        try:
+            settings.validate(candidate, f"profile {candidate.name!r}")
+        except SettingsError as exc:
+            message = str(exc)
+            try:
+                settings.validate(self.app.profile, f"profile {candidate.name!r}")
+            except SettingsError:
+                return message if field.setting in message else ""
+            return message
+        return ""
+
+    def _update_dirty(self) -> None:
+        """``(modified)`` exactly when the form differs from the profile as loaded or saved."""
+        self.app.profile_dirty = self.baseline is not None and self.app.profile.to_dict() != self.baseline
         self._refresh_profile_line()
 
     def show_profile(self) -> None:
@@ -109,6 +140,7 @@ class ParametersPane(TabPane):
         self._refresh_profile_line()
 
     def on_profile_loaded(self, _: ProfileLoaded) -> None:
+        self.baseline = self.app.profile.to_dict()
         self.show_profile()
 
     def invalid_fields(self) -> list[SettingField]:
@@ -144,6 +176,7 @@ class ParametersPane(TabPane):
         if not self._check():
             return
         path = settings.save_profile(self.app.profile)
+        self.baseline = self.app.profile.to_dict()
         self.app.profile_dirty = False
         self._refresh_profile_line()
         self.app.refresh_title()
@@ -152,32 +185,39 @@ class ParametersPane(TabPane):
     def action_save_as(self) -> None:
         from .dialogs import AskText
 
+        if not self._check():
+            return
+
+        def check(name: str) -> str:
+            # the core's rule for names; the dialog stays open with the message until the name is good
+            candidate = copy.deepcopy(self.app.profile)
+            candidate.name = name
+            try:
+                settings.validate(candidate)
+            except SettingsError as exc:
+                return str(exc)
+            return ""
+
         def done(name: str | None) -> None:
             if not name:
                 return
-            old = self.app.profile.name
             self.app.profile.name = name
-            try:
-                settings.validate(self.app.profile)
-            except SettingsError as exc:
-                self.app.profile.name = old
-                self.notify(str(exc), severity="error")
-                return
             self.action_save()
 
-        self.app.push_screen(AskText("Save profile as (letters, digits, . _ -)", self.app.profile.name), done)
+        self.app.push_screen(AskText("Save profile as (letters, digits, . _ -)", self.app.profile.name, check=check), done)
 
     def action_load(self) -> None:
-        from .dialogs import AskText
+        from .dialogs import ChooseOne
 
         names = settings.list_profiles()
+        items = [(n, n) for n in names] + [("\0default", "default (built-in settings)")]
 
         def done(name: str | None) -> None:
             if name:
-                self.app.load_profile(name)
+                self.app.load_profile(None if name == "\0default" else name)
 
-        self.app.push_screen(AskText(f"Load profile ({', '.join(names) or 'none saved'}; 'default' = built-in)",
-                                     names[0] if names else "default"), done)
+        self.app.push_screen(ChooseOne(f"Load a profile ({len(names)} saved in {settings.locations.profiles_dir()})",
+                                       items, self.app.profile.name if self.app.profile.name in names else "\0default"), done)
 
     def action_rename(self) -> None:
         from .dialogs import AskText
