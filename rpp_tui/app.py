@@ -272,6 +272,9 @@ class RppApp(App[int]):
 
 def run_app(start_path: str | None = None, profile: str | None = None) -> int:
     """Open the app (``rpp`` or ``rpp tui [PATH] [--profile P]``); the exit code."""
+    from . import graphics
+
+    graphics.detect()  # asks the terminal about images: only possible before Textual starts
     app = RppApp(start_path, profile)
     code = app.run()
     return int(code or app.return_code or 0)

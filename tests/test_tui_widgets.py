@@ -306,6 +306,8 @@ async def test_a_one_pixel_star_stays_visible_when_a_large_frame_is_zoomed_out()
         brightest = 0
         for y in range(widget.size.height):
             for seg in widget.render_line(y):
+                if seg.text != "▀":
+                    continue
                 for c in (seg.style.color, seg.style.bgcolor):
                     if c is not None and c.triplet is not None:
                         brightest = max(brightest, c.triplet.red)
@@ -314,6 +316,7 @@ async def test_a_one_pixel_star_stays_visible_when_a_large_frame_is_zoomed_out()
         widget.set_image(image)
         await pilot.pause()
         lost = max((c.triplet.red for y in range(widget.size.height) for seg in widget.render_line(y)
+                    if seg.text == "▀"  # frame cells only: the margin has the theme's background
                     for c in (seg.style.color, seg.style.bgcolor) if c is not None and c.triplet is not None),
                    default=0)
         assert lost == 0
@@ -408,3 +411,136 @@ async def test_go_to_path_completes_folders_and_frames(frames):
         await pilot.press("right", "enter")
         await pilot.pause(0.2)
         assert app.selected_path == frames / "synth.fits" or app.selected_path.resolve() == (frames / "synth.fits").resolve()
+
+
+def _crowded_frame(n_stars: int = 6000, shape=(1024, 1024), seed: int = 5) -> tuple[np.ndarray, np.ndarray]:
+    """Sky 1000 +- 10 ADU with ``n_stars`` Gaussian stars (FWHM 2.5 px); the frame and the star positions (x, y)."""
+    rng = np.random.default_rng(seed)
+    data = rng.normal(1000, 10, shape).astype(np.float32)
+    xy = rng.uniform(5, shape[0] - 5, (n_stars, 2))
+    flux = 10 ** rng.uniform(2.5, 5, n_stars)
+    yy, xx = np.mgrid[-4:5, -4:5]
+    for (x, y), f in zip(xy, flux):
+        ix, iy = int(x), int(y)
+        data[iy - 4:iy + 5, ix - 4:ix + 5] += f / (2 * np.pi * 1.06 ** 2) * np.exp(-(xx ** 2 + yy ** 2) / (2 * 1.06 ** 2))
+    return data, xy
+
+
+def _greys(widget) -> np.ndarray:
+    widget._build()
+    return widget._grid[widget._grid >= 0]
+
+
+async def test_a_crowded_frame_at_fit_shows_its_sky_grey_not_white():
+    from rpp_tui.loaders import frame_image
+
+    data, _ = _crowded_frame()
+    widget = HalfBlockImage()
+    async with _One(widget).run_test(size=(80, 24)) as pilot:
+        widget.set_image(frame_image(data))
+        await pilot.pause()
+        greys = _greys(widget)
+        white = float(np.mean(greys > 230))
+        # the old max pooling: the sky became white because the largest of 64 noise pixels is always bright
+        assert white < 0.3 and 60 < np.median(greys) < 200, (white, np.median(greys))
+        assert greys.max() == 255  # the stars are still there
+
+
+async def test_zoom_steps_pass_through_one_to_one_and_stretches_change_the_greys():
+    from rpp_tui.loaders import STRETCHES, frame_image
+
+    data, _ = _crowded_frame(500, (512, 512))
+    widget = HalfBlockImage()
+    async with _One(widget).run_test(size=(80, 24)) as pilot:
+        widget.set_image(frame_image(data))
+        await pilot.pause()
+        seen = []
+        for _ in range(6):
+            await pilot.press("plus")
+            seen.append(widget.zoom)
+        assert 1.0 in seen and seen == sorted(seen)
+        await pilot.press("0", "equals_sign")
+        assert widget.zoom == 1.0 and "1:1" in widget.describe_view()
+        medians = {}
+        for name in STRETCHES:
+            widget.set_stretch(name)
+            medians[name] = float(np.median(_greys(widget)))
+        assert len(set(medians.values())) == 3, medians
+        assert medians["asinh"] < medians["zscale"]  # asinh keeps the sky dark so bright stars keep contrast
+
+
+async def test_overlay_is_thinned_to_the_brightest_when_zoomed_out_and_complete_at_one_to_one():
+    data, xy = _crowded_frame(3000, (1024, 1024))
+    markers = [Marker(float(x), float(y), "+", "green", rank=float(i)) for i, (x, y) in enumerate(xy)]
+    markers.append(Marker(512.0, 512.0, "o", "cyan", rank=-1.0))  # a calibrator: always drawn first
+    widget = HalfBlockImage()
+    async with _One(widget).run_test(size=(80, 24)) as pilot:
+        from rpp_tui.loaders import frame_image
+
+        widget.set_image(frame_image(data), markers)
+        await pilot.pause()
+        widget._build()
+        assert 0 < widget.markers_shown <= 80 * 24 // 12
+        assert any(m.color == "cyan" for m in widget._marker_cells.values())
+        shown = sorted(m.rank for m in widget._marker_cells.values() if m.color == "green")
+        # the brightest (lowest ranks) come first: what is shown is mostly the top of the list
+        assert np.median(shown) < len(markers) / 4
+        cx, cy = float(xy[0][0]), float(xy[0][1])
+        widget.center = (cx, cy)
+        widget.zoom = 1.0
+        await pilot.pause()
+        widget._build()
+        # 1:1 at 80x24: 80 pixels across, 48 up; every source in view is marked (none closer than a cell here)
+        in_view = [m for m in markers if abs(m.x + 0.5 - cx) < 40 and abs(m.y + 0.5 - cy) < 24]
+        assert widget.markers_shown >= len(in_view) - 1 and len(in_view) > 3
+
+
+async def test_the_margin_beside_a_fitted_frame_is_plain_background_not_stripes():
+    image = np.full((100, 400), 128, np.uint8)  # wide: margins above and below at 80x24
+    widget = HalfBlockImage()
+    async with _One(widget).run_test(size=(80, 24)) as pilot:
+        widget.set_image(image)
+        await pilot.pause()
+        lines = [list(widget.render_line(y)) for y in range(widget.size.height)]
+        margin = [seg for line in lines[:3] + lines[-3:] for seg in line]
+        assert all(seg.text == " " and seg.style.bgcolor == widget.rich_style.bgcolor for seg in margin)
+
+
+async def test_the_view_as_a_picture_for_graphics_terminals_has_the_cell_size_star_and_markers():
+    image = np.zeros((200, 400), np.uint8)
+    image[100, 200] = 255  # a one-pixel star at the centre
+    widget = HalfBlockImage()
+    async with _One(widget).run_test(size=(80, 24)) as pilot:
+        widget.set_image(image, [Marker(300.0, 50.0, "o", "cyan")])
+        await pilot.pause()
+        picture = widget.view_rgb((10, 20))
+        assert picture.size == (800, 480)
+        rgb = np.asarray(picture)
+        assert rgb[..., 0].max() == 255  # the star
+        cyan = (rgb[..., 0] < 50) & (rgb[..., 1] > 200) & (rgb[..., 2] > 200)
+        ys, xs = np.nonzero(cyan)
+        # fit: 2 output pixels per frame pixel on both axes, frame centre (200, 100) at the picture centre (400, 240);
+        # the marker at x=300, y=50 lands 200 px right of it and 99 px below (frame rows go up)
+        assert abs(xs.mean() - 601) < 3 and abs(ys.mean() - 339) < 3
+
+
+async def test_the_image_screen_draws_through_textual_image_in_a_graphics_terminal(run_folder, tui_env, monkeypatch):
+    from textual_image.widget import TGPImage
+
+    from rpp_tui import graphics, loaders
+
+    monkeypatch.setattr(graphics, "WIDGET", TGPImage)
+    monkeypatch.setattr(graphics, "PROTOCOL", "tgp")
+    app = RppApp(str(tui_env))
+    async with app.run_test(size=(100, 30)) as pilot:
+        app.show_run(loaders.load_run(run_folder))
+        app.action_show_tab("image")
+        half = app.query_one("#frame-image")
+        await wait_for(pilot, lambda: half.has_image, 30)
+        await pilot.pause(0.3)
+        shown = app.query_one("#frame-graphics")
+        assert half.graphics and shown.image is not None
+        first = shown.image
+        await pilot.press("plus")
+        await pilot.pause(0.2)
+        assert shown.image is not first and shown.image.size == first.size
