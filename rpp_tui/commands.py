@@ -56,6 +56,7 @@ COMMANDS: tuple[tuple[str, str, str], ...] = (
     ("Copy run path", "of the highlighted run in History (c)", "pane('history', 'copy_path')"),
     ("Copy frame path", "of the selected frame (c in Files)", "pane('files', 'copy_path')"),
     ("Copy output folder", "of the last run (c in Run)", "pane('run', 'copy_folder')"),
+    ("Copy sky view path", "sky.html of the last run: Aladin Lite with the sources (s in Run)", "pane('run', 'copy_sky')"),
     ("Cycle log level", "DEBUG, INFO, WARNING, ERROR (l in Run)", "pane('run', 'cycle_level')"),
     ("Help", "keys of every screen (?)", "help"),
 )

@@ -238,7 +238,7 @@ def test_every_footer_key_of_every_screen_has_a_command_palette_entry():
     from rpp_tui.screens import catalogue, files, history, image, parameters, plots, run
 
     actions = {a for _, _, a in COMMANDS}
-    named = {a.split("'")[3] for a in actions if a.startswith("pane(")}
+    named = {re.match(r"pane\('\w+', [\"']([a-z_]+)", a).group(1) for a in actions if a.startswith("pane(")}
     missing = []
     for module, cls in ((files, "FilesPane"), (parameters, "ParametersPane"), (run, "RunPane"),
                         (catalogue, "CataloguePane"), (plots, "PlotsPane"), (image, "ImagePane"),
@@ -544,3 +544,39 @@ async def test_the_image_screen_draws_through_textual_image_in_a_graphics_termin
         await pilot.press("plus")
         await pilot.pause(0.2)
         assert shown.image is not first and shown.image.size == first.size
+
+
+def test_help_names_the_keys_the_screens_really_bind():
+    from rpp_tui.screens import catalogue, files, history, image, parameters, plots, run
+    from rpp_tui.screens.help import HELP
+    from rpp_tui.widgets.catalogue_table import CatalogueTable
+
+    sections = dict(re.findall(r"\*\*(\w+)\*\* (.*?)(?=\n\n)", HELP, re.S))
+    owners = {"Files": [files.FilesPane], "Run": [run.RunPane], "Catalogue": [catalogue.CataloguePane, CatalogueTable],
+              "Image": [image.ImagePane, HalfBlockImage], "History": [history.HistoryPane], "Plots": [plots.PlotsPane],
+              "Parameters": [parameters.ParametersPane]}
+    for name, classes in owners.items():
+        keys = {k.strip() for cls in classes for b in cls.BINDINGS for k in b.key.split(",")}
+        keys |= {b.key_display for cls in classes for b in cls.BINDINGS if b.key_display}
+        named = set(re.findall(r"`([^`]+)`", sections[name]))
+        for key in named:
+            for part in ([key] if key == "/" else re.split(r"\s*/\s*", key)):
+                part = {"Home": "home", "End": "end", "→": "right", "+": "plus", "-": "minus", "=": "equals_sign",
+                        "/": "slash"}.get(part, part)
+                if len(part) > 1 and not part.startswith(("ctrl+", "f")) and part not in ("home", "end", "enter", "hjkl", "right"):
+                    continue  # an example, a file name or a filter, not a key
+                # hjkl, enter and → belong to the image, tree and text box widgets themselves
+                assert part in keys or part in ("hjkl", "enter", "right"), (name, part)
+
+
+async def test_history_reloads_with_R_as_the_help_says(run_folder, tui_env):
+    import shutil
+
+    app = RppApp(str(tui_env))
+    async with app.run_test(size=(100, 30)) as pilot:
+        await pilot.press("7")
+        history = app.query_one("#history")
+        await wait_for(pilot, lambda: len(history.runs) == 1, 10)
+        shutil.copytree(run_folder, run_folder.with_name("synth_20250102T030406"))
+        await pilot.press("R")
+        await wait_for(pilot, lambda: len(history.runs) == 2, 10)

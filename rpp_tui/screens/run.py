@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from rich.style import Style
+from rich.text import Text
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical
@@ -94,6 +96,7 @@ class RunPane(TabPane):
         Binding("l", "cycle_level", "Log level"),
         Binding("enter", "results", "Results", key_display="⏎"),
         Binding("c", "copy_folder", "Copy folder"),
+        Binding("s", "copy_sky", "Copy sky.html path", show=False),
     ]
 
     def __init__(self) -> None:
@@ -159,13 +162,23 @@ class RunPane(TabPane):
         elif isinstance(event, ev.RunFinished):
             result = event.result
             self.last_run_dir = Path(result.run_dir)
-            self.query_one("#run-summary", Static).update(format_summary(result.summary, result.run_dir))
+            self.query_one("#run-summary", Static).update(self._summary_text(result.summary, Path(result.run_dir)))
         elif isinstance(event, ev.RunFailed):
             state = "cancelled" if event.exit_code == 130 else "failed"
             if event.stage and event.stage in ev.STAGE_NAMES:
                 stages.row(event.stage).set_state(state, event.message[:60])
             self.set_headline(f"{failure_headline(state, event.message, event.stage)}\n"
                               f"Log and summary in {display_path(event.run_dir)}")
+
+    def _summary_text(self, summary, run_dir: Path) -> Text:
+        """The summary lines and, when the run wrote one, the sky view as a terminal hyperlink (OSC 8)."""
+        text = Text(format_summary(summary, run_dir))
+        sky = run_dir / "sky.html"
+        if sky.exists():
+            text.append("\nSky view     ")
+            text.append(display_path(sky), style=Style(link=sky.resolve().as_uri(), underline=True))
+            text.append("  (s copies)", style="dim")
+        return text
 
     # ------------------------------------------------------------ actions
     def action_cycle_level(self) -> None:
@@ -175,6 +188,15 @@ class RunPane(TabPane):
 
     def action_results(self) -> None:
         self.app.action_show_tab("catalogue")
+
+    def action_copy_sky(self) -> None:
+        """Copy the path of the last run's sky.html (open it in a browser: Aladin Lite with the overlays)."""
+        sky = self.last_run_dir / "sky.html" if self.last_run_dir else None
+        if sky is None or not sky.exists():
+            self.notify("no sky.html: run a frame first", severity="warning")
+            return
+        self.app.copy_to_clipboard(str(sky.resolve()))
+        self.notify(f"copied {sky.resolve()}")
 
     def action_copy_folder(self) -> None:
         if self.last_run_dir:
