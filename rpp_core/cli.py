@@ -284,12 +284,25 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _tui_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="rpp tui", description="open the terminal app")
+    p.add_argument("path", nargs="?", help="folder or frame to start in")
+    p.add_argument("--profile", "-p")
+    p.set_defaults(func=cmd_tui)
+    return p
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    if not getattr(args, "command", None):
-        args = parser.parse_args(["tui", *argv])
+    if not argv or argv[0] == "tui":
+        # the app's own start: without building the full parser, which imports the batch, watch,
+        # cleanup and astrometry modules (astropy, scipy: seconds before the first frame is drawn)
+        args = _tui_parser().parse_args(argv[1:])
+    else:
+        parser = build_parser()
+        args = parser.parse_args(argv)
+        if not getattr(args, "command", None):
+            args = parser.parse_args(["tui", *argv])
     try:
         code = args.func(args)
     except RppError as exc:

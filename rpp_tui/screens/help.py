@@ -6,7 +6,6 @@ from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import VerticalScroll
 from textual.screen import ModalScreen
-from textual.widgets import Markdown
 
 HELP = """\
 # RPP keys
@@ -59,6 +58,8 @@ class HelpScreen(ModalScreen[None]):
     BINDINGS = [Binding("escape,question_mark,q", "close", "Close")]
 
     def compose(self) -> ComposeResult:
+        from textual.widgets import Markdown  # only when help is opened: not part of the app's start
+
         with VerticalScroll(id="help-body"):
             yield Markdown(HELP)
 

@@ -10,13 +10,15 @@ from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.widgets import DataTable, Static, TabPane
 
-from rpp_core import cleanup, locations, results
+from rpp_core import locations
 
 from ..messages import OpenRun
 from ..paths import display_path
 
 
 def _run_row(run) -> tuple:
+    from rpp_core import cleanup
+
     summary = {}
     try:
         summary = json.loads((run.path / "summary.json").read_text()) if run.finished else {}
@@ -68,12 +70,17 @@ class HistoryPane(TabPane):
 
     @work(thread=True, exclusive=True, group="history")
     def scan(self) -> None:
+        # imported here, in the worker: rpp_core.cleanup brings astropy, a second of the app's start
+        from rpp_core import cleanup
+
         workspace = locations.workspace_dir()
         runs = list(reversed(cleanup.find_runs(workspace)))
         rows = [_run_row(r) for r in runs]
         self.app.call_from_thread(self._fill, workspace, runs, rows)
 
     def _fill(self, workspace: Path, runs, rows) -> None:
+        from rpp_core import cleanup
+
         self.runs = runs
         table = self.query_one(DataTable)
         table.clear()
@@ -113,6 +120,8 @@ class HistoryPane(TabPane):
 
         def done(yes: bool | None) -> None:
             if yes:
+                from rpp_core import results
+
                 try:
                     results.remove_run(path)
                 except (ValueError, OSError) as exc:
@@ -129,6 +138,8 @@ class HistoryPane(TabPane):
         def done(age: str | None) -> None:
             if not age:
                 return
+            from rpp_core import cleanup
+
             try:
                 removed = cleanup.clean(locations.workspace_dir(), older_than=age)
             except Exception as exc:  # noqa: BLE001 - a bad age string is a message

@@ -40,35 +40,58 @@ class ParametersPane(TabPane):
         super().__init__("2 Parameters", id="parameters")
         #: the profile as last loaded or saved: "(modified)" means the form differs from it
         self.baseline: dict | None = None
+        self._building: dict = {}  # section -> its mount (awaitable)
 
     def compose(self) -> ComposeResult:
         yield Static("", id="profile-line", markup=False)
         with Horizontal(id="param-body"):
             yield OptionList(*[Option(SECTION_TITLES[s], id=s) for s in SECTION_TITLES], id="sections")
             with ContentSwitcher(initial="section-observatory", id="section-forms"):
-                profile = self.app.profile
-                for sec, klass in settings.SECTIONS.items():
-                    with VerticalScroll(id=f"section-{sec}", classes="section-form"):
-                        obj = getattr(profile, sec)
-                        for f in dataclasses.fields(klass):
-                            yield SettingField(sec, klass, f.name, getattr(obj, f.name))
-                with VerticalScroll(id="section-secrets", classes="section-form"):
-                    yield Static("API keys are stored in a secrets file readable only by you (mode 0600) and are never "
-                                 "shown again. Type a new key and press Enter to store it; submit an empty line to "
-                                 "remove it.", classes="field-help", markup=False)
-                    secrets = settings.load_secrets()
-                    for key in settings.SECRET_ENV:
-                        with Vertical(classes="setting-field"):
-                            with Horizontal():
-                                yield Static(key, classes="field-name")
-                                yield Input(placeholder=settings.mask_secret(secrets.get(key, "")) or "not set",
-                                            password=True, compact=True, id=f"secret-{key}")
-                            yield Static(f"stored: {settings.mask_secret(secrets.get(key, '')) or 'no'}",
-                                         id=f"secret-state-{key}", classes="field-help", markup=False)
+                for sec in SECTION_TITLES:
+                    yield VerticalScroll(id=f"section-{sec}", classes="section-form")
+
+    def build_section(self, sec: str):
+        """Mount the fields of one section, the first time it is shown.
+
+        All ~100 fields at once (~600 widgets) held the app's first paint back by
+        seconds on a busy machine; a section at a time costs a fraction of that,
+        when the user asks for it.
+        """
+        form = self.query_one(f"#section-{sec}", VerticalScroll)
+        if form.children or sec in self._building:
+            return self._building.get(sec)
+        if sec == "secrets":
+            widgets = self._secret_widgets()
+        else:
+            klass, obj = settings.SECTIONS[sec], getattr(self.app.profile, sec)
+            widgets = [SettingField(sec, klass, f.name, getattr(obj, f.name)) for f in dataclasses.fields(klass)]
+        self._building[sec] = form.mount_all(widgets)
+        return self._building[sec]
+
+    def _secret_widgets(self) -> list:
+        secrets = settings.load_secrets()
+        widgets = [Static("API keys are stored in a secrets file readable only by you (mode 0600) and are never "
+                          "shown again. Type a new key and press Enter to store it; submit an empty line to "
+                          "remove it.", classes="field-help", markup=False)]
+        for key in settings.SECRET_ENV:
+            widgets.append(Vertical(
+                Horizontal(Static(key, classes="field-name"),
+                           Input(placeholder=settings.mask_secret(secrets.get(key, "")) or "not set",
+                                 password=True, compact=True, id=f"secret-{key}")),
+                Static(f"stored: {settings.mask_secret(secrets.get(key, '')) or 'no'}",
+                       id=f"secret-state-{key}", classes="field-help", markup=False),
+                classes="setting-field"))
+        return widgets
 
     def on_mount(self) -> None:
         self.baseline = self.app.profile.to_dict()
         self._refresh_profile_line()
+        # the first section after the first paint, so Parameters opens filled
+        self.set_timer(0.5, lambda: self.build_section(self._current_section()))
+
+    def _current_section(self) -> str:
+        forms = self.query_one("#section-forms", ContentSwitcher)
+        return (forms.current or "section-observatory").removeprefix("section-")
 
     def focus_main(self) -> None:
         self.query_one("#sections", OptionList).focus()
@@ -86,10 +109,15 @@ class ParametersPane(TabPane):
     # ------------------------------------------------------------ form
     def on_option_list_option_highlighted(self, event: OptionList.OptionHighlighted) -> None:
         if event.option_list.id == "sections" and event.option.id:
+            self.build_section(event.option.id)
             self.query_one("#section-forms", ContentSwitcher).current = f"section-{event.option.id}"
 
-    def on_option_list_option_selected(self, event: OptionList.OptionSelected) -> None:
+    async def on_option_list_option_selected(self, event: OptionList.OptionSelected) -> None:
         if event.option_list.id == "sections":
+            self.build_section(event.option.id)
+            pending = self._building.get(event.option.id)
+            if pending is not None:
+                await pending  # the fields exist before focus goes to the first one
             form = self.query_one(f"#section-{event.option.id}")
             fields = form.query("Input, Switch, Select")
             if fields:
@@ -98,6 +126,9 @@ class ParametersPane(TabPane):
     def on_setting_field_changed(self, event: SettingField.Changed) -> None:
         event.stop()
         field = event.field
+        if getattr(getattr(self.app.profile, field.section), field.setting) == event.value:
+            self._update_dirty()  # the value shown at start, or typed back: nothing to check
+            return
         problem = self._cross_field_problem(field, event.value)
         if problem:
             field.show_error(problem)
