@@ -267,6 +267,7 @@ async def test_profiles_are_loaded_renamed_and_deleted_from_the_keyboard(tui_env
             "dark", "default (built-in settings)"]
         await pilot.press("up", "enter")
         assert app.profile.name == "dark" and app.profile.detection.threshold_sigma == 7.0
+        await app.query_one("#parameters").build_section("detection")  # fields are built when a section is shown
         shown = app.query_one("#input-detection-threshold_sigma").value
         assert shown == "7.0"
         await pilot.press("ctrl+r", "ctrl+u", *list("dark2"), "enter")
@@ -355,6 +356,7 @@ async def test_a_list_value_the_profile_refuses_is_refused_while_typing(tui_env)
     app = RppApp(str(tui_env))
     async with app.run_test(size=(100, 30)) as pilot:
         await pilot.press("2")
+        await app.query_one("#parameters").build_section("photometry")
         field = app.query_one("#field-photometry-aperture_factors")
         editor = app.query_one("#input-photometry-aperture_factors")
         editor.focus()
@@ -370,6 +372,7 @@ async def test_modified_goes_away_when_the_original_value_is_typed_back(tui_env)
     app = RppApp(str(tui_env))
     async with app.run_test(size=(100, 30)) as pilot:
         await pilot.press("2")
+        await app.query_one("#parameters").build_section("detection")
         line = app.query_one("#profile-line")
         app.query_one("#input-detection-threshold_sigma").focus()
         await pilot.press("end", "ctrl+u", *list("4"))
@@ -580,3 +583,56 @@ async def test_history_reloads_with_R_as_the_help_says(run_folder, tui_env):
         shutil.copytree(run_folder, run_folder.with_name("synth_20250102T030406"))
         await pilot.press("R")
         await wait_for(pilot, lambda: len(history.runs) == 2, 10)
+
+
+def _screen_text(app) -> str:
+    return "\n".join(strip.text for strip in app.screen._compositor.render_strips())
+
+
+async def test_history_at_80_columns_shows_the_whole_size_column_for_a_long_run_name(run_folder, tui_env):
+    import json
+    import shutil
+
+    from rpp_core import cleanup
+
+    long_run = run_folder.with_name("M6707HH-long-night-name_20261201T223512")
+    shutil.move(run_folder, long_run)
+    summary = json.loads((long_run / "summary.json").read_text())
+    summary["frame"] = "/data/2026-12-01/M6707HH-long-night-name.fits.gz"
+    (long_run / "summary.json").write_text(json.dumps(summary))
+    app = RppApp(str(tui_env))
+    async with app.run_test(size=(80, 24)) as pilot:
+        await pilot.press("7")
+        await wait_for(pilot, lambda: len(app.query_one("#history").runs) == 1, 10)
+        await pilot.pause(0.2)
+        size = cleanup.format_size(app.query_one("#history").runs[0].size)
+        row = next(line for line in _screen_text(app).splitlines() if long_run.name in line)
+        assert f" {size}" in row, row
+
+
+async def test_footer_of_every_screen_fits_80_columns_with_every_key_whole(run_folder, tui_env):
+    from rpp_tui import loaders
+
+    def shown(bindings):
+        return [f"{b.key_display or b.key.split(',')[0]} {b.description}" for b in bindings if b.show]
+
+    app = RppApp(str(tui_env))
+    async with app.run_test(size=(80, 24)) as pilot:
+        app.show_run(loaders.load_run(run_folder))
+        for tab in ("files", "parameters", "run", "catalogue", "plots", "image", "history"):
+            app.action_show_tab(tab)
+            pane = app.query_one(f"#{tab}")
+            expected = [e.replace("question_mark", "?").replace("ctrl+", "^")
+                        for e in shown(pane.BINDINGS) + ["r Run", "? Help", "q Quit"]]
+
+            def footer_complete():
+                footer = _screen_text(app).splitlines()[-1]
+                return all(e in footer for e in expected)
+
+            # the footer is rebuilt as focus settles: wait for it, then every entry must be there whole
+            await wait_for(pilot, footer_complete, 10)
+            footer = _screen_text(app).splitlines()[-1]
+            assert footer.rstrip().endswith("^p palette"), (tab, footer)
+        app.action_show_tab("catalogue")
+        await pilot.pause(0.2)
+        assert "L Copy SIMBAD link" in _screen_text(app).splitlines()[-1]

@@ -27,13 +27,14 @@ def _run_row(run) -> tuple:
     zp = summary.get("zp")
     status = summary.get("status") or ("ok" if summary.get("exit_code", 0) == 0 and run.finished else
                                        "unfinished" if not run.finished else f"exit {summary.get('exit_code')}")
+    # the frame last: the folder name already starts with it, and at 80 columns it is what gets cut, not Size
     return (
         run.path.name,
-        Path(summary.get("frame", "")).name or "?",
         status,
         str(summary.get("n_sources", "")),
         f"{zp:.3f}" if isinstance(zp, (int, float)) else "",
         cleanup.format_size(run.size),
+        Path(summary.get("frame", "")).name or "?",
     )
 
 
@@ -59,7 +60,7 @@ class HistoryPane(TabPane):
 
     def on_mount(self) -> None:
         table = self.query_one(DataTable)
-        table.add_columns("Run folder", "Frame", "Status", "Sources", "ZP", "Size")
+        table.add_columns("Run folder", "Status", "Sources", "ZP", "Size", "Frame")
         self.action_reload()
 
     def focus_main(self) -> None:
