@@ -405,32 +405,43 @@ def group_fields(frames: list[Path], radius_deg: float = FIELD_RADIUS_DEG) -> li
 # ---------------------------------------------------------------- progress
 
 class ProgressBar:
-    """A one-line bar on a terminal; silent when the stream is not a terminal (logs, systemd)."""
+    """The batch's bar on a terminal, drawn by ``rich.progress``; silent when the stream is not a terminal.
+
+    Lines printed with :meth:`print` go above the bar. Silent for logs, pipes
+    and systemd, where a bar would be a stream of carriage returns.
+    """
 
     def __init__(self, total: int, stream=sys.stderr, enabled: bool = True) -> None:
         self.total, self.stream = total, stream
-        self.enabled = enabled and total > 0 and hasattr(stream, "isatty") and stream.isatty()
+        # only when stdout is the same terminal: result lines go above the bar, so a redirected stdout
+        # must keep getting them itself
+        self.enabled = (enabled and total > 0 and hasattr(stream, "isatty") and stream.isatty()
+                        and sys.stdout.isatty())
         self.done = 0
         self.failed = 0
-        self.t0 = time.monotonic()
+        self._progress = None
+        if self.enabled:
+            from rich.console import Console
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, \
+                TimeRemainingColumn
+
+            self._progress = Progress(TextColumn("frames"), BarColumn(), MofNCompleteColumn(),
+                                      TextColumn("failed {task.fields[failed]}"), TimeElapsedColumn(),
+                                      TimeRemainingColumn(), console=Console(file=stream), transient=True,
+                                      redirect_stdout=False, redirect_stderr=False)
+            self._task = self._progress.add_task("batch", total=total, failed=0)
+            self._progress.start()
 
     def draw(self) -> None:
-        if not self.enabled:
-            return
-        width = 30
-        frac = self.done / max(self.total, 1)
-        bar = "#" * int(width * frac) + "-" * (width - int(width * frac))
-        elapsed = time.monotonic() - self.t0
-        eta = (elapsed / self.done * (self.total - self.done)) if self.done else 0.0
-        self.stream.write(f"\r\033[K[{bar}] {self.done}/{self.total}  failed {self.failed}  "
-                          f"{elapsed:.0f} s" + (f", ~{eta:.0f} s left" if self.done < self.total and self.done else ""))
-        self.stream.flush()
+        if self._progress is not None:
+            self._progress.update(self._task, completed=self.done, failed=self.failed)
+            self._progress.refresh()
 
     def print(self, text: str, stream=None) -> None:
-        if self.enabled:
-            self.stream.write("\r\033[K")
+        if self._progress is not None:
+            self._progress.console.print(text, markup=False, highlight=False, soft_wrap=True)
+            return
         print(text, file=stream or sys.stdout, flush=True)
-        self.draw()
 
     def advance(self, failed: bool = False) -> None:
         self.done += 1
@@ -438,9 +449,9 @@ class ProgressBar:
         self.draw()
 
     def close(self) -> None:
-        if self.enabled:
-            self.stream.write("\r\033[K")
-            self.stream.flush()
+        if self._progress is not None:
+            self._progress.stop()
+            self._progress = None
 
 
 # ---------------------------------------------------------------- night report
@@ -884,7 +895,9 @@ def cmd_batch(args) -> int:
     stop = threading.Event()
 
     def on_start(total: int) -> None:
-        bar.__init__(total, enabled=not args.quiet)
+        nonlocal bar
+        bar.close()
+        bar = ProgressBar(total, enabled=not args.quiet)
         bar.draw()
 
     def on_result(res: FrameResult, n: int, total: int) -> None:
@@ -902,7 +915,7 @@ def cmd_batch(args) -> int:
         report = run_batch(args.inputs, profile, jobs=args.jobs, scheduler=args.scheduler, out_dir=args.out,
                            catalog_files=args.catalog or [], offline=True if args.offline else None, hdu=args.hdu,
                            force=args.force, recursive=args.recursive, on_result=on_result, on_start=on_start,
-                           on_tick=bar.draw, stop=stop)
+                           on_tick=lambda: bar.draw(), stop=stop)
     finally:
         for s, h in old.items():
             signal.signal(s, h)
