@@ -76,10 +76,6 @@ class ZeroPoint:
     rejected: np.ndarray = field(default_factory=lambda: np.zeros(0, bool))
     residuals: np.ndarray = field(default_factory=lambda: np.zeros(0))  # m_ref - model, all inputs
 
-    def figures(self) -> dict:
-        return {"zp": self.zp, "zp_err": self.zp_err, "zp0": self.zp0, "n_calibrators": self.n_used,
-                "n_rejected": self.n_rejected, "rms": self.rms, "color_coef": self.color_coef}
-
 
 def _mad_sigma(x: np.ndarray) -> float:
     med = np.median(x)

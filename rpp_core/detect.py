@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import warnings
 from dataclasses import dataclass, field
-from typing import Callable
 
 import numpy as np
 from astropy.table import Table
@@ -17,15 +16,10 @@ from scipy import ndimage as ndi
 from scipy.optimize import least_squares
 from scipy.spatial import cKDTree
 
-from .errors import Cancelled, NoStarsError
+from .errors import NoStarsError
+from .flags import FLAG_EDGE, FLAG_MASKED, FLAG_SATURATED
+from .progress import CancelFn, ProgressFn, check_cancel
 from .settings import DetectionSettings
-
-ProgressFn = Callable[[int, int], None] | None
-CancelFn = Callable[[], bool] | None
-
-FLAG_MASKED = 1
-FLAG_SATURATED = 2
-FLAG_BORDER = 4
 
 # sub-pixel sampling of the model: synthetic and real stars are pixel-integrated,
 # a point-sampled Moffat would read the FWHM ~2% wide at FWHM 2.5 px
@@ -51,11 +45,6 @@ class FwhmResult:
     x: np.ndarray = field(default_factory=lambda: np.empty(0))
     y: np.ndarray = field(default_factory=lambda: np.empty(0))
     values: np.ndarray = field(default_factory=lambda: np.empty(0))
-
-
-def _check_cancel(cancel: CancelFn) -> None:
-    if cancel is not None and cancel():
-        raise Cancelled()
 
 
 def _finite(data: np.ndarray) -> np.ndarray:
@@ -169,8 +158,8 @@ def measure_fwhm(
     guess_px: float | None,
     settings: DetectionSettings,
     *,
-    progress: ProgressFn = None,
-    cancel: CancelFn = None,
+    progress: ProgressFn | None = None,
+    cancel: CancelFn | None = None,
 ) -> FwhmResult:
     """Measure the stellar FWHM (px) on isolated, unsaturated, unflagged stars.
 
@@ -220,7 +209,7 @@ def measure_fwhm(
     # only the fitting box follows the refined value
     tab = _dao(data, rms, mask, guess, thr, sharp=False)
     for attempt in range(2):
-        _check_cancel(cancel)
+        check_cancel(cancel)
         half = int(np.clip(np.ceil(2.0 * guess), 4, 40))
         if tab is None or len(tab) == 0:
             break
@@ -231,7 +220,7 @@ def measure_fwhm(
         fits = []
         for k, i in enumerate(sel):
             if k % 10 == 0:
-                _check_cancel(cancel)
+                check_cancel(cancel)
                 if progress:
                     progress(k + attempt * n_max, 2 * n_max)
             ix, iy = int(round(float(tab["x_centroid"][i]))), int(round(float(tab["y_centroid"][i])))
@@ -289,8 +278,8 @@ def find_stars(
     settings: DetectionSettings,
     saturated_mask: np.ndarray | None = None,
     *,
-    progress: ProgressFn = None,
-    cancel: CancelFn = None,
+    progress: ProgressFn | None = None,
+    cancel: CancelFn | None = None,
 ) -> Table:
     """Detect stars with DAOStarFinder at ``settings.threshold_sigma`` x the RMS map.
 
@@ -324,7 +313,7 @@ def find_stars(
     4096x4096, 6,000 stars: about 0.3 s for DAOStarFinder with
     ``min_separation=0`` (1.8 s with the photutils 3 default).
     """
-    _check_cancel(cancel)
+    check_cancel(cancel)
     data = _finite(data_sub)
     rms = np.asarray(rms, dtype=np.float32)
     ny, nx = data.shape
@@ -337,7 +326,7 @@ def find_stars(
     if progress:
         progress(0, 3)
     tab = _dao(data, rms, search, fwhm_px, settings.threshold_sigma)
-    _check_cancel(cancel)
+    check_cancel(cancel)
     if progress:
         progress(1, 3)
     cols = ("x", "y", "peak", "flux", "sharpness", "roundness1", "roundness2")
@@ -387,7 +376,7 @@ def find_stars(
         raise NoStarsError(
             f"no star found above {settings.threshold_sigma:g} sigma with FWHM {fwhm_px:.2f} px "
             f"outside a {b} px border: lower detection.threshold_sigma or check the frame")
-    _check_cancel(cancel)
+    check_cancel(cancel)
     x, y = arrs["x"], arrs["y"]
     r = max(float(fwhm_px), 1.5)
     flags = np.zeros(len(x), np.int32)
@@ -401,7 +390,7 @@ def find_stars(
     if saturated_mask is not None:
         flags |= np.where(_any_in_disk(sat, x, y, r), FLAG_SATURATED, 0).astype(np.int32)
     edge = np.minimum.reduce([x, y, nx - 1 - x, ny - 1 - y])
-    flags |= np.where(edge < b + r, FLAG_BORDER, 0).astype(np.int32)
+    flags |= np.where(edge < b + r, FLAG_EDGE, 0).astype(np.int32)
     out = Table()
     out["id"] = np.arange(1, len(x) + 1, dtype=np.int64)
     for c in cols:

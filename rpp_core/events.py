@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 #: Pipeline stages in order. ``label`` is what a UI shows.
 STAGES: tuple[tuple[str, str], ...] = (
@@ -98,5 +98,3 @@ class RunFailed(Event):
     exit_code: int
     run_dir: str = ""
 
-
-EventCallback = Callable[[Event], None]

@@ -23,6 +23,7 @@ from typing import Callable
 
 import numpy as np
 
+from .fsio import atomic_path
 from .plots import _col, _finite, clip_to_limits, robust_limits
 
 DPI = 100
@@ -179,9 +180,8 @@ def _save(fig, path: Path) -> Path:
     from matplotlib.backends.backend_agg import FigureCanvasAgg
 
     FigureCanvasAgg(fig)
-    tmp = path.with_name(f".{path.name}.part")
-    fig.savefig(tmp, format="png", dpi=DPI)
-    tmp.replace(path)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=DPI)
     return path
 
 

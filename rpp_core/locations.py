@@ -42,6 +42,11 @@ def cache_dir() -> Path:
     return _dir("RPP_CACHE_DIR", platformdirs.user_cache_dir(APP))
 
 
+def catalog_cache_dir() -> Path:
+    """Where catalogue answers are kept (``<cache>/catalogs``), created on first write."""
+    return cache_dir() / "catalogs"
+
+
 def workspace_dir() -> Path:
     return _dir("RPP_WORKSPACE", str(Path(platformdirs.user_data_dir(APP)) / "runs"))
 

@@ -31,7 +31,7 @@ from typing import Any, Callable
 import numpy as np
 from astropy.table import Table
 
-from . import __version__, events as ev, locations, results
+from . import __version__, events as ev, fsio, locations, results
 from .errors import CalibrationError, Cancelled, NoStarsError, RppError, ServiceError
 from .settings import Profile
 
@@ -52,7 +52,8 @@ class RunResult:
 class _Job:
     """Per-run plumbing: events, log file, timings, cancellation, worker threads."""
 
-    def __init__(self, on_event, cancel: asyncio.Event, log: results.RunLog | None) -> None:
+    def __init__(self, on_event, cancel: asyncio.Event, log: results.RunLog | None, cache_dir=None,
+                 secrets: dict | None = None) -> None:
         self.on_event = on_event or (lambda e: None)
         self.cancel_event = cancel
         self.log_file = log
@@ -62,6 +63,29 @@ class _Job:
         self.warnings: list[str] = []
         self.stage = ""
         self.local_reference: Table | None = None  # local catalogue files, read once
+        self.cache_dir = cache_dir
+        self._secrets = secrets
+        self._client = None  # one ServiceClient per run: Gaia and the cross-match share its cache and limits
+
+    @property
+    def secrets(self) -> dict:
+        """API keys: those given to :func:`run`, else the user's (read when a service first needs them)."""
+        if self._secrets is None:
+            from .settings import load_secrets
+
+            self._secrets = load_secrets()
+        return self._secrets
+
+    def service_client(self, profile: Profile):
+        if self._client is None:
+            from .catalogs.http import ServiceClient
+
+            self._client = ServiceClient(profile.services, secrets=self.secrets, cache_dir=self.cache_dir, log=self.log)
+        return self._client
+
+    async def close(self) -> None:
+        if self._client is not None:
+            await self._client.aclose()
 
     def emit(self, event: ev.Event) -> None:
         try:
@@ -136,11 +160,12 @@ def _fmt(v: Any) -> str:
 
 async def run(path, profile: Profile | None = None, on_event: Callable[[ev.Event], None] | None = None,
               cancel: asyncio.Event | None = None, *, out_dir=None, catalog_files=(), hdu: int | None = None,
-              offline: bool | None = None) -> RunResult:
+              offline: bool | None = None, cache_dir=None, secrets: dict | None = None) -> RunResult:
     """Process one frame; see the module docstring. Raises RppError subclasses on failure.
 
     ``catalog_files`` add local reference catalogues to ``profile.calibration.catalog_files``;
-    ``offline`` overrides ``profile.services.offline``.
+    ``offline`` overrides ``profile.services.offline``. ``cache_dir`` (catalogue answers) and
+    ``secrets`` (API keys) default to the user's (:mod:`rpp_core.locations`, ``secrets.toml``).
     """
     profile = profile or Profile()
     if catalog_files:
@@ -152,13 +177,17 @@ async def run(path, profile: Profile | None = None, on_event: Callable[[ev.Event
     path = Path(path)
     run_dir = results.make_run_dir(out_dir or locations.workspace_dir(), path)
     log = results.RunLog(run_dir / "run.log")
-    job = _Job(on_event, cancel, log)
+    job = _Job(on_event, cancel, log, cache_dir, secrets)
     job.emit(ev.RunStarted(path=str(path), profile=profile.name, run_dir=str(run_dir)))
     job.log(f"rpp {__version__}: frame {path}, profile {profile.name!r}, run folder {run_dir}")
     t_start = time.perf_counter()
     summary: dict[str, Any] = {"frame": str(path), "profile": profile.name, "run_dir": str(run_dir), "rpp_version": __version__}
     try:
-        result = await _run_stages(job, path, profile, run_dir, hdu, summary)
+        try:
+            result = await _run_stages(job, path, profile, run_dir, hdu, summary)
+        finally:
+            with contextlib.suppress(Exception):
+                await job.close()
     except BaseException as exc:
         summary["total_seconds"] = round(time.perf_counter() - t_start, 3)
         summary["timings"] = job.timings
@@ -401,12 +430,6 @@ async def _run_stages(job: _Job, path: Path, profile: Profile, run_dir: Path, hd
         summary["error"] = message
     files["summary"] = run_dir / "summary.json"
     files["log"] = run_dir / "run.log"
-    with contextlib.suppress(Exception):
-        from .cleanup import apply_retention
-
-        removed = apply_retention(run_dir.parent, profile.output, keep=run_dir)
-        if removed:
-            job.log(f"retention: removed {len(removed)} old run(s)")
     return RunResult(run_dir=run_dir, catalog=cat, summary=summary, files=files, warnings=job.warnings,
                      exit_code=exit_code, message=message)
 
@@ -523,19 +546,19 @@ async def _reference_catalog(job: _Job, profile: Profile, meta, frame, wcs) -> T
         raise CalibrationError("calibration.catalog = 'file' but no catalogue file given (--catalog FILE)")
     if profile.services.offline:
         try:
-            return await _gaia(job, profile, meta, ra0, dec0, radius, offline=True)
-        except (ServiceError, CalibrationError, ImportError) as exc:
+            return await _gaia(job, profile, meta, ra0, dec0, radius)
+        except (ServiceError, CalibrationError) as exc:
             job.log(f"offline: no cached Gaia answer for this field ({exc})")
             return None
     return await _gaia(job, profile, meta, ra0, dec0, radius)
 
 
-async def _gaia(job: _Job, profile: Profile, meta, ra0, dec0, radius, offline: bool = False):
+async def _gaia(job: _Job, profile: Profile, meta, ra0, dec0, radius):
     from .catalogs import gaia
 
     ref = await gaia.fetch_gaia_reference(
         ra0, dec0, radius, meta.date_obs, profile.calibration.band, profile.services,
-        cancel=job.cancelled, log=job.log)
+        client=job.service_client(profile), cancel=job.cancelled, log=job.log)
     job.log(f"reference catalogue: {len(ref)} Gaia DR3 stars within {radius * 60:.1f}'")
     return ref
 
@@ -621,21 +644,16 @@ async def _crossmatch_services(job: _Job, cat: Table, profile: Profile, meta, wc
     if wcs is None or not svc.enabled:
         job.skip("crossmatch", "no WCS" if wcs is None else "no services enabled")
         return
-    try:
-        from .catalogs import crossmatch as xm
-    except ImportError as exc:
-        job.skip("crossmatch", f"catalogue clients unavailable ({exc})")
-        return
-    from .settings import load_secrets
+    from .catalogs import crossmatch as xm
 
     async with job.step("crossmatch") as fig:
         ra0, dec0, radius = _field_cone(wcs, (int(summary["shape"][0]), int(summary["shape"][1])))
         radius_arcsec = max(1.0 * fwhm * (pixel_scale or 1.0), 3.0 * (wcs_info.get("rms_arcsec") or 0.0), 1.0)
         columns, statuses = await xm.crossmatch_services(
             np.asarray(cat["ra"], float), np.asarray(cat["dec"], float), radius_arcsec, (ra0, dec0), radius,
-            meta.date_obs, svc, profile.observatory, load_secrets(),
+            meta.date_obs, svc, profile.observatory, job.secrets,
             cancel=job.cancelled, log=job.log, warn=lambda service, reason: job.warn(f"{service}: {reason}"),
-            site=meta.site)
+            client=job.service_client(profile), site=meta.site)
         for name in columns.colnames:
             cat[name] = columns[name]
         summary["services"] = statuses
@@ -643,19 +661,17 @@ async def _crossmatch_services(job: _Job, cat: Table, profile: Profile, meta, wc
 
 
 def _save_psf(psf_info, run_dir: Path) -> None:
-    data = getattr(psf_info, "epsf_data", None)
-    if data is None:
+    if psf_info.epsf is None:
         return
     from astropy.io import fits
 
     hdr = fits.Header()
     for key in ("oversampling", "n_stars", "apcorr", "apcorr_err"):
-        val = getattr(psf_info, key, None)
+        val = getattr(psf_info, key)
         if isinstance(val, (int, float)) and np.isfinite(val):
             hdr[key.upper()[:8]] = val
-    tmp = run_dir / ".psf.fits.part"
-    fits.PrimaryHDU(np.asarray(data, np.float32), header=hdr).writeto(tmp, overwrite=True)
-    tmp.replace(run_dir / "psf.fits")
+    with fsio.atomic_path(run_dir / "psf.fits") as tmp:
+        fits.PrimaryHDU(np.asarray(psf_info.epsf, np.float32), header=hdr).writeto(tmp, overwrite=True)
 
 
 def _write_outputs(cat: Table, summary: dict, frame, wcs, run_dir: Path, profile: Profile, fwhm: float, timings,

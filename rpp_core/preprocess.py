@@ -14,16 +14,13 @@ from __future__ import annotations
 import os
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from dataclasses import dataclass
-from typing import Callable
 
 import numpy as np
 from scipy import ndimage as ndi
 
-from .errors import Cancelled, InputError
+from .errors import InputError
+from .progress import CancelFn, ProgressFn, check_cancel
 from .settings import CosmicRaySettings, DetectionSettings
-
-ProgressFn = Callable[[int, int], None] | None
-CancelFn = Callable[[], bool] | None
 
 
 @dataclass
@@ -50,11 +47,6 @@ class Background:
     rms: np.ndarray
     global_bkg: float
     global_rms: float
-
-
-def _check_cancel(cancel: CancelFn) -> None:
-    if cancel is not None and cancel():
-        raise Cancelled()
 
 
 def make_masks(data: np.ndarray, saturation: float | None, settings: DetectionSettings) -> Masks:
@@ -182,8 +174,8 @@ def remove_cosmics(
     read_noise: float | None,
     saturation: float | None,
     settings: CosmicRaySettings,
-    progress: ProgressFn = None,
-    cancel: CancelFn = None,
+    progress: ProgressFn | None = None,
+    cancel: CancelFn | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Detect and clean cosmic-ray hits with astroscrappy (L.A.Cosmic).
 
@@ -270,7 +262,7 @@ def remove_cosmics(
     workers = max(1, min(settings.workers, os.cpu_count() or 1, total))
     if workers == 1:
         for tile in tiles:
-            _check_cancel(cancel)
+            check_cancel(cancel)
             run(tile)
             done += 1
             if progress:
@@ -285,7 +277,7 @@ def remove_cosmics(
                         tile = next(pending, None)
                         if tile is None:
                             break
-                        _check_cancel(cancel)
+                        check_cancel(cancel)
                         running.add(pool.submit(run, tile))
                     if not running:
                         break
@@ -320,8 +312,8 @@ def remove_cosmics_near(
     read_noise: float | None,
     saturation: float | None,
     settings: CosmicRaySettings,
-    progress: ProgressFn = None,
-    cancel: CancelFn = None,
+    progress: ProgressFn | None = None,
+    cancel: CancelFn | None = None,
     chunk: int = 4096,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Cosmic rays found and cleaned only where they change a measurement: round the sources.
@@ -361,7 +353,7 @@ def remove_cosmics_near(
     yc = np.round(np.asarray(y, float)).astype(int)
     total = (n + chunk - 1) // chunk
     for k in range(total):
-        _check_cancel(cancel)
+        check_cancel(cancel)
         sl = slice(k * chunk, min((k + 1) * chunk, n))
         m = sl.stop - sl.start
         iy = yc[sl, None, None] + offs[None, :, None]

@@ -39,6 +39,8 @@ from astropy.io.fits.verify import VerifyWarning
 from astropy.table import Table
 
 from . import plots
+from .fitsnames import frame_stem
+from .fsio import PART_SUFFIX, atomic_path, write_text
 
 CATALOG_FORMATS = {
     "csv": ("catalog.csv", "ascii.csv"),
@@ -52,10 +54,7 @@ def make_run_dir(out_dir: str | os.PathLike, frame_path: str | os.PathLike) -> P
     """Create a fresh run folder ``<out_dir>/<stem>_<UTC timestamp>`` (never reuses one)."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    name = Path(frame_path).name
-    for ext in (".gz", ".fz", ".fits", ".fit", ".fts"):
-        if name.lower().endswith(ext):
-            name = name[: -len(ext)]
+    name = frame_stem(Path(frame_path).name)
     stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%S")
     for i in range(1000):
         run = out / (f"{name}_{stamp}" + (f"_{i}" if i else ""))
@@ -67,28 +66,11 @@ def make_run_dir(out_dir: str | os.PathLike, frame_path: str | os.PathLike) -> P
     raise RuntimeError(f"cannot create a run folder in {out}")
 
 
-def _tmp(path: Path) -> Path:
-    return path.with_name(f".{path.name}.part")
-
-
-def atomic_write_text(path: Path, text: str) -> Path:
-    tmp = _tmp(path)
-    tmp.write_text(text)
-    os.replace(tmp, path)
-    return path
-
-
 def atomic_write_table(table: Table, path: Path, fmt: str) -> Path:
-    tmp = _tmp(path)
-    try:
-        with warnings.catch_warnings():
-            # long meta keys become HIERARCH cards in FITS: expected, not worth a warning
-            warnings.simplefilter("ignore", VerifyWarning)
-            table.write(tmp, format=fmt, overwrite=True)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+    with atomic_path(path) as tmp, warnings.catch_warnings():
+        # long meta keys become HIERARCH cards in FITS: expected, not worth a warning
+        warnings.simplefilter("ignore", VerifyWarning)
+        table.write(tmp, format=fmt, overwrite=True)
     return path
 
 
@@ -157,18 +139,13 @@ def write_regions(table: Table, path: Path, radius_px: float) -> Path:
         color = "red" if r_ else ("cyan" if u_ else "green")
         shapes.append(CirclePixelRegion(PixCoord(float(xi), float(yi)), float(radius_px),
                                         meta={"text": str(i)}, visual={"color": color}))
-    tmp = _tmp(path)
-    try:
+    with atomic_path(path) as tmp:
         Regions(shapes).write(tmp, format="ds9", overwrite=True)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
     return path
 
 
 def write_header(header, path: Path) -> Path:
-    return atomic_write_text(path, header.tostring(sep="\n", endcard=False, padding=False).rstrip() + "\n")
+    return write_text(path, header.tostring(sep="\n", endcard=False, padding=False).rstrip() + "\n")
 
 
 def _json_default(obj: Any):
@@ -196,7 +173,7 @@ def _clean_floats(obj):
 
 
 def write_summary(summary: dict, path: Path) -> Path:
-    return atomic_write_text(path, json.dumps(_clean_floats(summary), indent=2, default=_json_default) + "\n")
+    return write_text(path, json.dumps(_clean_floats(summary), indent=2, default=_json_default) + "\n")
 
 
 def write_plots(table: Table, meta: dict, run_dir: Path) -> dict[str, Path]:
@@ -205,7 +182,7 @@ def write_plots(table: Table, meta: dict, run_dir: Path) -> dict[str, Path]:
     files = {}
     for name in plots.FIGURES:
         text = plots.render(name, table, meta, width=100, height=30, color=False)
-        files[f"plot_{name}"] = atomic_write_text(folder / f"{name}.txt", text)
+        files[f"plot_{name}"] = write_text(folder / f"{name}.txt", text)
     return files
 
 
@@ -237,18 +214,16 @@ def write_views(table: Table, meta: dict, run_dir: Path, data=None, wcs=None, ti
 def make_zip(run_dir: Path) -> Path:
     """ZIP of the whole run folder (except itself), written atomically."""
     target = run_dir / f"{run_dir.name}.zip"
-    tmp = _tmp(target)
-    with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_DEFLATED) as zf:
+    with atomic_path(target) as tmp, zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_DEFLATED) as zf:
         for path in sorted(run_dir.rglob("*")):
-            if path.is_file() and path != target and not path.name.endswith(".part"):
+            if path.is_file() and path != target and not path.name.endswith(PART_SUFFIX):
                 zf.write(path, Path(run_dir.name) / path.relative_to(run_dir))
-    os.replace(tmp, target)
     return target
 
 
 def remove_partial_files(run_dir: Path) -> None:
     """After a failure: drop temporary files so nothing half-written stays."""
-    for path in run_dir.rglob(".*.part"):
+    for path in run_dir.rglob(f".*{PART_SUFFIX}"):
         path.unlink(missing_ok=True)
 
 

@@ -25,7 +25,7 @@ from typing import Any, get_origin, get_type_hints
 
 import tomli_w
 
-from . import locations
+from . import fsio, locations
 from .errors import SettingsError
 
 
@@ -378,21 +378,11 @@ def load_profile(name_or_path: str | os.PathLike | None = None) -> Profile:
     return profile
 
 
-def _atomic_write(path: Path, text: str, mode: int | None = None) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode if mode is not None else 0o644)
-    with os.fdopen(fd, "w") as fh:
-        fh.write(text)
-    if mode is not None:
-        os.chmod(tmp, mode)
-    os.replace(tmp, path)
-
-
 def save_profile(profile: Profile, path: str | os.PathLike | None = None) -> Path:
     validate(profile)
     target = Path(path) if path else profile_path(profile.name)
     target.parent.mkdir(parents=True, exist_ok=True)
-    _atomic_write(target, dumps(profile))
+    fsio.write_text(target, dumps(profile))
     return target
 
 
@@ -441,7 +431,7 @@ def save_secret(key: str, value: str) -> Path:
         data[key] = value
     else:
         data.pop(key, None)
-    _atomic_write(path, tomli_w.dumps(data), mode=0o600)
+    fsio.write_text(path, tomli_w.dumps(data), mode=0o600)
     return path
 
 

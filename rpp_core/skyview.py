@@ -25,6 +25,7 @@ from urllib.parse import quote
 
 import numpy as np
 
+from .fsio import write_text
 from .plots import _col
 
 ALADIN_JS = "https://aladin.cds.unistra.fr/AladinLite/api/v3/latest/aladin.js"
@@ -250,8 +251,4 @@ def write_sky_html(table, meta: dict, path: Path, wcs=None, shape=None) -> Path:
     """Write ``sky.html`` for the run's catalogue (see the module docstring), atomically."""
     fov = field_of_view(wcs, shape) if wcs is not None and shape is not None else None
     text = render(page_data(table, meta, fov))
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.part")
-    tmp.write_text(text, encoding="utf-8")
-    tmp.replace(path)
-    return path
+    return write_text(Path(path), text)

@@ -30,23 +30,21 @@ over time) is kept up to date in ``<workspace>/watch_<folder name>/``.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import contextlib
 import dataclasses
 import datetime as dt
 import gzip
 import os
-import signal
-import sys
 import time
 from pathlib import Path
 from typing import Callable
 
 from . import locations
-from .batch import (MAX_ATTEMPTS, FrameKey, FrameResult, Ledger, add_common_options, is_fits_name,
-                    profile_from_args, profile_hash, result_from_summary, write_night_report)
+from .batch import MAX_ATTEMPTS, FrameKey, FrameResult, Ledger, profile_hash, result_from_summary, write_night_report
+from .cleanup import apply_retention
 from .errors import Cancelled, RppError, UsageError
+from .fitsnames import is_fits_name
 from .settings import Profile
 
 
@@ -243,8 +241,8 @@ class Watcher:
                                         catalog_files=self.catalog_files, hdu=self.hdu, offline=self.offline)
             summary = dict(result.summary)
             summary.setdefault("run_dir", str(result.run_dir))
-            res = result_from_summary(path, summary, getattr(result, "exit_code", 0), getattr(result, "message", ""),
-                                      time.perf_counter() - t0)
+            res = result_from_summary(path, summary, result.exit_code, result.message, time.perf_counter() - t0)
+            apply_retention(self.out, self.profile.output, keep=result.run_dir)
         except (Cancelled, asyncio.CancelledError):
             with contextlib.suppress(OSError):
                 self.ledger.forget(key)
@@ -317,60 +315,3 @@ class Watcher:
 async def watch(directory, profile: Profile | None = None, stop: asyncio.Event | None = None, **kwargs) -> list[FrameResult]:
     """Convenience: ``Watcher(directory, profile, **kwargs).run(stop)``."""
     return await Watcher(directory, profile, **kwargs).run(stop)
-
-
-# ---------------------------------------------------------------- CLI
-
-def register_cli(subparsers) -> argparse.ArgumentParser:
-    p = subparsers.add_parser(
-        "watch", help="process each new FITS frame in a folder as it arrives (for systemd/cron)",
-        description="Poll DIR and process every FITS frame once the camera has finished writing it. "
-                    "Survives restarts without processing a frame twice (ledger in the workspace). "
-                    "SIGTERM/SIGINT stop it cleanly (exit 0). See docs/unattended.md for a systemd unit.")
-    p.add_argument("directory", metavar="DIR")
-    add_common_options(p)
-    p.add_argument("--poll", type=float, default=2.0, metavar="S", help="seconds between polls (default 2)")
-    p.add_argument("--settle", type=float, default=5.0, metavar="S",
-                   help="a frame must keep its size and mtime this many seconds (default 5)")
-    p.add_argument("--incomplete-grace", type=float, default=120.0, metavar="S",
-                   help="process a stable but incomplete FITS after this many seconds (default 120)")
-    p.add_argument("--recursive", "-r", action="store_true", help="also watch sub-folders")
-    p.add_argument("--ignore-existing", action="store_true", help="skip frames already there at start")
-    p.add_argument("--once", action="store_true", help="process what is there, then exit (for cron)")
-    p.set_defaults(func=cmd_watch)
-    return p
-
-
-def cmd_watch(args) -> int:
-    if args.poll <= 0 or args.settle < 0:
-        raise UsageError("--poll must be > 0 and --settle >= 0 seconds")
-    profile = profile_from_args(args)
-    n = [0, 0]
-
-    def on_result(res: FrameResult) -> None:
-        n[0] += 1
-        n[1] += res.status == "failed"
-        stamp = dt.datetime.now(dt.timezone.utc).strftime("%H:%M:%S")
-        if res.status == "failed" or not args.quiet:
-            print(f"{stamp} {res.line()}", file=sys.stderr if args.quiet else sys.stdout, flush=True)
-
-    def on_log(text: str) -> None:
-        if not args.quiet:
-            print(f"{dt.datetime.now(dt.timezone.utc).strftime('%H:%M:%S')} {text}", file=sys.stderr, flush=True)
-
-    watcher = Watcher(args.directory, profile, out_dir=args.out, catalog_files=args.catalog or [],
-                      offline=True if args.offline else None, hdu=args.hdu, poll_s=args.poll, settle_s=args.settle,
-                      incomplete_grace_s=args.incomplete_grace, recursive=args.recursive,
-                      ignore_existing=args.ignore_existing, once=args.once, on_result=on_result, on_log=on_log)
-
-    async def main() -> None:
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, stop.set)
-        await watcher.run(stop)
-
-    asyncio.run(main())
-    if not args.quiet:
-        print(f"rpp watch: {n[0]} frame(s) processed, {n[1]} failed; report in {watcher.report_dir}", file=sys.stderr)
-    return 0

@@ -213,10 +213,11 @@ class RppApp(App[int]):
         if job.state == "finished":
             result = job.result
             self.show_run(loaders.from_result(result))
-            code = getattr(result, "exit_code", 0)
+            self.apply_retention(job)
+            code = result.exit_code
             if code:
                 # the catalogue exists but part of the job could not be done (see rpp_core.errors)
-                note = getattr(result, "message", "") or f"exit code {code}"
+                note = result.message or f"exit code {code}"
                 run_pane.set_status(f"Run #{job.id} finished with a problem: {note}  (enter: results){queued}")
                 self.notify(f"{note}\n{short_summary(result.summary)}", title=f"run #{job.id}: exit {code}",
                             severity="warning", timeout=10)
@@ -230,6 +231,16 @@ class RppApp(App[int]):
             run_pane.set_status(f"Run #{job.id} failed (exit {job.exit_code}): {job.error}{queued}")
             self.notify(job.error, title=f"run #{job.id} failed", severity="error", timeout=10)
         self.pane("history").action_reload()
+
+    @work(thread=True, group="retention")
+    def apply_retention(self, job) -> None:
+        """The run's output.keep_days / max_total_gb after it finished, never removing that run."""
+        from rpp_core.cleanup import apply_retention
+
+        run_dir = job.result.run_dir
+        removed = apply_retention(run_dir.parent, job.profile.output, keep=run_dir)
+        if removed:
+            self.call_from_thread(self.notify, f"retention: removed {len(removed)} old run(s)")
 
     # ------------------------------------------------------------ results
     def show_run(self, run: loaders.RunView) -> None:

@@ -13,14 +13,6 @@ from pathlib import Path
 
 import numpy as np
 
-FITS_SUFFIXES = (".fits", ".fit", ".fts", ".fz", ".fits.gz", ".fit.gz", ".fts.gz")
-
-
-def is_fits_name(name: str) -> bool:
-    low = name.lower()
-    return low.endswith(FITS_SUFFIXES) or (low.endswith(".gz") and low[:-3].endswith((".fits", ".fit", ".fts")))
-
-
 # ---------------------------------------------------------------- header facts
 
 def header_facts(path: str | Path) -> dict:

@@ -97,7 +97,7 @@ class RunQueue:
         try:
             job.result = await pipeline.run(job.path, job.profile, on_event=forward, cancel=job.cancel)
             job.state = "finished"
-            job.exit_code = getattr(job.result, "exit_code", 0)
+            job.exit_code = job.result.exit_code
         except Cancelled as exc:
             job.state, job.error, job.exit_code = "cancelled", str(exc), exc.exit_code
         except RppError as exc:

@@ -23,7 +23,9 @@ from astropy.io import fits
 from astropy.table import Table
 from astropy.wcs import WCS
 
+from rpp_cli import index
 from rpp_core import astrometry as A
+from rpp_core.catalogs.local import read_reference
 from rpp_core.errors import AstrometryError, Cancelled
 from rpp_core.settings import AstrometrySettings
 from rpp_core.synthetic import make_frame
@@ -101,7 +103,7 @@ def m67():
 
 @pytest.fixture(scope="session")
 def m67_ref():
-    return A.reference_table(M67_CAT, mag_col="phot_g_mean_mag")
+    return read_reference(M67_CAT, mag_column="phot_g_mean_mag")
 
 
 def _noise_sources(n=2000, size=1059, seed=1) -> Table:
@@ -162,7 +164,7 @@ def test_spitzer_frame_without_wcs_solves_to_its_original_wcs_within_half_arcsec
         w_true = WCS(hdul[0].header)
     stripped = _frame(data, None, "missing")
     settings = _settings(spitzer_index)
-    ref = A.reference_table(GLIMPSE, mag_col="mag4_5")  # l/b -> ICRS
+    ref = read_reference(GLIMPSE, mag_column="mag4_5")  # l/b -> ICRS
     assert A.needs_solving(stripped, _meta(), settings, ref) == (True, "the header has no WCS")
     res = A.solve(_sources(data), data.shape, _meta(), settings, refcat=ref)
     err = _max_sep_over_grid(res.wcs, w_true, data.shape)
@@ -348,7 +350,7 @@ def test_scales_follow_field_size():
 @pytest.mark.solver
 def test_rpp_index_build_cli_writes_index_files(tmp_path):
     parser = argparse.ArgumentParser(prog="rpp")
-    A.register_cli(parser.add_subparsers(dest="command"))
+    index.register(parser.add_subparsers(dest="command"))
     args = parser.parse_args(["index", "build", str(M67_CAT), "--out", str(tmp_path / "idx"), "--scales", "4..5",
                               "--mag-col", "phot_g_mean_mag"])
     assert args.func(args) == 0

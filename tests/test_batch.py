@@ -15,7 +15,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from rpp_core import batch, cli
+from rpp_cli import main as cli
+from rpp_core import batch
+from rpp_core.errors import UsageError
 from rpp_core.synthetic import make_frame
 
 from .conftest_pipeline_helpers import offline_profile
@@ -179,14 +181,14 @@ def test_batch_on_a_dask_cluster_gives_the_same_results_as_the_local_pool(night,
 
 def test_scheduler_without_dask_installed_says_how_to_get_it(monkeypatch):
     monkeypatch.setitem(sys.modules, "distributed", None)
-    with pytest.raises(batch.UsageError, match=r"rpp\[dask\]"):
+    with pytest.raises(UsageError, match=r"rpp\[dask\]"):
         batch.connect_dask("tcp://127.0.0.1:1")
 
 
 def test_unreachable_scheduler_is_a_usage_error_naming_it(night, tmp_path):
     pytest.importorskip("distributed")
     frames, refcat = night
-    with pytest.raises(batch.UsageError, match="tcp://127.0.0.1:9"):
+    with pytest.raises(UsageError, match="tcp://127.0.0.1:9"):
         batch.connect_dask("tcp://127.0.0.1:9", timeout="1s")
 
 

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from rpp_cli import clean
 from rpp_core import cleanup
 from rpp_core.settings import OutputSettings
 
@@ -121,7 +122,7 @@ def test_retention_settings_after_a_run_keep_the_current_run(workspace):
 def test_rpp_clean_command_dry_run_prints_and_exit_codes(workspace, capsys):
     ws, runs, keep, outside = workspace
     parser = argparse.ArgumentParser(prog="rpp")
-    cleanup.register_cli(parser.add_subparsers())
+    clean.register(parser.add_subparsers())
     args = parser.parse_args(["clean", "--older-than", "30d", "--max-size", "1G", "--dry-run", "--out", str(ws)])
     assert args.func(args) == 0
     out = capsys.readouterr().out

@@ -15,7 +15,7 @@ from rpp_core.synthetic import make_frame
 
 from .datafiles import data_file
 
-RPP = [sys.executable, "-m", "rpp_core.cli"]
+RPP = [sys.executable, "-m", "rpp_cli"]
 
 
 @pytest.fixture

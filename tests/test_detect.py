@@ -9,7 +9,8 @@ import pytest
 from scipy import ndimage as ndi
 from scipy.spatial import cKDTree
 
-from rpp_core.detect import FLAG_BORDER, FLAG_MASKED, FLAG_SATURATED, FwhmResult, find_stars, measure_fwhm
+from rpp_core.detect import FwhmResult, find_stars, measure_fwhm
+from rpp_core.flags import FLAG_EDGE, FLAG_MASKED, FLAG_SATURATED
 from rpp_core.errors import Cancelled, NoStarsError
 from rpp_core.preprocess import estimate_background, make_masks
 from rpp_core.settings import DetectionSettings
@@ -112,7 +113,7 @@ def test_no_source_centred_in_the_border_and_edge_sources_flagged(field):
     edge = np.minimum.reduce([x, y, nx - 1 - x, ny - 1 - y])
     near = edge < b + stars.meta["fwhm_px"]
     assert near.any()
-    assert np.array_equal((stars["flags"] & FLAG_BORDER) > 0, near)
+    assert np.array_equal((stars["flags"] & FLAG_EDGE) > 0, near)
 
 
 def test_wider_border_drops_more_sources():

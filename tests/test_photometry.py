@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 from astropy.table import Table
 
+from rpp_core import flags
 from rpp_core import photometry as ph
 from rpp_core.errors import Cancelled
 from rpp_core.settings import PhotometrySettings
@@ -144,9 +145,9 @@ def test_masked_pixel_in_aperture_is_flagged_1_and_flux_stays_within_2_percent(f
     clean = ph.aperture_photometry(f["data"], f["rms"], None, star, FWHM, 1.5, 60.0, f["st"])
     hit = ph.aperture_photometry(data, f["rms"], mask, star, FWHM, 1.5, 60.0, f["st"])
     for lab in hit.meta["apertures"]:
-        assert hit[f"flag_{lab}"][0] & ph.FLAG_MASKED
+        assert hit[f"flag_{lab}"][0] & flags.FLAG_MASKED
         assert abs(hit[f"flux_{lab}"][0] / clean[f"flux_{lab}"][0] - 1) < 0.02
-    assert hit["flags"][0] & ph.FLAG_MASKED
+    assert hit["flags"][0] & flags.FLAG_MASKED
 
 
 def test_nan_pixel_is_treated_as_masked(field):
@@ -156,7 +157,7 @@ def test_nan_pixel_is_treated_as_masked(field):
     data = f["data"].copy()
     data[int(round(star["y"][0])) + 1, int(round(star["x"][0]))] = np.nan
     tab = ph.aperture_photometry(data, f["rms"], None, star, FWHM, 1.5, 60.0, f["st"])
-    assert np.isfinite(tab["flux_ap2"][0]) and tab["flag_ap2"][0] & ph.FLAG_MASKED
+    assert np.isfinite(tab["flux_ap2"][0]) and tab["flag_ap2"][0] & flags.FLAG_MASKED
 
 
 def test_saturated_stars_are_flagged_2(field):
@@ -164,24 +165,24 @@ def test_saturated_stars_are_flagged_2(field):
     sat = np.asarray(tr["saturated"])
     assert sat.sum() >= 3
     for lab in tab.meta["apertures"]:
-        assert np.all(np.asarray(tab[f"flag_{lab}"])[sat] & ph.FLAG_SATURATED)
+        assert np.all(np.asarray(tab[f"flag_{lab}"])[sat] & flags.FLAG_SATURATED)
     faint = np.asarray(tr["flux"]) < 2e4
-    assert not np.any(np.asarray(tab["flag_ap2"])[faint] & ph.FLAG_SATURATED)
+    assert not np.any(np.asarray(tab["flag_ap2"])[faint] & flags.FLAG_SATURATED)
 
 
 def test_stars_cut_by_the_frame_edge_or_in_the_border_are_flagged_4(field):
     f = field
     src = Table({"x": [2.0, 500.0, 500.0], "y": [500.0, 1021.5, 500.0], "flags": [0, 0, 4]})
     tab = ph.aperture_photometry(f["data"], f["rms"], f["mask"], src, FWHM, 1.5, 60.0, f["st"])
-    assert np.all(np.asarray(tab["flag_ap1p5"]) & ph.FLAG_EDGE)
-    assert np.all(np.asarray(tab["flags"]) & ph.FLAG_EDGE)
+    assert np.all(np.asarray(tab["flag_ap1p5"]) & flags.FLAG_EDGE)
+    assert np.all(np.asarray(tab["flags"]) & flags.FLAG_EDGE)
 
 
 def test_interior_isolated_stars_have_no_edge_or_crowding_flags(field):
     tab = field["tab"]
     x, y = np.asarray(tab["x"]), np.asarray(tab["y"])
     interior = (x > 30) & (x < 994) & (y > 30) & (y < 994)
-    assert not np.any(np.asarray(tab["flag_ap3"])[interior] & ph.FLAG_EDGE)
+    assert not np.any(np.asarray(tab["flag_ap3"])[interior] & flags.FLAG_EDGE)
 
 
 def test_neighbour_inside_aperture_sets_crowded_flag_32(field):
@@ -189,7 +190,7 @@ def test_neighbour_inside_aperture_sets_crowded_flag_32(field):
     src = Table({"x": [300.0, 308.0], "y": [300.0, 300.0]})  # 8 px apart
     tab = ph.aperture_photometry(f["data"], f["rms"], f["mask"], src, FWHM, 1.5, 60.0, f["st"])
     for lab, crowded in [("ap1p5", False), ("ap2", False), ("ap2p5", True), ("ap3", True)]:
-        assert bool(np.all(np.asarray(tab[f"flag_{lab}"]) & ph.FLAG_CROWDED)) is crowded, lab
+        assert bool(np.all(np.asarray(tab[f"flag_{lab}"]) & flags.FLAG_CROWDED)) is crowded, lab
 
 
 def test_non_positive_flux_gives_nan_magnitude_and_flag_16(field):
@@ -199,7 +200,7 @@ def test_non_positive_flux_gives_nan_magnitude_and_flag_16(field):
     src = Table({"x": [600.0], "y": [600.0]})
     tab = ph.aperture_photometry(data, f["rms"], None, src, FWHM, 1.5, 60.0, f["st"])
     assert tab["flux_ap2"][0] <= 0
-    assert np.isnan(tab["mag_ap2"][0]) and tab["flag_ap2"][0] & ph.FLAG_NONPOSITIVE
+    assert np.isnan(tab["mag_ap2"][0]) and tab["flag_ap2"][0] & flags.FLAG_NONPOSITIVE
 
 
 def test_local_annulus_removes_a_residual_background_step(field):
@@ -247,12 +248,12 @@ def test_only_the_brightest_psf_max_fit_sources_are_fitted(field):
     f = field
     st = PhotometrySettings(psf_max_fit=50)
     tab, info = ph.psf_photometry(f["data"], f["rms"], f["mask"], f["tab"], FWHM, 1.5, 60.0, st)
-    fitted = np.isfinite(np.asarray(tab["psf_flux"])) | ((np.asarray(tab["psf_flag"]) & ph.FLAG_PSF_FAILED) == 0)
+    fitted = np.isfinite(np.asarray(tab["psf_flux"])) | ((np.asarray(tab["psf_flag"]) & flags.FLAG_PSF_FAILED) == 0)
     assert info.n_fit == 50 and info.n_skipped == len(tab) - 50
     assert fitted.sum() <= 50
     unfitted = ~fitted
     assert np.all(np.isnan(np.asarray(tab["psf_flux"])[unfitted]))
-    assert np.all(np.asarray(tab["psf_flag"])[unfitted] & ph.FLAG_PSF_FAILED)
+    assert np.all(np.asarray(tab["psf_flag"])[unfitted] & flags.FLAG_PSF_FAILED)
     cut = np.sort(np.asarray(tab["flux_ap2"]))[::-1][49]
     assert np.all(np.asarray(tab["flux_ap2"])[fitted] >= cut)
 
@@ -285,7 +286,7 @@ def test_too_few_stars_for_an_epsf_leaves_psf_columns_nan_with_a_reason(field):
     f = field
     tab, info = ph.psf_photometry(f["data"], f["rms"], f["mask"], f["tab"][:3], FWHM, 1.5, 60.0, f["st"])
     assert info.status.startswith("only") and info.epsf is None
-    assert np.all(np.isnan(tab["psf_flux"])) and np.all(tab["psf_flag"] & ph.FLAG_PSF_FAILED)
+    assert np.all(np.isnan(tab["psf_flux"])) and np.all(tab["psf_flag"] & flags.FLAG_PSF_FAILED)
 
 
 @pytest.mark.slow

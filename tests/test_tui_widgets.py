@@ -400,7 +400,7 @@ async def test_save_as_with_a_bad_name_keeps_the_dialog_open_with_the_reason(tui
 
 
 async def test_go_to_path_completes_folders_and_frames(frames):
-    from rpp_tui.loaders import is_fits_name
+    from rpp_core.fitsnames import is_fits_name
     from rpp_tui.screens.dialogs import PathSuggester
 
     suggester = PathSuggester(is_fits_name)

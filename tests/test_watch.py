@@ -177,7 +177,7 @@ def test_rpp_watch_stops_on_sigterm_and_a_restart_finishes_without_repeating_a_f
     for i in range(n_frames):
         (incoming / f"n{i}.fits").write_bytes(raws[i % len(raws)])
     env = dict(os.environ, RPP_WORKSPACE=str(ws), PYTHONUNBUFFERED="1")
-    cmd = [sys.executable, "-m", "rpp_core.cli", "watch", str(incoming), "--out", str(ws), "--catalog", str(refcat),
+    cmd = [sys.executable, "-m", "rpp_cli", "watch", str(incoming), "--out", str(ws), "--catalog", str(refcat),
            "--offline", "--poll", "0.2", "--settle", "0.3", "--set", "astrometry.solve=never",
            "--set", "cosmic_rays.niter=1", "--set", "services.enabled=", "--set", "output.zip=false",
            "--set", "output.formats=ecsv"]

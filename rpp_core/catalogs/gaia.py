@@ -39,6 +39,7 @@ from astropy.time import Time
 from ..errors import Cancelled, ServiceError
 from ..settings import ServicesSettings
 from .http import OfflineMiss, ServiceClient, column, snap_cone
+from .reference import reference_table
 
 SERVICE = "gaia"
 
@@ -358,21 +359,12 @@ async def fetch_gaia_reference(center_ra: float, center_dec: float, radius_deg: 
         if own:
             await client.aclose()
 
-    out = Table()
-    out["ra"] = field["ra"]
-    out["dec"] = field["dec"]
-    out["mag"] = mag
-    out["mag_err"] = mag_err
-    out["color"] = np.asarray(field["gaia_bp_rp"], float)
-    out["ref_id"] = np.asarray(field["gaia_source_id"], np.int64)
-    for name in field.colnames:
-        if name.startswith("gaia_"):
-            out[name] = field[name]
-    for name, unit in (("ra", "deg"), ("dec", "deg"), ("mag", "mag"), ("mag_err", "mag"), ("color", "mag")):
-        out[name].unit = unit
-    out.meta.update({"band": band, "system": system, "catalog": "Gaia DR3", "source": f"Gaia DR3 ({settings.gaia_tap})",
-                     "epoch": field.meta["epoch"],
-                     "n_field": len(out), "n_tiles": field.meta.get("n_tiles", 1)})
+    out = reference_table(field["ra"], field["dec"], mag, mag_err=mag_err, color=field["gaia_bp_rp"],
+                          ref_id=np.asarray(field["gaia_source_id"], np.int64), band=band, system=system,
+                          source=f"Gaia DR3 ({settings.gaia_tap})", drop_incomplete=False,
+                          extra={name: field[name] for name in field.colnames if name.startswith("gaia_")},
+                          catalog="Gaia DR3", epoch=field.meta["epoch"], n_field=len(field),
+                          n_tiles=field.meta.get("n_tiles", 1))
     if filters:
         keep, rejected = select_calibrators(out, settings)
         out = out[keep]

@@ -28,7 +28,6 @@ import io
 import json
 import os
 import time
-import uuid
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,7 +37,7 @@ import httpx
 import numpy as np
 from astropy.table import Table
 
-from .. import locations
+from .. import fsio, locations
 from ..errors import Cancelled, ServiceError
 from ..settings import ServicesSettings
 
@@ -153,7 +152,7 @@ class AnswerCache:
     """
 
     def __init__(self, root: Path | None = None, max_mb: float = 500.0):
-        self.root = Path(root) if root is not None else locations.cache_dir() / "catalogs"
+        self.root = Path(root) if root is not None else locations.catalog_cache_dir()
         self.max_bytes = int(max_mb * 1024 * 1024)
 
     @staticmethod
@@ -179,10 +178,8 @@ class AnswerCache:
     def put(self, service: str, key: str, data: bytes, describe: dict) -> None:
         path = self._path(service, key)
         path.parent.mkdir(parents=True, exist_ok=True)
-        for target, payload in ((path, data), (path.with_suffix(".json"), json.dumps(describe, default=str).encode())):
-            tmp = target.with_name(f".{target.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
-            tmp.write_bytes(payload)
-            os.replace(tmp, target)
+        fsio.write_bytes(path, data)
+        fsio.write_bytes(path.with_suffix(".json"), json.dumps(describe, default=str).encode())
         self.prune()
 
     def entries(self) -> list[Path]:

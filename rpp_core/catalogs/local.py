@@ -7,17 +7,9 @@ color_columns``); sensible aliases are tried when the configured name is absent
 (Gaia exports: ``phot_g_mean_mag``; VizieR: ``Gmag``/``e_Gmag``; galactic
 ``l``/``b`` when there is no RA/Dec).
 
-The result is a *reference table* shared with the Gaia client:
-
-==========  =====  ========================================================
-column      unit   meaning
-==========  =====  ========================================================
-ref_id      --     identifier from the file (or the row number, 1-based)
-ra, dec     deg    ICRS position
-mag         mag    magnitude in ``meta['band']`` (system in ``meta['system']``)
-mag_err     mag    its error (0 when the file has none)
-color       mag    colour index (``color_columns`` difference, or BP-RP), NaN if unknown
-==========  =====  ========================================================
+The result is the reference table of :mod:`.reference`, shared with the Gaia
+client: ``ref_id`` from the file (or the row number), ``mag_err`` 0 when the
+file has none, ``color`` the ``color_columns`` difference (or BP-RP).
 """
 
 from __future__ import annotations
@@ -32,6 +24,7 @@ from astropy.table import Table, vstack
 
 from ..errors import CalibrationError
 from ..settings import CalibrationSettings
+from .reference import as_float, reference_table
 
 _FORMATS = {
     ".csv": "ascii.csv",
@@ -52,6 +45,10 @@ _MAG_ALIASES = {
     "RP": ["phot_rp_mean_mag", "RPmag"],
 }
 _ID_NAMES = ["ref_id", "source_id", "id", "ID", "name", "Name", "designation", "main_id"]
+_RA_NAMES = ["ra", "RA_ICRS", "RAJ2000", "_RAJ2000", "ra_deg", "ALPHA_J2000"]
+_DEC_NAMES = ["dec", "DE_ICRS", "DEJ2000", "_DEJ2000", "dec_deg", "DELTA_J2000"]
+#: magnitude columns tried when neither a band nor a column name is given
+_MAG_NAMES = ["mag", "phot_g_mean_mag", "G", "Gmag", "rmag", "Vmag", "VTmag", "MAG_VT"]
 
 
 def read_table(path: str | Path) -> Table:
@@ -87,64 +84,91 @@ def _find(table: Table, wanted: str, aliases: Iterable[str] = ()) -> str | None:
     return None
 
 
-def _as_float(col) -> np.ndarray:
-    arr = np.ma.filled(np.ma.asarray(col).astype(float), np.nan)
-    return np.asarray(arr, dtype=float)
-
-
 def standardize(table: Table, settings: CalibrationSettings, source: str = "catalogue") -> Table:
-    """Map a raw table onto the reference-table columns (see module docstring)."""
-    ra_name = _find(table, settings.ra_column, ["ra", "RA_ICRS", "RAJ2000", "_RAJ2000", "ra_deg"])
-    dec_name = _find(table, settings.dec_column, ["dec", "DE_ICRS", "DEJ2000", "_DEJ2000", "dec_deg"])
+    """Map a raw table onto the reference-table columns with the profile's column names."""
+    return from_columns(table, ra_column=settings.ra_column, dec_column=settings.dec_column,
+                        mag_column=settings.mag_column, mag_err_column=settings.mag_err_column,
+                        color_columns=settings.color_columns, band=settings.band, source=source)
+
+
+def from_columns(table: Table, *, ra_column: str | None = "ra", dec_column: str | None = "dec",
+                 mag_column: str | None = "", mag_err_column: str | None = "", color_columns=(),
+                 band: str | None = "G", source: str = "catalogue") -> Table:
+    """Map a raw table onto the reference table (:mod:`.reference`), finding its columns.
+
+    Named columns first, then the aliases: RA/Dec (deg or sexagesimal), else
+    galactic ``l``/``b``; the magnitude ``mag_column``, else the band's names
+    (``G``: ``phot_g_mean_mag``, ``Gmag``...), else without a band the usual
+    names (``mag``, ``Vmag``...) or any column with "mag" in its name.
+    """
+    ra_name = _find(table, ra_column or "ra", _RA_NAMES)
+    dec_name = _find(table, dec_column or "dec", _DEC_NAMES)
     if ra_name and dec_name:
         ra_col, dec_col = table[ra_name], table[dec_name]
         if ra_col.dtype.kind in "US":  # sexagesimal strings
             coord = SkyCoord(ra_col, dec_col, unit=(u.hourangle, u.deg))
             ra, dec = coord.ra.deg, coord.dec.deg
         else:
-            ra, dec = _as_float(ra_col), _as_float(dec_col)
-    elif _find(table, "l") and _find(table, "b"):
-        gal = SkyCoord(l=_as_float(table[_find(table, "l")]) * u.deg, b=_as_float(table[_find(table, "b")]) * u.deg, frame="galactic")
+            ra, dec = as_float(ra_col), as_float(dec_col)
+    elif _find(table, "l", ["GLON"]) and _find(table, "b", ["GLAT"]):
+        gal = SkyCoord(l=as_float(table[_find(table, "l", ["GLON"])]) * u.deg,
+                       b=as_float(table[_find(table, "b", ["GLAT"])]) * u.deg, frame="galactic")
         ra, dec = gal.icrs.ra.deg, gal.icrs.dec.deg
     else:
         raise CalibrationError(
-            f"{source}: no position columns: looked for {settings.ra_column!r}/{settings.dec_column!r} "
+            f"{source}: no position columns: looked for {ra_column!r}/{dec_column!r} "
             f"(or l/b); columns are {table.colnames[:30]}; set calibration.ra_column / dec_column")
 
-    band = settings.band
-    mag_name = _find(table, settings.mag_column or band, _MAG_ALIASES.get(band, []) + [f"{band}mag", f"mag_{band}"])
+    if band:
+        mag_name = _find(table, mag_column or band, _MAG_ALIASES.get(band, []) + [f"{band}mag", f"mag_{band}"])
+    else:
+        mag_name = _find(table, mag_column or "", _MAG_NAMES) or next((n for n in table.colnames if "mag" in n.lower()), None)
+        if mag_name is None and table.meta.get("band") in table.colnames:
+            mag_name = table.meta["band"]
     if mag_name is None:
         raise CalibrationError(
-            f"{source}: no magnitude column for band {band!r} (looked for {settings.mag_column or band!r}); "
+            f"{source}: no magnitude column for band {band!r} (looked for {mag_column or band!r}); "
             f"columns are {table.colnames[:30]}; set calibration.band or calibration.mag_column")
-    err_name = _find(table, settings.mag_err_column, [f"{mag_name}_err", f"e_{mag_name}", f"{mag_name}err",
-                                                      f"{mag_name}_error", f"d{mag_name}", f"{band}_err", f"e_{band}mag"])
-    mag = _as_float(table[mag_name])
-    mag_err = _as_float(table[err_name]) if err_name else np.zeros(len(table))
+    err_name = _find(table, mag_err_column or "", [f"{mag_name}_err", f"e_{mag_name}", f"{mag_name}err",
+                                                   f"{mag_name}_error", f"d{mag_name}", f"{band}_err", f"e_{band}mag"])
+    mag_err = as_float(table[err_name]) if err_name else np.zeros(len(table))
     mag_err = np.where(np.isfinite(mag_err), mag_err, 0.0)
 
-    color = np.full(len(table), np.nan)
-    if settings.color_columns:
-        c1, c2 = (_find(table, c, _MAG_ALIASES.get(c, [])) for c in settings.color_columns)
+    color = None
+    if color_columns:
+        c1, c2 = (_find(table, c, _MAG_ALIASES.get(c, [])) for c in color_columns)
         if c1 is None or c2 is None:
-            raise CalibrationError(f"{source}: colour columns {settings.color_columns} not found; columns are {table.colnames[:30]}")
-        color = _as_float(table[c1]) - _as_float(table[c2])
+            raise CalibrationError(f"{source}: colour columns {list(color_columns)} not found; columns are {table.colnames[:30]}")
+        color = as_float(table[c1]) - as_float(table[c2])
     else:
         name = _find(table, "bp_rp", ["BP-RP", "BPRP"])
         if name:
-            color = _as_float(table[name])
+            color = as_float(table[name])
         elif _find(table, "BP", _MAG_ALIASES["BP"]) and _find(table, "RP", _MAG_ALIASES["RP"]):
-            color = _as_float(table[_find(table, "BP", _MAG_ALIASES["BP"])]) - _as_float(table[_find(table, "RP", _MAG_ALIASES["RP"])])
+            color = as_float(table[_find(table, "BP", _MAG_ALIASES["BP"])]) - as_float(table[_find(table, "RP", _MAG_ALIASES["RP"])])
 
     id_name = _find(table, "", _ID_NAMES)
-    ref_id = np.asarray(table[id_name]).astype(str) if id_name else np.arange(1, len(table) + 1).astype(str)
-    out = Table({"ref_id": ref_id, "ra": ra, "dec": dec, "mag": mag, "mag_err": mag_err, "color": color})
-    out["ra"].unit = out["dec"].unit = u.deg
-    out["mag"].unit = out["mag_err"].unit = out["color"].unit = u.mag
-    out.meta.update({"band": band, "system": table.meta.get("system", "as in file"), "source": source,
-                     "mag_column": mag_name})
-    good = np.isfinite(out["ra"]) & np.isfinite(out["dec"]) & np.isfinite(out["mag"])
-    return out[good]
+    ref_id = np.asarray(table[id_name]).astype(str) if id_name else None
+    return reference_table(ra, dec, as_float(table[mag_name]), mag_err=mag_err, color=color, ref_id=ref_id,
+                           band=band or mag_name, system=table.meta.get("system", "as in file"), source=source,
+                           mag_column=mag_name)
+
+
+def read_reference(source: Table | str | Path, *, ra_column: str | None = None, dec_column: str | None = None,
+                   mag_column: str | None = None, band: str | None = None) -> Table:
+    """Any table or catalogue file as a reference table, brightest first (index building, WCS checks).
+
+    Columns are found as :func:`from_columns` does; without ``band`` or
+    ``mag_column`` the first usual magnitude column is taken.
+    """
+    if isinstance(source, Table):
+        table, where = source, str(source.meta.get("source", "reference table"))
+    else:
+        table, where = read_table(source), str(source)
+    ref = from_columns(table, ra_column=ra_column, dec_column=dec_column, mag_column=mag_column, band=band,
+                       source=where)
+    ref.sort("mag")
+    return ref
 
 
 def load_reference(paths: Iterable[str | Path], settings: CalibrationSettings,

@@ -14,6 +14,8 @@ from textual.binding import Binding
 from textual.containers import Horizontal, VerticalScroll
 from textual.widgets import Input, Static, TabPane
 
+from rpp_core.fsio import atomic_path
+
 from ..summary import facts
 from ..widgets.catalogue_table import CatalogueTable, column_arrays, filter_mask, format_value, magnitude_aliases
 
@@ -244,10 +246,9 @@ class CataloguePane(TabPane):
     def export(self, path: Path) -> None:
         table = self.query_one(CatalogueTable)
         sub = self.run.catalog[table.order][table.columns]
-        tmp = path.with_name(f".{path.name}.part")
         try:
-            sub.write(tmp, format="ascii.csv", overwrite=True)
-            tmp.replace(path)
+            with atomic_path(path) as tmp:
+                sub.write(tmp, format="ascii.csv", overwrite=True)
         except OSError as exc:
             self.app.call_from_thread(self.notify, f"cannot write {path}: {exc}", severity="error")
             return

@@ -12,6 +12,8 @@ from textual.containers import Vertical
 from textual.widgets import DirectoryTree, Static, TabPane
 from textual.worker import get_current_worker
 
+from rpp_core.fitsnames import is_fits_name
+
 from .. import loaders
 from ..messages import FrameChosen
 from ..widgets.fits_tree import FitsTree
@@ -147,7 +149,7 @@ class FilesPane(TabPane):
                 self.notify(f"{p} does not exist", severity="error")
 
         start = str(self.query_one(FitsTree).path).rstrip(os.sep) + os.sep
-        self.app.push_screen(AskText("Go to folder or frame", start, suggester=PathSuggester(loaders.is_fits_name),
+        self.app.push_screen(AskText("Go to folder or frame", start, suggester=PathSuggester(is_fits_name),
                                      hint="→ completes the path, Enter goes there, Escape cancels"), done)
 
     def action_reload(self) -> None:

@@ -7,7 +7,7 @@ from typing import Iterable
 
 from textual.widgets import DirectoryTree
 
-from ..loaders import is_fits_name
+from rpp_core.fitsnames import is_fits_name
 from ..paths import display_path
 
 

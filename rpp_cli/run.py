@@ -1,0 +1,181 @@
+"""``rpp run FRAME`` and ``rpp demo``: one frame, progress on the terminal, the summary at the end."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from rpp_core import __version__
+from rpp_core import events as ev
+
+from .options import add_frame_options, profile_from_args
+
+
+class ConsoleReporter:
+    """Turns pipeline events into progress lines on a terminal (or plain lines in a log)."""
+
+    def __init__(self, stream=sys.stderr, quiet: bool = False, verbose: bool = False) -> None:
+        self.stream = stream
+        self.quiet = quiet
+        self.verbose = verbose
+        self.tty = stream.isatty()
+        self._progress_shown = False
+
+    def _line(self, text: str) -> None:
+        if self._progress_shown:
+            self.stream.write("\r\033[K")
+            self._progress_shown = False
+        self.stream.write(text + "\n")
+        self.stream.flush()
+
+    def __call__(self, event: ev.Event) -> None:
+        if isinstance(event, ev.Warning):
+            self._line(f"warning [{event.stage}]: {event.message}")
+            return
+        if isinstance(event, ev.RunFailed):
+            return
+        if self.quiet:
+            return
+        if isinstance(event, ev.RunStarted):
+            self._line(f"rpp {__version__}: {event.path} (profile {event.profile}) -> {event.run_dir}")
+        elif isinstance(event, ev.StageStarted):
+            label = ev.STAGE_LABELS[event.stage]
+            if self.tty:
+                self.stream.write(f"\r\033[K[{event.index + 1:2d}/{event.total}] {label} ...")
+                self.stream.flush()
+                self._progress_shown = True
+        elif isinstance(event, ev.StageProgress):
+            if self.tty:
+                label = ev.STAGE_LABELS[event.stage]
+                pct = 100.0 * event.done / max(event.total, 1)
+                width = 20
+                bar = "#" * int(width * pct / 100) + "-" * (width - int(width * pct / 100))
+                self.stream.write(f"\r\033[K      {label} [{bar}] {pct:5.1f}% {event.message}")
+                self.stream.flush()
+                self._progress_shown = True
+        elif isinstance(event, ev.StageFinished):
+            idx = ev.STAGE_NAMES.index(event.stage)
+            figs = ", ".join(f"{k}={_short(v)}" for k, v in event.figures.items())
+            self._line(f"[{idx + 1:2d}/{len(ev.STAGES)}] {ev.STAGE_LABELS[event.stage]:<22} {event.seconds:7.2f} s  {figs}")
+        elif isinstance(event, ev.StageSkipped):
+            idx = ev.STAGE_NAMES.index(event.stage)
+            self._line(f"[{idx + 1:2d}/{len(ev.STAGES)}] {ev.STAGE_LABELS[event.stage]:<22}  skipped: {event.reason}")
+        elif isinstance(event, ev.LogLine) and self.verbose:
+            self._line(f"  {event.level.lower()}: {event.message}")
+
+
+def _short(v) -> str:
+    if isinstance(v, float):
+        return f"{v:.4g}"
+    return str(v)
+
+
+def print_summary(result, stream=sys.stdout) -> None:
+    s = result.summary
+    def f(key, fmt="{:.3f}", unit=""):
+        v = s.get(key)
+        return "n/a" if v is None else fmt.format(v) + unit
+    lines = [
+        "",
+        f"Frame       {s['frame']}",
+        f"FWHM        {f('fwhm_px', '{:.2f}', ' px')}" + (f" ({s['fwhm_arcsec']:.2f}\")" if s.get("fwhm_arcsec") else ""),
+        f"Sources     {s.get('n_sources', 0)}",
+        f"WCS         {s.get('wcs', {}).get('status', 'n/a')}",
+    ]
+    if s.get("zp") is not None:
+        lines += [
+            f"Calibrators {s.get('n_calibrators', 0)} ({s.get('n_rejected', 0)} rejected) from {s.get('reference', '')}",
+            f"Zero point  {s['zp']:.4f} ± {s['zp_err']:.4f} mag ({s.get('band', '')}, aperture {s.get('calibration_label', '')})",
+        ]
+    else:
+        lines.append("Zero point  not calibrated")
+    lines += [f"Airmass     {f('airmass')}", f"Time        {s.get('total_seconds', 0):.1f} s",
+              f"Results     {result.run_dir}"]
+    if "zip" in result.files:
+        lines.append(f"Archive     {result.files['zip']}")
+    stream.write("\n".join(lines) + "\n")
+
+
+def _run_frame(args, frame: str, catalogs: list[str]) -> int:
+    import asyncio
+    import signal
+
+    from rpp_core import pipeline
+    from rpp_core.cleanup import apply_retention
+
+    profile = profile_from_args(args)
+    _check_before_run(profile, frame, catalogs)
+    reporter = ConsoleReporter(quiet=args.quiet, verbose=args.verbose)
+    cancel = asyncio.Event()
+
+    async def main():
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, cancel.set)
+        return await pipeline.run(frame, profile, reporter, cancel, out_dir=args.out, catalog_files=catalogs,
+                                  hdu=args.hdu, offline=True if args.offline else None)
+
+    result = asyncio.run(main())
+    apply_retention(result.run_dir.parent, profile.output, keep=result.run_dir)
+    if args.json:
+        json.dump({"run_dir": str(result.run_dir), "exit_code": result.exit_code, **result.summary},
+                  sys.stdout, indent=2, default=str)
+        sys.stdout.write("\n")
+    else:
+        print_summary(result)
+    if result.exit_code:
+        sys.stderr.write(f"rpp: {result.message}\n")
+    return result.exit_code
+
+
+def _check_before_run(profile, frame: str, catalogs: list[str]) -> None:
+    """rpp_core.preflight before the run: missing files or columns fail in a second, naming the option to change."""
+    from rpp_core.errors import InputError, UsageError
+    from rpp_core.preflight import preflight
+
+    if catalogs:
+        profile = profile.replace(**{"calibration.catalog_files": [*profile.calibration.catalog_files, *map(str, catalogs)]})
+    problems = preflight(profile, frame)
+    for p in problems:
+        if p.severity != "error":
+            sys.stderr.write(f"rpp: warning: {p.advice('cli')}\n")
+    errors = [p for p in problems if p.severity == "error"]
+    for p in errors[1:]:
+        sys.stderr.write(f"rpp: {p.advice('cli')}\n")
+    if errors:
+        raise (InputError if errors[0].setting == "frame" else UsageError)(errors[0].advice("cli"))
+
+
+def cmd_run(args) -> int:
+    return _run_frame(args, args.frame, args.catalog or [])
+
+
+def cmd_demo(args) -> int:
+    """Run on the bundled sample frame with the bundled offline reference catalogue."""
+    from rpp_core import locations
+
+    frame = locations.package_data("sample_frame.fits.gz")
+    refcat = locations.package_data("sample_refcat.ecsv")
+    if not args.profile:
+        args.profile = str(locations.package_data("sample_profile.toml"))
+    args.offline = True
+    return _run_frame(args, str(frame), [str(refcat)])
+
+
+def _add_output_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--verbose", "-v", action="store_true", help="show log lines too")
+    p.add_argument("--json", action="store_true", help="print the summary as JSON")
+
+
+def register(sub) -> None:
+    p = sub.add_parser("run", help="process one frame")
+    p.add_argument("frame", help="FITS file (.fits, .fit, .fts, .fz, .gz)")
+    add_frame_options(p)
+    _add_output_options(p)
+    p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("demo", help="run on the bundled sample frame and offline reference catalogue")
+    add_frame_options(p, catalog=False)
+    _add_output_options(p)
+    p.set_defaults(func=cmd_demo)

@@ -1,0 +1,141 @@
+"""The worker task of ``rpp batch``: one frame through the pipeline, never raising, and its one-line result."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+from ..errors import RppError
+from ..settings import Profile
+
+
+@dataclasses.dataclass
+class FrameResult:
+    """The outcome of one frame, as printed, tabulated and kept in the ledger.
+
+    ``status``: ``"ok"``; ``"degraded"`` (catalogue written but e.g. not
+    calibrated, ``exit_code`` says why); ``"failed"``; ``"skipped"`` (done
+    before with the same profile: the figures are those of that run).
+    """
+
+    path: str
+    status: str
+    reason: str = ""
+    exit_code: int = 0
+    run_dir: str = ""
+    date_obs: str | None = None
+    airmass: float | None = None
+    fwhm_px: float | None = None
+    fwhm_arcsec: float | None = None
+    n_sources: int | None = None
+    n_calibrators: int | None = None
+    zp: float | None = None
+    zp_err: float | None = None
+    seconds: float = 0.0
+    n_warnings: int = 0
+    field: str = ""
+
+    @property
+    def name(self) -> str:
+        return Path(self.path).name
+
+    @property
+    def done(self) -> bool:
+        return self.status in ("ok", "degraded")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "FrameResult":
+        names = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in names})
+
+    def line(self, index: int | None = None, total: int | None = None) -> str:
+        """One line for a terminal or a log."""
+        head = f"[{index:>{len(str(total))}d}/{total}] " if index is not None and total else ""
+        label = {"ok": "ok", "degraded": "degraded", "failed": "FAILED", "skipped": "skip"}.get(self.status, self.status)
+        parts = [f"{head}{label:<8} {self.name}"]
+        if self.status == "failed":
+            parts.append(f"exit {self.exit_code}: {self.reason}")
+        else:
+            if self.fwhm_px is not None:
+                parts.append(f"fwhm {self.fwhm_px:.2f} px")
+            parts.append(f"zp {self.zp:.3f}±{self.zp_err:.3f}" if self.zp is not None and self.zp_err is not None
+                         else "zp n/a")
+            if self.n_sources is not None:
+                parts.append(f"{self.n_sources} src" + (f" ({self.n_calibrators} cal)" if self.n_calibrators else ""))
+            if self.status == "degraded":
+                parts.append(f"exit {self.exit_code}: {self.reason}")
+            if self.status == "skipped":
+                parts.append("done before")
+        parts.append(f"{self.seconds:.1f} s")
+        return "  ".join(parts)
+
+
+def num(v):
+    try:
+        f = float(v)
+    except (TypeError, ValueError):
+        return None
+    return f if math.isfinite(f) else None
+
+
+def result_from_summary(path, summary: dict, exit_code: int, message: str, seconds: float) -> FrameResult:
+    """A :class:`FrameResult` from a pipeline ``summary`` dict (as in ``summary.json``)."""
+    n_src = summary.get("n_sources")
+    n_cal = summary.get("n_calibrators")
+    return FrameResult(
+        path=str(path),
+        status="ok" if not exit_code else "degraded",
+        reason=str(message or summary.get("error") or "") if exit_code else "",
+        exit_code=int(exit_code or 0),
+        run_dir=str(summary.get("run_dir", "")),
+        date_obs=str(summary["date_obs"]) if summary.get("date_obs") else None,
+        airmass=num(summary.get("airmass")),
+        fwhm_px=num(summary.get("fwhm_px")),
+        fwhm_arcsec=num(summary.get("fwhm_arcsec")),
+        n_sources=int(n_src) if n_src is not None else None,
+        n_calibrators=int(n_cal) if n_cal is not None else None,
+        zp=num(summary.get("zp")),
+        zp_err=num(summary.get("zp_err")),
+        seconds=round(float(seconds), 3),
+        n_warnings=len(summary.get("warnings") or []),
+    )
+
+
+def process_frame(path: str, profile: Profile, out_dir: str, catalog_files=(), offline: bool | None = None,
+                  hdu: int | None = None, cache_dir: str | None = None, secrets: dict | None = None) -> dict:
+    """Run the pipeline on one frame and never raise: the worker task of ``rpp batch``.
+
+    Returns :meth:`FrameResult.to_dict` (plain data, cheap to send between
+    processes). ``cache_dir`` and ``secrets`` are the parent's catalogue cache
+    and API keys (local pool: a forkserver worker does not see later changes of
+    the parent's environment); None lets the worker find its own (Dask).
+    """
+    t0 = time.perf_counter()
+    run_dir = [""]
+
+    def on_event(event) -> None:
+        if type(event).__name__ == "RunStarted":
+            run_dir[0] = event.run_dir
+
+    try:
+        from .. import pipeline
+
+        result = pipeline.run_sync(path, profile, on_event=on_event, out_dir=out_dir,
+                                   catalog_files=list(catalog_files), hdu=hdu, offline=offline,
+                                   cache_dir=cache_dir, secrets=secrets)
+        summary = dict(result.summary)
+        summary.setdefault("run_dir", str(result.run_dir))
+        return result_from_summary(path, summary, result.exit_code, result.message,
+                                   time.perf_counter() - t0).to_dict()
+    except RppError as exc:
+        return FrameResult(str(path), "failed", str(exc), exc.exit_code, run_dir[0],
+                           seconds=round(time.perf_counter() - t0, 3)).to_dict()
+    except Exception as exc:  # a bug in one frame must not stop the night
+        return FrameResult(str(path), "failed", f"internal error: {type(exc).__name__}: {exc}", 1, run_dir[0],
+                           seconds=round(time.perf_counter() - t0, 3)).to_dict()

@@ -1,0 +1,34 @@
+"""FITS frames: loading, header repair, observation metadata, the browser's quick look.
+
+Conventions
+-----------
+- ``Frame.data`` is float32, 2-D, physical values (BSCALE/BZERO applied,
+  BLANK pixels set to NaN), indexed ``data[y, x]`` with 0-based pixels.
+- Sky coordinates are ICRS degrees; pixel scale in arcsec/px; times are
+  :class:`astropy.time.Time` in UTC; exposure in seconds; site as
+  :class:`astropy.coordinates.EarthLocation` (longitude east positive).
+
+Modules: :mod:`.load` (file checks, HDU choice, scaling), :mod:`.header`
+(repair, WCS validity), :mod:`.metadata` (observation facts and their
+fallbacks), :mod:`.summary` (header facts for the file browser),
+:mod:`.keywords` (keyword value parsers).
+"""
+
+from .header import pixel_scale_from_wcs, repair_header, wcs_from_header
+from .keywords import parse_date
+from .load import Frame, load_frame
+from .metadata import ObservationMeta, compute_airmass, read_metadata
+from .summary import header_summary
+
+__all__ = [
+    "Frame",
+    "ObservationMeta",
+    "compute_airmass",
+    "header_summary",
+    "load_frame",
+    "parse_date",
+    "pixel_scale_from_wcs",
+    "read_metadata",
+    "repair_header",
+    "wcs_from_header",
+]

@@ -1,0 +1,337 @@
+"""Loading one image plane of a FITS file: file checks, HDU choice, scaling, header repair.
+
+Uncompressed files are memory-mapped and converted to float32 once (a plane of
+a cube is sliced from the memmap before the conversion, so only that plane is
+read). ``.fits.gz`` is decompressed by astropy in memory; tile-compressed
+``.fz`` (CompImageHDU) is decompressed by astropy. Keywords of the primary
+header missing from an image extension are inherited (INHERIT convention,
+unless ``INHERIT = F``).
+"""
+
+from __future__ import annotations
+
+import bz2
+import gzip
+import math
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from astropy.io import fits
+from astropy.io.fits.verify import VerifyWarning
+from astropy.wcs import WCS
+
+from ..errors import InputError
+from .header import STRUCTURAL_KEYS, WCS_PRIMARY_KEY, repair_and_check, salvage_cards
+from .keywords import one_line, parse_float
+
+
+@dataclass
+class Frame:
+    """One image plane ready for processing.
+
+    Attributes
+    ----------
+    path : Path
+    hdu : int
+        Index of the HDU in the file (0 = primary).
+    data : ndarray
+        float32, 2-D, physical units (scaling applied), 0-based ``[y, x]``.
+    header : fits.Header
+        Repaired header (plus inherited primary keywords for extensions);
+        BSCALE/BZERO/BLANK removed and BITPIX = -32 so it matches ``data``.
+    wcs : WCS or None
+        Celestial 2-D WCS when ``wcs_status == "ok"``.
+    wcs_status : str
+        ``"ok"``, ``"missing"`` or ``"invalid: <why>"``.
+    repairs : list of str
+        One line per header change.
+    notes : list of str
+        Other facts worth logging (cube plane used, compression, scaling...).
+    """
+
+    path: Path
+    hdu: int
+    data: np.ndarray
+    header: fits.Header
+    wcs: WCS | None
+    wcs_status: str
+    repairs: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+
+def check_magic(path: Path) -> str:
+    """Return the compression ('', 'gzip', 'bzip2'); raise InputError when not FITS."""
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(80)
+    except IsADirectoryError:
+        raise InputError(f"{path}: is a directory, not a FITS file") from None
+    except FileNotFoundError:
+        raise InputError(f"{path}: no such file") from None
+    except PermissionError:
+        raise InputError(f"{path}: permission denied") from None
+    if not head:
+        raise InputError(f"{path}: empty file (0 bytes), not a FITS file")
+    comp = ""
+    if head[:2] == b"\x1f\x8b":
+        comp = "gzip"
+        opener = gzip.open
+    elif head[:3] == b"BZh":
+        comp = "bzip2"
+        opener = bz2.open
+    if comp:
+        try:
+            with opener(path, "rb") as fh:
+                head = fh.read(80)
+        except (OSError, EOFError) as exc:
+            raise InputError(f"{path}: corrupt {comp} file ({one_line(exc)})") from None
+    if not head.startswith(b"SIMPLE  ="):
+        what = "text" if _looks_text(head) else "binary data"
+        raise InputError(f"{path}: not a FITS file (starts with {what} {head[:20]!r}, no SIMPLE card)")
+    return comp
+
+
+def _looks_text(b: bytes) -> bool:
+    return all(32 <= c < 127 or c in (9, 10, 13) for c in b)
+
+
+def _hdu_kind(h) -> str:
+    if isinstance(h, fits.CompImageHDU):
+        return "compressed image"
+    if isinstance(h, (fits.PrimaryHDU, fits.ImageHDU)):
+        return "image"
+    if isinstance(h, fits.BinTableHDU):
+        return "binary table"
+    if isinstance(h, fits.TableHDU):
+        return "ASCII table"
+    return type(h).__name__
+
+
+def image_dims(h) -> tuple[int, ...]:
+    """numpy-order shape of an image HDU from its header (no data read); () if not an image."""
+    if not isinstance(h, (fits.PrimaryHDU, fits.ImageHDU, fits.CompImageHDU)):
+        return ()
+    hdr = h.header
+    n = int(hdr.get("NAXIS", 0) or 0)
+    dims = tuple(int(hdr.get(f"NAXIS{k}", 0) or 0) for k in range(n, 0, -1))
+    return dims if dims and all(d > 0 for d in dims) else ()
+
+
+def describe_hdus(hdul) -> str:
+    parts = []
+    for i, h in enumerate(hdul):
+        dims = image_dims(h)
+        name = h.name or "(unnamed)"
+        if dims:
+            parts.append(f"{i} {name} {_hdu_kind(h)} {'x'.join(map(str, dims[::-1]))}")
+        elif isinstance(h, (fits.PrimaryHDU, fits.ImageHDU)):
+            parts.append(f"{i} {name} (no data)")
+        else:
+            parts.append(f"{i} {name} {_hdu_kind(h)}")
+    return "; ".join(parts)
+
+
+def is_usable_image(h) -> bool:
+    dims = image_dims(h)
+    return len(dims) >= 2 and dims[-1] > 1 and dims[-2] > 1
+
+
+def _select_hdu(hdul, hdu: int | str | None, path: Path) -> int:
+    if hdu is None:
+        for i, h in enumerate(hdul):
+            if is_usable_image(h):
+                return i
+        raise InputError(f"{path}: no 2-D image HDU (HDUs: {describe_hdus(hdul)})")
+    if isinstance(hdu, str):
+        names = [h.name.upper() for h in hdul]
+        if hdu.upper() not in names:
+            raise InputError(f"{path}: no HDU named {hdu!r} (HDUs: {describe_hdus(hdul)})")
+        idx = names.index(hdu.upper())
+    else:
+        idx = int(hdu)
+        if not 0 <= idx < len(hdul):
+            raise InputError(
+                f"{path}: HDU index {idx} out of range: file has {len(hdul)} HDU(s) ({describe_hdus(hdul)})"
+            )
+    if not is_usable_image(hdul[idx]):
+        images = [str(i) for i, h in enumerate(hdul) if is_usable_image(h)]
+        where = f"images are in HDU {', '.join(images)}" if images else "the file has no 2-D image"
+        h = hdul[idx]
+        dims = image_dims(h)
+        if isinstance(h, (fits.PrimaryHDU, fits.ImageHDU)) and not dims:
+            kind = "header-only HDU (no data)"
+        elif dims:
+            kind = f"{len(dims)}-D image of shape {dims}"
+        else:
+            kind = _hdu_kind(h)
+        raise InputError(f"{path}: HDU {idx} is a {kind}, not a 2-D image; {where}")
+    return idx
+
+
+def check_complete(hdul, idx: int, path: Path, comp: str) -> None:
+    """Raise InputError when the data of HDU ``idx`` runs past the end of the file."""
+    if comp:
+        return  # the decompressor reports a short stream itself
+    info = hdul.fileinfo(idx)
+    if info is None:
+        return
+    h = hdul[idx]
+    size = path.stat().st_size
+    if isinstance(h, fits.CompImageHDU):
+        # on-disk size of the compressed table (rows + heap) without its final padding; the
+        # table header is private in astropy, so fall back to the padded span minus one block
+        try:
+            bt = h._bintable.header
+            need = int(bt["NAXIS1"]) * int(bt["NAXIS2"]) + int(bt.get("PCOUNT", 0))
+        except (AttributeError, KeyError, TypeError, ValueError):
+            need = info["datSpan"] - 2879
+    else:
+        dims = image_dims(h)
+        need = abs(int(h.header["BITPIX"])) // 8 * int(np.prod(dims))
+    if info["datLoc"] + need > size:
+        raise InputError(
+            f"{path}: truncated file: HDU {idx} needs {info['datLoc'] + need} bytes, file has {size}"
+        )
+
+
+def inherit_primary(hdul, idx: int, header: fits.Header, notes: list[str]) -> fits.Header:
+    if idx == 0 or header.get("INHERIT") is False:
+        return header
+    prim = hdul[0].header
+    added = []
+    for card in prim.cards:
+        k = card.keyword
+        if k in STRUCTURAL_KEYS or k in header or k.startswith("NAXIS") or WCS_PRIMARY_KEY.match(k):
+            continue
+        try:
+            header.append((k, card.value, card.comment), end=True)
+        except Exception:  # an unparsable primary card is simply not inherited
+            continue
+        added.append(k)
+    if added:
+        shown = ", ".join(added[:8]) + (" ..." if len(added) > 8 else "")
+        notes.append(f"{len(added)} keyword(s) inherited from the primary header ({shown})")
+    return header
+
+
+def load_frame(path, hdu: int | str | None = None) -> Frame:
+    """Read one image plane of a FITS file as float32, with a repaired header and WCS.
+
+    Parameters
+    ----------
+    path : str or Path
+        ``.fits``/``.fit``/``.fts``, ``.fits.gz``, ``.fits.bz2`` or tile-compressed ``.fz``.
+    hdu : int, str or None
+        HDU index (0 = primary) or EXTNAME; default: the first HDU holding a
+        2-D or larger image (primary or extension, compressed or not).
+
+    Returns
+    -------
+    Frame
+        ``data`` float32 physical values; for cubes the first plane
+        (``data[0]``, or ``[0, 0]`` for 4-D), said in ``notes``.
+
+    Raises
+    ------
+    InputError
+        Not a FITS file, truncated or corrupt, no image HDU, HDU index out of
+        range or not an image, all pixels NaN/Inf, or a constant image.
+    """
+    path = Path(path)
+    comp = check_magic(path)
+    notes: list[str] = []
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            hdul = fits.open(path, memmap=not comp, do_not_scale_image_data=True, lazy_load_hdus=False)
+        except (OSError, ValueError, EOFError, IndexError, TypeError) as exc:
+            # the SIMPLE card was there, so a failure here is a cut or damaged file
+            raise InputError(f"{path}: truncated or corrupt FITS file ({one_line(exc)})") from None
+    trunc = [w for w in caught if "truncat" in str(w.message).lower()]
+    try:
+        idx = _select_hdu(hdul, hdu, path)
+        h = hdul[idx]
+        # copy and salvage first: fileinfo() below renders the header, which makes astropy
+        # silently turn unparsable cards into text
+        header = h.header.copy()
+        pre_repairs: list[str] = []
+        salvage_cards(header, pre_repairs)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", VerifyWarning)  # fileinfo() re-verifies the original cards
+            check_complete(hdul, idx, path, comp)
+        if trunc:
+            # the size check above passed: only the final padding or a later HDU is missing
+            notes.append(f"file shorter than its FITS layout but HDU {idx} is complete: {one_line(trunc[0].message)}")
+        try:
+            raw = h.data
+        except (OSError, ValueError, EOFError, TypeError, IndexError) as exc:
+            raise InputError(_unreadable(path, idx, exc)) from None
+        if raw is None:
+            raise InputError(f"{path}: HDU {idx} has no pixel data")
+        if raw.ndim > 2:
+            lead = raw.shape[:-2]
+            raw = raw[(0,) * len(lead)]
+            notes.append(
+                f"{len(lead) + 2}-D data {'x'.join(map(str, h.data.shape[::-1]))}: using the first plane"
+                f" ({'x'.join(map(str, raw.shape[::-1]))})"
+            )
+        try:
+            data = np.array(raw, dtype=np.float32)  # the one conversion; from a memmap this reads the plane once
+        except (OSError, ValueError, EOFError) as exc:
+            raise InputError(_unreadable(path, idx, exc)) from None
+        if isinstance(h, fits.CompImageHDU):
+            method = getattr(h, "compression_type", None) or "unknown method"
+            notes.append(f"tile-compressed HDU ({method}) decompressed")
+        if comp:
+            notes.append(f"{comp}-compressed file decompressed in memory")
+        bscale = parse_float(header.get("BSCALE", 1.0)) or 1.0
+        bzero = parse_float(header.get("BZERO", 0.0)) or 0.0
+        if np.issubdtype(raw.dtype, np.integer):
+            blank = header.get("BLANK")
+            if isinstance(blank, int) and not isinstance(blank, bool):
+                bad = raw == blank
+                if bad.any():
+                    data[bad] = np.nan
+                    notes.append(f"{int(bad.sum())} BLANK pixel(s) set to NaN")
+            if bscale != 1.0 or bzero != 0.0:
+                notes.append(f"{raw.dtype.name} data scaled with BSCALE={bscale:g} BZERO={bzero:g} to float32")
+        if bscale != 1.0:
+            data *= np.float32(bscale)
+        if bzero != 0.0:
+            data += np.float32(bzero)
+        header = inherit_primary(hdul, idx, header, notes)
+    finally:
+        hdul.close()
+
+    for k in ("BSCALE", "BZERO", "BLANK"):
+        header.remove(k, ignore_missing=True, remove_all=True)
+    header["BITPIX"] = -32
+    if header.get("NAXIS", 2) > 2:
+        for k in range(3, int(header["NAXIS"]) + 1):
+            header.remove(f"NAXIS{k}", ignore_missing=True)
+        header["NAXIS"] = 2
+
+    _check_values(data, path, idx)
+    header, repairs, wcs, status, wnotes = repair_and_check(header)
+    repairs = pre_repairs + repairs
+    notes.extend(wnotes)
+    return Frame(path=path, hdu=idx, data=data, header=header, wcs=wcs, wcs_status=status, repairs=repairs, notes=notes)
+
+
+def _unreadable(path: Path, idx: int, exc: Exception) -> str:
+    return f"{path}: cannot read the pixel data of HDU {idx}, truncated or corrupt ({one_line(exc)})"
+
+
+def _check_values(data: np.ndarray, path: Path, idx: int) -> None:
+    # fmin/fmax skip NaN without building a mask: one cheap pass each
+    lo = float(np.fmin.reduce(data, axis=None))
+    hi = float(np.fmax.reduce(data, axis=None))
+    if not (math.isfinite(lo) and math.isfinite(hi)):
+        finite = np.isfinite(data)
+        if not finite.any():
+            raise InputError(f"{path}: HDU {idx}: all {data.size} pixels are NaN/Inf, nothing to measure")
+        lo, hi = float(data[finite].min()), float(data[finite].max())
+    if lo == hi:
+        raise InputError(f"{path}: HDU {idx}: constant image (every valid pixel = {lo:g}), nothing to measure")

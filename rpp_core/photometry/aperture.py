@@ -1,0 +1,384 @@
+"""Multi-aperture photometry with a sigma-clipped local annulus (the formulas: docs/photometry.md).
+
+Pixel coordinates ``x``, ``y`` are 0-based; ``data_sub`` is the frame with the
+global background subtracted (ADU, float32), ``rms`` the background RMS map,
+``mask`` True where a pixel must not be used. Fluxes in ADU, magnitudes
+instrumental: ``mag = -2.5 log10(flux / exptime)``, ``magerr = 1.0857 fluxerr / flux``.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+
+import numpy as np
+import sep_x
+from astropy.stats import sigma_clipped_stats
+from astropy.table import Table
+from scipy.spatial import cKDTree
+
+from ..errors import InputError, SettingsError
+from ..flags import FLAG_ANNULUS, FLAG_CROWDED, FLAG_EDGE, FLAG_MASKED, FLAG_NONPOSITIVE, FLAG_SATURATED
+from ..progress import CancelFn, ProgressFn, check_cancel, report
+from ..settings import PhotometrySettings
+
+MAG_ERR_FACTOR = 2.5 / math.log(10.0)  # 1.0857
+SUBPIX = 5
+CHUNK = 2000  # sources per annulus / PSF-fit chunk: progress granularity and memory bound
+
+
+def aperture_labels(settings: PhotometrySettings) -> list[str]:
+    """Column labels of the apertures, in order: ``ap1p5``, ``ap2``, ... then ``fix``."""
+    labels = [f"ap{float(f):g}".replace(".", "p") for f in settings.aperture_factors]
+    if settings.fixed_aperture_px > 0:
+        labels.append("fix")
+    return labels
+
+
+def aperture_radii(settings: PhotometrySettings, fwhm_px: float) -> dict[str, float]:
+    radii = {lab: float(f) * fwhm_px for lab, f in zip(aperture_labels(settings), settings.aperture_factors)}
+    if settings.fixed_aperture_px > 0:
+        radii["fix"] = float(settings.fixed_aperture_px)
+    return radii
+
+
+def calibration_label(settings: PhotometrySettings) -> str:
+    labels = aperture_labels(settings)
+    idx = settings.calibration_aperture
+    if not 0 <= idx < len(settings.aperture_factors):
+        raise SettingsError(
+            f"photometry.calibration_aperture = {idx} but aperture_factors has "
+            f"{len(settings.aperture_factors)} entries: set it to 0..{len(settings.aperture_factors) - 1}"
+        )
+    return labels[idx]
+
+
+def magnitudes(flux, fluxerr, exptime):
+    t = 1.0 if exptime is None or not exptime > 0 else float(exptime)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        pos = flux > 0
+        mag = np.where(pos, -2.5 * np.log10(np.where(pos, flux, 1.0) / t), np.nan)
+        magerr = np.where(pos, MAG_ERR_FACTOR * fluxerr / np.where(pos, flux, 1.0), np.nan)
+    return mag, magerr
+
+
+def _annulus_stats(data, mask, x, y, rin, rout, sigma, progress_cb=None, cancel=None):
+    """Sigma-clipped median, std and pixel count of the annulus round each source.
+
+    Annulus pixels are those whose centres lie between ``rin`` and ``rout`` of the
+    source's nearest pixel centre (a <= 0.5 px shift of the annulus, irrelevant
+    for a background level); masked, NaN and off-frame pixels are dropped.
+    """
+    # Why not a library call: sep_x.sum_circle(bkgann=...) and sum_circann give a
+    # (clipped) mean only, and sep_x.stats_circann (median, unclipped) took 1.6 s for
+    # 6,000 sources on a 4k frame. Gathering the annulus pixels into an
+    # (n_sources, n_pixels) array with fancy indexing (0.14 s) and running astropy
+    # sigma_clipped_stats(axis=1) on it (0.22 s) gives the clipped median in 0.36 s;
+    # a hand-written sort + cumulative-sum clipper measured 0.30 s for the same
+    # array, not worth owning.
+    R = int(math.ceil(rout))
+    dy, dx = np.mgrid[-R : R + 1, -R : R + 1]
+    d = np.hypot(dx, dy)
+    sel = (d >= rin) & (d <= rout)
+    dy, dx = dy[sel], dx[sel]
+    nominal = int(sel.sum())
+    ny, nx = data.shape
+    n = len(x)
+    med = np.full(n, np.nan)
+    std = np.full(n, np.nan)
+    cnt = np.zeros(n, np.int64)
+    ix_all = np.rint(np.nan_to_num(x, nan=-1e6)).astype(np.intp)
+    iy_all = np.rint(np.nan_to_num(y, nan=-1e6)).astype(np.intp)
+    for start in range(0, n, CHUNK):
+        check_cancel(cancel)
+        s = slice(start, min(start + CHUNK, n))
+        X = ix_all[s, None] + dx[None, :]
+        Y = iy_all[s, None] + dy[None, :]
+        inside = (X >= 0) & (X < nx) & (Y >= 0) & (Y < ny)
+        np.clip(X, 0, nx - 1, out=X)
+        np.clip(Y, 0, ny - 1, out=Y)
+        v = data[Y, X].astype(np.float32, copy=False)
+        bad = ~inside
+        if mask is not None:
+            bad |= mask[Y, X]
+        v[bad] = np.nan
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            _, m, sd = sigma_clipped_stats(v, axis=1, sigma=sigma, maxiters=10)
+        m = np.asarray(m, dtype=float)
+        sd = np.asarray(sd, dtype=float)
+        with np.errstate(invalid="ignore"):
+            kept = np.abs(v - m[:, None]) <= sigma * sd[:, None]
+        med[s], std[s], cnt[s] = m, sd, kept.sum(axis=1)
+        if progress_cb is not None:
+            progress_cb(s.stop)
+    return med, std, cnt, nominal
+
+
+def _mirror_repair(data, mask, x, y, rmax):
+    """Cutout of ``data`` round (x, y) with masked pixels inside ``rmax`` replaced by
+    their mirror through (x, y) where that point is unmasked; returns
+    (cutout, remaining mask, x0, y0) or None when nothing could be repaired."""
+    ny, nx = data.shape
+    h = int(math.ceil(rmax)) + 2
+    ix, iy = int(round(x)), int(round(y))
+    x0, x1 = max(ix - h, 0), min(ix + h + 1, nx)
+    y0, y1 = max(iy - h, 0), min(iy + h + 1, ny)
+    if x0 >= x1 or y0 >= y1:
+        return None
+    cut = np.array(data[y0:y1, x0:x1], dtype=np.float32)
+    m = np.array(mask[y0:y1, x0:x1], dtype=bool)
+    yy, xx = np.nonzero(m)
+    gx, gy = xx + x0, yy + y0
+    near = (gx - x) ** 2 + (gy - y) ** 2 <= (rmax + 1) ** 2
+    repaired = False
+    still = []
+    for cy, cx, px, py in zip(yy[near], xx[near], gx[near], gy[near]):
+        mx, my = 2 * x - px, 2 * y - py
+        jx, jy = int(math.floor(mx)), int(math.floor(my))
+        if jx < 0 or jy < 0 or jx + 1 >= nx or jy + 1 >= ny or mask[jy : jy + 2, jx : jx + 2].any():
+            still.append((cy, cx))
+            continue
+        fx, fy = mx - jx, my - jy
+        q = data[jy : jy + 2, jx : jx + 2].astype(float)
+        val = (q[0, 0] * (1 - fx) * (1 - fy) + q[0, 1] * fx * (1 - fy) + q[1, 0] * (1 - fx) * fy + q[1, 1] * fx * fy)
+        if not np.isfinite(val):
+            still.append((cy, cx))
+            continue
+        cut[cy, cx] = val
+        m[cy, cx] = False
+        repaired = True
+    # Pixels whose mirror is masked too (the central pixel is its own mirror): fit
+    # log(value) = a + b r^2 to the unmasked pixels within 1 px in radius and
+    # evaluate it at the pixel's radius. The Gaussian-like core makes this good to
+    # ~10 % of the pixel value; a flat neighbour mean loses ~25 % at the peak.
+    if still:
+        ry, rx = np.mgrid[y0:y1, x0:x1]
+        rr = np.hypot(rx - x, ry - y)
+        good = ~np.array(mask[y0:y1, x0:x1], dtype=bool)
+        for cy, cx in still:
+            rp = rr[cy, cx]
+            sel = good & (np.abs(rr - rp) <= 1.0) & (cut > 0)
+            if sel.sum() < 3:
+                continue
+            rs, vs = rr[sel], cut[sel].astype(float)
+            A = np.c_[np.ones(len(rs)), rs**2]
+            coef, *_ = np.linalg.lstsq(A, np.log(vs), rcond=None)
+            val = math.exp(coef[0] + coef[1] * rp**2)
+            # never beyond the range of what was seen round it: a bad fit must not invent flux
+            val = min(val, 1.5 * vs.max())
+            cut[cy, cx] = val
+            m[cy, cx] = False
+            repaired = True
+    if not repaired:
+        return None
+    return cut, m, x0, y0
+
+
+def _frame_area(shape, x, y, r):
+    """In-frame area (px^2) of a circle cut by the frame edge."""
+    ny, nx = shape
+    h = int(math.ceil(r)) + 2
+    ix, iy = int(round(x)), int(round(y))
+    x0, x1 = max(ix - h, 0), min(ix + h + 1, nx)
+    y0, y1 = max(iy - h, 0), min(iy + h + 1, ny)
+    if x0 >= x1 or y0 >= y1:
+        return 0.0
+    ones = np.ones((y1 - y0, x1 - x0), np.float32)
+    s, _, _ = sep_x.sum_circle(ones, np.array([x - x0]), np.array([y - y0]), r, subpix=SUBPIX)
+    return float(s[0])
+
+
+def clean_inputs(data, rms, mask):
+    if data.ndim != 2:
+        raise InputError(f"photometry needs a 2-D image, got shape {data.shape}")
+    data = np.ascontiguousarray(data, dtype=np.float32)
+    bad = ~np.isfinite(data)
+    if rms is not None:
+        rms = np.ascontiguousarray(rms, dtype=np.float32)
+        bad |= ~np.isfinite(rms)
+    if mask is not None:
+        mask = np.ascontiguousarray(mask, dtype=bool)
+        if mask.shape != data.shape:
+            raise InputError(f"mask shape {mask.shape} differs from image shape {data.shape}")
+    if bad.any():
+        # sep_x skips masked pixels but NaN would still poison the annulus gather.
+        mask = bad if mask is None else (mask | bad)
+        data = np.where(bad, np.float32(0), data)
+        if rms is not None:
+            rms = np.where(bad, np.float32(0), rms)
+    return data, rms, mask
+
+
+def aperture_photometry(
+    data_sub: np.ndarray,
+    rms: np.ndarray | float | None,
+    mask: np.ndarray | None,
+    sources: Table,
+    fwhm_px: float,
+    gain: float | None,
+    exptime: float | None,
+    settings: PhotometrySettings,
+    saturated_mask: np.ndarray | None = None,
+    progress: ProgressFn | None = None,
+    cancel: CancelFn | None = None,
+) -> Table:
+    """Multi-aperture photometry with a sigma-clipped local annulus.
+
+    Parameters
+    ----------
+    data_sub : 2-D float32 array, globally background-subtracted (ADU).
+    rms : background RMS map (ADU) or a scalar.
+    mask : bool array, True = bad pixel (excluded and flagged 1), or None.
+    sources : table with ``x``, ``y`` (0-based px); ``flags`` (bit 4 = border) is honoured.
+    fwhm_px : FWHM (px) that scales the apertures and the annulus.
+    gain : e-/ADU for the Poisson term, None or <= 0 to leave it out.
+    exptime : s; None means 1.
+    settings : :class:`~rpp_core.settings.PhotometrySettings`.
+    saturated_mask : bool array of saturated pixels (flag 2), or None.
+    progress, cancel : ``progress(done, total)``; ``cancel()`` true raises ``Cancelled``.
+
+    Returns
+    -------
+    Table
+        A copy of ``sources`` with, per aperture label L: ``flux_L``, ``fluxerr_L`` (ADU),
+        ``mag_L``, ``magerr_L`` (instrumental mag), ``snr_L``, ``flag_L``, ``bkg_L``
+        (local annulus level, ADU/px). ``meta["apertures"]`` maps L to its radius (px).
+        Rows whose calibration-aperture SNR is below ``settings.min_snr`` are dropped.
+
+    Examples
+    --------
+    >>> tab = aperture_photometry(data_sub, bkg.rms, masks.combined, stars, 3.5, 1.5, 60.0,
+    ...                           PhotometrySettings(), saturated_mask=masks.saturated)  # doctest: +SKIP
+    """
+    if not fwhm_px or not np.isfinite(fwhm_px) or fwhm_px <= 0:
+        raise InputError(f"aperture photometry needs a positive FWHM, got {fwhm_px!r} px")
+    data, rms_map, mask = clean_inputs(data_sub, rms if isinstance(rms, np.ndarray) else None, mask)
+    err = rms_map if rms_map is not None else (float(rms) if rms is not None else None)
+    tab = Table(sources, copy=True)
+    x = np.asarray(tab["x"], dtype=float)
+    y = np.asarray(tab["y"], dtype=float)
+    n = len(tab)
+    radii = aperture_radii(settings, fwhm_px)
+    labels = list(radii)
+    calib = calibration_label(settings)
+    rin, rout = settings.annulus_inner * fwhm_px, settings.annulus_outer * fwhm_px
+    if rout <= rin:
+        raise SettingsError(
+            f"photometry.annulus_outer ({settings.annulus_outer}) must exceed annulus_inner ({settings.annulus_inner})"
+        )
+    n_chunks = max(1, math.ceil(n / CHUNK))
+    total = n_chunks + len(labels)
+    check_cancel(cancel)
+
+    ok = np.isfinite(x) & np.isfinite(y)
+    src_flags = np.asarray(tab["flags"], dtype=np.int64) if "flags" in tab.colnames else np.zeros(n, np.int64)
+
+    bkg, bkg_std, n_ann, nominal = _annulus_stats(
+        data, mask, x, y, rin, rout, settings.annulus_sigma,
+        progress_cb=lambda done: report(progress, math.ceil(done / CHUNK), total), cancel=cancel,
+    )
+    ann_bad = (n_ann < max(10, 0.25 * nominal)) | ~np.isfinite(bkg)
+    bkg_use = np.where(np.isfinite(bkg), bkg, 0.0)
+    std_use = np.where(np.isfinite(bkg_std), bkg_std, 0.0)
+    # The local level is a median, whose variance is pi/2 that of a mean: with the
+    # plain std^2/n the 3-FWHM aperture scatter over 40 noise realisations was 1.08x
+    # the reported error, with the pi/2 factor it is ~1.0.
+    ann_var_per_px2 = (math.pi / 2.0) * std_use**2 / np.maximum(n_ann, 1)
+
+    # nearest-neighbour distance for the crowding flag
+    if n > 1 and ok.sum() > 1:
+        tree = cKDTree(np.c_[x[ok], y[ok]])
+        dnn_ok, _ = tree.query(np.c_[x[ok], y[ok]], k=2)
+        dnn = np.full(n, np.inf)
+        dnn[ok] = dnn_ok[:, 1]
+    else:
+        dnn = np.full(n, np.inf)
+
+    xs, ys = np.where(ok, x, -1e6), np.where(ok, y, -1e6)
+    gain_ok = gain is not None and gain > 0
+    rmax = max(radii.values())
+    results = {}
+    for k, lab in enumerate(labels):
+        check_cancel(cancel)
+        r = radii[lab]
+        s, serr, sflag = sep_x.sum_circle(data, xs, ys, r, err=err, mask=mask, subpix=SUBPIX)
+        s = np.asarray(s, float)
+        serr = np.asarray(serr, float)
+        sflag = np.asarray(sflag, np.int64)
+        results[lab] = [s, serr, sflag]
+        report(progress, n_chunks + k + 1, total)
+
+    # Repair masked pixels by mirror symmetry for the (few) sources that touch one.
+    if mask is not None:
+        touched = np.nonzero(ok & ((results[labels[int(np.argmax([radii[lab] for lab in labels]))]][2] & sep_x.APER_HASMASKED) > 0))[0]
+        for i in touched:
+            rep = _mirror_repair(data, mask, x[i], y[i], rmax)
+            if rep is None:
+                continue
+            cut, m, x0, y0 = rep
+            ecut = err if not isinstance(err, np.ndarray) else np.ascontiguousarray(
+                err[y0 : y0 + cut.shape[0], x0 : x0 + cut.shape[1]])
+            for lab in labels:
+                s1, e1, _ = sep_x.sum_circle(cut, np.array([x[i] - x0]), np.array([y[i] - y0]), radii[lab],
+                                             err=ecut, mask=m, subpix=SUBPIX)
+                results[lab][0][i] = s1[0]
+                results[lab][1][i] = e1[0]
+
+    sat_flags = {}
+    if saturated_mask is not None:
+        sat = np.ascontiguousarray(saturated_mask, dtype=bool)
+        if sat.any():
+            for lab in labels:
+                _, _, f = sep_x.sum_circle(data, xs, ys, radii[lab], mask=sat, subpix=SUBPIX)
+                sat_flags[lab] = (np.asarray(f) & sep_x.APER_HASMASKED) > 0
+
+    tab.meta["apertures"] = {lab: radii[lab] for lab in labels}
+    tab.meta["annulus_px"] = [float(rin), float(rout)]
+    tab.meta["calibration_aperture"] = calib
+    tab.meta["fwhm_px"] = float(fwhm_px)
+    tab.meta["exptime_used"] = 1.0 if exptime is None or not exptime > 0 else float(exptime)
+    for lab in labels:
+        r = radii[lab]
+        s, serr, sflag = results[lab]
+        area = np.full(n, math.pi * r * r)
+        trunc = (sflag & sep_x.APER_TRUNC) > 0
+        for i in np.nonzero(trunc & ok)[0]:
+            area[i] = _frame_area(data.shape, x[i], y[i], r)
+        flux = s - bkg_use * area
+        var = serr**2 + area**2 * ann_var_per_px2
+        if gain_ok:
+            var = var + np.clip(flux, 0, None) / gain
+        fluxerr = np.sqrt(var)
+        flux[~ok] = np.nan
+        fluxerr[~ok] = np.nan
+        mag, magerr = magnitudes(flux, fluxerr, exptime)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            snr = flux / fluxerr
+        flag = np.zeros(n, np.int32)
+        flag[(sflag & (sep_x.APER_HASMASKED | sep_x.APER_ALLMASKED)) > 0] |= FLAG_MASKED
+        if lab in sat_flags:
+            flag[sat_flags[lab]] |= FLAG_SATURATED
+        flag[trunc | ((src_flags & FLAG_EDGE) > 0) | ~ok] |= FLAG_EDGE
+        flag[ann_bad] |= FLAG_ANNULUS
+        flag[~(flux > 0)] |= FLAG_NONPOSITIVE
+        flag[dnn < r] |= FLAG_CROWDED
+        tab[f"flux_{lab}"] = flux
+        tab[f"fluxerr_{lab}"] = fluxerr
+        tab[f"mag_{lab}"] = mag
+        tab[f"magerr_{lab}"] = magerr
+        tab[f"snr_{lab}"] = snr
+        tab[f"flag_{lab}"] = flag
+        tab[f"bkg_{lab}"] = bkg
+        tab[f"flux_{lab}"].unit = "adu"
+        tab[f"fluxerr_{lab}"].unit = "adu"
+        tab[f"mag_{lab}"].unit = "mag"
+        tab[f"magerr_{lab}"].unit = "mag"
+        tab[f"bkg_{lab}"].unit = "adu / pix"
+
+    tab["flags"] = (src_flags | tab[f"flag_{calib}"]).astype(np.int32)
+    if settings.min_snr > 0:
+        keep = np.asarray(tab[f"snr_{calib}"] >= settings.min_snr)
+        tab = tab[keep]
+    report(progress, total, total)
+    return tab

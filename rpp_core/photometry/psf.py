@@ -1,0 +1,417 @@
+"""ePSF building (photutils) and PSF photometry (sep_x), with the aperture correction.
+
+Why sep_x fits an ePSF built by photutils, how it is handed over and what
+``psf_flux`` measures: docs/photometry.md.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+import warnings
+from dataclasses import dataclass, field
+
+import numpy as np
+import sep_x
+from astropy.stats import sigma_clipped_stats
+from astropy.table import Table
+from scipy.spatial import cKDTree
+
+from ..errors import InputError
+from ..flags import FLAG_ANNULUS, FLAG_CROWDED, FLAG_EDGE, FLAG_MASKED, FLAG_NONPOSITIVE, FLAG_PSF_FAILED, FLAG_SATURATED
+from ..progress import CancelFn, ProgressFn, check_cancel, report
+from ..settings import PhotometrySettings
+from .aperture import CHUNK, aperture_labels, aperture_photometry, aperture_radii, calibration_label, clean_inputs, magnitudes
+
+
+@dataclass
+class PsfInfo:
+    """What the PSF stage built and measured.
+
+    Attributes
+    ----------
+    status : "ok", or why no PSF photometry was done (then the PSF columns are NaN).
+    epsf : oversampled ePSF (photutils convention: pixel-integrated, sum = oversampling**2,
+        centre at the middle pixel), or None.
+    epsf_fit : the ePSF decimated to image-pixel steps, unit sum: what sep_x fits.
+    oversampling : ePSF oversampling factor.
+    stamp_px : side of the ePSF stamp in image pixels (odd).
+    fwhm_px : FWHM used to size stamps and annuli (px).
+    star_ids : ``id`` (or row index) of the stars selected for the ePSF.
+    n_stars : stars the ePSF builder kept.
+    n_fit, n_failed, n_skipped : sources fitted, failed fits, sources not fitted
+        (beyond ``psf_max_fit`` or without a position).
+    apcorr, apcorr_err, apcorr_n : aperture correction (mag) added to the raw PSF magnitude
+        to put it on the scale of ``apcorr_aperture``; its error (mag, error of the
+        median) and the number of stars it comes from.
+    aperture_corrections : label -> (correction to the largest aperture in mag, error, n):
+        ``mag_largest = mag_label + correction``; label "psf" gives it for the raw PSF mag.
+    largest_aperture : label of the largest aperture.
+    build_s, fit_s : wall time of the ePSF build and of the PSF fits (s).
+    normalisation : one line saying what psf_flux measures.
+    """
+
+    status: str = "ok"
+    relaxed_selection: bool = False  # ePSF stars chosen by the relaxed rules (crowded or nebulous frame)
+    epsf: np.ndarray | None = None
+    epsf_fit: np.ndarray | None = None
+    oversampling: int = 1
+    stamp_px: int = 0
+    fwhm_px: float = float("nan")
+    star_ids: list = field(default_factory=list)
+    n_stars: int = 0
+    n_fit: int = 0
+    n_failed: int = 0
+    n_skipped: int = 0
+    apcorr: float = 0.0
+    apcorr_err: float = float("nan")
+    apcorr_n: int = 0
+    apcorr_aperture: str = ""
+    aperture_corrections: dict = field(default_factory=dict)
+    largest_aperture: str = ""
+    build_s: float = 0.0
+    fit_s: float = 0.0
+    normalisation: str = "ePSF normalised to unit sum over its stamp: psf_flux = flux inside the stamp"
+
+    @property
+    def n_fitted(self) -> int:
+        """Sources fitted successfully."""
+        return self.n_fit - self.n_failed
+
+
+def select_psf_stars(tab: Table, fwhm_px: float, shape, settings: PhotometrySettings,
+                     n_max: int | None = None, min_snr: float = 50.0, relaxed: bool = False) -> np.ndarray:
+    """Rows of an aperture-photometry table suitable for the ePSF and the aperture correction.
+
+    A star qualifies when every aperture flag is 0 (no masked, saturated, edge,
+    crowded pixel, good annulus), its calibration-aperture SNR exceeds ``min_snr``,
+    its ePSF stamp lies inside the frame, no other source lies within 3 FWHM and no
+    source brighter than 10 % of it lies within the stamp half-diagonal. Returns row
+    indices, highest SNR first, at most ``n_max``.
+
+    ``relaxed`` is the last resort for crowded or nebulous frames (a DSS plate of
+    the Horsehead left 1 star under the strict rules): only the calibration
+    aperture must be unflagged except for "crowded" and "annulus", neighbours
+    must be 2 FWHM away and fainter than 30 %.
+    """
+    labels = aperture_labels(settings)
+    calib = calibration_label(settings)
+    x = np.asarray(tab["x"], float)
+    y = np.asarray(tab["y"], float)
+    flux = np.asarray(tab[f"flux_{calib}"], float)
+    snr = np.asarray(tab[f"snr_{calib}"], float)
+    half = _stamp_half(fwhm_px, settings)
+    ny, nx = shape
+    good = np.isfinite(x) & np.isfinite(y) & np.isfinite(flux) & (snr > min_snr)
+    if relaxed:
+        good &= (np.asarray(tab[f"flag_{calib}"]) & ~(FLAG_CROWDED | FLAG_ANNULUS)) == 0
+    else:
+        for lab in labels:
+            good &= np.asarray(tab[f"flag_{lab}"]) == 0
+    good &= (x >= half) & (x <= nx - 1 - half) & (y >= half) & (y <= ny - 1 - half)
+    idx = np.nonzero(good)[0]
+    if len(idx) == 0:
+        return idx
+    fin = np.isfinite(x) & np.isfinite(y)
+    all_i = np.nonzero(fin)[0]
+    tree = cKDTree(np.c_[x[all_i], y[all_i]])
+    fl_all = np.where(np.isfinite(flux), flux, np.inf)  # unknown flux: assume bright
+    r_far = half * math.sqrt(2.0)
+    keep = []
+    for i, nb in zip(idx, tree.query_ball_point(np.c_[x[idx], y[idx]], r_far)):
+        nb = all_i[nb]
+        nb = nb[nb != i]
+        if len(nb) == 0:
+            keep.append(i)
+            continue
+        d = np.hypot(x[nb] - x[i], y[nb] - y[i])
+        near, frac = (2.0, 0.3) if relaxed else (3.0, 0.1)
+        if np.any(d < near * fwhm_px) or np.any(fl_all[nb] > frac * flux[i]):
+            continue
+        keep.append(i)
+    keep = np.array(keep, dtype=np.intp)
+    keep = keep[np.argsort(-snr[keep], kind="stable")]
+    return keep if n_max is None else keep[:n_max]
+
+
+def _stamp_half(fwhm_px: float, settings: PhotometrySettings) -> int:
+    return int(min(max(math.ceil(settings.psf_radius * fwhm_px), 5), 75))
+
+
+def build_epsf(data_sub, mask, x, y, fwhm_px, settings: PhotometrySettings, ids=None):
+    """Build an ePSF with photutils EPSFBuilder from stars at (x, y) (0-based px).
+
+    The ePSF is normalised to the stamp sum, so a residual background of p ADU/px over
+    the N-pixel stamp scales every PSF flux by about 1 + N p / flux_star (docs/photometry.md
+    says why no pedestal is subtracted: the aperture correction removes the scale).
+
+    Returns ``(epsf, epsf_fit, n_used)``: the oversampled ePSF (sum = oversampling**2), the
+    same decimated to image-pixel steps through its centre with unit sum (what sep_x
+    fits, see the module docstring), and the number of stars the builder kept.
+    """
+    from astropy.nddata.utils import NoOverlapError, PartialOverlapError, overlap_slices
+    from photutils.psf import EPSFBuilder, EPSFStar, EPSFStars
+
+    size = 2 * _stamp_half(fwhm_px, settings) + 1
+    o = int(settings.psf_oversampling)
+    ids = np.arange(len(x)) if ids is None else np.asarray(ids)
+    star_list = []
+    for xc, yc, sid in zip(np.asarray(x, float), np.asarray(y, float), ids):
+        try:
+            big, _ = overlap_slices(data_sub.shape, (size, size), (yc, xc), mode="strict")
+        except (PartialOverlapError, NoOverlapError):
+            continue
+        cut = np.asarray(data_sub[big], dtype=float)
+        weights = None if mask is None else (~mask[big]).astype(float)
+        origin = (big[1].start, big[0].start)
+        star_list.append(EPSFStar(cut, weights=weights, cutout_center=(xc - origin[0], yc - origin[1]),
+                                  origin=origin, id_label=sid))
+    if len(star_list) < 3:
+        raise InputError(f"only {len(star_list)} PSF stars have their whole {size}-px stamp inside the frame")
+    stars = EPSFStars(star_list)
+    with warnings.catch_warnings():
+        # photutils warns about each masked/odd star; the selection already excluded
+        # flagged stars and the builder clips outliers.
+        warnings.simplefilter("ignore")
+        # A tiny center_accuracy makes the iteration count fixed, so runs are reproducible.
+        builder = EPSFBuilder(oversampling=o, maxiters=int(settings.psf_iterations),
+                              progress_bar=False, center_accuracy=1e-9)
+        res = builder(stars)
+    epsf = np.asarray(res.epsf.data, dtype=np.float64)
+    cy, cx = (epsf.shape[0] - 1) // 2, (epsf.shape[1] - 1) // 2
+    dec = epsf[cy % o :: o, cx % o :: o]
+    # keep the stamp odd and centred on the ePSF centre
+    ny2 = min(cy // o, (epsf.shape[0] - 1 - cy) // o)
+    nx2 = min(cx // o, (epsf.shape[1] - 1 - cx) // o)
+    c0y, c0x = cy // o, cx // o
+    dec = dec[c0y - ny2 : c0y + ny2 + 1, c0x - nx2 : c0x + nx2 + 1]
+    dec = dec / dec.sum()
+    n_used = int(stars.n_good_stars)
+    return epsf, np.ascontiguousarray(dec, dtype=np.float32), n_used
+
+
+def _robust_offset(delta):
+    delta = np.asarray(delta, float)
+    delta = delta[np.isfinite(delta)]
+    if len(delta) == 0:
+        return float("nan"), float("nan"), 0
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        mean, med, std = sigma_clipped_stats(delta, sigma=3.0, maxiters=10)
+    kept = int(np.sum(np.abs(delta - med) <= 3.0 * std)) if std > 0 else len(delta)
+    # error of a median: sqrt(pi/2) x error of the mean
+    err = 1.2533 * std / math.sqrt(max(kept, 1)) if kept > 1 else float("nan")
+    return float(med), float(err), kept
+
+
+def psf_photometry(
+    data_sub: np.ndarray,
+    rms: np.ndarray | float | None,
+    mask: np.ndarray | None,
+    sources: Table,
+    fwhm_px: float,
+    gain: float | None,
+    exptime: float | None,
+    settings: PhotometrySettings,
+    progress: ProgressFn | None = None,
+    cancel: CancelFn | None = None,
+) -> tuple[Table, PsfInfo]:
+    """Build an ePSF and fit it to the sources with sep_x; aperture-correct the magnitudes.
+
+    Parameters
+    ----------
+    data_sub, rms, mask, fwhm_px, gain, exptime, settings : as :func:`aperture_photometry`.
+    sources : output of :func:`aperture_photometry` (if its columns are missing it is run
+        first, without a saturation mask).
+    progress, cancel : ``progress(done, total)``: 1 after the ePSF build, then one step per
+        strip of up to 2,000 fitted sources; ``cancel()`` true raises ``Cancelled``.
+
+    Returns
+    -------
+    (Table, PsfInfo)
+        The table gains ``psf_flux``, ``psf_fluxerr`` (ADU, flux inside the ePSF stamp),
+        ``psf_mag`` (instrumental, + ``apcorr``: on the calibration-aperture scale),
+        ``psf_magerr``, ``psf_flag``, ``psf_chi2`` (reduced chi^2), ``psf_x``, ``psf_y``
+        (fitted 0-based position). Sources beyond the ``psf_max_fit`` brightest get NaN
+        and flag 64. ``meta`` gains ``psf_apcorr``, ``psf_apcorr_err``, ``psf_apcorr_n``,
+        ``psf_apcorr_aperture``, ``aperture_corrections``.
+    """
+    check_cancel(cancel)
+    calib = calibration_label(settings)
+    labels = aperture_labels(settings)
+    if f"flux_{calib}" not in sources.colnames:
+        sources = aperture_photometry(data_sub, rms, mask, sources, fwhm_px, gain, exptime, settings, cancel=cancel)
+    data, rms_map, mask = clean_inputs(data_sub, rms if isinstance(rms, np.ndarray) else None, mask)
+    err = rms_map if rms_map is not None else (float(rms) if rms is not None else None)
+    tab = Table(sources, copy=True)
+    n = len(tab)
+    info = PsfInfo(oversampling=int(settings.psf_oversampling), fwhm_px=float(fwhm_px), apcorr_aperture=calib)
+    x = np.asarray(tab["x"], float)
+    y = np.asarray(tab["y"], float)
+    cal_flag = np.asarray(tab[f"flag_{calib}"], np.int64)
+    out_flux = np.full(n, np.nan)
+    out_err = np.full(n, np.nan)
+    out_x = np.full(n, np.nan)
+    out_y = np.full(n, np.nan)
+    out_chi2 = np.full(n, np.nan)
+    out_flag = (cal_flag & (FLAG_MASKED | FLAG_SATURATED | FLAG_EDGE)).astype(np.int32) | FLAG_PSF_FAILED
+
+    def finish(status: str):
+        info.status = status
+        mag, magerr = magnitudes(out_flux, out_err, exptime)
+        if np.isfinite(info.apcorr):
+            mag = mag + info.apcorr
+        tab["psf_flux"] = out_flux
+        tab["psf_fluxerr"] = out_err
+        tab["psf_mag"] = mag
+        tab["psf_magerr"] = magerr
+        tab["psf_flag"] = out_flag.astype(np.int32)
+        tab["psf_chi2"] = out_chi2
+        tab["psf_x"] = out_x
+        tab["psf_y"] = out_y
+        for c in ("psf_flux", "psf_fluxerr"):
+            tab[c].unit = "adu"
+        for c in ("psf_mag", "psf_magerr"):
+            tab[c].unit = "mag"
+        tab.meta.update(
+            psf_status=status, psf_apcorr=info.apcorr, psf_apcorr_err=info.apcorr_err, psf_apcorr_n=info.apcorr_n,
+            # lists of plain floats, so the meta survives ECSV/FITS writers
+            psf_apcorr_aperture=calib,
+            aperture_corrections={k: [float(v[0]), float(v[1]), int(v[2])] for k, v in info.aperture_corrections.items()},
+            aperture_corrections_to=info.largest_aperture,
+            psf_normalisation=info.normalisation,
+        )
+        return tab, info
+
+    if settings.psf_max_fit <= 0:
+        info.n_skipped = n
+        return finish("photometry.psf_max_fit = 0: no PSF fits")
+
+    # ---- ePSF
+    t0 = time.perf_counter()
+    stars = select_psf_stars(tab, fwhm_px, data.shape, settings)
+    if len(stars) < 5:
+        stars = select_psf_stars(tab, fwhm_px, data.shape, settings, min_snr=20.0)
+    if len(stars) < 5:
+        stars = select_psf_stars(tab, fwhm_px, data.shape, settings, min_snr=10.0, relaxed=True)
+        info.relaxed_selection = True
+    if mask is not None and len(stars):
+        # A masked pixel anywhere in the stamp makes photutils fill it by 2-D cubic
+        # interpolation, 0.5 s per star (measured): prefer stars with clean stamps.
+        h = _stamp_half(fwhm_px, settings)
+        clean = np.array([not mask[int(round(y[i])) - h : int(round(y[i])) + h + 1,
+                                   int(round(x[i])) - h : int(round(x[i])) + h + 1].any() for i in stars])
+        if clean.sum() >= 5:
+            stars = stars[clean]
+    stars = stars[: int(settings.psf_stars)]
+    if len(stars) < 5:
+        info.n_skipped = n
+        return finish(f"only {len(stars)} isolated unflagged stars with SNR > 10, even by the relaxed rules: "
+                      "no ePSF built (lower detection.threshold_sigma or photometry.psf_radius)")
+    ids = np.asarray(tab["id"]) if "id" in tab.colnames else np.arange(n)
+    check_cancel(cancel)
+    try:
+        info.epsf, epsf_fit, info.n_stars = build_epsf(data, mask, x[stars], y[stars], fwhm_px, settings,
+                                                       ids=ids[stars])
+    except (ValueError, RuntimeError, InputError) as exc:
+        info.n_skipped = n
+        return finish(f"ePSF build failed on {len(stars)} stars: {exc}")
+    info.epsf_fit = epsf_fit
+    info.stamp_px = epsf_fit.shape[0]
+    info.star_ids = ids[stars].tolist()
+    info.build_s = time.perf_counter() - t0
+    psf = sep_x.PSF(epsf_fit, sampling=1.0, fwhm=float(fwhm_px))
+
+    # ---- fits of the psf_max_fit brightest, in horizontal strips (progress/cancel)
+    t0 = time.perf_counter()
+    cal_flux = np.asarray(tab[f"flux_{calib}"], float)
+    ok = np.isfinite(x) & np.isfinite(y)
+    order = np.nonzero(ok)[0]
+    order = order[np.argsort(-np.where(np.isfinite(cal_flux[order]), cal_flux[order], -np.inf), kind="stable")]
+    fit_idx = order[: int(settings.psf_max_fit)]
+    info.n_skipped = n - len(fit_idx)
+    r_fit = float(settings.psf_fit_radius * fwhm_px)
+    # No gain for sep_x: it takes the Poisson variance from the data, which weights
+    # down upward noise and biased faint-star fluxes by -0.5 % (-0.23 sigma; 4k frame,
+    # 2,000-8,000 ADU stars; 0.0 % without). The Poisson term is added below instead.
+    kw = dict(err=err, grouped=True, fit_radius=r_fit)
+    if mask is not None:
+        kw["mask"] = mask
+    # Grouped fitting models overlapping neighbours together, so a strip is fitted
+    # with a halo of the sources just outside it and only its own results are kept.
+    by_y = fit_idx[np.argsort(y[fit_idx], kind="stable")]
+    yy_sorted = y[by_y]
+    halo = 2.0 * r_fit + info.stamp_px
+    # With background-only weights the Poisson variance of the fitted flux
+    # sum(P d) / sum(P^2) over the fit disc is flux * S3 / (gain S2^2), S_k = sum P^k.
+    pc = (info.stamp_px - 1) / 2.0
+    pyy, pxx = np.mgrid[0 : info.stamp_px, 0 : info.stamp_px]
+    pd = epsf_fit[np.hypot(pxx - pc, pyy - pc) <= r_fit].astype(float)
+    s2, s3 = (pd**2).sum(), (pd**3).sum()
+    gain_ok = gain is not None and gain > 0
+    n_strips = max(1, math.ceil(len(by_y) / CHUNK))
+    total = n_strips + 1
+    report(progress, 1, total)
+    for k in range(n_strips):
+        check_cancel(cancel)
+        core = by_y[k * CHUNK : (k + 1) * CHUNK]
+        if len(core) == 0:
+            continue
+        lo, hi = y[core].min() - halo, y[core].max() + halo
+        a_ = np.searchsorted(yy_sorted, lo, side="left")
+        b_ = np.searchsorted(yy_sorted, hi, side="right")
+        ctx = by_y[a_:b_]
+        ctx = np.concatenate([core, np.setdiff1d(ctx, core, assume_unique=True)])
+        fl, fe, xf, yf, fflag, chi2, _ = sep_x.psf_fit(data, x[ctx], y[ctx], psf, **kw)
+        m = len(core)
+        fl, fe, xf, yf, chi2 = (np.asarray(v, float)[:m] for v in (fl, fe, xf, yf, chi2))
+        fflag = np.asarray(fflag, np.int64)[:m]
+        fit_ok = np.isfinite(fl) & (fe > 0)  # sep_x returns 0 +- 0 for a degenerate grouped fit
+        if gain_ok:
+            fe = np.sqrt(fe**2 + np.clip(fl, 0, None) * s3 / (gain * s2**2))
+        out_flux[core], out_err[core], out_x[core], out_y[core], out_chi2[core] = fl, fe, xf, yf, chi2
+        # sep_x sets APER_HASMASKED / APER_TRUNC for masked or off-frame pixels in the
+        # footprint: the fit is made without them, so they are quality flags, not failures.
+        failed = ((fflag & ~(sep_x.APER_HASMASKED | sep_x.APER_TRUNC)) != 0) | ~fit_ok
+        # a fit that wandered more than one FWHM has locked onto a neighbour
+        failed |= np.hypot(xf - x[core], yf - y[core]) > fwhm_px
+        f = out_flag[core] & ~FLAG_PSF_FAILED
+        f[(fflag & sep_x.APER_HASMASKED) > 0] |= FLAG_MASKED
+        f[(fflag & sep_x.APER_TRUNC) > 0] |= FLAG_EDGE
+        f[failed] |= FLAG_PSF_FAILED
+        f[~(fl > 0)] |= FLAG_NONPOSITIVE
+        out_flag[core] = f
+        out_flux[core[failed]] = np.nan
+        out_err[core[failed]] = np.nan
+        report(progress, k + 2, total)
+    info.n_fit = int(len(fit_idx))
+    info.n_failed = int(np.sum((out_flag[fit_idx] & FLAG_PSF_FAILED) > 0))
+    info.fit_s = time.perf_counter() - t0
+
+    # ---- aperture correction: same star choice as the ePSF, but as many as qualify
+    ap_stars = select_psf_stars(tab, fwhm_px, data.shape, settings, n_max=None, min_snr=50.0)
+    ap_stars = ap_stars[(out_flag[ap_stars] == 0) & (out_flux[ap_stars] > 0)]
+    for kw in (dict(min_snr=20.0), dict(min_snr=10.0, relaxed=True)):
+        if len(ap_stars) >= 5:
+            break
+        ap_stars = select_psf_stars(tab, fwhm_px, data.shape, settings, n_max=None, **kw)
+        ap_stars = ap_stars[(out_flag[ap_stars] == 0) & (out_flux[ap_stars] > 0)]
+    psf_raw, _ = magnitudes(out_flux, out_err, exptime)
+    if len(ap_stars):
+        corr, corr_err, corr_n = _robust_offset(np.asarray(tab[f"mag_{calib}"])[ap_stars] - psf_raw[ap_stars])
+        info.apcorr, info.apcorr_err, info.apcorr_n = corr, corr_err, corr_n
+        big = labels[int(np.argmax([aperture_radii(settings, fwhm_px)[lab] for lab in labels]))]
+        m_big = np.asarray(tab[f"mag_{big}"])[ap_stars]
+        for lab in labels:
+            info.aperture_corrections[lab] = _robust_offset(m_big - np.asarray(tab[f"mag_{lab}"])[ap_stars])
+        info.aperture_corrections["psf"] = _robust_offset(m_big - psf_raw[ap_stars])
+        info.largest_aperture = big
+        status = ("ok, but the ePSF stars were chosen by the relaxed rules (crowded or nebulous frame): "
+                  "look at psf.fits" if info.relaxed_selection else "ok")
+        if not np.isfinite(corr):
+            info.apcorr = 0.0
+            status = "ok, but the aperture correction could not be measured: apcorr = 0"
+    else:
+        info.apcorr, info.apcorr_err, info.apcorr_n = 0.0, float("nan"), 0
+        status = "ok, but no isolated unflagged star with SNR > 20 for the aperture correction: apcorr = 0"
+    return finish(status)
