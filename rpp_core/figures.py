@@ -24,7 +24,7 @@ from typing import Callable
 import numpy as np
 
 from .fsio import atomic_path
-from .plots import _col, _finite, clip_to_limits, robust_limits
+from .plots import _col, _finite, clip_to_limits, robust_limits, value_with_error
 
 DPI = 100
 SIZE_PX = (800, 600)
@@ -68,19 +68,12 @@ def zp_fit(fig, table, meta: dict) -> None:
     ax.scatter(x, y, s=14, color="tab:blue", label=f"used ({len(x)})", zorder=3)
     lo, hi = float(np.min(x)), float(np.max(x))
     ax.plot([lo, hi], [lo + zp, hi + zp], color="tab:orange", lw=1.5, zorder=4,
-            label=f"ZP = {_pm(zp, meta.get('zp_err'))}")
+            label=f"ZP = {value_with_error(zp, meta.get('zp_err'))}")
     ax.set_xlabel(f"instrumental magnitude ({label})")
     ax.set_ylabel(f"catalogue {meta.get('band', '')} (mag)")
     ax.set_title(f"Zero point, {meta.get('n_calibrators', len(x))} calibrators")
     ax.legend(loc="upper left")
     ax.grid(alpha=0.3)
-
-
-def _pm(value, error) -> str:
-    if error is None or not np.isfinite(error) or error <= 0:
-        return f"{value:.3f}"
-    decimals = max(3, 1 - int(np.floor(np.log10(error))))
-    return f"{value:.{decimals}f} ± {error:.{decimals}f}"
 
 
 def _residuals(fig, table, meta: dict, xname: str, xlabel: str) -> None:

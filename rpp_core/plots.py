@@ -31,6 +31,22 @@ def _finite(*arrays):
     return [a[ok] for a in arrays]
 
 
+def value_with_error(value: float | None, error: float | None, min_decimals: int = 3) -> str:
+    """``value ± error`` with the error to two significant digits: 24.51900 ± 0.00040, 24.519 ± 0.012.
+
+    At least ``min_decimals`` decimals, more when the error needs them, so an
+    error of 0.0004 mag never prints as ``± 0.000``.
+    """
+    if value is None:
+        return "–"
+    if error is None or not np.isfinite(error):
+        return f"{value:.{min_decimals}f}"
+    decimals = min_decimals
+    if error > 0:
+        decimals = min(max(min_decimals, 1 - int(np.floor(np.log10(error)))), 8)
+    return f"{value:.{decimals}f} ± {error:.{decimals}f}"
+
+
 def robust_limits(values, used=None, min_half_range: float = 0.02, include_zero: bool = True) -> tuple[float, float]:
     """Axis limits that show every used point and are not stretched by outliers (magnitudes).
 
@@ -86,7 +102,7 @@ def zp_fit(plt, table, meta: dict) -> None:
         plt.scatter(xr.tolist(), yr.tolist(), marker="x", color="red", label="rejected")
     if len(x):
         plt.scatter(x.tolist(), y.tolist(), marker="dot", color="cyan", label="used")
-    plt.title(f"Zero point {zp:.3f} ± {meta.get('zp_err', float('nan')):.3f}  (n={meta.get('n_calibrators', 0)})")
+    plt.title(f"Zero point {value_with_error(zp, meta.get('zp_err'))}  (n={meta.get('n_calibrators', 0)})")
     plt.xlabel(f"instrumental mag ({label})")
     plt.ylabel(f"catalogue {meta.get('band', '')}")
 

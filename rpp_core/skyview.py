@@ -26,7 +26,7 @@ from urllib.parse import quote
 import numpy as np
 
 from .fsio import write_text
-from .plots import _col
+from .plots import _col, value_with_error
 
 ALADIN_JS = "https://aladin.cds.unistra.fr/AladinLite/api/v3/latest/aladin.js"
 SURVEY = "P/DSS2/color"
@@ -223,8 +223,7 @@ def render(data: dict) -> str:
     where = (f"centre RA {c['ra']:.5f}°, Dec {c['dec']:+.5f}°, field {c['fov'] * 60:.1f}′" if c else "no sky coordinates")
     zp = ""
     if data.get("zp") is not None:
-        err = data.get("zp_err")
-        zp = f" · zero point {data['zp']:.3f}" + (f" ± {err:.4f}" if isinstance(err, (int, float)) else "") + f" ({html.escape(data['band'])})"
+        zp = f" · zero point {value_with_error(data['zp'], data.get('zp_err'))} ({html.escape(data['band'])})"
     esa = f' · <a href="{html.escape(data["esasky"])}">this field in ESA Sky</a>' if data.get("esasky") else ""
     shown = (f"{data['n_shown']} sources" if data["n_shown"] == data["n_total"]
              else f"{data['n_shown']} of {data['n_total']} sources (calibrators, identified objects, then the brightest)")

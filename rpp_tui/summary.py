@@ -12,6 +12,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from rpp_core.plots import value_with_error  # noqa: F401 - the screens format ZP ± error through this module
+
 
 @dataclass(frozen=True)
 class SummaryFacts:
@@ -74,20 +76,3 @@ def facts(summary: Any) -> SummaryFacts:
         airmass=_num(_get(summary, "airmass")),
         calibration_label=str(_get(summary, "calibration_label") or ""),
     )
-
-
-def value_with_error(value: float | None, error: float | None, min_decimals: int = 3) -> str:
-    """``value ± error`` with the error to two significant digits: 24.5190 ± 0.0004, 24.519 ± 0.012.
-
-    At least ``min_decimals`` decimals, more when the error needs them, so an
-    error of 0.0004 mag never prints as ``± 0.000``.
-    """
-    if value is None:
-        return "–"
-    if error is None or not math.isfinite(error):
-        return f"{value:.{min_decimals}f}"
-    decimals = min_decimals
-    if error > 0:
-        decimals = max(min_decimals, 1 - math.floor(math.log10(error)))
-    decimals = min(decimals, 8)
-    return f"{value:.{decimals}f} ± {error:.{decimals}f}"

@@ -654,3 +654,15 @@ def test_a_run_is_reopened_from_its_binary_catalogue_not_the_ecsv(run_folder):
     assert len(loaders.load_run(run_folder).catalog) == 17_000
     assert str(run.catalog["simbad_name"][10]) == str(cat["simbad_name"][0])  # text columns come back as text
     print(f"17,000-row run reopened in {t_fits:.3f} s")
+
+
+def test_a_tiny_zero_point_error_shows_its_digits_and_a_cancel_says_so_once():
+    from rpp_tui.screens.run import failure_headline, format_summary, short_summary
+
+    summary = {"zp": 24.519, "zp_err": 0.0004, "band": "G", "n_sources": 10, "n_calibrators": 5, "fwhm_px": 3.1}
+    assert "24.51900 ± 0.00040" in format_summary(summary, "runs/x")
+    assert "± 0.000 " not in format_summary(summary, "runs/x") + " "
+    assert "ZP 24.51900 ± 0.00040" in short_summary(summary)
+    assert "24.519 ± 0.012" in format_summary({**summary, "zp_err": 0.012}, "runs/x")
+    assert failure_headline("cancelled", "run cancelled", "fwhm") == "Run cancelled in stage fwhm"
+    assert failure_headline("failed", "no stars", "detect") == "Run failed in stage detect: no stars"
