@@ -31,7 +31,9 @@ CELL_PX = (10, 20)
 def detect() -> str:
     """Ask the terminal (before Textual starts) whether it shows images; sets :data:`PROTOCOL`."""
     global PROTOCOL, WIDGET, CELL_PX
-    if os.environ.get("RPP_IMAGE", "").lower() == "halfblock" or not (sys.__stdout__ and sys.__stdout__.isatty()):
+    # the answer comes on stdin: both ends must be the terminal
+    tty = bool(sys.__stdout__ and sys.__stdout__.isatty() and sys.__stdin__ and sys.__stdin__.isatty())
+    if os.environ.get("RPP_IMAGE", "").lower() == "halfblock" or not tty:
         return PROTOCOL
     try:
         from textual_image import renderable
