@@ -182,7 +182,7 @@ async def test_history_opens_a_run_and_deletes_it_after_confirmation(run_folder,
         history = app.query_one("#history")
         await wait_for(pilot, lambda: len(history.runs) == 1, 10)
         await pilot.press("enter")
-        await wait_for(pilot, lambda: app.current_run is not None, 10)
+        await wait_for(pilot, lambda: app.current_run is not None, 30)
         assert app.query_one("#tabs").active == "catalogue"
         assert app.query_one(CatalogueTable).total_rows == 200
         await pilot.press("7", "c")
@@ -197,7 +197,7 @@ async def test_catalogue_view_exports_only_the_filtered_rows_and_chosen_columns(
     app = RppApp(str(tui_env))
     async with app.run_test(size=(100, 30)) as pilot:
         app.open_run(run_folder)
-        await wait_for(pilot, lambda: app.current_run is not None, 10)
+        await wait_for(pilot, lambda: app.current_run is not None, 30)
         table = app.query_one(CatalogueTable)
         # the details of the highlighted source: every column, then links for its position
         details = app.query_one("#cat-details-text").content
@@ -212,6 +212,7 @@ async def test_catalogue_view_exports_only_the_filtered_rows_and_chosen_columns(
         assert len(links) == 3 and all(f"{ra:.6f}" in url for url in links)
         await pilot.press("slash", *list("snr>100"), "enter")
         expected = int((app.current_run.catalog["snr_ap2"] > 100).sum())
+        await wait_for(pilot, lambda: table.row_count == expected, 10)
         assert 0 < table.row_count == expected < 200
         # hide the first column (id) with the column chooser
         await pilot.press("v")

@@ -96,10 +96,16 @@ class CataloguePane(TabPane):
         self.label = label
         self.aliases = magnitude_aliases(arrays, label)
         table.set_data(arrays, default_columns(list(arrays), label))
+        self._warm_filter()
         with self.prevent(Input.Changed):
             self.query_one("#cat-filter", Input).value = ""
         self._show_filter_error("")
         self._status()
+
+    @work(thread=True, group="warm-filter")
+    def _warm_filter(self) -> None:
+        """Import pandas (the filter's grammar) now, in a thread, not on the first filter typed (seconds)."""
+        import pandas  # noqa: F401
 
     def _status(self, extra: str = "") -> None:
         table = self.query_one(CatalogueTable)
