@@ -139,7 +139,8 @@ def _check_before_run(profile, frame: str, catalogs: list[str]) -> None:
     problems = preflight(profile, frame)
     for p in problems:
         if p.severity != "error":
-            sys.stderr.write(f"rpp: warning: {p.advice('cli')}\n")
+            # worded like the run's own warnings: "rpp: " lines are reserved for what stops the command
+            sys.stderr.write(f"warning [before the run]: {p.advice('cli')}\n")
     errors = [p for p in problems if p.severity == "error"]
     for p in errors[1:]:
         sys.stderr.write(f"rpp: {p.advice('cli')}\n")

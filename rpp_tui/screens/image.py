@@ -116,6 +116,7 @@ class ImagePane(TabPane):
 
     def _update_status(self) -> None:
         image = self.query_one(HalfBlockImage)
+        image.ensure_built()  # the marker count of this view, not of the one before
         if not image.show_markers:
             overlay = "overlay off (m)"
         else:

@@ -269,6 +269,11 @@ class HalfBlockImage(Widget, can_focus=True):
                     break
             self.markers_shown = len(taken)
 
+    def ensure_built(self) -> None:
+        """Sample the current view now (not at the next render), so ``markers_shown`` describes it."""
+        if self._grid is None and self._image is not None:
+            self._build()
+
     def _cell(self, top: int, bottom: int) -> Segment:
         """One cell: two samples as ``▀`` (upper one the foreground); outside the frame, the widget's background.
 
