@@ -92,8 +92,8 @@ def part_rpp(args) -> dict:
     _save_cat(out / "cat_rpp_full.npz", cat["x"], cat["y"], [cat[f"flux_{k}"] for k in cat.meta["apertures"]], radii)
     np.savez(out / "cat_rpp_full_psf.npz", x=np.asarray(cat["x"]), y=np.asarray(cat["y"]),
              flux=np.asarray(cat["psf_flux"]) if "psf_flux" in cat.colnames else np.full(len(cat), np.nan))
-    return {"timings": res.summary["timings"], "total_s": total, "run_dir": str(res.run_dir),
-            "zp": res.summary.get("zp"), "fwhm_px": res.summary.get("fwhm_px"), "n_sources": res.summary.get("n_sources")}
+    return {"timings": dict(res.summary.timings), "total_s": total, "run_dir": str(res.run_dir),
+            "zp": res.summary.zp, "fwhm_px": res.summary.fwhm_px, "n_sources": res.summary.n_sources}
 
 
 def part_baseline(args) -> dict:

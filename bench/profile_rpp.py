@@ -136,7 +136,7 @@ def cmd_cprofile(args) -> None:
             res = asyncio.run(pipeline.run(args.frame, profile, out_dir=Path(args.frame).parent / "runs", catalog_files=catalogs))
         wall = time.perf_counter() - t0
         print(f"{args.frame} ({'CR + PSF on' if args.full else 'CR/PSF/astrometry/services off'}): {wall:.2f} s under pyinstrument; "
-              "stages: " + ", ".join(f"{k} {v:.2f}" for k, v in res.summary["timings"].items()))
+              "stages: " + ", ".join(f"{k} {v:.2f}" for k, v in res.summary.timings.items()))
         print(sampler.output_text(unicode=False, color=False, show_all=args.show_all, short_mode=False))
         return
     prof = cProfile.Profile()
@@ -149,7 +149,7 @@ def cmd_cprofile(args) -> None:
     prof.dump_stats(path)
     stats = pstats.Stats(prof)
     print(f"{args.frame} ({'CR + PSF on' if args.full else 'CR/PSF/astrometry/services off'}): {wall:.2f} s under cProfile "
-          f"(overhead included); stages: " + ", ".join(f"{k} {v:.2f}" for k, v in res.summary["timings"].items()))
+          f"(overhead included); stages: " + ", ".join(f"{k} {v:.2f}" for k, v in res.summary.timings.items()))
     tree = _callees(stats)
     for func in stats.stats:
         if func[2] in STAGE_FUNCS and "rpp_core" in func[0]:

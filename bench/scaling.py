@@ -102,15 +102,15 @@ def part_scale_run(args) -> dict:
     t0, c0 = time.perf_counter(), _cpu_s()
     res = asyncio.run(pipeline.run(path, profile, on_event, out_dir=Path(args.out) / "scaling" / "runs", catalog_files=catalogs))
     wall = time.perf_counter() - t0
-    timings = dict(res.summary["timings"])
+    timings = dict(res.summary.timings)
     if "zip" in res.files:
-        timings["zip"] = max(wall - float(res.summary["total_seconds"]), 0.0)
+        timings["zip"] = max(wall - float(res.summary.total_seconds), 0.0)
         hwm["zip"] = _maxrss_mb()
         cpu["zip"] = _cpu_s() - c0 - sum(cpu.values())
     results.remove_run(res.run_dir)
     return {"size": args.size, "stars": args.stars, "timings": timings, "hwm_mb": hwm, "base_mb": base,
-            "cpu_s": cpu, "total_cpu_s": _cpu_s() - c0, "peak_mb": _maxrss_mb(), "total_s": wall, "import_s": import_s, "n_sources": res.summary.get("n_sources"),
-            "fwhm_n_stars": res.summary.get("fwhm_n_stars")}
+            "cpu_s": cpu, "total_cpu_s": _cpu_s() - c0, "peak_mb": _maxrss_mb(), "total_s": wall, "import_s": import_s, "n_sources": res.summary.n_sources,
+            "fwhm_n_stars": res.summary.fwhm_n_stars}
 
 
 def _slope(n, t) -> float:

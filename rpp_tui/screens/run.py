@@ -12,6 +12,7 @@ from textual.containers import Horizontal, Vertical
 from textual.widgets import Static, TabPane
 
 from rpp_core import events as ev
+from rpp_core.products import RunSummary
 
 from ..paths import display_path
 from ..summary import facts, value_with_error
