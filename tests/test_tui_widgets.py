@@ -363,7 +363,7 @@ async def test_a_list_value_the_profile_refuses_is_refused_while_typing(tui_env)
         editor.focus()
         await pilot.press("end", "ctrl+u", *list("1.5, -2"))
         assert field.has_class("-invalid")
-        assert "aperture_factors" in field.error and "between 0.3 and 20" in field.error
+        assert "aperture_factors" in field.error and "0.3" in field.error and "20" in field.error
         assert app.profile.photometry.aperture_factors == [1.5, 2.0, 2.5, 3.0]  # not taken
         await pilot.press("backspace", "backspace", "2")
         assert not field.has_class("-invalid") and app.profile.photometry.aperture_factors == [1.5, 2.0]
