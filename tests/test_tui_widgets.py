@@ -200,6 +200,7 @@ async def test_catalogue_view_exports_only_the_filtered_rows_and_chosen_columns(
         await wait_for(pilot, lambda: app.current_run is not None, 30)
         table = app.query_one(CatalogueTable)
         # the details of the highlighted source: every column, then links for its position
+        await wait_for(pilot, lambda: hasattr(app.query_one("#cat-details-text").content, "plain"), 10)
         details = app.query_one("#cat-details-text").content
         src = table.current_source()
         lines = details.plain.splitlines()
