@@ -451,9 +451,11 @@ async def _astrometry_stage(job: _Job, profile: Profile, frame, meta, cat: Table
             need, why = astrometry.needs_solving(frame, meta, profile.astrometry, refcat=refcat, sources=cat)
             job.log(f"plate solving {'needed' if need else 'not needed'}: {why}")
             if need:
+                # every header hint counts, none is trusted: the WCS scale may be the unbinned camera's
                 res = await asyncio.to_thread(
                     astrometry.solve, cat, frame.data.shape, meta, profile.astrometry,
-                    cancel=job.cancelled, progress=job.progress_cb("astrometry"), log=job.thread_log(), refcat=refcat)
+                    cancel=job.cancelled, progress=job.progress_cb("astrometry"), log=job.thread_log(), refcat=refcat,
+                    hints=astrometry.solve_hints(frame, meta))
                 wcs = res.wcs
                 wcs_info.update(status="solved", source=res.method, rms_arcsec=res.rms_arcsec, n_matched=res.n_matched)
                 for line in astrometry.wcs_keywords(frame.header):

@@ -9,6 +9,12 @@ Solvers
   :class:`~rpp_core.image.ObservationMeta`; a hinted solve that fails is
   retried blind. The solver runs as a subprocess in its own process group
   (:mod:`.process`), polled every 0.2 s, killed as a group on cancel or timeout.
+  Before it starts, the frame is compared with the index files (:mod:`.coverage`:
+  quad sizes and sky area read from each file) so that a solve no index can
+  serve is not started, and the error names the index that would serve it.
+  The hints (:mod:`.hints`) are all the header says: a header WCS that failed its
+  check, pixel size over focal length each count as one pixel-scale hint, possibly
+  a binning factor off, so the hinted solve tries the range covering them.
 * ``siril-cli`` as second solver (:mod:`.siril`), only when the installed Siril
   can plate-solve from scripts (``platesolve`` exists from Siril 1.2; Debian 12
   ships 1.0.6, which cannot).
@@ -25,6 +31,8 @@ pixel scale in arcsec/px.
 """
 
 from .check import needs_solving, wcs_sky_offsets
+from .coverage import IndexInfo, index_advice, index_infos, read_index_info
+from .hints import ScaleHint, SolveHints, solve_hints
 from .index import SYSTEM_INDEX_DIR, build_index, index_dirs_for, index_files, scales_for_field, write_backend_config
 from .matching import pixel_scale_arcsec
 from .process import run_solver_process
@@ -32,10 +40,13 @@ from .refine import refine
 from .result import SolveResult
 from .siril import SirilInfo, siril_info
 from .solve import solve
+from .solve_field import SolvePlan, plan_astrometry_net
 from .wcsfile import header_with_wcs, wcs_header, wcs_keywords, write_wcs_file
 
 __all__ = [
-    "SYSTEM_INDEX_DIR", "SirilInfo", "SolveResult", "build_index", "header_with_wcs", "index_dirs_for", "index_files",
-    "needs_solving", "pixel_scale_arcsec", "refine", "run_solver_process", "scales_for_field", "siril_info", "solve",
-    "wcs_header", "wcs_keywords", "wcs_sky_offsets", "write_backend_config", "write_wcs_file",
+    "SYSTEM_INDEX_DIR", "IndexInfo", "ScaleHint", "SirilInfo", "SolveHints", "SolvePlan", "SolveResult", "build_index",
+    "header_with_wcs", "index_advice", "index_dirs_for", "index_files", "index_infos", "needs_solving",
+    "pixel_scale_arcsec", "plan_astrometry_net", "read_index_info", "refine", "run_solver_process", "scales_for_field",
+    "siril_info", "solve", "solve_hints", "wcs_header", "wcs_keywords", "wcs_sky_offsets", "write_backend_config",
+    "write_wcs_file",
 ]
