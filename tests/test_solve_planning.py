@@ -204,7 +204,7 @@ def test_frame_too_small_for_the_indexes_fails_at_once_naming_the_fix(m67_index)
     msg = str(exc.value)
     print(f"{elapsed:.2f} s: {msg}")
     assert elapsed < 3.0
-    assert "not started" in msg and "needs quads of" in msg and "4'-5.6'" in msg
+    assert "not started" in msg and "needs quads of 0.08'-1.2'" in msg and "hold quads of 4'-16'" in msg
     assert "rpp index build --field 132.8460 +11.8140" in msg and "--field-width 1.2" in msg
     assert "no Debian index package has quads this small" in msg
 

@@ -4,17 +4,19 @@ Solvers
 -------
 * astrometry.net ``solve-field`` (default, offline, :mod:`.solve_field`). It is
   fed our own source list as an xylist FITS table (1-based ``X``, ``Y`` and
-  ``FLUX``), with the index folders written into a backend config file
-  (``--config``, :mod:`.index`). Scale and position hints come from
-  :class:`~rpp_core.image.ObservationMeta`; a hinted solve that fails is
-  retried blind. The solver runs as a subprocess in its own process group
-  (:mod:`.process`), polled every 0.2 s, killed as a group on cancel or timeout.
-  Before it starts, the frame is compared with the index files (:mod:`.coverage`:
-  quad sizes and sky area read from each file) so that a solve no index can
-  serve is not started, and the error names the index that would serve it.
-  The hints (:mod:`.hints`) are all the header says: a header WCS that failed its
-  check, pixel size over focal length each count as one pixel-scale hint, possibly
-  a binning factor off, so the hinted solve tries the range covering them.
+  ``FLUX``), with the index files of each try written into a backend config
+  file (``--config``, :mod:`.index`). The hints (:mod:`.hints`) are all the
+  header says, none trusted blindly: a header WCS that failed its check and
+  pixel size over focal length each count as one pixel-scale hint, possibly a
+  binning factor off, so the hinted solve tries the range covering them. Before
+  solve-field starts, the frame is compared with the index files
+  (:mod:`.coverage`: quad sizes and sky area read from each file): a try no
+  index can serve is not started, and when none is left the error names the
+  index that would serve it (a Debian package, or ``rpp index build`` for the
+  field, :mod:`.fields`). A hinted solve that fails is retried without the
+  pointing when there is a pixel-scale hint. The solver runs as a subprocess in
+  its own process group (:mod:`.process`), polled every 0.2 s, killed as a
+  group on cancel or timeout.
 * ``siril-cli`` as second solver (:mod:`.siril`), only when the installed Siril
   can plate-solve from scripts (``platesolve`` exists from Siril 1.2; Debian 12
   ships 1.0.6, which cannot).

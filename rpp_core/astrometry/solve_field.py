@@ -99,6 +99,18 @@ class SolvePlan:
     advice: str = ""
 
 
+def _quad_ranges(indexes: list[IndexInfo]) -> str:
+    """The quad sizes of index files as merged ranges in arcmin: ``4'-16', 22'-2000'``."""
+    spans = sorted((i.quad_lo / 60, i.quad_hi / 60) for i in indexes if np.isfinite(i.quad_lo))
+    merged: list[list[float]] = []
+    for lo, hi in spans:
+        if merged and lo <= merged[-1][1] * 1.001:
+            merged[-1][1] = max(merged[-1][1], hi)
+        else:
+            merged.append([lo, hi])
+    return ", ".join(f"{lo:.3g}'-{hi:.3g}'" for lo, hi in merged) or "unknown sizes"
+
+
 def _width(shape, scale: float) -> str:
     return f"{max(shape) * scale / 60.0:.3g}'"
 
@@ -125,8 +137,7 @@ def plan_astrometry_net(shape: tuple[int, int], hints: SolveHints, indexes: list
                    f"({shape[1]} x {shape[0]} px at {scales[0]:.3g}-{scales[1]:.3g}\"/px) needs quads of "
                    f"{q_lo / 60:.2g}'-{q_hi / 60:.3g}'")
     if not fit:
-        have = ", ".join(sorted({f"{i.quad_lo / 60:.3g}'-{i.quad_hi / 60:.3g}'" for i in indexes}))
-        plan.skipped.append(f"{frame_words}; the {len(indexes)} index files hold quads of {have}")
+        plan.skipped.append(f"{frame_words}; the {len(indexes)} index files hold quads of {_quad_ranges(indexes)}")
     position = (hints.ra, hints.dec, settings.search_radius_deg) if hints.has_position else None
     near = fit
     if position is not None and fit:
@@ -135,8 +146,10 @@ def plan_astrometry_net(shape: tuple[int, int], hints: SolveHints, indexes: list
         near = [i for i in fit if i.covers(hints.ra, hints.dec, margin)]
         if not near:
             cones = "; ".join(i.describe() for i in fit[:_NAMES_SHOWN])
+            close = [i for i in indexes if i not in fit and i.covers(hints.ra, hints.dec, margin)]
+            there = f" (those near it hold quads of {_quad_ranges(close)}: they do not fit)" if close else ""
             plan.skipped.append(f"no index file with quads that fit lies near RA {hints.ra:.4f} Dec {hints.dec:+.4f} "
-                                f"({hints.position_source or 'the pointing'}); those that fit cover: {cones}. "
+                                f"({hints.position_source or 'the pointing'}){there}; those that fit cover: {cones}. "
                                 "A blind solve would only help if that pointing were wrong")
     if near and (position is not None or srange is not None):
         plan.attempts.append(Attempt("hinted", scales, position, near, srange is not None))
