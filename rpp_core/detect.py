@@ -19,7 +19,7 @@ from scipy.spatial import cKDTree
 from .errors import NoStarsError
 from .flags import FLAG_EDGE, FLAG_MASKED, FLAG_SATURATED
 from .progress import CancelFn, ProgressFn, check_cancel
-from .settings import DetectionSettings
+from .settings import DetectionSettings, MaskSettings
 
 # sub-pixel sampling of the model: synthetic and real stars are pixel-integrated,
 # a point-sampled Moffat would read the FWHM ~2% wide at FWHM 2.5 px
@@ -278,6 +278,7 @@ def find_stars(
     settings: DetectionSettings,
     saturated_mask: np.ndarray | None = None,
     *,
+    border_px: int | None = None,
     progress: ProgressFn | None = None,
     cancel: CancelFn | None = None,
 ) -> Table:
@@ -296,6 +297,8 @@ def find_stars(
         sharpness test) is added at the centroid of its saturated pixels, and
         of several detections centred on one saturated blob only the
         brightest is kept.
+    border_px : px; no star centre is sought this close to the frame edge
+        (``masks.border_px``; None: the default of :class:`~rpp_core.settings.MaskSettings`).
 
     Returns
     -------
@@ -317,7 +320,7 @@ def find_stars(
     data = _finite(data_sub)
     rms = np.asarray(rms, dtype=np.float32)
     ny, nx = data.shape
-    b = settings.border_px
+    b = MaskSettings().border_px if border_px is None else int(border_px)
     sat = saturated_mask if saturated_mask is not None else np.zeros(data.shape, bool)
     search = np.zeros(data.shape, bool) if mask is None else (np.asarray(mask, bool) & ~sat)
     if b > 0:
@@ -421,3 +424,18 @@ def _missing_saturated(data, labels, x, y, fwhm):
         box = data[y0:y1, x0:x1]
         out.append((cx, cy, float(box.max()), float(box.sum())))
     return out
+
+
+def drop_cosmic_ray_peaks(sources: Table, crmask: np.ndarray) -> tuple[Table, int]:
+    """Detections whose peak pixel is a cosmic-ray hit removed (DAOStarFinder lets a few through); ids renumbered.
+
+    Returns the kept sources and how many were dropped.
+    """
+    px = np.clip(np.round(np.asarray(sources["x"])).astype(int), 0, crmask.shape[1] - 1)
+    py = np.clip(np.round(np.asarray(sources["y"])).astype(int), 0, crmask.shape[0] - 1)
+    is_cr = crmask[py, px]
+    if not is_cr.any():
+        return sources, 0
+    kept = sources[~is_cr]
+    kept["id"] = np.arange(1, len(kept) + 1)
+    return kept, int(is_cr.sum())

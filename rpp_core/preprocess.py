@@ -11,6 +11,7 @@ dropped after this stage. Images are float32, pixel origin 0, values in ADU.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from dataclasses import dataclass
@@ -19,8 +20,9 @@ import numpy as np
 from scipy import ndimage as ndi
 
 from .errors import InputError
+from .products import ExposureValues, MeasurableImage
 from .progress import CancelFn, ProgressFn, check_cancel
-from .settings import CosmicRaySettings, DetectionSettings
+from .settings import BackgroundSettings, CosmicRaySettings, MaskSettings
 
 
 @dataclass
@@ -49,7 +51,7 @@ class Background:
     global_rms: float
 
 
-def make_masks(data: np.ndarray, saturation: float | None, settings: DetectionSettings) -> Masks:
+def make_masks(data: np.ndarray, saturation: float | None, settings: MaskSettings) -> Masks:
     """Masks of non-finite, saturated and border pixels.
 
     Parameters
@@ -59,7 +61,7 @@ def make_masks(data: np.ndarray, saturation: float | None, settings: DetectionSe
         Saturation level in ADU. ``None`` or <= 0: the level is taken as the
         frame maximum when at least 5 pixels sit exactly on it (a clipped
         plateau), else no pixel is flagged saturated.
-    settings : DetectionSettings
+    settings : MaskSettings
         ``saturation_fraction``, ``saturation_dilate_px``, ``border_px``.
     """
     if data.ndim != 2:
@@ -135,9 +137,8 @@ def _tiles(shape: tuple[int, int], size: int, overlap: int):
 
 
 def _scrappy_kwargs(data, inmask, gain, read_noise, saturation, settings: CosmicRaySettings) -> dict:
-    """astroscrappy parameters: gain/read noise from the header, the settings or the sky noise."""
-    g = settings.gain if settings.gain > 0 else gain
-    rn = settings.read_noise if settings.read_noise > 0 else read_noise
+    """astroscrappy parameters: the gain and read noise given, or what the sky noise says."""
+    g, rn = gain, read_noise
     if g is None or g <= 0 or rn is None or rn < 0:
         sky, sig = _sky_stats(data, inmask)
         if g is None or g <= 0:
@@ -186,10 +187,10 @@ def remove_cosmics(
     mask : bool array or None
         Pixels never flagged nor used (astroscrappy ``inmask``); pass
         ``masks.nan | masks.saturated``. NaN pixels are always added.
-    gain : e-/ADU; ``settings.gain`` > 0 overrides it; if both unknown, the
-        effective gain ``sky / sigma_sky**2`` is used (sky-limited frame).
-    read_noise : e-; ``settings.read_noise`` > 0 overrides it; if unknown it
-        is what the sky noise leaves after the Poisson term.
+    gain : e-/ADU (:func:`rpp_core.image.metadata.resolve_gain`); if unknown (None),
+        the effective gain ``sky / sigma_sky**2`` is used (sky-limited frame).
+    read_noise : e-; if unknown (None) it is what the sky noise leaves after
+        the Poisson term.
     saturation : ADU, astroscrappy ``satlevel`` (stars reaching it are
         protected); ``None``: the frame maximum if at least 5 pixels sit on it
         (a clipped plateau), else no level.
@@ -387,16 +388,15 @@ def remove_cosmics_near(
     return cleaned, crmask
 
 
-def estimate_background(data: np.ndarray, mask: np.ndarray | None, settings: DetectionSettings) -> Background:
+def estimate_background(data: np.ndarray, mask: np.ndarray | None, settings: BackgroundSettings) -> Background:
     """2-D background and RMS maps with ``sep_x.Background`` (SExtractor's estimator).
 
     Parameters
     ----------
     data : 2-D array, ADU (cosmic rays already cleaned).
     mask : bool array or None; masked pixels (and non-finite ones) are not used.
-    settings : DetectionSettings
-        ``background_box`` (mesh size, px) and ``background_filter`` (median
-        filter size, meshes).
+    settings : BackgroundSettings
+        ``box`` (mesh size, px) and ``filter`` (median filter size, meshes).
 
     Notes
     -----
@@ -414,9 +414,9 @@ def estimate_background(data: np.ndarray, mask: np.ndarray | None, settings: Det
     if nan.any():
         # sep skips masked pixels, but NaNs must not reach its arithmetic
         data = np.where(nan, np.float32(0), data)
-    box = int(min(settings.background_box, max(data.shape)))
+    box = int(min(settings.box, max(data.shape)))
     bkg = sep_x.Background(data, mask=np.ascontiguousarray(m), bw=box, bh=box,
-                           fw=settings.background_filter, fh=settings.background_filter)
+                           fw=settings.filter, fh=settings.filter)
     back = bkg.back(dtype=np.float32)
     rms = bkg.rms(dtype=np.float32)
     # a zero RMS (flat synthetic or fully masked mesh) would make S/N infinite downstream
@@ -425,3 +425,35 @@ def estimate_background(data: np.ndarray, mask: np.ndarray | None, settings: Det
         positive = rms[~bad]
         rms[bad] = np.median(positive) if positive.size else 1.0
     return Background(background=back, rms=rms, global_bkg=float(bkg.globalback), global_rms=float(bkg.globalrms))
+
+
+def measurable_image(data: np.ndarray, masks: Masks, background: Background, exposure: ExposureValues) -> MeasurableImage:
+    """The frame ready to measure: background subtracted (float32), the masks, the exposure values."""
+    return MeasurableImage(
+        data=(data - background.background).astype(np.float32, copy=False), rms=background.rms, mask=masks.combined,
+        saturated=masks.saturated, saturation=masks.saturation_level, gain=exposure.gain,
+        read_noise=exposure.read_noise, exptime=exposure.exptime, background=background.global_bkg,
+        background_rms=background.global_rms)
+
+
+def clean_cosmic_rays(raw: np.ndarray, image: MeasurableImage, background: Background, masks: Masks,
+                      settings: CosmicRaySettings, x=None, y=None, radius_px: float = 0.0,
+                      progress: ProgressFn | None = None, cancel: CancelFn | None = None
+                      ) -> tuple[MeasurableImage, np.ndarray]:
+    """Cosmic rays found on the raw frame and the measurable image rebuilt from the cleaned pixels.
+
+    ``settings.scope == "sources"``: :func:`remove_cosmics_near` round the 0-based
+    positions ``x``, ``y`` out to ``radius_px`` (the largest aperture or PSF fit
+    radius); ``"frame"``: :func:`remove_cosmics` everywhere. The image's mask
+    grows by the hits. Returns ``(image, crmask)``.
+    """
+    protect = masks.nan | masks.saturated
+    if settings.scope == "frame":
+        cleaned, crmask = remove_cosmics(raw, protect, image.gain, image.read_noise, image.saturation, settings,
+                                         progress=progress, cancel=cancel)
+    else:
+        cleaned, crmask = remove_cosmics_near(raw, protect, np.asarray(x), np.asarray(y), radius_px, image.gain,
+                                              image.read_noise, image.saturation, settings, progress=progress,
+                                              cancel=cancel)
+    data = (cleaned - background.background).astype(np.float32, copy=False)
+    return dataclasses.replace(image, data=data, mask=image.mask | crmask), crmask

@@ -41,14 +41,14 @@ from .process import run_solver_process
 from .refine import refine
 from .result import SolveResult
 from .siril import SirilInfo, siril_info
-from .solve import solve
+from .solve import find_wcs, solve
 from .solve_field import SolvePlan, plan_astrometry_net
-from .wcsfile import header_with_wcs, wcs_header, wcs_keywords, write_wcs_file
+from .wcsfile import header_with_wcs, pixel_to_icrs, wcs_header, wcs_keywords, write_wcs_file
 
 __all__ = [
     "SYSTEM_INDEX_DIR", "IndexInfo", "ScaleHint", "SirilInfo", "SolveHints", "SolvePlan", "SolveResult", "build_index",
-    "header_with_wcs", "index_advice", "index_dirs_for", "index_files", "index_infos", "needs_solving",
-    "pixel_scale_arcsec", "plan_astrometry_net", "read_index_info", "refine", "run_solver_process", "scales_for_field",
-    "siril_info", "solve", "solve_hints", "wcs_header", "wcs_keywords", "wcs_sky_offsets", "write_backend_config",
-    "write_wcs_file",
+    "find_wcs", "header_with_wcs", "index_advice", "index_dirs_for", "index_files", "index_infos", "needs_solving",
+    "pixel_scale_arcsec", "pixel_to_icrs", "plan_astrometry_net", "read_index_info", "refine", "run_solver_process",
+    "scales_for_field", "siril_info", "solve", "solve_hints", "wcs_header", "wcs_keywords", "wcs_sky_offsets",
+    "write_backend_config", "write_wcs_file",
 ]
