@@ -177,11 +177,11 @@ def test_binned_frame_whose_header_describes_the_unbinned_camera_solves_hinted(t
                               "cosmic_rays.enabled": False, "calibration.catalog": "file"})
     res = asyncio.run(pipeline.run(tmp_path / "binned.fits", prof, out_dir=tmp_path / "runs",
                                    catalog_files=[tmp_path / "ref.ecsv"]))
-    wcs = res.summary["wcs"]
+    wcs = res.summary.wcs
     log = (res.run_dir / "run.log").read_text()
-    assert wcs["status"] == "solved", res.message
-    assert wcs["source"].startswith("astrometry.net (hinted)")
-    assert res.summary["pixel_scale_arcsec"] == pytest.approx(2.0, rel=0.002)
+    assert wcs.status == "solved", res.message
+    assert wcs.source.startswith("astrometry.net (hinted)")
+    assert res.summary.pixel_scale_arcsec == pytest.approx(2.0, rel=0.002)
     assert 'scale 0.800-4.800"/px' in log  # the log says which scale range was tried
     cat = res.catalog
     truth = SkyCoord(f.truth["ra"], f.truth["dec"], unit="deg")

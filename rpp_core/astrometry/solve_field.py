@@ -108,7 +108,7 @@ def _quad_ranges(indexes: list[IndexInfo]) -> str:
             merged[-1][1] = max(merged[-1][1], hi)
         else:
             merged.append([lo, hi])
-    return ", ".join(f"{lo:.3g}'-{hi:.3g}'" for lo, hi in merged) or "unknown sizes"
+    return ", ".join(f"{lo:.4g}'-{hi:.4g}'" for lo, hi in merged) or "unknown sizes"
 
 
 def _width(shape, scale: float) -> str:
