@@ -55,6 +55,16 @@ def _settings(*dirs, **kw) -> AstrometrySettings:
     return AstrometrySettings(index_dirs=[str(d) for d in dirs], use_system_indexes=False, **kw)
 
 
+def _failure(solve_call) -> tuple[float, str]:
+    """Seconds until ``solve_call()`` raised AstrometryError, and its message (printed)."""
+    t0 = time.monotonic()
+    with pytest.raises(AstrometryError) as exc:
+        solve_call()
+    elapsed, msg = time.monotonic() - t0, str(exc.value)
+    print(f"failed after {elapsed:.2f} s: {msg}")
+    return elapsed, msg
+
+
 def _max_sep_over_grid(w_test: WCS, w_true: WCS, shape, step=32) -> float:
     yy, xx = np.mgrid[0:shape[0]:step, 0:shape[1]:step]
     a = SkyCoord(*w_true.all_pix2world(xx.ravel(), yy.ravel(), 0), unit="deg")
@@ -197,12 +207,8 @@ def test_frame_too_small_for_the_indexes_fails_at_once_naming_the_fix(m67_index)
     f = make_frame(shape=(300, 300), n_stars=40, seed=3, pixscale=0.2, ra0=132.846, dec0=11.814, n_cosmics=0)
     frame = SimpleNamespace(data=f.data, header=fits.Header({"PIXSCALE": 0.2}), wcs=None, wcs_status="missing")
     meta = SimpleNamespace(ra=132.846, dec=11.814, pixel_scale=0.2, sources={"ra": "header RA/DEC"})
-    t0 = time.monotonic()
-    with pytest.raises(AstrometryError) as exc:
-        A.solve(_sources(f.data), f.data.shape, meta, _settings(m67_index), hints=A.solve_hints(frame, meta))
-    elapsed = time.monotonic() - t0
-    msg = str(exc.value)
-    print(f"{elapsed:.2f} s: {msg}")
+    elapsed, msg = _failure(lambda: A.solve(_sources(f.data), f.data.shape, meta, _settings(m67_index),
+                                            hints=A.solve_hints(frame, meta)))
     assert elapsed < 3.0
     assert "not started" in msg and "needs quads of 0.08'-1.2'" in msg and "hold quads of 4'-16'" in msg
     assert "rpp index build --field 132.8460 +11.8140" in msg and "--field-width 1.2" in msg
@@ -216,18 +222,23 @@ def test_lco_frame_with_only_wide_field_indexes_fails_in_seconds_not_minutes(wid
     meta = read_metadata(frame, ObservatorySettings())
     settings = _settings(wide_quad_index, m67_index, timeout_s=120.0)
     lines: list[str] = []
-    t0 = time.monotonic()
-    with pytest.raises(AstrometryError) as exc:
-        A.solve(_sources(frame.data), frame.data.shape, meta, settings, hints=A.solve_hints(frame, meta),
-                log=lines.append)
-    elapsed = time.monotonic() - t0
-    msg = str(exc.value)
-    print(f"{elapsed:.2f} s: {msg}")
+    elapsed, msg = _failure(lambda: A.solve(_sources(frame.data), frame.data.shape, meta, settings,
+                                            hints=A.solve_hints(frame, meta), log=lines.append))
     assert elapsed < 5.0
     assert "not started" in msg and "header PIXSCALE" in msg
     assert "astrometry-data-2mass-0" in msg
     assert "rpp index build --field 287.3248 +59.4939" in msg
     assert not any("started, pid" in line for line in lines)  # solve-field never ran
+
+
+@solver
+def test_pointing_far_from_every_index_fails_at_once_naming_the_index_to_build(m67_index):
+    data = fits.getdata(data_unpacked("images/M6707HH.fits.gz")).astype(np.float32)
+    meta = SimpleNamespace(ra=200.0, dec=-30.0, pixel_scale=1.70, sources={})
+    elapsed, msg = _failure(lambda: A.solve(_sources(data), data.shape, meta, _settings(m67_index)))
+    assert elapsed < 2.0
+    assert "not started" in msg and "RA 200.0000 Dec -30.0000" in msg
+    assert "rpp index build --field 200.0000 -30.0000" in msg
 
 
 @solver
