@@ -16,10 +16,10 @@ import traceback
 from rpp_core import __version__
 from rpp_core.errors import RppError
 
-from . import batch, clean, index, profile, run, tui, watch
+from . import batch, cache, clean, index, profile, run, tui, watch
 
 #: command groups in the order ``rpp --help`` lists them; each has ``register(subparsers)``
-COMMANDS = (run, tui, profile, batch, watch, clean, index)
+COMMANDS = (run, tui, profile, batch, watch, clean, cache, index)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -92,22 +92,24 @@ class _Job:
         self.local_reference: Table | None = None  # local catalogue files, read once
         self.cache_dir = cache_dir
         self._secrets = secrets
-        self._client = None  # one ServiceClient per run: Gaia and the cross-match share its cache and limits
+        self._client = None  # one ServiceClient per run: Gaia and the cross-match share its cache, limits and failures
 
     @property
     def secrets(self) -> dict:
-        """API keys: those given to :func:`run`, else the user's (read when a service first needs them)."""
+        """API keys: those given to :func:`run`, else the user's (read when a service first needs them;
+        a secrets file that cannot be read is a warning, and only the services needing a key are skipped)."""
         if self._secrets is None:
-            from .settings import load_secrets
+            from .catalogs.crossmatch import service_secrets
 
-            self._secrets = load_secrets()
+            self._secrets = service_secrets(self.warn)
         return self._secrets
 
     def service_client(self, profile: Profile):
         if self._client is None:
-            from .catalogs.http import ServiceClient
+            from .catalogs.crossmatch import open_client
 
-            self._client = ServiceClient(profile.services, secrets=self.secrets, cache_dir=self.cache_dir, log=self.log)
+            self._client = open_client(profile.services, secrets=self.secrets, cache_dir=self.cache_dir, log=self.log,
+                                       warn=self.warn)
         return self._client
 
     async def close(self) -> None:

@@ -175,10 +175,10 @@ class ServicesSettings:
     skybot: str = _f("https://ssp.imcce.fr/webservices/skybot/api/conesearch.php", "SkyBoT cone search endpoint")
     vsx: str = _f("https://www.aavso.org/vsx/index.php", "AAVSO VSX API endpoint")
     astrocolibri: str = _f("https://astro-colibri.science", "Astro-Colibri API base URL")
-    timeout_s: float = _f(30.0, "per-request timeout", "s", (1.0, 600.0))
+    timeout_s: float = _f(30.0, "longest one request may take: connect, each read and the whole answer", "s", (1.0, 600.0))
     retries: int = _f(3, "retries on connect errors, 5xx and 429", "", (0, 10))
     rate_limit_per_s: float = _f(2.0, "requests per second per service", "1/s", (0.01, 100.0))
-    cache_max_mb: float = _f(500.0, "on-disk cache size bound", "MB", (1.0, 100000.0))
+    cache_max_mb: float = _f(500.0, "on-disk answer cache size bound, per service", "MB", (1.0, 100000.0))
     gaia_mag_limit: float = _f(19.0, "faintest Gaia G fetched", "mag", (5.0, 22.0))
     transient_days: float = _f(60.0, "Astro-Colibri time window round the observation", "days", (1.0, 3650.0))
     # --- added by the catalogue-services work (issue 3): see docs/catalogs.md
@@ -189,6 +189,11 @@ class ServicesSettings:
     max_rows: int = _f(50000, "most rows asked of one cross-match service per field", "", (10, 10_000_000))
     gaia_tile_deg: float = _f(1.0, "Gaia cones wider than this are split into tiles of this radius", "deg", (0.05, 5.0))
     gaia_batch_ids: int = _f(500, "source_ids per synthetic-photometry query", "", (10, 5000))
+    # --- added by issues 13/14 (catalogue answers): see docs/catalogs.md
+    cache_days: float = _f(180.0, "how long cached Gaia, SIMBAD, VizieR and VSX answers stay valid", "days", (0.01, 3650.0))
+    cache_days_transient: float = _f(1.0, "how long cached SkyBoT and Astro-Colibri answers (keyed by the epoch) stay valid", "days", (0.001, 365.0))
+    max_answer_mb: float = _f(50.0, "largest answer read from SIMBAD, VizieR, VSX, SkyBoT or Astro-Colibri; a bigger one is cut off and the service fails", "MB", (0.01, 10000.0))
+    gaia_max_answer_mb: float = _f(200.0, "largest answer read from the Gaia archive (one tile or batch)", "MB", (0.01, 10000.0))
 
 
 @dataclass

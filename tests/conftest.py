@@ -53,4 +53,28 @@ def frame_catalog_server():
     yield make
     for server in started:
         server.close()
+@pytest.fixture
+def sky_server(catalog_servers, tmp_path, monkeypatch):
+    """The session servers, reset, with a fresh answer cache for this test."""
+    catalog_servers.reset()
+    monkeypatch.setenv("RPP_CACHE_DIR", str(tmp_path / "cache"))
+    yield catalog_servers
+    catalog_servers.reset()
+
+
+@pytest.fixture
+def fault_proxy(catalog_servers, tmp_path, monkeypatch):
+    """A fault-injecting proxy (tests/faultproxy.py) in front of the session catalogue servers.
+
+    ``fault_proxy.settings(**changes)`` points the services at the proxy; ``fault_proxy.inject(service,
+    kind, ...)`` queues a fault. The servers are reset and the answer cache is fresh for the test.
+    """
+    from tests.faultproxy import FaultProxy
+
+    catalog_servers.reset()
+    monkeypatch.setenv("RPP_CACHE_DIR", str(tmp_path / "cache"))
+    proxy = FaultProxy(catalog_servers)
+    yield proxy
+    proxy.close()
+    catalog_servers.reset()
 # ---- END catalogue loopback servers ----

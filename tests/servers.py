@@ -48,6 +48,12 @@ from tests.datafiles import data_file
 
 FIXTURES = data_file("fixtures")
 GAIA_EPOCH = 2016.0
+#: the gaiadr3.gaia_source columns of the synthetic sky, in the order the archive lists them
+GAIA_COLUMNS_FOR_TESTS = (
+    "source_id", "ra", "dec", "ref_epoch", "pmra", "pmdec", "parallax", "parallax_error",
+    "phot_g_mean_mag", "phot_g_mean_flux_over_error", "phot_bp_mean_mag", "phot_bp_mean_flux_over_error",
+    "phot_rp_mean_mag", "phot_rp_mean_flux_over_error", "bp_rp", "phot_variable_flag", "ruwe",
+)
 
 #: synthetic photometry model of the sky: band -> (prefix, a, b): mag = G + a + b * (BP - RP)
 SYNTH_MODEL = {
@@ -82,6 +88,7 @@ class SyntheticSky:
     pc10: Table = field(default_factory=Table)
     skybot: list = field(default_factory=list)     # dicts: name, num, cls, mv, errpos, ra, dec, jd, rate_ra, rate_dec (arcsec/h), dgeo, geo_shift_arcsec
     colibri: list = field(default_factory=list)    # dicts as in the Astro-Colibri answer, plus jd
+    colibri_sources: list = field(default_factory=list)  # catalogue sources (the answer's "sources" group)
     frames: list = field(default_factory=list)     # (name, frame, epoch Time, first gaia index)
 
     def add_frame(self, name, frame, epoch: Time, seed=0, n_variable=4, n_bad_ruwe=3, n_high_pm=5,
@@ -144,11 +151,14 @@ class SyntheticSky:
             "B": g[s_idx] + 0.6, "V": np.where(np.arange(len(s_idx)) % 2 == 0, g[s_idx] + 0.1, np.nan),
         }))
         # VSX: the VARIABLE stars
+        # VSX: the VARIABLE stars, 0.5 mag range; every other one has its minimum given as an amplitude
+        # (B/vsx f_min = "(", min = 0.5), as VSX does for small-amplitude variables
+        amplitude = np.arange(len(var_idx)) % 2 == 0
         self.vsx = _vstack(self.vsx, Table({
             "OID": np.arange(len(var_idx)) + 100 * len(self.frames), "Name": [f"SYN-V{k} {name}" for k in var_idx],
             "Type": [("EW", "RRAB", "SRB", "EA")[k % 4] for k in range(len(var_idx))], "max": g[var_idx] - 0.1, "n_max": ["V"] * len(var_idx),
-            "min": g[var_idx] + 0.4, "n_min": ["V"] * len(var_idx), "Period": 0.3 + np.arange(len(var_idx)) * 0.5,
-            "ra": ra_t[var_idx], "dec": dec_t[var_idx],
+            "f_min": np.where(amplitude, "(", ""), "min": np.where(amplitude, 0.5, g[var_idx] + 0.4), "n_min": ["V"] * len(var_idx),
+            "Period": 0.3 + np.arange(len(var_idx)) * 0.5, "ra": ra_t[var_idx], "dec": dec_t[var_idx],
         }))
         q_idx = pick[3:5]
         self.milliquas = _vstack(self.milliquas, Table({
@@ -156,10 +166,17 @@ class SyntheticSky:
             "Rmag": g[q_idx], "Bmag": g[q_idx] + 0.3, "Qpct": [99, 97][: len(q_idx)],
             "ra": ra_t[q_idx], "dec": dec_t[q_idx],
         }))
-        p_idx = pick[10:11]
+        # 10 pc sample (J/A+A/650/A201/tablea1): positions at each star's own Epoch, moving 5"/yr and 9"/yr
+        p_idx = pick[10:12]
+        p_epoch = np.array([2016.0, 2000.0])[: len(p_idx)]
+        p_pmra = np.array([3000.0, -8000.0])[: len(p_idx)]
+        p_pmde = np.array([-4000.0, 4000.0])[: len(p_idx)]
+        p_dt = epoch.jyear - p_epoch
         self.pc10 = _vstack(self.pc10, Table({
-            "Name": [f"SYN NEAR {name} {k}" for k in p_idx], "SpType": ["M4.5V"] * len(p_idx),
-            "Plx": [250.0] * len(p_idx), "ra": ra_t[p_idx], "dec": dec_t[p_idx],
+            "ObjName": [f"SYN NEAR {name} {k}" for k in p_idx], "ObjType": ["LM", "*"][: len(p_idx)],
+            "SpType": ["M4.5V", "K2V"][: len(p_idx)], "plx": [250.0, 120.0][: len(p_idx)],
+            "RAdeg": ra_t[p_idx] - p_pmra * p_dt / 3.6e6 / np.cos(np.radians(dec_t[p_idx])),
+            "DEdeg": dec_t[p_idx] - p_pmde * p_dt / 3.6e6, "Epoch": p_epoch, "pmRA": p_pmra, "pmDE": p_pmde,
         }))
         # SkyBoT: a main-belt asteroid on star pick[20] and a near-Earth object on pick[21] at the epoch;
         # the NEO is 40" away as seen from the geocentre (topocentric parallax)
@@ -181,9 +198,16 @@ class SyntheticSky:
             self.colibri.append({"trigger_id": tid, "source_name": f"AT {tid}", "type": "GRB" if "GRB" in tid else "SN",
                                  "time": when.isot[:19], "ra": float(ra_e), "dec": float(dec_e), "err": err,
                                  "jd": when.jd, "truth_index": int(k), "frame": name})
+        # Astro-Colibri "sources": a catalogue source (not a transient) on star pick[31], discovered decades ago;
+        # the API returns catalogue matches whatever the time window
+        ks = pick[31]
+        self.colibri_sources.append({"source_name": f"SYNXRB {name}", "type": "XRB", "ra": float(ra_t[ks]),
+                                     "dec": float(dec_t[ks]), "err": 0.3 / 3600, "discovery_time": "1990-01-01T00:00:00",
+                                     "truth_index": int(ks), "frame": name})
         self.frames[-1] = (name, frame, epoch, id0, {
             "simbad": s_idx, "vsx": var_idx, "milliquas": q_idx, "10pc": p_idx, "variable": var_idx,
-            "bad_ruwe": ruwe_idx, "high_pm": hpm_idx, "skybot": pick[20:22], "colibri": pick[30]})
+            "bad_ruwe": ruwe_idx, "high_pm": hpm_idx, "skybot": pick[20:22], "colibri": pick[30],
+            "colibri_source": ks})
 
     def info(self, name):
         for entry in self.frames:
@@ -288,7 +312,7 @@ def simbad_fields() -> dict:
     return out
 
 
-def simbad_render(names, rows) -> str:
+def simbad_render(names, rows, overflow=False) -> str:
     fields = simbad_fields()
     body = "\n".join(fields[n] for n in names)
     return ('<?xml version="1.0" encoding="utf-8"?>\n'
@@ -296,38 +320,67 @@ def simbad_render(names, rows) -> str:
             'xmlns:xsi="http://www.w3.org/2001/XMLSchema-instance">\n <RESOURCE type="results">\n'
             '  <INFO name="QUERY_STATUS" value="OK"/>\n'
             f'  <TABLE ID="result_S{int(time.time() * 1000)}" name="result_S{int(time.time() * 1000)}">\n{body}\n'
-            f'   <DATA>\n    <TABLEDATA>\n{_rows_xml(rows)}\n    </TABLEDATA>\n   </DATA>\n  </TABLE>\n </RESOURCE>\n</VOTABLE>\n')
+            f'   <DATA>\n    <TABLEDATA>\n{_rows_xml(rows)}\n    </TABLEDATA>\n   </DATA>\n  </TABLE>\n'
+            + ('  <INFO name="QUERY_STATUS" value="OVERFLOW"/>\n' if overflow else '') + ' </RESOURCE>\n</VOTABLE>\n')
 
 
 VIZIER_FIELDS = {
     "_RAJ2000": '<FIELD name="_RAJ2000" ucd="pos.eq.ra" ref="J2000" datatype="double" width="10" precision="6" unit="deg"><!-- ucd="POS_EQ_RA" -->\n      <DESCRIPTION>Right ascension (FK5, Equinox=J2000.0) (computed by VizieR, not part of the original data)</DESCRIPTION>\n    </FIELD>',
     "_DEJ2000": '<FIELD name="_DEJ2000" ucd="pos.eq.dec" ref="J2000" datatype="double" width="10" precision="6" unit="deg"><!-- ucd="POS_EQ_DEC" -->\n      <DESCRIPTION>Declination (FK5, Equinox=J2000.0) (computed by VizieR, not part of the original data)</DESCRIPTION>\n    </FIELD>',
-    "OID": '<FIELD name="OID" ucd="meta.record" datatype="int" width="7"><DESCRIPTION>Internal identifier</DESCRIPTION></FIELD>',
-    "Name": '<FIELD name="Name" ucd="meta.id;meta.main" datatype="char" arraysize="30*"><DESCRIPTION>Name</DESCRIPTION></FIELD>',
-    "Type": '<FIELD name="Type" ucd="meta.code;src.var" datatype="char" arraysize="30*"><DESCRIPTION>Type</DESCRIPTION></FIELD>',
-    "max": '<FIELD name="max" ucd="phot.mag;stat.max" datatype="float" width="6" precision="3" unit="mag"><DESCRIPTION>Magnitude at maximum brightness</DESCRIPTION><VALUES null="NaN" /></FIELD>',
-    "n_max": '<FIELD name="n_max" ucd="meta.note;instr.filter" datatype="char" arraysize="6*"><DESCRIPTION>Passband of max</DESCRIPTION></FIELD>',
-    "min": '<FIELD name="min" ucd="phot.mag;stat.min" datatype="float" width="6" precision="3" unit="mag"><DESCRIPTION>Minimum magnitude</DESCRIPTION><VALUES null="NaN" /></FIELD>',
-    "n_min": '<FIELD name="n_min" ucd="meta.note;instr.filter" datatype="char" arraysize="6*"><DESCRIPTION>Passband of min</DESCRIPTION></FIELD>',
-    "Period": '<FIELD name="Period" ucd="time.period" datatype="double" width="12" precision="7" unit="d"><DESCRIPTION>Period</DESCRIPTION><VALUES null="NaN" /></FIELD>',
-    "z": '<FIELD name="z" ucd="src.redshift" datatype="float" width="6" precision="3"><DESCRIPTION>Redshift</DESCRIPTION><VALUES null="NaN" /></FIELD>',
-    "Rmag": '<FIELD name="Rmag" ucd="phot.mag;em.opt.R" datatype="float" width="5" precision="2" unit="mag"><DESCRIPTION>Red magnitude</DESCRIPTION><VALUES null="NaN" /></FIELD>',
-    "Bmag": '<FIELD name="Bmag" ucd="phot.mag;em.opt.B" datatype="float" width="5" precision="2" unit="mag"><DESCRIPTION>Blue magnitude</DESCRIPTION><VALUES null="NaN" /></FIELD>',
-    "Qpct": '<FIELD name="Qpct" ucd="stat.likelihood" datatype="short" width="3" unit="%"><DESCRIPTION>Percentage probability</DESCRIPTION></FIELD>',
-    "SpType": '<FIELD name="SpType" ucd="src.spType" datatype="char" arraysize="12*"><DESCRIPTION>Spectral type</DESCRIPTION></FIELD>',
-    "Plx": '<FIELD name="Plx" ucd="pos.parallax.trig" datatype="double" width="8" precision="3" unit="mas"><DESCRIPTION>Parallax</DESCRIPTION><VALUES null="NaN" /></FIELD>',
 }
-#: VizieR source -> (catalogue id, table name, description, default columns, sky attribute)
+#: the columns of each table we serve (labels from the CDS ReadMe files), as VizieR FIELDs
+VIZIER_TABLE_FIELDS = {
+    "vsx": {
+        "OID": '<FIELD name="OID" ucd="meta.record" datatype="int" width="7"><DESCRIPTION>Internal identifier</DESCRIPTION></FIELD>',
+        "Name": '<FIELD name="Name" ucd="meta.id;meta.main" datatype="char" arraysize="30*"><DESCRIPTION>Variable star identifier</DESCRIPTION></FIELD>',
+        "Type": '<FIELD name="Type" ucd="meta.code;src.var" datatype="char" arraysize="30*"><DESCRIPTION>Variability type</DESCRIPTION></FIELD>',
+        "max": '<FIELD name="max" ucd="phot.mag;stat.max" datatype="float" width="6" precision="3" unit="mag"><DESCRIPTION>? Magnitude at maximum brightness</DESCRIPTION><VALUES null="NaN" /></FIELD>',
+        "n_max": '<FIELD name="n_max" ucd="meta.note;instr.filter" datatype="char" arraysize="6*"><DESCRIPTION>Passband of max</DESCRIPTION></FIELD>',
+        "f_min": '<FIELD name="f_min" ucd="meta.code.error" datatype="char" arraysize="1"><DESCRIPTION>[(] "(" indicates that min is an amplitude</DESCRIPTION></FIELD>',
+        "min": '<FIELD name="min" ucd="phot.mag;stat.min" datatype="float" width="6" precision="3" unit="mag"><DESCRIPTION>? Minimum magnitude or amplitude</DESCRIPTION><VALUES null="NaN" /></FIELD>',
+        "n_min": '<FIELD name="n_min" ucd="meta.note;instr.filter" datatype="char" arraysize="6*"><DESCRIPTION>Passband of min</DESCRIPTION></FIELD>',
+        "Period": '<FIELD name="Period" ucd="time.period" datatype="double" width="12" precision="7" unit="d"><DESCRIPTION>? Period</DESCRIPTION><VALUES null="NaN" /></FIELD>',
+    },
+    "milliquas": {
+        "Name": '<FIELD name="Name" ucd="meta.id;meta.main" datatype="char" arraysize="25*"><DESCRIPTION>Name</DESCRIPTION></FIELD>',
+        "Type": '<FIELD name="Type" ucd="src.class" datatype="char" arraysize="4*"><DESCRIPTION>Classification</DESCRIPTION></FIELD>',
+        "Rmag": '<FIELD name="Rmag" ucd="phot.mag;em.opt.R" datatype="float" width="5" precision="2" unit="mag"><DESCRIPTION>Red magnitude</DESCRIPTION><VALUES null="NaN" /></FIELD>',
+        "Bmag": '<FIELD name="Bmag" ucd="phot.mag;em.opt.B" datatype="float" width="5" precision="2" unit="mag"><DESCRIPTION>Blue magnitude</DESCRIPTION><VALUES null="NaN" /></FIELD>',
+        "z": '<FIELD name="z" ucd="src.redshift" datatype="float" width="6" precision="3"><DESCRIPTION>Redshift</DESCRIPTION><VALUES null="NaN" /></FIELD>',
+        "Qpct": '<FIELD name="Qpct" ucd="stat.likelihood" datatype="short" width="3" unit="%"><DESCRIPTION>Percentage probability</DESCRIPTION></FIELD>',
+    },
+    # J/A+A/650/A201/tablea1 (ReadMe of the 25-Aug-2023 update): positions in ICRS at Epoch
+    "10pc": {
+        "ObjName": '<FIELD name="ObjName" ucd="meta.id;meta.main" datatype="char" arraysize="29*"><DESCRIPTION>Name of the object</DESCRIPTION></FIELD>',
+        "ObjType": '<FIELD name="ObjType" ucd="src.class" datatype="char" arraysize="6*"><DESCRIPTION>Type of the object</DESCRIPTION></FIELD>',
+        "RAdeg": '<FIELD name="RAdeg" ucd="pos.eq.ra;meta.main" ref="H_2016" datatype="double" width="13" precision="9" unit="deg"><DESCRIPTION>Right ascension in ICRS at Epoch</DESCRIPTION></FIELD>',
+        "DEdeg": '<FIELD name="DEdeg" ucd="pos.eq.dec;meta.main" ref="H_2016" datatype="double" width="13" precision="9" unit="deg"><DESCRIPTION>Declination in ICRS at Epoch</DESCRIPTION></FIELD>',
+        "Epoch": '<FIELD name="Epoch" ucd="time.epoch" datatype="double" width="6" precision="1" unit="yr"><DESCRIPTION>Epoch for position</DESCRIPTION></FIELD>',
+        "plx": '<FIELD name="plx" ucd="pos.parallax.trig" datatype="double" width="8" precision="4" unit="mas"><DESCRIPTION>Parallax</DESCRIPTION></FIELD>',
+        "pmRA": '<FIELD name="pmRA" ucd="pos.pm;pos.eq.ra" datatype="double" width="16" precision="9" unit="mas/yr"><DESCRIPTION>? Proper motion in right ascension, pmRA*cosDE</DESCRIPTION><VALUES null="NaN" /></FIELD>',
+        "pmDE": '<FIELD name="pmDE" ucd="pos.pm;pos.eq.dec" datatype="double" width="16" precision="9" unit="mas/yr"><DESCRIPTION>? Proper motion in declination</DESCRIPTION><VALUES null="NaN" /></FIELD>',
+        "SpType": '<FIELD name="SpType" ucd="src.spType" datatype="char" arraysize="8*"><DESCRIPTION>Spectral type</DESCRIPTION></FIELD>',
+    },
+}
+#: VizieR -source -> (catalogue id, table name, description, default columns, sky attribute)
 VIZIER_CATS = {
     "B/vsx/vsx": ("B/vsx", "B/vsx/vsx", "Variable Star indeX", ["OID", "Name", "Type", "max", "n_max", "min", "n_min", "Period"], "vsx"),
     "VII/294/catalog": ("VII/294", "VII/294/catalog", "Million Quasars catalog", ["Name", "Type", "Rmag", "Bmag", "z", "Qpct"], "milliquas"),
-    "J/A+A/650/A201": ("J/A+A/650/A201", "J/A+A/650/A201/tablea1", "The 10 parsec sample", ["Name", "SpType", "Plx"], "pc10"),
+    "J/A+A/650/A201/tablea1": ("J/A+A/650/A201", "J/A+A/650/A201/tablea1", "The 10 parsec sample",
+                               ["ObjName", "ObjType", "RAdeg", "DEdeg", "plx", "SpType"], "pc10"),
 }
+VIZIER_CATS["J/A+A/650/A201"] = VIZIER_CATS["J/A+A/650/A201/tablea1"]  # the catalogue id gives its one table
+_VIZIER_SKY_KEY = {"vsx": "vsx", "milliquas": "milliquas", "pc10": "10pc"}
+
+
+def vizier_fields(source) -> dict:
+    return {**VIZIER_FIELDS, **VIZIER_TABLE_FIELDS[_VIZIER_SKY_KEY[VIZIER_CATS[source][4]]]}
 
 
 def vizier_render(source, params, names, rows, warnings_) -> str:
     cat, table, desc, _, _ = VIZIER_CATS[source]
-    fields = "\n    ".join(VIZIER_FIELDS[n] for n in names)
+    known = vizier_fields(source)
+    fields = "\n    ".join(known[n] for n in names)
     warn = "\n".join(f'<INFO name="Warning" value="{_esc(w)}"/>' for w in warnings_)
     q = "\n".join(f"{k}={v}" for k, v in params.items())
     return ('<?xml version="1.0" encoding="UTF-8"?>\n<VOTABLE version="1.2" xmlns:xsi="http://www.w3.org/2001/XMLSchema-instance"\n'
@@ -340,6 +393,16 @@ def vizier_render(source, params, names, rows, warnings_) -> str:
             '  <COOSYS ID="J2000" system="eq_FK5" equinox="J2000"/>\n'
             f'  <TABLE ID="{table.replace("/", "_")}" name="{table}">\n    <DESCRIPTION>{desc}</DESCRIPTION>\n'
             f'    {fields}\n<DATA><TABLEDATA>\n{_rows_xml(rows)}\n</TABLEDATA></DATA>\n</TABLE>\n{warn}\n</RESOURCE>\n</VOTABLE>\n')
+
+
+def vizier_error(messages) -> str:
+    """A VizieR error answer: INFO "Error" lines and QUERY_STATUS=ERROR (shape of astroquery's recorded
+    ``no_server_error.xml``, which VizieR sends for a query it cannot run)."""
+    infos = "\n".join(f'  <INFO name="Error" value="{_esc(m)}" />' for m in messages)
+    return ('<?xml version="1.0" encoding="UTF-8"?>\n<VOTABLE xmlns="http://www.ivoa.net/xml/VOTable/v1.3" version="1.4">\n'
+            ' <DESCRIPTION>VizieR Astronomical Server (loopback test server)</DESCRIPTION>\n'
+            f'{infos}\n  <INFO name="QUERY_STATUS" value="ERROR">{_esc(" ".join(messages))}</INFO>\n'
+            '  <RESOURCE>\n</RESOURCE>\n</VOTABLE>\n')
 
 
 class SkybotTemplate:
@@ -531,9 +594,13 @@ class CatalogServers:
                 return 400, tap_error(f"unsupported FORMAT {params.get('FORMAT')}"), "application/x-votable+xml"
             try:
                 q = parse_adql(params["QUERY"])
+                maxrec = int(params["MAXREC"]) if "MAXREC" in params else None
             except ValueError as exc:
                 return 400, tap_error(str(exc)), "application/x-votable+xml"
-            return self._gaia(q, params["QUERY"], empty) if service == "gaia" else self._simbad(q, empty)
+            limit = self.max_rows if maxrec is None else min(maxrec, self.max_rows)
+            if service == "gaia":
+                return self._gaia(q, params["QUERY"], empty, limit)
+            return self._simbad(q, params["QUERY"], empty, limit)
         if service == "vizier":
             return self._vizier(params, empty)
         if service == "skybot":
@@ -541,10 +608,10 @@ class CatalogServers:
         if service == "vsx":
             return self._vsx(params, empty)
         if service == "astrocolibri":
-            return self._colibri(path, body, empty)
+            return self._colibri(path, body, empty, fault)
         return 404, "not found", "text/plain"
 
-    def _gaia(self, q, query, empty):
+    def _gaia(self, q, query, empty, limit):
         sky = self.sky.gaia
         if q["table"].lower() == "gaiadr3.gaia_source":
             if "circle" not in q:
@@ -558,8 +625,9 @@ class CatalogServers:
             for n in names:
                 if n not in sky.colnames:
                     return 400, tap_error(f"Column '{n}' not found in gaiadr3.gaia_source"), "application/x-votable+xml"
-            overflow = len(idx) > self.max_rows
-            idx = idx[: self.max_rows]
+            # a TAP service cuts the answer at MAXREC (or its own limit) and says so with QUERY_STATUS=OVERFLOW
+            overflow = len(idx) > limit
+            idx = idx[:limit]
             rows = [[sky[n][i] for n in names] for i in idx]
             return 200, self.gaia_tpl.render(query, names, rows, overflow), "application/x-votable+xml"
         if q["table"].lower() == "gaiadr3.synthetic_photometry_gspc":
@@ -586,47 +654,61 @@ class CatalogServers:
                     flux = 10 ** (-0.4 * (mag + 21.1))
                     row.append({"mag": mag, "flux": flux, "flux_error": flux * 0.01 / 1.0857, "flag": False}[n[len(SYNTH_MODEL[band][0]) + 1:]])
                 rows.append(row)
-            return 200, self.gaia_tpl.render(query, names, rows), "application/x-votable+xml"
+            return 200, self.gaia_tpl.render(query, names, rows[:limit], len(rows) > limit), "application/x-votable+xml"
         return 400, tap_error(f"Table '{q['table']}' not found"), "application/x-votable+xml"
 
-    def _simbad(self, q, empty):
+    def _simbad(self, q, query, empty, limit):
         if q["table"].lower() != "basic" or "circle" not in q:
             return 400, tap_error("only cone queries on basic are served here"), "application/x-votable+xml"
+        problem = simbad_query_problem(query)
+        if problem:
+            return 400, tap_error(problem), "application/x-votable+xml"
         sky = self.sky.simbad
         ra0, dec0, r = q["circle"]
         idx = [] if empty or len(sky) == 0 else np.flatnonzero(sep_deg(ra0, dec0, np.asarray(sky["ra"]), np.asarray(sky["dec"])) <= r)
-        if q["top"]:
-            idx = idx[: q["top"]]
+        top = q["top"] if q["top"] else len(idx)
+        overflow = len(idx) > limit and limit < top
+        idx = idx[: min(top, limit)]
         names = q["columns"]
         rows = [[sky[n][i] if n in sky.colnames else "" for n in names] for i in idx]
-        return 200, simbad_render(names, rows), "application/x-votable+xml"
+        return 200, simbad_render(names, rows, overflow), "application/x-votable+xml"
 
     def _vizier(self, params, empty):
         source = params.get("-source", "")
         if source not in VIZIER_CATS:
-            return 200, vizier_render_empty(params), "application/x-votable+xml"
-        _, _, _, default, attr = VIZIER_CATS[source]
+            return 200, vizier_error([f"Catalogue '{source}' not found"]), "application/x-votable+xml"
+        _, table, _, default, attr = VIZIER_CATS[source]
+        known = vizier_fields(source)
         sky = getattr(self.sky, attr)
         ra0, dec0 = (float(x) for x in params["-c"].split())
         r = float(params["-c.rd"]) if "-c.rd" in params else float(params.get("-c.rs", 0)) / 3600.0
         wanted = [c.strip() for c in params.get("-out", "").replace(" ", ",").split(",") if c.strip()] or default
-        warnings_ = [f"Column '{c}' unknown in '{VIZIER_CATS[source][1]}'" for c in wanted if c not in VIZIER_FIELDS]
-        wanted = [c for c in wanted if c in VIZIER_FIELDS]
-        added = [c.strip() for c in params.get("-out.add", "").split(",") if c.strip() in ("_RAJ2000", "_DEJ2000")]
+        added = [c.strip() for c in params.get("-out.add", "").split(",") if c.strip()]
+        # VizieR refuses a query naming a column the table does not have (the client must ask for real columns)
+        unknown = [c for c in wanted if c not in known or c.startswith("_")] + [c for c in added if c not in VIZIER_FIELDS]
+        if unknown:
+            return 200, vizier_error([f"Column '{c}' unknown in table {table}" for c in unknown]), "application/x-votable+xml"
         names = added + wanted
-        idx = [] if empty or len(sky) == 0 else np.flatnonzero(sep_deg(ra0, dec0, np.asarray(sky["ra"]), np.asarray(sky["dec"])) <= r)
+        pos = ("RAdeg", "DEdeg") if "RAdeg" in sky.colnames else ("ra", "dec")
+        idx = [] if empty or len(sky) == 0 else np.flatnonzero(
+            sep_deg(ra0, dec0, np.asarray(sky[pos[0]]), np.asarray(sky[pos[1]])) <= r)
         idx = idx[: int(params.get("-out.max", 50))]
-        col = {"_RAJ2000": "ra", "_DEJ2000": "dec"}
+        col = {"_RAJ2000": pos[0], "_DEJ2000": pos[1]}
         rows = [[sky[col.get(n, n)][i] if col.get(n, n) in sky.colnames else "" for n in names] for i in idx]
-        return 200, vizier_render(source, params, names, rows, warnings_), "application/x-votable+xml"
+        return 200, vizier_render(source, params, names, rows, []), "application/x-votable+xml"
 
     def _skybot(self, params, empty):
         for key in ("-ep", "-ra", "-dec", "-rd"):
             if key not in params:
                 return 400, f"missing parameter {key}", "text/plain"
-        jd = float(params["-ep"])
+        jd = skybot_epoch_jd(params["-ep"])
+        if jd is None:
+            return 400, f"invalid epoch {params['-ep']!r}", "text/plain"
         ra0, dec0, r = float(params["-ra"]), float(params["-dec"]), float(params["-rd"])
         loc = params.get("-loc", "500")
+        # the documented -loc is an IAU (MPC) observatory code: three characters, a letter or digit then two digits
+        if not re.fullmatch(r"[0-9A-Z][0-9]{2}", loc.strip()):
+            return 400, f"unknown observer location {loc!r}: give an IAU observatory code", "text/plain"
         rows = []
         for o in ([] if empty else self.sky.skybot):
             dh = (jd - o["jd"]) * 24.0
@@ -642,6 +724,8 @@ class CatalogServers:
                          c.dec.to_string(u.deg, sep=" ", precision=3, alwayssign=True, pad=True), o["cls"], o["mv"],
                          o["errpos"], d * 3600.0, o["rate_ra"], o["rate_dec"], o["dgeo"], o["dgeo"] + 1.0, ra, dec,
                          f"https://ssp.imcce.fr/webservices/ssodnet/api/ssocard/{o['name'].replace(' ', '_')}"])
+        if not rows:
+            return 200, b"", "application/x-votable+xml"  # SkyBoT answers an empty field with an empty body
         return 200, self.skybot_tpl.render(params, rows, loc), "application/x-votable+xml"
 
     def _vsx(self, params, empty):
@@ -652,21 +736,31 @@ class CatalogServers:
         idx = [] if empty or len(sky) == 0 else np.flatnonzero(sep_deg(ra0, dec0, np.asarray(sky["ra"]), np.asarray(sky["dec"])) <= r)
         if len(idx) == 0:
             return 200, '{"VSXObjects":[]}', "application/json"
+
+        def min_text(i):
+            if sky["f_min"][i] == "(":
+                return f"({sky['min'][i]:.2f}) V"
+            return f"{sky['min'][i]:.3f} V"
+
         objs = [{"Name": str(sky["Name"][i]), "RA2000": f"{sky['ra'][i]:.5f}", "Declination2000": f"{sky['dec'][i]:.5f}",
                  "VariabilityType": str(sky["Type"][i]), "Period": f"{sky['Period'][i]:.7f}",
-                 "MaxMag": f"{sky['max'][i]:.3f} V", "MinMag": f"({sky['min'][i] - sky['max'][i]:.2f}) V",
+                 "MaxMag": f"{sky['max'][i]:.3f} V", "MinMag": min_text(i),
                  "Category": "Variable", "OID": str(sky["OID"][i])} for i in idx]
         return 200, json.dumps({"VSXObjects": {"VSXObject": objs}}), "application/json"
 
-    def _colibri(self, path, body, empty):
+    def _colibri(self, path, body, empty, fault):
         if not path.rstrip("/").endswith("/cone_search"):
             return 404, json.dumps({"error": "not found"}), "application/json"
         try:
             req = json.loads(body or b"{}")
         except ValueError:
             return 400, json.dumps({"error": "body is not JSON"}), "application/json"
+        # the API answers some errors under HTTP 200 (astro-colibri SDK, client._error_envelope): a Flask
+        # error tuple serialised as a list, or a dict whose status_code is a string
         if req.get("uid") != self.colibri_uid:
-            return 401, json.dumps({"error": "invalid uid"}), "application/json"
+            return 200, json.dumps([{"message": "Invalid user ID", "status_code": 401}, 401]), "application/json"
+        if fault.get("envelope") == "dict500":
+            return 200, json.dumps({"message": "Internal error while searching", "status_code": "500"}), "application/json"
         try:
             lo = Time(req["time_range"]["min"].replace("+00:00", ""), scale="utc").jd
             hi = Time(req["time_range"]["max"].replace("+00:00", ""), scale="utc").jd
@@ -681,14 +775,50 @@ class CatalogServers:
             if sep_deg(pos["ra"], pos["dec"], ev["ra"], ev["dec"]) > r:
                 continue
             events.append({k: ev[k] for k in ("trigger_id", "source_name", "type", "time", "ra", "dec", "err")})
-        return 200, json.dumps({"voevents": events, "sources": [], "Xsources": [], "icecat": [],
-                                "search_region": "circle"}), "application/json"
+        # catalogue sources are not limited by the time window
+        sources = [{k: sv[k] for k in ("source_name", "type", "ra", "dec", "err", "discovery_time")}
+                   for sv in ([] if empty else self.sky.colibri_sources)
+                   if sep_deg(pos["ra"], pos["dec"], sv["ra"], sv["dec"]) <= r]
+        answer = {"voevents": events, "sources": sources, "Xsources": [], "icecat": [], "search_region": "circle"}
+        if fault.get("echo_uid"):
+            answer["request"] = req  # a server that echoes the request, user id included
+        return 200, json.dumps(answer), "application/json"
 
 
-def vizier_render_empty(params) -> str:
-    return ('<?xml version="1.0" encoding="UTF-8"?>\n<VOTABLE version="1.2" xmlns="http://www.ivoa.net/xml/VOTable/v1.2">\n'
-            f'<INFO name="Error" value="unknown catalogue {_esc(params.get("-source", ""))}"/>\n'
-            '<RESOURCE><TABLE><FIELD name="_RAJ2000" datatype="double"/><DATA><TABLEDATA></TABLEDATA></DATA></TABLE></RESOURCE>\n</VOTABLE>\n')
+def skybot_epoch_jd(text: str) -> float | None:
+    """SkyBoT's -ep: a Julian date, or an ISO date with an optional time ("2025-01-02", "2025-01-02 03:04:05")."""
+    text = text.strip()
+    try:
+        return float(text)
+    except ValueError:
+        pass
+    try:
+        return Time(text.replace(" ", "T"), format="isot" if ("T" in text or " " in text) else "iso", scale="utc").jd
+    except ValueError:
+        try:
+            return Time(text, scale="utc").jd
+        except ValueError:
+            return None
+
+
+#: SIMBAD allfluxes columns whose names are lower case (the only case-sensitive SIMBAD table)
+_ALLFLUXES_LOWER = {"u", "g", "r", "i", "z", "oidref"}
+_SIMBAD_JOINS = {"ids": 'basic.oid = ids.oidref', "allfluxes": 'basic.oid = allfluxes.oidref'}
+
+
+def simbad_query_problem(query: str) -> str | None:
+    """What SIMBAD TAP would refuse in this query: an unquoted allfluxes band or a wrong join."""
+    for m in re.finditer(r'allfluxes\.(?!")(\w+)', query):
+        name = m.group(1)
+        if name.lower() not in _ALLFLUXES_LOWER:
+            # ADQL folds unquoted identifiers to lower case, and allfluxes has no column of that name
+            return f"Column allfluxes.{name.lower()} does not exist (allfluxes is case-sensitive: quote \"{name}\")"
+    for m in re.finditer(r'JOIN\s+(\w+)\s+ON\s+(.+?)(?=\s+(?:LEFT\s+|RIGHT\s+|INNER\s+)?JOIN\s|\s+WHERE\s|$)', query, re.I | re.S):
+        table, cond = m.group(1).lower(), m.group(2).replace('"', "").replace(" ", "").lower()
+        want = _SIMBAD_JOINS.get(table)
+        if want is None or cond not in (want.replace(" ", ""), "=".join(reversed(want.replace(" ", "").split("=")))):
+            return f"wrong join of {table}: {m.group(2).strip()} (join on basic.oid = {table}.oidref)"
+    return None
 
 
 # ---------------------------------------------------------------- the standard test sky

@@ -17,40 +17,12 @@ import pytest
 from rpp_core.catalogs import ServiceClient, crossmatch_services, fetch_gaia_reference, field_of_view
 from rpp_core.errors import Cancelled, ServiceError
 from rpp_core.settings import ObservatorySettings
+from tests.catalog_helpers import UID, Recorder, sky_field
 from tests.servers import MAIN_FRAME, SYNTH_MODEL, sep_deg, synthetic_mag
-
-UID = "test-uid-7f3a9c"
-
-
-@pytest.fixture
-def sky_server(catalog_servers, tmp_path, monkeypatch):
-    """The session servers, reset, with a fresh answer cache for this test."""
-    catalog_servers.reset()
-    monkeypatch.setenv("RPP_CACHE_DIR", str(tmp_path / "cache"))
-    yield catalog_servers
-    catalog_servers.reset()
-
-
-def _field(server, name="main"):
-    name, frame, epoch, id0, info = server.sky.info(name)
-    ra, dec, r = field_of_view(frame.wcs, frame.data.shape)
-    return frame, epoch, id0, info, (ra, dec, r)
-
-
-class Recorder:
-    def __init__(self):
-        self.warnings: list[tuple[str, str]] = []
-        self.lines: list[tuple[str, str]] = []
-
-    def warn(self, service, reason):
-        self.warnings.append((service, reason))
-
-    def log(self, message, level="INFO"):
-        self.lines.append((level, message))
 
 
 async def _crossmatch(server, settings, ra, dec, *, observatory=None, secrets=None, name="main", **kw):
-    frame, epoch, _, _, (fra, fdec, fr) = _field(server, name)
+    frame, epoch, _, _, (fra, fdec, fr) = sky_field(server, name)
     rec = Recorder()
     out, status = await crossmatch_services(
         ra, dec, 1.5, (fra, fdec), fr, kw.pop("epoch", epoch), settings,
@@ -62,7 +34,7 @@ async def _crossmatch(server, settings, ra, dec, *, observatory=None, secrets=No
 # ---------------------------------------------------------------- calibration catalogue
 
 async def test_gaia_reference_magnitudes_and_positions_equal_the_injected_truth(sky_server):
-    frame, epoch, id0, info, (ra, dec, r) = _field(sky_server)
+    frame, epoch, id0, info, (ra, dec, r) = sky_field(sky_server)
     st = sky_server.settings()
     ref = await fetch_gaia_reference(ra, dec, r, epoch, "G", st)
     k = np.asarray(ref["ref_id"]) - id0
@@ -87,7 +59,7 @@ async def test_gaia_reference_magnitudes_and_positions_equal_the_injected_truth(
 
 
 async def test_high_proper_motion_stars_land_on_truth_only_after_propagation(sky_server):
-    frame, epoch, id0, info, (ra, dec, r) = _field(sky_server)
+    frame, epoch, id0, info, (ra, dec, r) = sky_field(sky_server)
     ref = await fetch_gaia_reference(ra, dec, r, epoch, "G", sky_server.settings(), filters=False)
     assert len(ref) == len(frame.truth)
     k = np.asarray(ref["ref_id"]) - id0
@@ -102,7 +74,7 @@ async def test_high_proper_motion_stars_land_on_truth_only_after_propagation(sky
 
 @pytest.mark.parametrize("band, system", [("V", "Vega"), ("r", "AB")])
 async def test_synthetic_photometry_band_comes_from_gspc_by_source_id(sky_server, band, system):
-    frame, epoch, id0, info, (ra, dec, r) = _field(sky_server)
+    frame, epoch, id0, info, (ra, dec, r) = sky_field(sky_server)
     ref = await fetch_gaia_reference(ra, dec, r, epoch, band, sky_server.settings())
     t = frame.truth[np.asarray(ref["ref_id"]) - id0]
     assert ref.meta["system"] == system
@@ -117,10 +89,10 @@ async def test_synthetic_photometry_band_comes_from_gspc_by_source_id(sky_server
 
 
 async def test_wide_field_is_tiled_complete_and_synthetic_ids_go_in_batches_beyond_1000(sky_server):
-    frame, epoch, id0, info, (ra, dec, r) = _field(sky_server, "wide")
+    frame, epoch, id0, info, (ra, dec, r) = sky_field(sky_server, "wide")
     assert r > 3.0
     sky_server.max_rows = 300  # one cone would overflow; tiles of 0.5 deg stay far below
-    st = sky_server.settings(gaia_tile_deg=0.5, gaia_mag_limit=17.5)
+    st = sky_server.settings(gaia_tile_deg=0.5, gaia_mag_limit=17.5, gaia_batch_ids=250)
     t0 = time.monotonic()
     ref = await fetch_gaia_reference(ra, dec, r, epoch, "B", st, filters=False)
     seconds = time.monotonic() - t0
@@ -143,7 +115,7 @@ async def test_wide_field_is_tiled_complete_and_synthetic_ids_go_in_batches_beyo
 # ---------------------------------------------------------------- cross-match
 
 async def test_every_service_identifies_the_injected_objects_and_nothing_else(sky_server):
-    frame, epoch, id0, info, _ = _field(sky_server)
+    frame, epoch, id0, info, _ = sky_field(sky_server)
     t = frame.truth
     rng = np.random.default_rng(5)
     order = rng.permutation(len(t))
@@ -174,7 +146,7 @@ async def test_every_service_identifies_the_injected_objects_and_nothing_else(sk
 
 
 async def test_vsx_from_the_aavso_api_gives_the_same_variables(sky_server):
-    frame, epoch, id0, info, _ = _field(sky_server)
+    frame, epoch, id0, info, _ = sky_field(sky_server)
     t = frame.truth
     st = sky_server.settings(vsx_source="api", enabled=["vsx"])
     out, status, rec = await _crossmatch(sky_server, st, t["ra"], t["dec"])
@@ -184,23 +156,25 @@ async def test_vsx_from_the_aavso_api_gives_the_same_variables(sky_server):
         assert out["vsx_min"][k] - out["vsx_max"][k] == pytest.approx(0.5, abs=0.011)
 
 
-async def test_skybot_asks_for_the_site_and_the_geocentre_would_misplace_a_near_earth_object(sky_server):
-    frame, epoch, id0, info, _ = _field(sky_server)
+async def test_skybot_asks_for_the_iau_code_and_the_geocentre_would_misplace_a_near_earth_object(sky_server):
+    frame, epoch, id0, info, _ = sky_field(sky_server)
     t = frame.truth
     st = sky_server.settings(enabled=["skybot"])
-    site = ObservatorySettings(latitude=28.7606, longitude=-17.8792, elevation=2332)
-    out, status, _ = await _crossmatch(sky_server, st, t["ra"], t["dec"], observatory=site)
-    assert sky_server.requests_of("skybot")[-1]["params"]["-loc"] == "-17.87920 +28.76060 2332"
+    out, status, _ = await _crossmatch(sky_server, st, t["ra"], t["dec"], observatory=ObservatorySettings(iau_code="j13"))
+    assert sky_server.requests_of("skybot")[-1]["params"]["-loc"] == "J13"
     assert out["skybot_name"][info["skybot"][1]] == "99942 Synthia"
     assert float(sky_server.requests_of("skybot")[-1]["params"]["-ep"]) == pytest.approx(epoch.utc.jd, abs=1e-6)
-    out, status, rec = await _crossmatch(sky_server, st, t["ra"], t["dec"], observatory=ObservatorySettings())
-    assert "geocentre" in status["skybot"]["location"]
+    # site coordinates without a code: SkyBoT documents no geodetic -loc, so the geocentre, and a warning saying so
+    site = ObservatorySettings(latitude=28.7606, longitude=-17.8792, elevation=2332)
+    out, status, rec = await _crossmatch(sky_server, st, t["ra"], t["dec"], observatory=site)
+    assert sky_server.requests_of("skybot")[-1]["params"]["-loc"] == "500"
+    assert "geocentre" in status["skybot"]["location"] and "observatory.iau_code" in status["skybot"]["location"]
     assert out["skybot_name"][info["skybot"][1]] == ""  # 40" away as seen from the Earth's centre
-    assert any("geocentre" in m for _, m in rec.lines)
+    assert any("geocentre" in m and level == "WARNING" for level, m in rec.lines)
 
 
 async def test_asteroid_is_not_matched_a_day_later(sky_server):
-    frame, epoch, id0, info, _ = _field(sky_server)
+    frame, epoch, id0, info, _ = sky_field(sky_server)
     t = frame.truth
     from astropy import units as u
     out, status, _ = await _crossmatch(sky_server, sky_server.settings(enabled=["skybot"]), t["ra"], t["dec"],
@@ -211,7 +185,7 @@ async def test_asteroid_is_not_matched_a_day_later(sky_server):
 # ---------------------------------------------------------------- the client on a flaky link
 
 async def test_second_run_of_a_field_needs_no_network(sky_server):
-    frame, epoch, id0, info, (ra, dec, r) = _field(sky_server)
+    frame, epoch, id0, info, (ra, dec, r) = sky_field(sky_server)
     t = frame.truth
     st = sky_server.settings()
     ref1 = await fetch_gaia_reference(ra, dec, r, epoch, "V", st)
@@ -226,7 +200,7 @@ async def test_second_run_of_a_field_needs_no_network(sky_server):
 
 
 async def test_offline_mode_uses_only_the_cache_and_names_what_it_skipped(sky_server):
-    frame, epoch, id0, info, (ra, dec, r) = _field(sky_server)
+    frame, epoch, id0, info, (ra, dec, r) = sky_field(sky_server)
     t = frame.truth
     offline = sky_server.settings(offline=True)
     with pytest.raises(ServiceError, match="offline.*catalog_files"):
@@ -248,7 +222,7 @@ async def test_offline_mode_uses_only_the_cache_and_names_what_it_skipped(sky_se
 
 
 async def test_server_errors_are_retried_with_backoff_until_the_answer_comes(sky_server):
-    frame, epoch, id0, info, _ = _field(sky_server)
+    frame, epoch, id0, info, _ = sky_field(sky_server)
     sky_server.fail("simbad", status=500, times=2)
     out, status, rec = await _crossmatch(sky_server, sky_server.settings(enabled=["simbad"], retries=2),
                                          frame.truth["ra"], frame.truth["dec"])
@@ -258,7 +232,7 @@ async def test_server_errors_are_retried_with_backoff_until_the_answer_comes(sky
 
 
 async def test_rate_limited_answer_waits_for_retry_after(sky_server):
-    frame, epoch, id0, info, (ra, dec, r) = _field(sky_server)
+    frame, epoch, id0, info, (ra, dec, r) = sky_field(sky_server)
     sky_server.fail("gaia", status=429, retry_after="1")
     t0 = time.monotonic()
     ref = await fetch_gaia_reference(ra, dec, r, epoch, "G", sky_server.settings(backoff_s=0.01))
@@ -268,7 +242,7 @@ async def test_rate_limited_answer_waits_for_retry_after(sky_server):
 
 
 async def test_rate_limit_spaces_requests_to_one_service(sky_server):
-    frame, epoch, id0, info, (ra, dec, r) = _field(sky_server, "wide")
+    frame, epoch, id0, info, (ra, dec, r) = sky_field(sky_server, "wide")
     rate = 5.0
     st = sky_server.settings(rate_limit_per_s=rate, gaia_tile_deg=1.5)
     await fetch_gaia_reference(ra, dec, r, epoch, "G", st, filters=False)
@@ -281,7 +255,7 @@ async def test_rate_limit_spaces_requests_to_one_service(sky_server):
 
 
 async def test_calibration_catalogue_failure_is_a_clear_service_error(sky_server):
-    frame, epoch, id0, info, (ra, dec, r) = _field(sky_server)
+    frame, epoch, id0, info, (ra, dec, r) = sky_field(sky_server)
     sky_server.fail("gaia", status=503, times=3)
     with pytest.raises(ServiceError) as err:
         await fetch_gaia_reference(ra, dec, r, epoch, "G", sky_server.settings(retries=2))
@@ -293,7 +267,7 @@ async def test_calibration_catalogue_failure_is_a_clear_service_error(sky_server
 
 
 async def test_timeouts_are_retried_then_reported_with_the_limit(sky_server):
-    frame, epoch, id0, info, (ra, dec, r) = _field(sky_server)
+    frame, epoch, id0, info, (ra, dec, r) = sky_field(sky_server)
     sky_server.fail("gaia", delay=2.5, times=2)
     t0 = time.monotonic()
     with pytest.raises(ServiceError, match=r"timed out after 1 s.*2 attempts"):
@@ -302,7 +276,7 @@ async def test_timeouts_are_retried_then_reported_with_the_limit(sky_server):
 
 
 async def test_unreachable_enrichment_service_only_warns(sky_server):
-    frame, epoch, id0, info, _ = _field(sky_server)
+    frame, epoch, id0, info, _ = sky_field(sky_server)
     st = sky_server.settings(simbad_tap="http://127.0.0.1:9/nothing", retries=1)
     out, status, rec = await _crossmatch(sky_server, st, frame.truth["ra"], frame.truth["dec"])
     assert [s for s, _ in rec.warnings] == ["simbad"] and "connection failed" in rec.warnings[0][1]
@@ -312,7 +286,7 @@ async def test_unreachable_enrichment_service_only_warns(sky_server):
 
 
 async def test_malformed_and_truncated_answers_fail_one_service_and_are_never_cached(sky_server):
-    frame, epoch, id0, info, _ = _field(sky_server)
+    frame, epoch, id0, info, _ = sky_field(sky_server)
     st = sky_server.settings(retries=1)
     sky_server.fail("simbad", truncate=True, times=2)
     sky_server.fail("vizier", body=b"<html><body>Proxy error</body></html>", times=6)
@@ -327,14 +301,14 @@ async def test_malformed_and_truncated_answers_fail_one_service_and_are_never_ca
 
 
 async def test_truncated_answer_is_retried_and_then_succeeds(sky_server):
-    frame, epoch, id0, info, (ra, dec, r) = _field(sky_server)
+    frame, epoch, id0, info, (ra, dec, r) = sky_field(sky_server)
     sky_server.fail("gaia", truncate=True)
     ref = await fetch_gaia_reference(ra, dec, r, epoch, "G", sky_server.settings())
     assert len(ref) > 100 and sky_server.count("gaia") == 2
 
 
 async def test_empty_answers_are_empty_columns_not_failures(sky_server):
-    frame, epoch, id0, info, _ = _field(sky_server)
+    frame, epoch, id0, info, _ = sky_field(sky_server)
     for svc in ("simbad", "skybot", "vsx", "astrocolibri"):
         sky_server.fail(svc, empty=True)
     st = sky_server.settings(enabled=["simbad", "skybot", "vsx", "astrocolibri"], vsx_source="api")
@@ -345,7 +319,7 @@ async def test_empty_answers_are_empty_columns_not_failures(sky_server):
 
 
 async def test_services_are_queried_concurrently(sky_server):
-    frame, epoch, id0, info, _ = _field(sky_server)
+    frame, epoch, id0, info, _ = sky_field(sky_server)
     for svc in ("gaia", "simbad", "skybot", "vizier", "astrocolibri"):
         sky_server.fail(svc, delay=0.6, times=3)
     t0 = time.monotonic()
@@ -355,7 +329,7 @@ async def test_services_are_queried_concurrently(sky_server):
 
 
 async def test_slow_answer_is_abandoned_at_once_on_cancel(sky_server):
-    frame, epoch, id0, info, (ra, dec, r) = _field(sky_server)
+    frame, epoch, id0, info, (ra, dec, r) = sky_field(sky_server)
     sky_server.fail("gaia", delay=4.0)
     cancel = asyncio.Event()
     asyncio.get_running_loop().call_later(0.3, cancel.set)
@@ -375,12 +349,12 @@ async def test_slow_answer_is_abandoned_at_once_on_cancel(sky_server):
 
 
 async def test_astrocolibri_user_id_never_reaches_logs_errors_or_disk(sky_server, tmp_path):
-    frame, epoch, id0, info, _ = _field(sky_server)
+    frame, epoch, id0, info, _ = sky_field(sky_server)
     wrong = "wrong-secret-uid-4242"
     st = sky_server.settings(enabled=["astrocolibri"], retries=0)
     out, status, rec = await _crossmatch(sky_server, st, frame.truth["ra"], frame.truth["dec"],
                                          secrets={"astrocolibri_uid": wrong})
-    assert status["astrocolibri"]["status"] == "failed" and "HTTP 401" in rec.warnings[0][1]
+    assert status["astrocolibri"]["status"] == "failed" and "error 401: Invalid user ID" in rec.warnings[0][1]
     out, status, rec2 = await _crossmatch(sky_server, st, frame.truth["ra"], frame.truth["dec"])
     assert status["astrocolibri"]["status"] == "ok"
     text = repr(rec.warnings) + repr(rec.lines) + repr(rec2.lines) + repr(status)
@@ -388,7 +362,7 @@ async def test_astrocolibri_user_id_never_reaches_logs_errors_or_disk(sky_server
     for req in sky_server.requests_of("astrocolibri"):
         assert UID not in req["path"] and wrong not in req["path"]  # only in the POST body
     files = list((tmp_path / "cache").rglob("*"))
-    assert any(f.suffix == ".bin" for f in files)
+    assert any(f.name == "astrocolibri.db" for f in files)  # the answer was cached (without the id)
     for f in files:
         if f.is_file():
             data = f.read_bytes()
@@ -396,7 +370,7 @@ async def test_astrocolibri_user_id_never_reaches_logs_errors_or_disk(sky_server
 
 
 async def test_missing_astrocolibri_user_id_is_a_warning_that_says_how_to_set_it(sky_server):
-    frame, epoch, id0, info, _ = _field(sky_server)
+    frame, epoch, id0, info, _ = sky_field(sky_server)
     out, status, rec = await _crossmatch(sky_server, sky_server.settings(enabled=["astrocolibri", "simbad"]),
                                          frame.truth["ra"], frame.truth["dec"], secrets={})
     assert [s for s, _ in rec.warnings] == ["astrocolibri"] and "ASTROCOLIBRI_UID" in rec.warnings[0][1]
@@ -405,7 +379,7 @@ async def test_missing_astrocolibri_user_id_is_a_warning_that_says_how_to_set_it
 
 
 async def test_one_shared_client_serves_calibration_and_crossmatch(sky_server, tmp_path):
-    frame, epoch, id0, info, (ra, dec, r) = _field(sky_server)
+    frame, epoch, id0, info, (ra, dec, r) = sky_field(sky_server)
     st = sky_server.settings()
     async with ServiceClient(st, secrets={"astrocolibri_uid": UID}, cache_dir=tmp_path / "c") as client:
         await fetch_gaia_reference(ra, dec, r, epoch, "G", st, client=client)
@@ -428,3 +402,115 @@ async def test_any_synthetic_frame_can_get_its_own_catalogue_server(frame_catalo
     assert len(ref) == np.sum(frame.truth["mag"] < server.settings().gaia_mag_limit) > 30
     k = np.asarray(ref["ref_id"]) - server.sky.info("frame0")[3]
     assert np.max(np.abs(ref["mag"] - frame.truth["mag"][k])) < 1e-6
+
+
+# ---------------------------------------------------------------- what the real services answer (issue 13)
+
+async def test_vsx_minimum_given_as_an_amplitude_becomes_a_magnitude(sky_server):
+    """B/vsx: f_min = "(" means min is an amplitude; the faintest magnitude is then max + amplitude."""
+    frame, epoch, id0, info, _ = sky_field(sky_server)
+    t = frame.truth
+    out, status, rec = await _crossmatch(sky_server, sky_server.settings(enabled=["vsx"]), t["ra"], t["dec"])
+    assert "f_min" in sky_server.requests_of("vizier")[-1]["params"]["-out"].split(",")
+    assert np.any(sky_server.sky.vsx["f_min"] == "(")  # the sky holds both kinds of rows
+    for k in info["vsx"]:
+        assert out["vsx_min"][k] - out["vsx_max"][k] == pytest.approx(0.5, abs=1e-4)
+
+
+async def test_nearby_stars_moving_arcseconds_a_year_are_matched_at_the_observation_epoch(sky_server):
+    frame, epoch, id0, info, _ = sky_field(sky_server)
+    t = frame.truth
+    out, status, rec = await _crossmatch(sky_server, sky_server.settings(enabled=["10pc"]), t["ra"], t["dec"])
+    asked = sky_server.requests_of("vizier")[-1]["params"]
+    assert asked["-source"] == "J/A+A/650/A201/tablea1"
+    assert {"pmRA", "pmDE", "Epoch", "RAdeg", "DEdeg"} <= set(asked["-out"].split(","))
+    # catalogue positions are 45" and 150" from where the stars are at the epoch; after propagation < 0.1"
+    for k in info["10pc"]:
+        assert out["pc10_name"][k] == f"SYN NEAR main {k}" and out["pc10_sep_arcsec"][k] < 0.1
+    assert out["pc10_plx"][info["10pc"][0]] == 250.0 and out["pc10_type"][info["10pc"][1]] == "*"
+    assert np.sum(out["pc10_name"] != "") == len(info["10pc"])
+
+
+async def test_every_vizier_query_names_its_columns_and_vizier_refuses_unknown_ones(sky_server):
+    frame, epoch, id0, info, _ = sky_field(sky_server)
+    t = frame.truth
+    await _crossmatch(sky_server, sky_server.settings(enabled=["vsx", "milliquas", "10pc"]), t["ra"], t["dec"])
+    reqs = sky_server.requests_of("vizier")
+    assert len(reqs) == 3 and all(r["params"].get("-out") for r in reqs)
+    # the loopback VizieR is as strict as the real one: an unknown column is an error naming it
+    import httpx
+    params = {**reqs[0]["params"], "-out": "Name,NoSuchColumn"}
+    body = httpx.get(sky_server.url("vizier"), params=params).content
+    from rpp_core.catalogs.http import read_votable
+    with pytest.raises(ServiceError, match="Column 'NoSuchColumn' unknown"):
+        read_votable(body, "vsx")
+
+
+async def test_skybot_field_without_asteroids_is_empty_not_failed(sky_server):
+    frame, epoch, id0, info, _ = sky_field(sky_server)
+    t = frame.truth
+    st = sky_server.settings(enabled=["skybot"], retries=2)
+    from astropy import units as u
+    out, status, rec = await _crossmatch(sky_server, st, t["ra"], t["dec"], epoch=epoch + 30 * u.day)
+    assert rec.warnings == [] and status["skybot"]["status"] == "ok" and status["skybot"]["n_field"] == 0
+    assert status["skybot"]["network_requests"] == 1  # an empty answer is not retried as malformed
+    assert np.all(out["skybot_name"] == "")
+
+
+def test_loopback_skybot_accepts_the_epoch_forms_the_real_one_accepts(catalog_servers):
+    import httpx
+    name, frame, epoch, *_ = catalog_servers.sky.info("main")
+    base = {"-ra": "120.0", "-dec": "35.0", "-rd": "0.2", "-loc": "J13", "-mime": "votable"}
+    for ep in (f"{epoch.utc.jd:.6f}", epoch.utc.iso[:19], epoch.utc.isot[:19], epoch.utc.iso[:10]):
+        r = httpx.get(catalog_servers.url("skybot"), params={**base, "-ep": ep})
+        assert r.status_code == 200, (ep, r.text)
+    assert httpx.get(catalog_servers.url("skybot"), params={**base, "-ep": "yesterday"}).status_code == 400
+    assert httpx.get(catalog_servers.url("skybot"), params={**base, "-ep": "2460000.5",
+                                                            "-loc": "-17.9 +28.8 2332"}).status_code == 400
+
+
+def test_loopback_simbad_refuses_an_unquoted_allfluxes_band_and_a_wrong_join(catalog_servers):
+    import httpx
+    from rpp_core.catalogs import simbad
+
+    good = simbad.cone_adql(120.0, 35.0, 0.1, 100)
+    url = catalog_servers.url("simbad") + "/sync"
+    form = {"REQUEST": "doQuery", "LANG": "ADQL", "FORMAT": "votable"}
+    assert httpx.post(url, data={**form, "QUERY": good}).status_code == 200
+    r = httpx.post(url, data={**form, "QUERY": good.replace('allfluxes."B"', "allfluxes.B")})
+    assert r.status_code == 400 and b"allfluxes.b does not exist" in r.content
+    r = httpx.post(url, data={**form, "QUERY": good.replace('basic."oid" = ids."oidref"', 'basic."oid" = ids."oid"')})
+    assert r.status_code == 400 and b"wrong join of ids" in r.content
+
+
+async def test_simbad_answer_cut_at_maxrec_is_said_in_the_log(sky_server):
+    frame, epoch, id0, info, _ = sky_field(sky_server)
+    t = frame.truth
+    sky_server.max_rows = 2  # the service's own limit, below what the field holds
+    out, status, rec = await _crossmatch(sky_server, sky_server.settings(enabled=["simbad"]), t["ra"], t["dec"])
+    assert sky_server.requests_of("simbad")[-1]["params"]["MAXREC"] == str(sky_server.settings().max_rows)
+    assert status["simbad"]["status"] == "ok" and status["simbad"]["n_field"] == 2
+    assert any(level == "WARNING" and "simbad" in m and "cut" in m for level, m in rec.lines)
+
+
+async def test_gaia_cone_cut_by_the_archive_is_split_until_every_star_is_there(sky_server):
+    frame, epoch, id0, info, (ra, dec, r) = sky_field(sky_server)
+    sky_server.max_rows = 60  # the field holds 150 stars
+    lines = []
+    ref = await fetch_gaia_reference(ra, dec, r, epoch, "G", sky_server.settings(), filters=False,
+                                     log=lambda m, level="INFO": lines.append(m))
+    assert len(ref) == len(frame.truth) and len(set(ref["ref_id"])) == len(ref)
+    assert all("MAXREC" in q["params"] for q in sky_server.requests_of("gaia"))
+    assert ref.meta["n_tiles"] > 1 and any("cut at 60 rows" in m for m in lines)
+
+
+async def test_astrocolibri_catalogue_sources_are_kept_apart_from_transients(sky_server):
+    frame, epoch, id0, info, _ = sky_field(sky_server)
+    t = frame.truth
+    out, status, rec = await _crossmatch(sky_server, sky_server.settings(enabled=["astrocolibri"]), t["ra"], t["dec"])
+    st = status["astrocolibri"]
+    assert [s["name"] for s in st["sources"]] == ["SYNXRB main"]
+    assert all(e["kind"] == "transient" for e in st["events"]) and "SYNXRB main" not in [e["name"] for e in st["events"]]
+    k = info["colibri_source"]
+    assert out["colibri_name"][k] == "SYNXRB main" and out["colibri_kind"][k] == "source"
+    assert out["colibri_kind"][info["colibri"]] == "transient"

@@ -11,7 +11,7 @@ from astropy.time import Time
 
 from rpp_core.catalogs import astrocolibri, gaia, simbad, skybot, vizier, vsx
 from rpp_core.catalogs.crossmatch import field_of_view, match_one_to_one, match_radius
-from rpp_core.catalogs.http import AnswerCache, MalformedAnswer, read_votable, redact, retry_after_seconds
+from rpp_core.catalogs.http import MalformedAnswer, read_votable, redact, retry_after_seconds
 from rpp_core.errors import ServiceError
 from rpp_core.settings import ObservatorySettings
 
@@ -93,8 +93,8 @@ def test_astrocolibri_answer_in_the_documented_shape():
                                      "ra": 83.63, "dec": 22.01, "err": 0.001},
                                     {"trigger_id": "G1", "source_name": "GRB 260901A", "type": "GRB", "time": "2026-09-01T00:00:00"}],
                        "sources": [], "Xsources": [], "icecat": [], "search_region": "circle"}).encode()
-    tab, events = astrocolibri.parse(body)
-    assert len(events) == 2 and len(tab) == 1  # the GRB has no position: field level only
+    tab, events, sources = astrocolibri.parse(body)
+    assert len(events) == 2 and len(tab) == 1 and sources == []  # the GRB has no position: field level only
     assert tab["colibri_name"][0] == "SN 2026abc" and tab["colibri_err_arcsec"][0] == pytest.approx(3.6)
     req = astrocolibri.request_body("uid", 83.633, 22.0145, 2.0, Time("2026-09-10T00:00:00"), 60)
     assert req["time_range"]["min"] == "2026-07-12T00:00:00+00:00" and req["properties"]["radius"] == 2.0
@@ -165,10 +165,10 @@ def test_wide_cone_tiles_cover_every_point_of_the_field():
     assert np.all(d <= 0.5)
 
 
-def test_skybot_location_is_the_observatory_not_the_geocentre():
-    assert skybot.observer_location(ObservatorySettings(iau_code="J13"))[0] == "J13"
-    loc, _ = skybot.observer_location(ObservatorySettings(latitude=28.76, longitude=342.12, elevation=2332))
-    assert loc == "-17.88000 +28.76000 2332"
+def test_skybot_location_is_the_iau_code_else_the_geocentre_with_the_reason():
+    assert skybot.observer_location(ObservatorySettings(iau_code="j13"))[0] == "J13"
+    loc, why = skybot.observer_location(ObservatorySettings(latitude=28.76, longitude=342.12, elevation=2332))
+    assert loc == "500" and "IAU observatory code" in why and "observatory.iau_code" in why
     loc, why = skybot.observer_location(ObservatorySettings())
     assert loc == "500" and "geocentre" in why
 
@@ -180,17 +180,6 @@ def test_secrets_are_redacted_and_retry_after_dates_understood():
     import time
     assert 25 < retry_after_seconds(formatdate(time.time() + 30, usegmt=True)) <= 30
     assert retry_after_seconds("soon") is None
-
-
-def test_answer_cache_stays_within_its_size_bound_dropping_least_recently_used(tmp_path):
-    cache = AnswerCache(tmp_path, max_mb=0.25)
-    blob = b"x" * 100_000
-    for k in range(5):
-        cache.put("gaia", f"k{k}", blob, {"query": k})
-        import os
-        os.utime(tmp_path / "gaia" / f"k{k}.bin", (1000 + k, 1000 + k))
-    assert cache.size_bytes() <= 0.25 * 1024 * 1024
-    assert cache.get("gaia", "k4") == blob and cache.get("gaia", "k0") is None
 
 
 def test_frames_of_one_field_share_one_snapped_cone():
@@ -213,3 +202,26 @@ def test_frames_of_one_field_share_one_snapped_cone():
         assert sep + r <= r_s  # the snapped cone contains the field
         cones.add((ra_s, dec_s, r_s))
     assert len(cones) <= 2  # at most a grid boundary between them
+
+
+@pytest.mark.parametrize("doc, expected", [
+    ([{"message": "Invalid user ID", "status_code": 401}, 401], (401, "Invalid user ID")),
+    ({"message": "Internal error", "status_code": "500"}, (500, "Internal error")),
+    ({"error": "Daily quota exceeded", "status_code": 429}, (429, "Daily quota exceeded")),
+    ({"voevents": [], "sources": [], "status_code": 500}, None),  # a result that happens to carry the key
+    ({"message": "ok", "status_code": 200}, None),
+])
+def test_astrocolibri_error_envelopes_are_told_from_results(doc, expected):
+    assert astrocolibri.error_envelope(doc) == expected
+    if expected is not None:
+        with pytest.raises(ServiceError, match=f"error {expected[0]}: {expected[1]}") as err:
+            astrocolibri.parse(json.dumps(doc).encode())
+        assert not isinstance(err.value, MalformedAnswer)  # final: reported, not retried or cached
+
+
+def test_secrets_are_redacted_from_answer_bodies_in_every_encoding():
+    from rpp_core.catalogs.http import redact_bytes
+
+    secret = "a b/c+d"
+    body = b'{"uid": "a b/c+d", "url": "x?uid=a+b%2Fc%2Bd", "p": "a%20b%2Fc%2Bd"}'
+    assert redact_bytes(body, {"astrocolibri_uid": secret}) == b'{"uid": "***", "url": "x?uid=***", "p": "***"}'

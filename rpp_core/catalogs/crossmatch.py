@@ -20,6 +20,7 @@ radius above 10" are only listed at field level (status ``events``).
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 from typing import Callable
 
@@ -30,8 +31,8 @@ from astropy.wcs.utils import pixel_to_skycoord
 from astropy.table import Table
 from astropy.time import Time
 
-from ..errors import Cancelled, ServiceError
-from ..settings import ObservatorySettings, ServicesSettings
+from ..errors import Cancelled, ServiceError, SettingsError
+from ..settings import SECRET_ENV, ObservatorySettings, ServicesSettings, load_secrets
 from . import astrocolibri, gaia, simbad, skybot, vizier, vsx
 from .http import ServiceClient, ServiceSkipped, redact, run_cancellable, snap_cone
 
@@ -51,7 +52,7 @@ COLUMNS: dict[str, dict[str, type]] = {
     "milliquas": dict(vizier.EMPTY_COLUMNS["milliquas"]),
     "10pc": dict(vizier.EMPTY_COLUMNS["10pc"]),
     "astrocolibri": {"colibri_name": str, "colibri_type": str, "colibri_time": str, "colibri_trigger_id": str,
-                     "colibri_err_arcsec": float},
+                     "colibri_err_arcsec": float, "colibri_kind": str},
 }
 #: column giving the identifier shown in ``matches``
 ID_COLUMN = {"gaia": "gaia_source_id", "simbad": "simbad_main_id", "skybot": "skybot_name", "vsx": "vsx_name",
@@ -159,6 +160,36 @@ def fill_columns(n: int, service: str, catalog: Table, i_src, i_cat, sep) -> Tab
     return out
 
 
+# ---------------------------------------------------------------- a run's client
+
+def service_secrets(warn: Callable[[str], None] | None = None) -> dict:
+    """API keys for the services; a secrets file that cannot be read gives a warning, not a failure.
+
+    The environment variables (``ASTROCOLIBRI_UID``) still count then. Only the
+    services needing a key (Astro-Colibri) are skipped; calibration and the
+    other services run as usual.
+    """
+    try:
+        return load_secrets()
+    except (SettingsError, OSError, UnicodeDecodeError, ValueError) as exc:
+        where = os.path.join(os.environ.get("RPP_CONFIG_DIR") or "the config folder", "secrets.toml")
+        reason = str(exc) if isinstance(exc, SettingsError) else f"{where} cannot be read ({type(exc).__name__}: {exc})"
+        (warn or (lambda message: None))(
+            f"API keys not loaded: {reason}; services that need a key (Astro-Colibri) are skipped this run. "
+            f"Fix or delete secrets.toml and store the key again: rpp secret set astrocolibri_uid")
+        return {key: os.environ[env] for key, env in SECRET_ENV.items() if os.environ.get(env)}
+
+
+def open_client(settings: ServicesSettings, *, log: Callable[[str, str], None] | None = None,
+                warn: Callable[[str], None] | None = None, secrets: dict | None = None,
+                cache_dir=None) -> ServiceClient:
+    """The one :class:`ServiceClient` of a run: calibration and cross-match share it, so a service that
+    failed is asked once per run and the calibration cone is reused. Local faults (a secrets file or a
+    cache folder that cannot be read or written) become warnings. Close it with ``await client.aclose()``."""
+    secrets = service_secrets(warn) if secrets is None else secrets
+    return ServiceClient(settings, secrets=secrets, cache_dir=cache_dir, log=log, warn=warn)
+
+
 # ---------------------------------------------------------------- the service calls
 
 async def _query_service(name: str, client: ServiceClient, center, radius_deg: float, epoch: Time | None,
@@ -168,9 +199,10 @@ async def _query_service(name: str, client: ServiceClient, center, radius_deg: f
     if name == "gaia":
         return await gaia.fetch_gaia_field(ra0, dec0, radius_deg, epoch, settings, client=client, cancel=cancel, log=log)
     if name == "simbad":
-        return await simbad.query(ra0, dec0, radius_deg, epoch, settings, client=client, cancel=cancel)
+        return await simbad.query(ra0, dec0, radius_deg, epoch, settings, client=client, cancel=cancel, log=log)
     if name in ("milliquas", "10pc") or (name == "vsx" and settings.vsx_source == "vizier"):
-        return await vizier.query(name, ra0, dec0, radius_deg, settings, client=client, cancel=cancel)
+        return await vizier.query(name, ra0, dec0, radius_deg, settings, client=client, cancel=cancel, epoch=epoch,
+                                  log=log)
     if name == "vsx":
         return await vsx.query(ra0, dec0, radius_deg, settings, client=client, cancel=cancel)
     if epoch is None and name in ("skybot", "astrocolibri"):
@@ -179,13 +211,15 @@ async def _query_service(name: str, client: ServiceClient, center, radius_deg: f
         loc, where = skybot.observer_location(observatory, site)
         status["location"] = where
         if loc == "500":
-            log("skybot: observer location unknown, using the geocentre: set observatory.iau_code "
-                "or the site coordinates in the profile", "WARNING")
+            log(f"skybot: observer at the {where}: near-Earth objects may be misplaced by tens of arcsec",
+                "WARNING")
         return await skybot.query(ra0, dec0, radius_deg, epoch, loc, settings, client=client, cancel=cancel)
     if name == "astrocolibri":
-        tab, events = await astrocolibri.query(ra0, dec0, radius_deg, epoch, (secrets or {}).get("astrocolibri_uid", ""),
-                                               settings, client=client, cancel=cancel)
+        tab, events, sources = await astrocolibri.query(ra0, dec0, radius_deg, epoch,
+                                                        (secrets or {}).get("astrocolibri_uid", ""), settings,
+                                                        client=client, cancel=cancel)
         status["events"] = events
+        status["sources"] = sources
         return tab
     raise ServiceError(f"unknown service {name!r} in services.enabled; known: {', '.join(PREFIXES)}")
 
@@ -222,7 +256,7 @@ async def crossmatch_services(ra, dec, radius_arcsec: float, field_center: tuple
     epoch : astropy.time.Time or None
         Observation time (mid-exposure): proper motions, SkyBoT ephemerides,
         Astro-Colibri time window. None skips SkyBoT and Astro-Colibri with a warning.
-    settings, observatory : profile sections; ``secrets`` from ``rpp_core.settings.load_secrets()``.
+    settings, observatory : profile sections; ``secrets`` from :func:`service_secrets` (None: the client's).
     cancel : asyncio.Event or callable, optional
     log : callable(message, level="INFO"), optional
     warn : callable(service, reason), optional
@@ -241,7 +275,7 @@ async def crossmatch_services(ra, dec, radius_arcsec: float, field_center: tuple
         nothing matched, and ``matches`` ("SIMBAD:HD 1; VSX:V* X" style summary).
         Each status dict has ``service``, ``status`` (``ok``, ``failed``,
         ``skipped``), ``reason``, ``n_field``, ``n_matched``, ``seconds``,
-        ``network_requests``, and ``events`` (Astro-Colibri) / ``location`` (SkyBoT).
+        ``network_requests``, and ``events`` and ``sources`` (Astro-Colibri) / ``location`` (SkyBoT).
 
     Raises
     ------
@@ -256,6 +290,7 @@ async def crossmatch_services(ra, dec, radius_arcsec: float, field_center: tuple
     own = client is None
     if own:
         client = ServiceClient(settings, secrets=secrets, log=log)
+    secrets = client.secrets if secrets is None else secrets
     names = list(dict.fromkeys(settings.enabled))
     # one grid-snapped cone per field: frames of the same field hit the same cache entries
     cone = snap_cone(field_center[0], field_center[1], field_radius_deg)

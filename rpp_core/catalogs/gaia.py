@@ -11,7 +11,10 @@ Query (ADQL, ``services.gaia_tap`` + ``/sync``)::
 The cone covers the whole field (radius from the WCS footprint). Cones wider
 than ``services.gaia_tile_deg`` are split into overlapping tiles (hexagonal
 grid) so each answer stays within what a TAP sync request returns; rows are
-de-duplicated by ``source_id``. Synthetic photometry (JKC ``U B V R I``,
+de-duplicated by ``source_id``. Every query sends ``MAXREC = services.max_rows``;
+a tile whose answer was cut (``QUERY_STATUS = OVERFLOW`` or ``max_rows`` rows)
+is split again into tiles of half its radius, down to 1/8, and the run log
+says when an answer still had to be cut. Synthetic photometry (JKC ``U B V R I``,
 Vega; SDSS ``u g r i z``, AB) comes from ``gaiadr3.synthetic_photometry_gspc``
 in batches of ``services.gaia_batch_ids`` ids (``source_id IN (...)``), so
 there is no limit on the number of stars.
@@ -38,7 +41,7 @@ from astropy.time import Time
 
 from ..errors import Cancelled, ServiceError
 from ..settings import CalibrationSettings, ServicesSettings
-from .http import OfflineMiss, ServiceClient, column, snap_cone
+from .http import OfflineMiss, ServiceClient, column, require_columns, snap_cone
 from .reference import reference_table
 
 SERVICE = "gaia"
@@ -60,6 +63,8 @@ BANDS: dict[str, tuple[str, str]] = {
 #: DR3 photometric zero-point uncertainties (Riello et al. 2021), mag
 ZP_ERR = {"G": 0.0027553202, "BP": 0.0027901700, "RP": 0.0037793818}
 GAIA_EPOCH = 2016.0
+#: an overflowing cone is split into cones of half its radius at most this many times
+MAX_SPLIT_DEPTH = 3
 #: gaiadr3.synthetic_photometry_gspc holds only sources brighter than this G
 GSPC_G_LIMIT = 17.65
 _MAG_PER_LN = 2.5 / np.log(10.0)
@@ -120,18 +125,22 @@ def propagate(ra, dec, pmra, pmdec, from_jyear: float, epoch: Time | None):
         return ra.copy(), dec.copy()
     pmra = np.nan_to_num(np.asarray(pmra, float))
     pmdec = np.nan_to_num(np.asarray(pmdec, float))
-    # distance and radial velocity 0 make the motion purely tangential; the
-    # angular result then does not depend on the distance chosen
+    # radial velocity 0 makes the motion purely tangential, so the angular result does not depend on the
+    # distance chosen; 10 pc keeps even a 10"/yr star far below ERFA's speed limit (0.1 c), which would warn
     c = SkyCoord(ra=ra * u.deg, dec=dec * u.deg, pm_ra_cosdec=pmra * u.mas / u.yr, pm_dec=pmdec * u.mas / u.yr,
-                 distance=1.0 * u.kpc, radial_velocity=0.0 * u.km / u.s,
+                 distance=10.0 * u.pc, radial_velocity=0.0 * u.km / u.s,
                  obstime=Time(from_jyear, format="jyear", scale="tdb"))
     with np.errstate(all="ignore"):
         moved = c.apply_space_motion(new_obstime=Time(epoch).tdb)
     return moved.ra.deg, moved.dec.deg
 
 
-def parse_gaia_source(tab: Table) -> Table:
-    """Normalise a gaia_source answer: plain float/int/str columns, masked values as NaN/''."""
+def parse_gaia_source(tab: Table, what: str = "Gaia DR3 cone") -> Table:
+    """Normalise a gaia_source answer: plain float/int/str columns, masked values as NaN/''.
+
+    Raises :class:`~rpp_core.catalogs.http.MalformedAnswer` when a queried column is missing.
+    """
+    require_columns(tab, GAIA_COLUMNS, SERVICE, what)
     out = Table()
     out["source_id"] = column(tab, "source_id", -1, np.int64)
     for name in GAIA_COLUMNS:
@@ -144,7 +153,8 @@ def parse_gaia_source(tab: Table) -> Table:
     return out
 
 
-def parse_synthetic(tab: Table, prefix: str) -> Table:
+def parse_synthetic(tab: Table, prefix: str, what: str = "Gaia DR3 synthetic photometry") -> Table:
+    require_columns(tab, ("source_id", f"{prefix}_mag", f"{prefix}_flux", f"{prefix}_flux_error"), SERVICE, what)
     out = Table()
     out["source_id"] = column(tab, "source_id", -1, np.int64)
     mag = column(tab, f"{prefix}_mag")
@@ -236,18 +246,28 @@ async def fetch_gaia_field(center_ra: float, center_dec: float, radius_deg: floa
     if len(centres) > 1:
         log(f"gaia: field radius {radius_deg:.3f} deg queried as {len(centres)} tiles of {tile_r:g} deg")
 
-    async def one(ra, dec):
-        adql = cone_adql(ra, dec, tile_r, settings.gaia_mag_limit)
-        tab = await client.tap_sync(SERVICE, settings.gaia_tap, adql, cancel=cancel,
-                                    describe=f"Gaia DR3 cone ra={ra:.5f} dec={dec:.5f} r={tile_r:.4f} deg")
-        if tab.meta.get("overflow"):
-            log(f"gaia: answer for tile ra={ra:.4f} dec={dec:.4f} was truncated by the server (OVERFLOW); "
-                           f"lower services.gaia_tile_deg or services.gaia_mag_limit", "WARNING")
-        return parse_gaia_source(tab)
+    async def one(ra, dec, r, depth=0):
+        adql = cone_adql(ra, dec, r, settings.gaia_mag_limit)
+        what = f"Gaia DR3 cone ra={ra:.5f} dec={dec:.5f} r={r:.4f} deg"
+        tab = await client.tap_sync(SERVICE, settings.gaia_tap, adql, cancel=cancel, describe=what,
+                                    maxrec=settings.max_rows, parse_table=lambda t: parse_gaia_source(t, what),
+                                    too_large_hint="lower services.gaia_tile_deg or services.gaia_mag_limit")
+        if not tab.meta.get("overflow"):
+            return [tab]
+        if depth >= MAX_SPLIT_DEPTH:
+            log(f"gaia: the answer for the cone ra={ra:.4f} dec={dec:.4f} r={r:.4f} deg was cut at "
+                f"{len(tab)} rows even after splitting it {depth} times: stars are missing there; lower "
+                f"services.gaia_mag_limit or raise services.max_rows", "WARNING")
+            return [tab]
+        subs = tile_centres(ra, dec, r, r / 2.0)
+        log(f"gaia: the answer for the cone ra={ra:.4f} dec={dec:.4f} r={r:.4f} deg was cut at {len(tab)} rows "
+            f"(services.max_rows = {settings.max_rows}): asking again in {len(subs)} cones of {r / 2:.4f} deg")
+        parts = await _gather_cancellable([one(a, d, r / 2.0, depth + 1) for a, d in subs])
+        return [t for p in parts for t in p]
 
-    parts = await _gather_cancellable([one(ra, dec) for ra, dec in centres])
-    raw = vstack([p for p in parts if len(p)]) if any(len(p) for p in parts) else parts[0]
-    if len(centres) > 1 and len(raw):
+    parts = [t for p in await _gather_cancellable([one(ra, dec, tile_r) for ra, dec in centres]) for t in p]
+    raw = vstack([p for p in parts if len(p)], metadata_conflicts="silent") if any(len(p) for p in parts) else parts[0]
+    if len(parts) > 1 and len(raw):
         _, first = np.unique(np.asarray(raw["source_id"]), return_index=True)
         raw = raw[np.sort(first)]
     ref_epoch = float(np.nanmedian(raw["ref_epoch"])) if len(raw) else GAIA_EPOCH
@@ -262,7 +282,7 @@ async def fetch_gaia_field(center_ra: float, center_dec: float, radius_deg: floa
             SkyCoord(center_ra * u.deg, center_dec * u.deg)).deg
         out = out[sep <= radius_deg]
     out.meta["epoch"] = float(Time(epoch).jyear) if epoch is not None else ref_epoch
-    out.meta["n_tiles"] = len(centres)
+    out.meta["n_tiles"] = len(parts)  # answers that make up the field, split cones included
     return out
 
 
@@ -274,15 +294,21 @@ async def fetch_synthetic(source_ids, band: str, settings: ServicesSettings, *, 
     batches = [ids[i:i + settings.gaia_batch_ids] for i in range(0, len(ids), settings.gaia_batch_ids)]
 
     async def one(k, batch):
+        what = f"Gaia DR3 synthetic photometry {band}, batch {k + 1}/{len(batches)} ({len(batch)} ids)"
         tab = await client.tap_sync(SERVICE, settings.gaia_tap, synthetic_adql(batch, prefix), cancel=cancel,
-                                    describe=f"Gaia DR3 synthetic photometry {band}, batch {k + 1}/{len(batches)} "
-                                             f"({len(batch)} ids)")
-        return parse_synthetic(tab, prefix)
+                                    describe=what, maxrec=len(batch) + 1,
+                                    parse_table=lambda t: parse_synthetic(t, prefix, what),
+                                    too_large_hint="lower services.gaia_batch_ids")
+        if tab.meta.get("overflow") and len(batch) > 1:
+            # the archive cut the answer below one row per id: ask for each half
+            halves = await _gather_cancellable([one(k, batch[: len(batch) // 2]), one(k, batch[len(batch) // 2:])])
+            return vstack(halves, metadata_conflicts="silent")
+        return tab
 
     parts = await _gather_cancellable([one(k, b) for k, b in enumerate(batches)])
     if not parts:
         return Table({"source_id": np.array([], np.int64), "mag": np.array([]), "mag_err": np.array([])})
-    return vstack(parts)
+    return vstack(parts, metadata_conflicts="silent")
 
 
 async def fetch_gaia_reference(center_ra: float, center_dec: float, radius_deg: float, epoch: Time | None,

@@ -5,10 +5,13 @@ Request (GET)::
     <services.skybot>?-ep=<JD UTC>&-ra=<deg>&-dec=<deg>&-rd=<deg>&-loc=<observer>
                      &-mime=votable&-output=basic&-filter=120&-objFilter=111&-refsys=EQJ2000&-from=rpp
 
-``-loc`` is the observatory's IAU/MPC code (``observatory.iau_code``) or, when
-there is none, its geodetic coordinates ``"<lon E deg> <lat deg> <alt m>"``;
-the geocentre (``500``) only when neither is known, and the status says so
-(parallax of a near-Earth asteroid can exceed the match radius).
+``-loc`` is the observatory's IAU/MPC code (``observatory.iau_code``), the form
+SkyBoT documents; without one, the geocentre (``500``) with a warning that says
+to set it (the parallax of a near-Earth asteroid can exceed the match radius).
+Site coordinates are not sent: SkyBoT documents no geodetic ``-loc`` form.
+
+An empty field is an empty answer (no body, or HTTP 204) or a VOTable without
+rows: no objects, not a failure.
 
 Columns: ``skybot_name``, ``skybot_number``, ``skybot_class``, ``skybot_mv``
 (mag), ``skybot_errpos`` (arcsec), ``skybot_dracosdec``, ``skybot_ddec``
@@ -23,7 +26,7 @@ from astropy.table import Table
 from astropy.time import Time
 
 from ..settings import ObservatorySettings, ServicesSettings
-from .http import ServiceClient, column, read_votable
+from .http import ServiceClient, column, read_votable, require_columns
 
 SERVICE = "skybot"
 
@@ -31,17 +34,16 @@ SERVICE = "skybot"
 def observer_location(obs: ObservatorySettings | None, site=None) -> tuple[str, str]:
     """SkyBoT ``-loc`` value and a note of where it came from.
 
-    ``site`` is an optional ``astropy.coordinates.EarthLocation`` (from the FITS header).
+    ``site`` (an ``astropy.coordinates.EarthLocation`` from the FITS header) only
+    shapes the note: SkyBoT takes an IAU code, so a site without one is observed
+    from the geocentre.
     """
     if obs is not None and obs.iau_code.strip():
-        return obs.iau_code.strip(), f"IAU code {obs.iau_code.strip()}"
-    if site is not None:
-        lon, lat, h = site.lon.deg, site.lat.deg, site.height.to_value("m")
-        return f"{lon:+.5f} {lat:+.5f} {h:.0f}", "site from the FITS header"
-    if obs is not None and (obs.latitude != 0.0 or obs.longitude != 0.0):
-        lon = obs.longitude if obs.longitude <= 180 else obs.longitude - 360
-        return f"{lon:+.5f} {obs.latitude:+.5f} {obs.elevation:.0f}", "observatory coordinates from the profile"
-    return "500", "geocentre (no IAU code or site coordinates in the profile)"
+        return obs.iau_code.strip().upper(), f"IAU code {obs.iau_code.strip().upper()}"
+    known = site is not None or (obs is not None and (obs.latitude != 0.0 or obs.longitude != 0.0))
+    why = ("the site coordinates are known but SkyBoT takes an IAU observatory code" if known
+           else "no IAU observatory code in the profile")
+    return "500", f"geocentre ({why}; set observatory.iau_code)"
 
 
 def cone_params(ra: float, dec: float, radius_deg: float, epoch: Time, location: str) -> dict:
@@ -53,14 +55,20 @@ def cone_params(ra: float, dec: float, radius_deg: float, epoch: Time, location:
 def parse(content: bytes) -> Table:
     """SkyBoT VOTable -> ``ra``, ``dec`` (deg, at the epoch) and ``skybot_*`` columns.
 
-    "No solar system object was found" answers give an empty table.
+    An empty answer, a "No solar system object was found" answer or a VOTable
+    without rows give an empty table. Raises
+    :class:`~rpp_core.catalogs.http.MalformedAnswer` when the rows lack a name or a position.
     """
+    if not content.strip():
+        return _empty()
     text = content[:4000].decode("utf-8", "replace").lower()
     if "no solar system object" in text:
         return _empty()
     tab = read_votable(content, SERVICE, "SkyBoT cone search")
     if len(tab) == 0:
         return _empty()
+    require_columns(tab, ["Name", *(("_RAJ2000", "_DECJ2000") if "_RAJ2000" in tab.colnames else ("RA", "DEC"))],
+                    SERVICE, "SkyBoT cone search")
     if "_RAJ2000" in tab.colnames:
         ra, dec = column(tab, "_RAJ2000"), column(tab, "_DECJ2000")
     else:
