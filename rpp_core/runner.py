@@ -83,13 +83,19 @@ class RunRequest:
     def resolved(self) -> "RunRequest":
         """The request with workspace, cache and keys taken from this process where not given."""
         from . import locations
+        from .errors import SettingsError
         from .settings import load_secrets
 
+        secrets = self.secrets
+        if secrets is None:
+            try:
+                secrets = load_secrets()
+            except SettingsError:
+                secrets = None  # unreadable: the worker reads it again and warns in the run log
         return dataclasses.replace(
             self, path=str(Path(self.path).expanduser()),
             out_dir=str(self.out_dir) if self.out_dir else str(locations.workspace_dir()),
-            cache_dir=str(self.cache_dir) if self.cache_dir else str(locations.catalog_cache_dir()),
-            secrets=self.secrets if self.secrets is not None else load_secrets())
+            cache_dir=str(self.cache_dir) if self.cache_dir else str(locations.catalog_cache_dir()), secrets=secrets)
 
 
 # ---------------------------------------------------------------- the entry (worker side)
