@@ -124,3 +124,32 @@ def test_weight_map_and_mask_keep_bad_regions_and_a_masked_star_out_and_set_the_
     ok &= (true_snr > 10) & (true_snr < 200) & (np.asarray(cat["flag_ap2"]) == 0)
     ratio = np.median(np.asarray(cat["snr_ap2"])[ok] / true_snr[ok])
     assert ok.sum() >= 20 and ratio == pytest.approx(1.0, abs=0.1)
+
+
+def test_without_a_gain_keyword_the_sky_gives_the_gain_and_the_errors_match_the_truth(frame, tmp_path):
+    """GAIN removed (and GAIN = 0, which means unknown): the gain is measured from the sky and the S/N is the truth's."""
+    fr, d = frame
+    with fits.open(d / "frame.fits") as hdul:
+        data, header = hdul[0].data, hdul[0].header.copy()
+    del header["GAIN"]
+    fits.PrimaryHDU(data, header=header).writeto(tmp_path / "nogain.fits")
+    header["GAIN"] = 0.0
+    fits.PrimaryHDU(data, header=header).writeto(tmp_path / "gain0.fits")
+    for name in ("nogain", "gain0"):
+        res = asyncio.run(pipeline.run(tmp_path / f"{name}.fits", offline_profile(**{"cosmic_rays.enabled": False}),
+                                       out_dir=tmp_path / name))
+        s, cat = res.summary, res.catalog
+        assert s.gain_source == "sky" and s.gain == pytest.approx(GAIN, rel=0.05), name
+        log = (res.run_dir / "run.log").read_text()
+        assert "effective gain:" in log and "sky" in log
+        # the S/N of isolated stars: source Poisson at the true gain, sky noise, the annulus level's noise
+        model_var = (SKY * GAIN + RN**2) / GAIN**2
+        j, ok = _isolated_truth(fr, cat)
+        r = s.apertures_px["ap2"]
+        rin, rout = cat.meta["annulus_px"]
+        area, n_ann = np.pi * r * r, np.pi * (rout**2 - rin**2)
+        signal = np.asarray(fr.truth["flux"])[j] * moffat_enclosed(r, 3.0, 3.0)
+        true_snr = signal / np.sqrt(signal / GAIN + area * model_var + area**2 * (np.pi / 2) * model_var / n_ann)
+        bright = ok & (true_snr > 100) & (np.asarray(cat["flag_ap2"]) == 0)  # where the Poisson term dominates
+        assert bright.sum() >= 10, name
+        assert np.median(np.asarray(cat["snr_ap2"])[bright] / true_snr[bright]) == pytest.approx(1.0, abs=0.1), name
