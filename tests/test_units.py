@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import numpy as np
@@ -196,3 +197,17 @@ def test_sdss_nanomaggies_are_not_divided_by_the_exposure_time():
                                ObservatorySettings())
     assert meta.exptime == pytest.approx(53.907456)
     assert not meta.units.divide_by_exptime
+
+
+def test_decam_saturates_at_its_lowest_amplifier_level():
+    """DECam's SATURATE is the higher of SATURATA/SATURATB: a star on amplifier A saturates at A's level first."""
+    frame = image.load_frame(data_file(REAL["decam_z"][0]))
+    meta = image.read_metadata(frame, ObservatorySettings())
+    levels = (frame.header["SATURATA"], frame.header["SATURATB"])
+    assert frame.header["SATURATE"] == max(levels) and meta.saturation == min(levels)
+    assert "SATURATA" in meta.sources["saturation"]
+    # a lone SATURATE (no amplifier levels) is used as it is
+    h = frame.header.copy()
+    del h["SATURATA"], h["SATURATB"]
+    alone = image.read_metadata(dataclasses.replace(frame, header=h), ObservatorySettings())
+    assert alone.saturation == frame.header["SATURATE"] and alone.sources["saturation"] == "header SATURATE"

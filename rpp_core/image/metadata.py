@@ -244,7 +244,8 @@ def read_metadata(frame: Frame, observatory: ObservatorySettings) -> Observation
     - gain: GAIN, EGAIN, CCDGAIN (> 0), else the mean of GAINA/GAINB...
       (:func:`.units.header_gain`), else profile ``observatory.gain`` if > 0.
     - read_noise: RDNOISE, READNOIS, RON (>= 0), else profile if > 0.
-    - saturation: SATURATE, SATLEVEL, DATAMAX, else profile if > 0, else None
+    - saturation: SATURATE, SATLEVEL, DATAMAX, else profile if > 0, else None; per-amplifier
+      levels (SATURATA, SATURATB...: DECam) replace it when lower
       (estimating it from the data is the detection stage's business).
     - site: :func:`_read_site`.
     - ra/dec: :func:`_read_pointing`.
@@ -303,6 +304,12 @@ def _read_metadata(frame: Frame, observatory: ObservatorySettings) -> Observatio
         ["SATURATE", "SATLEVEL", "DATAMAX"], observatory.saturation, "saturation", lambda x: x > 0)
     if src["saturation"] == "header DATAMAX":
         src["saturation"] += " (maximum data value, may lie below the true saturation)"
+    amp_sat = {k: parse_float(h[k]) for k in h if _AMP_SATURATION.fullmatch(k)}
+    amp_sat = {k: v for k, v in amp_sat.items() if v is not None and v > 0}
+    if amp_sat and (src["saturation"].origin is not Origin.HEADER or min(amp_sat.values()) < saturation):
+        # DECam-style SATURATE is the highest amplifier's level: the first amplifier to saturate sets the frame's
+        k = min(amp_sat, key=amp_sat.get)
+        saturation, src["saturation"] = amp_sat[k], _header(f"header {k} (the lowest amplifier level)")
 
     site, src["site"] = _read_site(h, observatory)
     ra, dec, src["ra"] = _read_pointing(h, frame.wcs, frame.data.shape)
@@ -352,6 +359,7 @@ def _read_metadata(frame: Frame, observatory: ObservatorySettings) -> Observatio
 
 
 #: how a gain decision reads as a provenance (a gain left out is no value: MISSING)
+_AMP_SATURATION = re.compile(r"SATURAT[A-H]")
 _GAIN_ORIGIN = {GainSource.HEADER: Origin.HEADER, GainSource.ELECTRONS: Origin.HEADER, GainSource.PROFILE: Origin.PROFILE,
                 GainSource.SKY: Origin.COMPUTED, GainSource.ASSUMED: Origin.ASSUMED, GainSource.LEFT_OUT: Origin.MISSING}
 
