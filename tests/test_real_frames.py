@@ -211,3 +211,17 @@ def test_every_frame_leaves_a_summary_and_a_log(real_runs):
         assert run.run_dir is not None and run.summary is not None, f"{name}: exit {run.exit_code}, {run.stderr[-300:]}"
         assert (run.run_dir / "run.log").exists(), name
         assert np.isfinite(run.seconds)
+
+
+def test_decam_run_uses_its_weight_map_and_mask_and_flags_what_they_mask(real_runs):
+    """The community pipeline's _oow_ and _ood_ files beside the image are found and used (issue 9 item 6)."""
+    from astropy.io import fits
+
+    run = real_runs["decam_z"]
+    comp = run.summary["companions"]
+    assert "_oow_" in comp["weight"] and "_ood_" in comp["mask"] and comp["n_bad"] == 177
+    assert "weight map" in (run.run_dir / "run.log").read_text()
+    bad = fits.getdata(data_file("real/decam_cp_z_cutout/c4d_170316_062107_ood_z_ls9.N2.fits.gz"), 1) != 0
+    x, y = np.round(np.asarray(run.catalog["x"])).astype(int), np.round(np.asarray(run.catalog["y"])).astype(int)
+    on_bad = bad[y, x]
+    assert (np.asarray(run.catalog["flags"])[on_bad] & 1).all()
