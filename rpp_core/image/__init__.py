@@ -22,7 +22,7 @@ from .header import pixel_scale_from_wcs, repair_header, wcs_from_header
 from .keywords import parse_date
 from ..products import ExposureValues, Frame, ObservationMeta
 from .load import load_frame
-from .metadata import compute_airmass, exposure_values, read_metadata
+from .metadata import compute_airmass, exposure_values, header_metadata, read_metadata
 from .raw import RawLayout
 from .summary import header_summary
 from .units import EffectiveGain, GainSource, HeaderZeroPoint, HeaderZeroPoints, ImageUnits, UnitKind
@@ -48,6 +48,7 @@ __all__ = [
     "noise_map",
     "parse_date",
     "pixel_scale_from_wcs",
+    "header_metadata",
     "read_metadata",
     "repair_header",
     "wcs_from_header",

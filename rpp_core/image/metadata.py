@@ -261,11 +261,24 @@ def read_metadata(frame: Frame, observatory: ObservatorySettings) -> Observation
     """
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ErfaWarning)  # pre-1960 plates: 'dubious year' from ERFA
-        return _read_metadata(frame, observatory)
+        return _read_metadata(frame.header, frame.wcs, frame.data.shape, observatory, data=frame.data,
+                              bias_removed=frame.layout is not None)
 
 
-def _read_metadata(frame: Frame, observatory: ObservatorySettings) -> ObservationMeta:
-    h = frame.header
+def header_metadata(header: fits.Header, wcs: WCS | None, shape, observatory: ObservatorySettings) -> ObservationMeta:
+    """:func:`read_metadata` from a header alone (no pixels read): for checks before a run.
+
+    ``wcs``: the header's checked celestial WCS or None; ``shape``: (ny, nx) of the image.
+    With no pixels there is no sky to measure a gain from: a frame that needs one reads
+    as "1 e-/ADU assumed" here and gets its measured gain in the run.
+    """
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ErfaWarning)  # pre-1960 plates: 'dubious year' from ERFA
+        return _read_metadata(header, wcs, shape, observatory)
+
+
+def _read_metadata(h: fits.Header, wcs: WCS | None, shape, observatory: ObservatorySettings, *,
+                   data=None, bias_removed: bool = False) -> ObservationMeta:
     src: dict[str, Provenance] = {}
 
     exptime, src["exptime"] = read_exptime(h)
@@ -312,9 +325,9 @@ def _read_metadata(frame: Frame, observatory: ObservatorySettings) -> Observatio
         saturation, src["saturation"] = amp_sat[k], _header(f"header {k} (the lowest amplifier level)")
 
     site, src["site"] = _read_site(h, observatory)
-    ra, dec, src["ra"] = _read_pointing(h, frame.wcs, frame.data.shape)
+    ra, dec, src["ra"] = _read_pointing(h, wcs, shape)
     src["dec"] = src["ra"]
-    pixel_scale, src["pixel_scale"] = _read_pixel_scale(h, frame.wcs, observatory)
+    pixel_scale, src["pixel_scale"] = _read_pixel_scale(h, wcs, observatory)
 
     airmass = None
     k, v = first_key(h, ["AIRMASS", "SECZ"])
@@ -345,8 +358,8 @@ def _read_metadata(frame: Frame, observatory: ObservatorySettings) -> Observatio
 
     units = classify_units(h)
     src["units"] = _header(units.text)
-    effective = decide_gain(h, units, exptime, observatory.gain, sky_noise(frame.data), read_noise or 0.0,
-                            bias_removed=frame.layout is not None)
+    effective = decide_gain(h, units, exptime, observatory.gain, sky_noise(data) if data is not None else None,
+                            read_noise or 0.0, bias_removed=bias_removed)
     src["effective_gain"] = Provenance(effective.text, _GAIN_ORIGIN[effective.source])
     zero_points = header_zero_points(h, units, exptime, airmass, pixel_scale)
     best = zero_points.best
