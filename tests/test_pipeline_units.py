@@ -40,6 +40,17 @@ def _isolated_truth(fr, cat: Table, radius: float = 2.0):
     return j, d[np.arange(len(cat)), j] < radius
 
 
+def _true_snr_ap2(fr, cat: Table, s, j, model_var: float) -> np.ndarray:
+    """The injected model's S/N in aperture ap2 for truth rows ``j``: source Poisson, sky noise
+    (``model_var`` ADU^2 a pixel) in the aperture, and the local level's noise (median of the
+    annulus: pi/2 the variance of a mean)."""
+    r = s.apertures_px["ap2"]
+    rin, rout = cat.meta["annulus_px"]
+    area, n_ann = np.pi * r * r, np.pi * (rout**2 - rin**2)
+    signal = np.asarray(fr.truth["flux"])[j] * moffat_enclosed(r, 3.0, 3.0)
+    return signal / np.sqrt(signal / GAIN + area * model_var + area**2 * (np.pi / 2) * model_var / n_ann)
+
+
 def test_header_zero_point_calibrates_a_frame_with_no_reference_within_30_mmag(frame, tmp_path):
     fr, d = frame
     res = asyncio.run(pipeline.run(d / "frame.fits", offline_profile(), out_dir=tmp_path))
@@ -116,11 +127,7 @@ def test_weight_map_and_mask_keep_bad_regions_and_a_masked_star_out_and_set_the_
     # errors: aperture S/N of isolated stars against the truth's: source Poisson, sky noise in the aperture, and the
     # noise of the local level (median of the annulus: pi/2 the variance of a mean), all from the injected model
     j, ok = _isolated_truth(fr, cat)
-    r = s.apertures_px["ap2"]
-    rin, rout = cat.meta["annulus_px"]
-    area, n_ann = np.pi * r * r, np.pi * (rout**2 - rin**2)
-    signal = np.asarray(fr.truth["flux"])[j] * moffat_enclosed(r, 3.0, 3.0)
-    true_snr = signal / np.sqrt(signal / GAIN + area * model_var + area**2 * (np.pi / 2) * model_var / n_ann)
+    true_snr = _true_snr_ap2(fr, cat, s, j, model_var)
     ok &= (true_snr > 10) & (true_snr < 200) & (np.asarray(cat["flag_ap2"]) == 0)
     ratio = np.median(np.asarray(cat["snr_ap2"])[ok] / true_snr[ok])
     assert ok.sum() >= 20 and ratio == pytest.approx(1.0, abs=0.1)
@@ -143,13 +150,8 @@ def test_without_a_gain_keyword_the_sky_gives_the_gain_and_the_errors_match_the_
         log = (res.run_dir / "run.log").read_text()
         assert "effective gain:" in log and "sky" in log
         # the S/N of isolated stars: source Poisson at the true gain, sky noise, the annulus level's noise
-        model_var = (SKY * GAIN + RN**2) / GAIN**2
         j, ok = _isolated_truth(fr, cat)
-        r = s.apertures_px["ap2"]
-        rin, rout = cat.meta["annulus_px"]
-        area, n_ann = np.pi * r * r, np.pi * (rout**2 - rin**2)
-        signal = np.asarray(fr.truth["flux"])[j] * moffat_enclosed(r, 3.0, 3.0)
-        true_snr = signal / np.sqrt(signal / GAIN + area * model_var + area**2 * (np.pi / 2) * model_var / n_ann)
+        true_snr = _true_snr_ap2(fr, cat, s, j, (SKY * GAIN + RN**2) / GAIN**2)
         bright = ok & (true_snr > 100) & (np.asarray(cat["flag_ap2"]) == 0)  # where the Poisson term dominates
         assert bright.sum() >= 10, name
         assert np.median(np.asarray(cat["snr_ap2"])[bright] / true_snr[bright]) == pytest.approx(1.0, abs=0.1), name
