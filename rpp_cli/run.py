@@ -91,6 +91,12 @@ def print_summary(result, stream=sys.stdout) -> None:
             f"Calibrators {s.n_calibrators} ({s.n_rejected} rejected) from {s.reference}",
             f"Zero point  {s.zp:.4f} ± {s.zp_err:.4f} mag ({s.band}, aperture {s.calibration_label})",
         ]
+        hz = s.header_zp or {}
+        if hz.get("zp") is not None:  # issue 9: the header's own zero point beside the fitted one
+            diff = hz.get("fitted_minus_header")
+            lines.append(f"Header ZP   {hz['zp']:.4f} mag from the {hz.get('source', 'header')}"
+                         + (f" (fitted - header {diff:+.3f}: the aperture's loss and the reference)"
+                            if diff is not None else ""))
     else:
         lines.append("Zero point  not calibrated")
     lines += [f"Airmass     {f(s.airmass)}", f"Time        {s.total_seconds or 0:.1f} s",

@@ -34,6 +34,8 @@ class SummaryFacts:
     airmass: float | None = None
     calibration_label: str = ""
     calibration_source: str = ""
+    header_zp: float | None = None  # the header's zero point beside a fitted one (issue 9)
+    header_zp_source: str = ""
 
     @property
     def calibrated(self) -> bool:
@@ -82,4 +84,6 @@ def facts(summary: Any) -> SummaryFacts:
         airmass=_num(_get(summary, "airmass")),
         calibration_label=str(_get(summary, "calibration_label") or ""),
         calibration_source=str(_get(summary, "calibration_source") or ""),
+        header_zp=_num((_get(summary, "header_zp") or {}).get("zp")),
+        header_zp_source=str((_get(summary, "header_zp") or {}).get("source") or ""),
     )

@@ -115,3 +115,18 @@ def test_a_header_zero_point_calibrates_offline_and_the_summary_says_so(env, tmp
     proc = rpp(["run", tmp_path / "f.fits", *OFFLINE], env)
     assert proc.returncode == 0, proc.stderr
     assert "Zero point  24.5600 mag from the header MAGZPT (no reference catalogue)" in proc.stdout
+
+
+def test_the_header_zero_point_is_printed_beside_the_fitted_one(env, tmp_path):
+    fr = make_frame(shape=(256, 256), n_stars=60, n_cosmics=0, n_saturated=0, seed=3)
+    fr.header["MAGZPT"] = (24.56, "zero point per second")
+    fr.write(tmp_path / "f.fits")
+    fr.write_refcat(tmp_path / "ref.ecsv")
+    proc = rpp(["run", tmp_path / "f.fits", *OFFLINE, "--catalog", tmp_path / "ref.ecsv"], env)
+    assert proc.returncode == 0, proc.stderr
+    fitted = next(line for line in proc.stdout.splitlines() if line.startswith("Zero point  "))
+    header = next(line for line in proc.stdout.splitlines() if line.startswith("Header ZP   "))
+    assert "24.5600 mag from the header MAGZPT (fitted - header " in header
+    # the difference printed is the two zero points' difference
+    diff = float(header.split("fitted - header ")[1].split(":")[0])
+    assert diff == pytest.approx(float(fitted.split()[2]) - 24.56, abs=0.001)

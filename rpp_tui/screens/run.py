@@ -40,6 +40,8 @@ def format_summary(summary, run_dir: Path | str | None) -> str:
         f"Calibrators  {num(f.n_calibrators, 'd')}" if not f.from_header
         else f"Calibration  {f.calibration_source} (no reference)",
         f"{'ZP ' + f.band:<13}{zp}",
+        *([f"Header ZP    {f.header_zp:.4f} ({f.header_zp_source.removeprefix('header ')})"]
+          if f.header_zp is not None and not f.from_header else []),
         f"Airmass      {num(f.airmass, '.3f')}",
         f"Output       {display_path(run_dir or f.run_dir or '')}",
     ]
