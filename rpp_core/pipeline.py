@@ -285,37 +285,52 @@ async def _run_stages(job: _Job, path: Path, profile: Profile, run_dir: Path, hd
     summary.update(background=float(bkg.global_bkg), background_rms=float(bkg.global_rms))
 
     async with job.step("fwhm") as fig:
-        guess = det.seeing_arcsec / meta.pixel_scale if meta.pixel_scale else 3.0
-        guess = float(np.clip(guess, 1.2, 30.0))
-        fw = await asyncio.to_thread(detect.measure_fwhm, data_sub, bkg.rms, mask, guess, det,
-                                 progress=job.progress_cb("fwhm"), cancel=job.cancelled)
+        # the header seeing is a hint to compare with, never a prior (issue 9): a 3x wrong one must not matter
+        hint = det.seeing_arcsec / meta.pixel_scale if meta.pixel_scale else None
+        fw = await asyncio.to_thread(detect.measure_fwhm, data_sub, bkg.rms, mask, hint, det,
+                                     progress=job.progress_cb("fwhm"), cancel=job.cancelled)
+        job.log(fw.summary())
         fig.update(fwhm_px=fw.fwhm_px, scatter_px=fw.scatter_px, n_stars=fw.n_stars)
     fwhm = float(fw.fwhm_px)
     summary.update(fwhm_px=fwhm, fwhm_scatter_px=float(fw.scatter_px), fwhm_n_stars=int(fw.n_stars),
-                   fwhm_arcsec=fwhm * meta.pixel_scale if meta.pixel_scale else None)
+                   fwhm_arcsec=fwhm * meta.pixel_scale if meta.pixel_scale else None,
+                   fwhm_gauss_px=float(fw.gauss_fwhm_px), fwhm_first_pass_px=float(fw.first_pass_px),
+                   fwhm_beta=float(fw.beta), fwhm_method=fw.method)
 
     async with job.step("detect") as fig:
+        if fw.undersampled:
+            _, kf = detect.detection_kernel(fwhm)
+            job.log(f"undersampled stars (FWHM {fwhm:.2f} px): detection filter for {kf:.1f} px, apertures sized for "
+                    f"FWHM {photometry.aperture.aperture_fwhm(phot, fwhm):.2f} px (photometry.min_aperture_px)")
         sources = await asyncio.to_thread(detect.find_stars, data_sub, bkg.rms, mask, fwhm, det, masks.saturated,
-                                      progress=job.progress_cb("detect"), cancel=job.cancelled)
+                                          progress=job.progress_cb("detect"), cancel=job.cancelled)
         fig["n_sources"] = len(sources)
 
     cr = profile.cosmic_rays
-    if cr.enabled:
+    plan = preprocess.cosmic_ray_plan(fwhm, fw.peak_share)
+    if cr.enabled and not plan.run:
+        job.warn(plan.note, "cosmics")
+        job.skip("cosmics", "stars as sharp as cosmic-ray hits")
+    elif cr.enabled:
         async with job.step("cosmics") as fig:
+            if plan.note:
+                job.log(plan.note)
             # the largest radius any measurement uses: apertures and the PSF fit
-            radius = max(max(phot.aperture_factors) * fwhm, phot.fixed_aperture_px,
-                         (phot.psf_fit_radius * fwhm) if phot.psf else 0.0)
+            scale = photometry.aperture.aperture_fwhm(phot, fwhm)
+            radius = max(max(phot.aperture_factors) * scale, phot.fixed_aperture_px,
+                         (phot.psf_fit_radius * scale) if phot.psf else 0.0)
             args = (frame.data, masks.nan | masks.saturated)
+            # on the background-relative signal: the frame's pedestal must not matter (issue 14)
+            kw = dict(background=bkg.background, rms=bkg.rms, star_share=plan.star_share,
+                      progress=job.progress_cb("cosmics"), cancel=job.cancelled)
             if cr.scope == "frame":
-                cleaned, cr_mask = await asyncio.to_thread(
-                    preprocess.remove_cosmics, *args, cr.gain or gain, cr.read_noise or read_noise, saturation, cr,
-                    progress=job.progress_cb("cosmics"), cancel=job.cancelled)
+                cleaned, cr_mask = await asyncio.to_thread(preprocess.remove_cosmics, *args, cr.gain or gain,
+                                                           saturation, cr, **kw)
             else:
                 cleaned, cr_mask = await asyncio.to_thread(
                     preprocess.remove_cosmics_near, *args, np.asarray(sources["x"]), np.asarray(sources["y"]), radius,
-                    cr.gain or gain, cr.read_noise or read_noise, saturation, cr,
-                    progress=job.progress_cb("cosmics"), cancel=job.cancelled)
-            # a "star" whose peak pixel is a cosmic ray is a hit DAOStarFinder let through
+                    cr.gain or gain, saturation, cr, **kw)
+            # a "star" whose peak pixel is a cosmic ray is a hit the detection let through
             px = np.clip(np.round(np.asarray(sources["x"])).astype(int), 0, cr_mask.shape[1] - 1)
             py = np.clip(np.round(np.asarray(sources["y"])).astype(int), 0, cr_mask.shape[0] - 1)
             is_cr = cr_mask[py, px]

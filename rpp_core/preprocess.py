@@ -134,68 +134,157 @@ def _tiles(shape: tuple[int, int], size: int, overlap: int):
             yield (y0, y1, x0, x1), outer
 
 
-def _scrappy_kwargs(data, inmask, gain, read_noise, saturation, settings: CosmicRaySettings) -> dict:
-    """astroscrappy parameters: gain/read noise from the header, the settings or the sky noise."""
-    g = settings.gain if settings.gain > 0 else gain
-    rn = settings.read_noise if settings.read_noise > 0 else read_noise
-    if g is None or g <= 0 or rn is None or rn < 0:
-        sky, sig = _sky_stats(data, inmask)
-        if g is None or g <= 0:
-            g = sky / sig**2 if sky > 0 else 1.0
-        if rn is None or rn < 0:
-            rn = g * float(np.sqrt(max(sig**2 - max(sky, 0.0) / g, 0.0)))
+def _signal_and_variance(data, inmask, gain, background, rms):
+    """Background-relative signal (ADU), its variance (ADU^2) and the background, for astroscrappy.
+
+    Working on ``data - background`` with the variance from the RMS map (plus the
+    sources' Poisson term when the gain is known) makes the detection independent of
+    the frame's pedestal: a frame offset by -5,000 ADU gives the same hits (issue 14).
+    """
+    if background is None or rms is None:
+        import sep_x
+
+        d = np.where(inmask, np.float32(0), data).astype(np.float32)
+        bkg = sep_x.Background(np.ascontiguousarray(d), mask=np.ascontiguousarray(inmask))
+        background, rms = bkg.back(dtype=np.float32), bkg.rms(dtype=np.float32)
+    sig = (data - background).astype(np.float32)
+    var = np.square(np.asarray(rms, np.float32))
+    if gain is not None and gain > 0:
+        var = var + np.clip(sig, 0, None) / np.float32(gain)
+    sig[inmask] = 0.0
+    good = ~inmask & np.isfinite(var) & (var > 0)
+    var = np.where(good, var, np.float32(np.median(var[good])) if good.any() else np.float32(1)).astype(np.float32)
+    return sig, var, np.asarray(background, np.float32)
+
+
+def _scrappy_kwargs(sig, inmask, saturation, background, settings: CosmicRaySettings) -> dict:
+    """astroscrappy parameters for the background-relative signal (gain 1: the variance is given in ADU^2)."""
     if saturation is not None and saturation > 0:
-        satlevel = float(saturation)
+        satlevel = float(saturation) - float(np.median(background))
     else:
         # astroscrappy protects stars reaching satlevel; without one, the wings of
         # clipped stars were flagged (28 of 50 false pixels in a 512 px test cut)
-        top = float(np.nanmax(data))
-        satlevel = top if np.count_nonzero(data == top) >= 5 else float(np.finfo(np.float32).max)
-    return dict(
-        sigclip=settings.sigclip, sigfrac=settings.sigfrac, objlim=settings.objlim, gain=float(g),
-        readnoise=float(rn), satlevel=satlevel, niter=settings.niter, sepmed=True,
-        cleantype="meanmask", fsmode="median", verbose=False,
-    )
+        top = float(np.max(sig[~inmask])) if (~inmask).any() else 0.0
+        satlevel = top if np.count_nonzero(sig == top) >= 5 else float(np.finfo(np.float32).max)
+    return dict(sigclip=settings.sigclip, sigfrac=settings.sigfrac, objlim=settings.objlim, gain=1.0,
+                readnoise=0.0, satlevel=satlevel, niter=settings.niter, sepmed=True, cleantype="meanmask",
+                fsmode="median", verbose=False)
 
 
-def _scrappy_setup(data, mask, gain, read_noise, saturation, settings: CosmicRaySettings):
-    """NaN mask, astroscrappy's inmask and parameters, and the sky value that stands in for NaN pixels."""
+def _scrappy_setup(data, mask, gain, saturation, settings: CosmicRaySettings, background, rms):
+    """NaN mask, astroscrappy's inmask, the signal, variance and background, and the parameters."""
     nan = ~np.isfinite(data)
-    inmask = nan if mask is None else (mask | nan)
-    kwargs = _scrappy_kwargs(data, inmask, gain, read_noise, saturation, settings)
-    fill = np.float32(_sky_stats(data, inmask)[0]) if nan.any() else None
-    return nan, inmask, kwargs, fill
+    inmask = nan if mask is None else (np.asarray(mask, bool) | nan)
+    g = settings.gain if settings.gain > 0 else gain
+    sig, var, background = _signal_and_variance(data, inmask, g, background, rms)
+    return nan, inmask, sig, var, background, _scrappy_kwargs(sig, inmask, saturation, background, settings)
+
+
+def spare_star_like_hits(crmask: np.ndarray, sig: np.ndarray, share_limit: float) -> np.ndarray:
+    """Pixels of ``crmask`` to keep as cosmic rays: groups whose brightest pixel holds more of its
+    3 x 3 light than a star can (``share_limit``, from the measured stars, see
+    :func:`rpp_core.detect.star_peak_share`). A group shaped like the PSF is a star astroscrappy
+    took for a hit: on undersampled frames (FWHM < 2 px) its Laplacian looks like a hit's.
+    """
+    labels, n = ndi.label(crmask, structure=np.ones((3, 3), bool))
+    if n == 0:
+        return crmask
+    ny, nx = sig.shape
+    idx = np.arange(1, n + 1)
+    pos = ndi.maximum_position(sig, labels, idx)
+    py = np.clip(np.array([p[0] for p in pos]), 1, ny - 2)
+    px = np.clip(np.array([p[1] for p in pos]), 1, nx - 2)
+    box = np.stack([sig[py + dy, px + dx] for dy in (-1, 0, 1) for dx in (-1, 0, 1)], axis=1).astype(float)
+    tot = box.sum(axis=1)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        share = np.where(tot > 0, box.max(axis=1) / tot, 1.0)
+    hit = np.r_[False, share > share_limit]
+    return hit[labels]
+
+
+#: a flagged group is a hit, not a star, when its brightest pixel holds more than this times the share
+#: of its 3 x 3 light the measured stars' brightest pixels hold (their 90th percentile)
+HIT_SHARE_FACTOR = 1.25
+#: below this FWHM (px) astroscrappy's Laplacian test takes stars for hits; its flags are then checked
+#: against the stars' shape (the Spitzer mosaic, 1.4 px: 2,935 of 6,193 detections dropped without it)
+SHAPE_TEST_FWHM_PX = 2.5
+
+
+@dataclass
+class CosmicRayPlan:
+    """How the cosmic-ray stage treats a frame whose stars have this FWHM and sharpness.
+
+    ``run`` False: stars are as sharp as hits, nothing can tell them apart, so no
+    cosmic-ray removal (``note`` says why, for a warning). ``star_share``: pass to
+    :func:`remove_cosmics` (None: astroscrappy's flags are used as they are).
+    """
+
+    run: bool
+    star_share: float | None
+    note: str = ""
+
+
+def cosmic_ray_plan(fwhm_px: float, star_peak_share: float) -> CosmicRayPlan:
+    """Decide how to look for cosmic rays given the measured stars (issue 9 item 2).
+
+    ``star_peak_share``: how much of its 3 x 3 light a star's brightest pixel holds
+    (:attr:`rpp_core.detect.FwhmResult.peak_share`). When ``HIT_SHARE_FACTOR`` times
+    that reaches 0.9, a single-pixel hit and a star look alike: no removal, with a
+    warning (the binned SDSS frame, FWHM 0.8 px: astroscrappy marked 253-326 of its
+    380 bright stars whatever its settings). Below :data:`SHAPE_TEST_FWHM_PX` hits
+    are kept only where their shape is not the stars'.
+    """
+    share = float(star_peak_share) if np.isfinite(star_peak_share) else float("nan")
+    if np.isfinite(share) and HIT_SHARE_FACTOR * share >= 0.9:
+        return CosmicRayPlan(False, None, (
+            f"stars are as sharp as cosmic-ray hits (FWHM {fwhm_px:.2f} px, brightest pixel {share:.0%} of its 3x3 "
+            "light): cosmic rays not removed, a hit in an aperture is not masked (set cosmic_rays.enabled = false "
+            "to silence this)"))
+    if fwhm_px < SHAPE_TEST_FWHM_PX and np.isfinite(share):
+        limit = HIT_SHARE_FACTOR * share
+        return CosmicRayPlan(True, limit, (
+            f"sharp stars (FWHM {fwhm_px:.2f} px, below {SHAPE_TEST_FWHM_PX:g}): a cosmic-ray flag is kept only where "
+            f"the brightest pixel holds more than {limit:.0%} of its 3x3 light (stars: up to {share:.0%})"))
+    return CosmicRayPlan(True, None)
 
 
 def remove_cosmics(
     data: np.ndarray,
     mask: np.ndarray | None,
     gain: float | None,
-    read_noise: float | None,
     saturation: float | None,
     settings: CosmicRaySettings,
     progress: ProgressFn | None = None,
     cancel: CancelFn | None = None,
+    *,
+    background: np.ndarray | None = None,
+    rms: np.ndarray | None = None,
+    star_share: float | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Detect and clean cosmic-ray hits with astroscrappy (L.A.Cosmic).
+    """Detect and clean cosmic-ray hits with astroscrappy (L.A.Cosmic) on the background-relative signal.
 
     Parameters
     ----------
-    data : 2-D array, ADU, **sky included** (call before background subtraction:
-        astroscrappy's noise model is ``sqrt(data * gain + read_noise**2) / gain``).
+    data : 2-D array, ADU, with or without its sky, any pedestal.
     mask : bool array or None
         Pixels never flagged nor used (astroscrappy ``inmask``); pass
         ``masks.nan | masks.saturated``. NaN pixels are always added.
-    gain : e-/ADU; ``settings.gain`` > 0 overrides it; if both unknown, the
-        effective gain ``sky / sigma_sky**2`` is used (sky-limited frame).
-    read_noise : e-; ``settings.read_noise`` > 0 overrides it; if unknown it
-        is what the sky noise leaves after the Poisson term.
-    saturation : ADU, astroscrappy ``satlevel`` (stars reaching it are
-        protected); ``None``: the frame maximum if at least 5 pixels sit on it
-        (a clipped plateau), else no level.
+    gain : e-/ADU for the sources' Poisson term of the noise model (``settings.gain``
+        > 0 overrides it); None: the RMS map alone.
+    saturation : ADU (sky included), astroscrappy's ``satlevel`` (stars reaching it
+        are protected); ``None``: the signal maximum if at least 5 pixels sit on it (a
+        clipped plateau), else no level.
     settings : CosmicRaySettings
         ``sigclip``, ``sigfrac``, ``objlim``, ``niter``, ``tile_px``, ``workers``;
         ``enabled=False`` returns the data unchanged and an empty mask.
+    background, rms : the 2-D background and its RMS (ADU), e.g. from
+        :func:`estimate_background`; estimated here with sep when not given.
+    star_share : the most of its 3 x 3 light a star's brightest pixel holds (measured
+        on the FWHM stars); when given, flagged groups below it are stars, not hits,
+        and are left alone (:func:`spare_star_like_hits`; undersampled frames).
+
+    The detection runs on ``data - background`` with the variance ``rms^2 + signal /
+    gain`` (astroscrappy ``invar``), so it does not depend on the pedestal of the frame.
 
     Returns
     -------
@@ -216,18 +305,16 @@ def remove_cosmics(
     512 px tiles 8.3 / 7.1 s. astroscrappy runs its filters with OpenMP and
     releases the GIL, so two threads gain 10-30 %, not 2x; CPU time is about
     12.5 s whatever the split. Recall of injected CRs 0.99 at niter 1 and 2;
-    on a 2k cut niter 1 took 1.2 s and niter 2 1.7 s; ``fsmode='convolve'``
-    would save about 20 % CPU but needs the PSF before it is measured.
+    on a 2k cut niter 1 took 1.2 s and niter 2 1.7 s.
     ``cleantype``: residual of cleaned CR pixels against the CR-free frame,
     MAD 10.5 ADU for meanmask, 11.6 medmask, 10.8 idw (sky noise 14.5 ADU).
     False alarms: about 470 pixels in 16.7 M (sigclip 4.5), single noise
     peaks in the sky, none on star cores; astroscrappy does flag the cores of
     stars cut by the edge of the array it is given, which the 32 px tile
     overlap keeps away from the kept interiors (the frame's own edge is in
-    the detection border). Undersampled stars look like hits: on the Spitzer
-    mosaic in shared/data (FWHM 1.6 px, no CRs) 17,053 pixels were flagged
-    at objlim 5 and 2,325 at objlim 15; raise ``objlim`` or disable CR
-    removal for such data.
+    the detection border). Undersampled stars look like hits to it: on the
+    Spitzer mosaic (FWHM 1.4 px, no CRs) 17,053 pixels were flagged at objlim
+    5 and 2,325 at objlim 15; ``star_share`` is for them.
     """
     import astroscrappy
 
@@ -236,26 +323,21 @@ def remove_cosmics(
     data = np.asarray(data, dtype=np.float32)
     if not settings.enabled:
         return data, np.zeros(data.shape, bool)
-    nan, inmask, kwargs, fill = _scrappy_setup(data, mask, gain, read_noise, saturation, settings)
+    nan, inmask, sig, var, background, kwargs = _scrappy_setup(data, mask, gain, saturation, settings, background, rms)
 
-    cleaned = np.empty_like(data)
+    cleaned = data.copy()
     crmask = np.zeros(data.shape, bool)
     tiles = list(_tiles(data.shape, settings.tile_px, 32))
 
     def run(tile):
         (y0, y1, x0, x1), (a, b, c, d) = tile
-        block = data[a:b, c:d]
-        bmask = inmask[a:b, c:d]
-        if fill is not None and nan[a:b, c:d].any():
-            block = np.where(nan[a:b, c:d], fill, block)
-        m, cl = astroscrappy.detect_cosmics(block, inmask=bmask, **kwargs)
-        m = m[y0 - a:y1 - a, x0 - c:x1 - c]
+        m, cl = astroscrappy.detect_cosmics(sig[a:b, c:d], inmask=inmask[a:b, c:d], invar=var[a:b, c:d], **kwargs)
+        inner = (slice(y0 - a, y1 - a), slice(x0 - c, x1 - c))
+        m = m[inner]
         crmask[y0:y1, x0:x1] = m
-        # astroscrappy returns every pixel through a gain round trip (differences of
-        # ~1e-3 ADU): copy the input and replace only the flagged pixels
+        # astroscrappy returns every pixel through a gain round trip: replace only the flagged pixels
         out = cleaned[y0:y1, x0:x1]
-        out[...] = data[y0:y1, x0:x1]
-        out[m] = cl[y0 - a:y1 - a, x0 - c:x1 - c][m]
+        out[m] = cl[inner][m] + background[y0:y1, x0:x1][m]
 
     total = len(tiles)
     done = 0
@@ -291,9 +373,12 @@ def remove_cosmics(
                 for fut in running:
                     fut.cancel()
                 raise
-    if fill is not None:
-        cleaned[nan] = data[nan]
-        crmask &= ~nan
+    crmask &= ~nan
+    if star_share is not None:
+        keep = spare_star_like_hits(crmask, sig, star_share)
+        cleaned[crmask & ~keep] = data[crmask & ~keep]
+        crmask = keep
+    cleaned[nan] = data[nan]
     return cleaned, crmask
 
 
@@ -309,21 +394,24 @@ def remove_cosmics_near(
     y: np.ndarray,
     radius_px: float,
     gain: float | None,
-    read_noise: float | None,
     saturation: float | None,
     settings: CosmicRaySettings,
     progress: ProgressFn | None = None,
     cancel: CancelFn | None = None,
     chunk: int = 4096,
+    *,
+    background: np.ndarray | None = None,
+    rms: np.ndarray | None = None,
+    star_share: float | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Cosmic rays found and cleaned only where they change a measurement: round the sources.
 
-    Same detector and parameters as :func:`remove_cosmics`, run on a mosaic of
-    square stamps centred on each source (0-based ``x``, ``y``) that cover the
-    disc of ``radius_px`` (the largest aperture / PSF fit radius) plus an
-    6 px context margin; only the stamp interiors are kept. Cosmic rays in the
-    local-background annulus need no mask there (its sigma-clipped median
-    rejects them), and hits elsewhere touch no measurement.
+    Same detector, noise model and parameters as :func:`remove_cosmics` (background-relative
+    signal, ``star_share``), run on a mosaic of square stamps centred on each source
+    (0-based ``x``, ``y``) that cover the disc of ``radius_px`` (the largest aperture /
+    PSF fit radius) plus an 6 px context margin; only the stamp interiors are kept.
+    Cosmic rays in the local-background annulus need no mask there (its sigma-clipped
+    median rejects them), and hits elsewhere touch no measurement.
 
     Why: astroscrappy costs ~0.3 s per megapixel here (2 cores, niter 1), so
     on a 4096x4096 frame with 6,000 stars the whole frame takes 5.1 s while the
@@ -343,7 +431,7 @@ def remove_cosmics_near(
     if not settings.enabled or n == 0:
         return cleaned, crmask
     ny, nx = data.shape
-    nan, inmask, kwargs, fill = _scrappy_setup(data, mask, gain, read_noise, saturation, settings)
+    nan, inmask, sig, var, background, kwargs = _scrappy_setup(data, mask, gain, saturation, settings, background, rms)
     inner = int(np.ceil(radius_px))
     h = inner + _STAMP_MARGIN
     size = 2 * h + 1
@@ -362,10 +450,9 @@ def remove_cosmics_near(
         iy = np.clip(iy, 0, ny - 1)
         ix = np.clip(ix, 0, nx - 1)
         iy, ix = np.broadcast_arrays(iy, ix)
-        stamps = data[iy, ix]
+        stamps = sig[iy, ix]
+        svar = var[iy, ix]
         smask = inmask[iy, ix] | outside
-        if fill is not None:
-            stamps = np.where(nan[iy, ix], fill, stamps)
         # lay the stamps out as a square mosaic: one astroscrappy call per chunk
         cols = int(np.ceil(np.sqrt(m)))
         rows = (m + cols - 1) // cols
@@ -373,17 +460,22 @@ def remove_cosmics_near(
         def mosaic(a, value):
             a = np.concatenate([a, np.full((pad, size, size), value, a.dtype)]) if pad else a
             return a.reshape(rows, cols, size, size).transpose(0, 2, 1, 3).reshape(rows * size, cols * size)
-        mos_cr, mos_clean = astroscrappy.detect_cosmics(mosaic(stamps, 0.0), inmask=mosaic(smask, True), **kwargs)
+        mos_cr, mos_clean = astroscrappy.detect_cosmics(mosaic(stamps, 0.0), inmask=mosaic(smask, True),
+                                                        invar=mosaic(svar, 1.0), **kwargs)
         def unmosaic(a):
             return a.reshape(rows, size, cols, size).transpose(0, 2, 1, 3).reshape(rows * cols, size, size)[:m]
         hit = unmosaic(mos_cr)[:, keep, keep] & ~outside[:, keep, keep]
         if hit.any():
             yy, xx = iy[:, keep, keep][hit], ix[:, keep, keep][hit]
             crmask[yy, xx] = True
-            cleaned[yy, xx] = unmosaic(mos_clean)[:, keep, keep][hit]
+            cleaned[yy, xx] = unmosaic(mos_clean)[:, keep, keep][hit] + background[yy, xx]
         if progress:
             progress(k + 1, total)
     crmask &= ~nan
+    if star_share is not None:
+        kept = spare_star_like_hits(crmask, sig, star_share)
+        cleaned[crmask & ~kept] = data[crmask & ~kept]
+        crmask = kept
     return cleaned, crmask
 
 

@@ -58,8 +58,10 @@ class ObservatorySettings:
 
 @dataclass
 class DetectionSettings:
-    seeing_arcsec: float = _f(2.5, "expected seeing, first guess of the FWHM", "arcsec", (1.0, 6.0))
-    threshold_sigma: float = _f(5.0, "detection threshold in units of the background RMS map", "sigma", (1.5, 100.0))
+    seeing_arcsec: float = _f(2.5, "expected seeing: only compared with the measured FWHM in the log, never used to measure it", "arcsec", (1.0, 6.0))
+    threshold_sigma: float = _f(5.0, "detection threshold: peak amplitude of a star in units of the background RMS map", "sigma", (1.5, 100.0))
+    deblend_contrast: float = _f(0.005, "sep finder: smallest flux fraction a peak needs to be split off as its own source (SExtractor DEBLEND_MINCONT)", "", (1e-6, 1.0))
+    finder: str = _f("sep", "sep: SExtractor's filtered thresholding with deblending (fast); daofind: DAOStarFinder, adds sharpness and roundness columns", choices=["sep", "daofind"])
     border_px: int = _f(10, "ignore sources closer than this to the edge", "px", (0, 1000))
     saturation_fraction: float = _f(0.95, "pixels above this fraction of SATURATE are masked", "", (0.1, 1.0))
     background_box: int = _f(64, "2-D background mesh size", "px", (8, 1024))
@@ -90,6 +92,7 @@ class PhotometrySettings:
     annulus_outer: float = _f(6.0, "local background annulus outer radius", "x FWHM", (1.5, 30.0))
     calibration_aperture: int = _f(1, "index in aperture_factors of the aperture used for the zero point", "", (0, 9))
     fixed_aperture_px: float = _f(0.0, "extra aperture of fixed radius, 0 = none", "px", (0.0, 200.0))
+    min_aperture_px: float = _f(2.0, "smallest aperture radius: undersampled stars get apertures and annulus sized as for a FWHM of this over the smallest factor", "px", (0.0, 50.0))
     psf: bool = _f(True, "build an ePSF and run PSF photometry")
     psf_stars: int = _f(100, "isolated stars used to build the ePSF", "", (5, 1000))
     psf_oversampling: int = _f(2, "ePSF oversampling", "", (1, 4))

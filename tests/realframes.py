@@ -15,9 +15,12 @@ One :class:`FrameCase` per frame of ``tests/data/real`` and ``tests/data/images`
   ``saao1m_raw`` the same method on its three stars (8.5 px: the README's "about 2.3 px"
   is the width of its cosmic rays). Tolerance :data:`FWHM_TOL` (15 %),
   :data:`FWHM_TOL_UNDERSAMPLED` (25 %) below 1.5 px; not checked on the two plates whose
-  star sizes grow with brightness (M67, HorseHead). A Gaussian fitted to a Moffat star
-  reads its FWHM 10-17 % wide (synthetic stars, beta 2.5-4), so a correct Moffat FWHM
-  sits 5-15 % below these references.
+  star sizes grow with brightness (M67, HorseHead). The references are Gaussian fits, and
+  a Gaussian fitted to a Moffat star reads its FWHM 7-30 % wide (more for low beta and
+  undersampled stars), so rpp's FWHM (``fwhm_px``, the FWHM of the Moffat profile it
+  fits, exact on synthetic stars) sits 5-25 % below them. rpp also reports what a
+  Gaussian fit reads on the same stars (``fwhm_gauss_px``): the check compares that
+  with the reference, like with like (docs/real-frames-diagnosis.md, "FWHM definition").
 * ``zp_image``: zero point for pixel sums in *image units over the whole exposure*,
   ``m = zp_image - 2.5 log10(sum of pixel values)``. rpp's instrumental magnitudes are
   per second (``-2.5 log10(flux / exptime_used)``), so its zero point is converted with
@@ -859,9 +862,9 @@ class Score:
     exit_code: int
     message: str
     seconds: float
-    fwhm: float | None
+    fwhm: float | None            # rpp's FWHM (Moffat profile)
     fwhm_ref: float | None
-    fwhm_error: float | None      # relative, (rpp - ref) / ref
+    fwhm_error: float | None      # relative, (rpp's Gaussian-fit FWHM - ref) / ref
     fwhm_ok: bool | None
     detection: Detection
     astrometry: Astrometry
@@ -869,6 +872,7 @@ class Score:
     zp_truth: float | None
     zp_ok: bool | None
     one_line: bool | None          # frames expected to fail: an exit code and exactly one "rpp:" line
+    fwhm_gauss: float | None = None  # what a Gaussian fit reads on rpp's FWHM stars (the references' method)
 
     @property
     def zp_error(self) -> float | None:
@@ -893,9 +897,11 @@ def score(case: FrameCase, run: RppRun, ref: ReferenceImage | None, sex: Table |
     """Score one run of ``case`` against its truths; ``ref``/``sex`` None skips the detection part."""
     summ = run.summary or {}
     fwhm = summ.get("fwhm_px")
+    # the references are Gaussian fits: compare what a Gaussian fit reads on rpp's stars (module docstring)
+    compared = summ.get("fwhm_gauss_px", fwhm)
     err = ok = None
-    if fwhm is not None and case.fwhm_ref:
-        err = (float(fwhm) - case.fwhm_ref) / case.fwhm_ref
+    if compared is not None and case.fwhm_ref:
+        err = (float(compared) - case.fwhm_ref) / case.fwhm_ref
         ok = abs(err) <= case.fwhm_tol if case.fwhm_checked else None
     det = detection_scores(case, ref, sex, run) if ref is not None and sex is not None else Detection(note="no reference")
     zp = zero_point_image(run)
@@ -905,7 +911,8 @@ def score(case: FrameCase, run: RppRun, ref: ReferenceImage | None, sex: Table |
         lines = [ln for ln in run.stderr.splitlines() if ln.startswith("rpp: ")]
         one_line = run.exit_code != 0 and len(lines) == 1 and "\n" not in lines[0] and len(lines[0]) < 400
     return Score(case.name, run.exit_code, run.message, run.seconds, fwhm, case.fwhm_ref, err, ok, det,
-                 astrometry_scores(case, run), zp, case.zp_image, zp_ok, one_line)
+                 astrometry_scores(case, run), zp, case.zp_image, zp_ok, one_line,
+                 None if summ.get("fwhm_gauss_px") is None else float(summ["fwhm_gauss_px"]))
 
 
 # ---------------------------------------------------------------- the yardstick on known truth

@@ -28,8 +28,7 @@ def masks(frame):
 @pytest.fixture(scope="module")
 def cleaned(frame, masks):
     p = frame.params
-    return remove_cosmics(frame.data, masks.nan | masks.saturated, p["gain"], p["read_noise"], p["saturation"],
-                          CosmicRaySettings())
+    return remove_cosmics(frame.data, masks.nan | masks.saturated, p["gain"], p["saturation"], CosmicRaySettings())
 
 
 def _sky_map(frame):
@@ -75,11 +74,11 @@ def test_tiled_cosmic_ray_cleaning_equals_one_piece_and_reports_progress(frame, 
     p = frame.params
     sub = frame.data[:512, :512]
     m = (masks.nan | masks.saturated)[:512, :512]
-    ref_img, ref_mask = remove_cosmics(sub, m, p["gain"], p["read_noise"], p["saturation"], CosmicRaySettings(tile_px=0))
+    ref_img, ref_mask = remove_cosmics(sub, m, p["gain"], p["saturation"], CosmicRaySettings(tile_px=0))
     seen = []
     for workers in (1, 2):
         seen.clear()
-        img, crm = remove_cosmics(sub, m, p["gain"], p["read_noise"], p["saturation"],
+        img, crm = remove_cosmics(sub, m, p["gain"], p["saturation"],
                                   CosmicRaySettings(tile_px=128, workers=workers), progress=lambda d, t: seen.append((d, t)))
         assert np.array_equal(crm, ref_mask)
         assert np.array_equal(img, ref_img)
@@ -96,7 +95,7 @@ def test_cosmic_ray_removal_stops_when_cancelled(frame, workers):
         return len(calls) > 2
 
     with pytest.raises(Cancelled):
-        remove_cosmics(frame.data, None, p["gain"], p["read_noise"], p["saturation"],
+        remove_cosmics(frame.data, None, p["gain"], p["saturation"],
                        CosmicRaySettings(tile_px=256, workers=workers), cancel=cancel)
     assert len(calls) == 3  # stopped at the first check after cancel turned true
 
@@ -104,7 +103,7 @@ def test_cosmic_ray_removal_stops_when_cancelled(frame, workers):
 def test_cosmic_rays_found_without_gain_or_read_noise_in_the_header(frame):
     sub = frame.data[:512, :512]
     truth_cr = frame.params["cosmic_mask"][:512, :512]
-    _, crm = remove_cosmics(sub, sub >= 0.95 * frame.params["saturation"], None, None, None, CosmicRaySettings())
+    _, crm = remove_cosmics(sub, sub >= 0.95 * frame.params["saturation"], None, None, CosmicRaySettings())
     assert (crm & truth_cr).sum() / truth_cr.sum() >= 0.9
     # astroscrappy flags the core of a star cut by the array edge: leave out the 10 px border
     false_px = (crm & ~ndi.binary_dilation(truth_cr, iterations=2))[10:-10, 10:-10]
@@ -114,7 +113,7 @@ def test_cosmic_rays_found_without_gain_or_read_noise_in_the_header(frame):
 def test_nan_pixels_survive_cosmic_ray_cleaning_as_nan(frame):
     sub = frame.data[:256, :256].copy()
     sub[100:110, 50:60] = np.nan
-    img, crm = remove_cosmics(sub, None, 1.5, 5.0, 60000.0, CosmicRaySettings())
+    img, crm = remove_cosmics(sub, None, 1.5, 60000.0, CosmicRaySettings())
     assert np.isnan(img[100:110, 50:60]).all()
     assert not crm[100:110, 50:60].any()
     assert np.isfinite(img[:90]).all()
@@ -208,7 +207,7 @@ def test_cosmic_rays_round_sources_match_the_whole_frame_result_there(frame, mas
     progress = []
     near_clean, near_mask = remove_cosmics_near(
         frame.data, masks.nan | masks.saturated, np.asarray(t["x"]), np.asarray(t["y"]), radius,
-        p["gain"], p["read_noise"], p["saturation"], CosmicRaySettings(), chunk=150,
+        p["gain"], p["saturation"], CosmicRaySettings(), chunk=150,
         progress=lambda d, n: progress.append((d, n)))
     assert progress[-1] == (3, 3)
     ny, nx = frame.data.shape
@@ -236,5 +235,5 @@ def test_cosmic_rays_round_sources_match_the_whole_frame_result_there(frame, mas
 def test_cosmic_rays_round_sources_stop_when_cancelled(frame, masks):
     t = frame.truth
     with pytest.raises(Cancelled):
-        remove_cosmics_near(frame.data, masks.combined, np.asarray(t["x"]), np.asarray(t["y"]), 8.0, 1.5, 5.0,
+        remove_cosmics_near(frame.data, masks.combined, np.asarray(t["x"]), np.asarray(t["y"]), 8.0, 1.5,
                             60000, CosmicRaySettings(), cancel=lambda: True)

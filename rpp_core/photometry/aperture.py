@@ -35,7 +35,20 @@ def aperture_labels(settings: PhotometrySettings) -> list[str]:
     return labels
 
 
+def aperture_fwhm(settings: PhotometrySettings, fwhm_px: float) -> float:
+    """The FWHM (px) that sizes apertures, annulus and PSF stamps: the stellar FWHM, but never
+    below ``min_aperture_px / min(aperture_factors)``.
+
+    Undersampled stars (FWHM ~1 px) would otherwise get apertures of 1-2 px, where the
+    centroid error and the pixel grid change the enclosed light from star to star.
+    """
+    floor = settings.min_aperture_px / min(float(f) for f in settings.aperture_factors) if settings.aperture_factors else 0.0
+    return max(float(fwhm_px), floor)
+
+
 def aperture_radii(settings: PhotometrySettings, fwhm_px: float) -> dict[str, float]:
+    """Radius (px) per aperture label: factor x :func:`aperture_fwhm`, and the fixed aperture."""
+    fwhm_px = aperture_fwhm(settings, fwhm_px)
     radii = {lab: float(f) * fwhm_px for lab, f in zip(aperture_labels(settings), settings.aperture_factors)}
     if settings.fixed_aperture_px > 0:
         radii["fix"] = float(settings.fixed_aperture_px)
@@ -231,7 +244,7 @@ def aperture_photometry(
     rms : background RMS map (ADU) or a scalar.
     mask : bool array, True = bad pixel (excluded and flagged 1), or None.
     sources : table with ``x``, ``y`` (0-based px); ``flags`` (bit 4 = border) is honoured.
-    fwhm_px : FWHM (px) that scales the apertures and the annulus.
+    fwhm_px : stellar FWHM (px); the apertures and the annulus scale with :func:`aperture_fwhm`.
     gain : e-/ADU for the Poisson term, None or <= 0 to leave it out.
     exptime : s; None means 1.
     settings : :class:`~rpp_core.settings.PhotometrySettings`.
@@ -243,7 +256,8 @@ def aperture_photometry(
     Table
         A copy of ``sources`` with, per aperture label L: ``flux_L``, ``fluxerr_L`` (ADU),
         ``mag_L``, ``magerr_L`` (instrumental mag), ``snr_L``, ``flag_L``, ``bkg_L``
-        (local annulus level, ADU/px). ``meta["apertures"]`` maps L to its radius (px).
+        (local annulus level, ADU/px). ``meta["apertures"]`` maps L to its radius (px),
+        ``meta["aperture_fwhm_px"]`` is the FWHM they were sized with.
         Rows whose calibration-aperture SNR is below ``settings.min_snr`` are dropped.
 
     Examples
@@ -262,7 +276,8 @@ def aperture_photometry(
     radii = aperture_radii(settings, fwhm_px)
     labels = list(radii)
     calib = calibration_label(settings)
-    rin, rout = settings.annulus_inner * fwhm_px, settings.annulus_outer * fwhm_px
+    scale = aperture_fwhm(settings, fwhm_px)
+    rin, rout = settings.annulus_inner * scale, settings.annulus_outer * scale
     if rout <= rin:
         raise SettingsError(
             f"photometry.annulus_outer ({settings.annulus_outer}) must exceed annulus_inner ({settings.annulus_inner})"
@@ -337,6 +352,7 @@ def aperture_photometry(
     tab.meta["annulus_px"] = [float(rin), float(rout)]
     tab.meta["calibration_aperture"] = calib
     tab.meta["fwhm_px"] = float(fwhm_px)
+    tab.meta["aperture_fwhm_px"] = float(scale)
     tab.meta["exptime_used"] = 1.0 if exptime is None or not exptime > 0 else float(exptime)
     for lab in labels:
         r = radii[lab]
