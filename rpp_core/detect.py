@@ -455,7 +455,8 @@ def measure_fwhm(
     if result is None:
         result = FwhmResult(fwhm_px=w0, scatter_px=float("nan"), n_stars=len(first), guess_px=hint,
                             first_pass_px=w0, method="kernel scan", gauss_fwhm_px=w0,
-                            peak_share=float(np.percentile(_peak_share(data, src.x[first], src.y[first]), 90)), x=src.x[first], y=src.y[first], values=widths)
+                            peak_share=float(np.percentile(_peak_share(data, src.x[first], src.y[first]), 90)),
+                            x=src.x[first], y=src.y[first], values=widths)
     if np.isfinite(hint):
         ratio = hint / result.fwhm_px
         if 0.75 <= ratio <= 1.33:

@@ -181,23 +181,28 @@ def _scrappy_setup(data, mask, gain, saturation, settings: CosmicRaySettings, ba
 
 
 def spare_star_like_hits(crmask: np.ndarray, sig: np.ndarray, share_limit: float) -> np.ndarray:
-    """Pixels of ``crmask`` to keep as cosmic rays: groups whose brightest pixel holds more of its
-    3 x 3 light than a star can (``share_limit``, from the measured stars, see
-    :func:`rpp_core.detect.star_peak_share`). A group shaped like the PSF is a star astroscrappy
-    took for a hit: on undersampled frames (FWHM < 2 px) its Laplacian looks like a hit's.
+    """Pixels of ``crmask`` to keep as cosmic rays: the flagged groups sharper than a star.
+
+    Round the brightest pixel of each flagged group: when that pixel holds at most
+    ``share_limit`` of the 3 x 3 light (:data:`HIT_SHARE_FACTOR` x what the measured
+    stars' brightest pixels hold, :attr:`rpp_core.detect.FwhmResult.peak_share`), the
+    group is shaped like a star and astroscrappy took a star for a hit (on undersampled
+    frames a star's Laplacian looks like a hit's). Measured: on the Spitzer mosaic (FWHM
+    1.4 px, no cosmic rays) 17 of its 1,459 bright stars stay flagged instead of 758, on
+    the binned SDSS frame 0 of 380 instead of 358; on a synthetic frame with FWHM 1.3 px,
+    0 of 400 star centres instead of 373, while 81 of 100 injected hits stay flagged
+    (multi-pixel tracks spread their light like a star and are let through).
     """
     labels, n = ndi.label(crmask, structure=np.ones((3, 3), bool))
     if n == 0:
         return crmask
     ny, nx = sig.shape
-    idx = np.arange(1, n + 1)
-    pos = ndi.maximum_position(sig, labels, idx)
+    pos = ndi.maximum_position(sig, labels, np.arange(1, n + 1))
     py = np.clip(np.array([p[0] for p in pos]), 1, ny - 2)
     px = np.clip(np.array([p[1] for p in pos]), 1, nx - 2)
-    box = np.stack([sig[py + dy, px + dx] for dy in (-1, 0, 1) for dx in (-1, 0, 1)], axis=1).astype(float)
-    tot = box.sum(axis=1)
+    b3 = sum(sig[py + dy, px + dx].astype(float) for dy in (-1, 0, 1) for dx in (-1, 0, 1))
     with np.errstate(divide="ignore", invalid="ignore"):
-        share = np.where(tot > 0, box.max(axis=1) / tot, 1.0)
+        share = np.where(b3 > 0, sig[py, px] / b3, 1.0)
     hit = np.r_[False, share > share_limit]
     return hit[labels]
 
@@ -220,7 +225,7 @@ class CosmicRayPlan:
     """
 
     run: bool
-    star_share: float | None
+    star_share: float | None = None
     note: str = ""
 
 
@@ -228,13 +233,14 @@ def cosmic_ray_plan(fwhm_px: float, star_peak_share: float) -> CosmicRayPlan:
     """Decide how to look for cosmic rays given the measured stars (issue 9 item 2).
 
     ``star_peak_share``: how much of its 3 x 3 light a star's brightest pixel holds
-    (:attr:`rpp_core.detect.FwhmResult.peak_share`). When ``HIT_SHARE_FACTOR`` times
+    (:attr:`rpp_core.detect.FwhmResult.peak_share`). When :data:`HIT_SHARE_FACTOR` times
     that reaches 0.9, a single-pixel hit and a star look alike: no removal, with a
-    warning (the binned SDSS frame, FWHM 0.8 px: astroscrappy marked 253-326 of its
-    380 bright stars whatever its settings). Below :data:`SHAPE_TEST_FWHM_PX` hits
-    are kept only where their shape is not the stars'.
+    warning. Below :data:`SHAPE_TEST_FWHM_PX` hits are kept only where they are sharper
+    than the stars (:func:`spare_star_like_hits`; astroscrappy alone marked 253-326 of the
+    380 bright stars of the binned SDSS frame whatever its settings, and 2,935 of the
+    6,193 detections of the Spitzer mosaic).
     """
-    share = float(star_peak_share) if np.isfinite(star_peak_share) else float("nan")
+    share = float(star_peak_share)
     if np.isfinite(share) and HIT_SHARE_FACTOR * share >= 0.9:
         return CosmicRayPlan(False, None, (
             f"stars are as sharp as cosmic-ray hits (FWHM {fwhm_px:.2f} px, brightest pixel {share:.0%} of its 3x3 "
@@ -279,9 +285,9 @@ def remove_cosmics(
         ``enabled=False`` returns the data unchanged and an empty mask.
     background, rms : the 2-D background and its RMS (ADU), e.g. from
         :func:`estimate_background`; estimated here with sep when not given.
-    star_share : the most of its 3 x 3 light a star's brightest pixel holds (measured
-        on the FWHM stars); when given, flagged groups below it are stars, not hits,
-        and are left alone (:func:`spare_star_like_hits`; undersampled frames).
+    star_share : the brightest-pixel share of its 3 x 3 light above which a flagged group
+        is a hit (:class:`CosmicRayPlan`); when given, flagged groups shaped like the
+        stars are left alone (:func:`spare_star_like_hits`; sharp stars).
 
     The detection runs on ``data - background`` with the variance ``rms^2 + signal /
     gain`` (astroscrappy ``invar``), so it does not depend on the pedestal of the frame.

@@ -60,7 +60,7 @@ class ObservatorySettings:
 class DetectionSettings:
     seeing_arcsec: float = _f(2.5, "expected seeing: only compared with the measured FWHM in the log, never used to measure it", "arcsec", (1.0, 6.0))
     threshold_sigma: float = _f(5.0, "detection threshold: peak amplitude of a star in units of the background RMS map", "sigma", (1.5, 100.0))
-    deblend_contrast: float = _f(0.005, "sep finder: smallest flux fraction a peak needs to be split off as its own source (SExtractor DEBLEND_MINCONT)", "", (1e-6, 1.0))
+    deblend_contrast: float = _f(0.001, "sep finder: smallest flux fraction a peak needs to be split off as its own source (SExtractor DEBLEND_MINCONT; 0.005 there, 0.001 separates the 4-5 px pairs of a crowded plate)", "", (1e-6, 1.0))
     finder: str = _f("sep", "sep: SExtractor's filtered thresholding with deblending (fast); daofind: DAOStarFinder, adds sharpness and roundness columns", choices=["sep", "daofind"])
     border_px: int = _f(10, "ignore sources closer than this to the edge", "px", (0, 1000))
     saturation_fraction: float = _f(0.95, "pixels above this fraction of SATURATE are masked", "", (0.1, 1.0))

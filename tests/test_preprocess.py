@@ -237,3 +237,57 @@ def test_cosmic_rays_round_sources_stop_when_cancelled(frame, masks):
     with pytest.raises(Cancelled):
         remove_cosmics_near(frame.data, masks.combined, np.asarray(t["x"]), np.asarray(t["y"]), 8.0, 1.5,
                             60000, CosmicRaySettings(), cancel=lambda: True)
+
+
+# ---------------------------------------------------------------- background-relative signal, sharp stars
+
+
+def test_a_frame_offset_by_minus_5000_adu_gives_the_same_cosmic_rays(frame, masks, cleaned):
+    """Issue 14: the hits are found on the signal above the background, whatever the pedestal."""
+    p = frame.params
+    low = frame.data - np.float32(5000.0)
+    img, crm = remove_cosmics(low, masks.nan | masks.saturated, p["gain"], p["saturation"] - 5000.0, CosmicRaySettings())
+    ref_img, ref_mask = cleaned
+    assert (crm != ref_mask).sum() <= 0.02 * ref_mask.sum(), f"{crm.sum()} vs {ref_mask.sum()} pixels"
+    assert np.allclose(img[crm & ref_mask] + 5000.0, ref_img[crm & ref_mask], atol=1.0)
+
+
+def test_cosmic_ray_plan_skips_when_stars_are_as_sharp_as_hits_and_checks_shapes_below_2_5_px():
+    from rpp_core.preprocess import cosmic_ray_plan
+
+    skip = cosmic_ray_plan(0.78, 0.74)  # the binned SDSS frame
+    assert not skip.run and "as sharp as cosmic-ray hits" in skip.note
+    sharp = cosmic_ray_plan(1.4, 0.33)
+    assert sharp.run and sharp.star_share == pytest.approx(1.25 * 0.33) and "sharp stars" in sharp.note
+    normal = cosmic_ray_plan(3.5, 0.16)
+    assert normal.run and normal.star_share is None and normal.note == ""
+
+
+def test_undersampled_frame_keeps_its_stars_through_cosmic_ray_cleaning():
+    """FWHM 1.3 px: astroscrappy alone takes star cores for hits; with the shape test the stars stay, the hits go."""
+    from rpp_core.detect import measure_fwhm
+    from rpp_core.preprocess import cosmic_ray_plan
+
+    fr = make_frame(shape=(768, 768), n_stars=400, fwhm=1.3, n_cosmics=100, n_saturated=0, seed=SEED)
+    p = fr.params
+    settings = DetectionSettings()
+    m = make_masks(fr.data, p["saturation"], settings)
+    bkg = estimate_background(fr.data, m.combined, settings)
+    fw = measure_fwhm(fr.data - bkg.background, bkg.rms, m.combined, None, settings)
+    plan = cosmic_ray_plan(fw.fwhm_px, fw.peak_share)
+    assert plan.run and plan.star_share is not None
+    t = fr.truth
+    ix, iy = np.round(np.asarray(t["x"])).astype(int), np.round(np.asarray(t["y"])).astype(int)
+    hits = p["cosmic_mask"]
+    near_hit = ndi.binary_dilation(hits, iterations=2)[iy, ix]
+    out = {}
+    for share in (None, plan.star_share):
+        _, crm = remove_cosmics(fr.data, m.nan | m.saturated, p["gain"], p["saturation"], CosmicRaySettings(),
+                                background=bkg.background, rms=bkg.rms, star_share=share)
+        eaten = crm[iy, ix] & ~near_hit
+        out[share] = (eaten.sum(), (crm & hits).sum() / hits.sum())
+    eaten_raw, _ = out[None]
+    eaten, recall = out[plan.star_share]
+    assert eaten_raw > 0.1 * len(t)  # what astroscrappy does to undersampled stars on its own
+    assert eaten <= 0.01 * len(t), f"{eaten} of {len(t)} star centres still flagged"
+    assert recall >= 0.6, f"hit recall {recall:.2f}"  # multi-pixel tracks shaped like stars are let through
