@@ -362,7 +362,9 @@ async def _run_stages(job: _Job, path: Path, profile: Profile, run_dir: Path, hd
             try:
                 cat, psf_info = await asyncio.to_thread(
                     photometry.psf_photometry, data_sub, bkg.rms, mask, cat, fwhm, gain, exptime, phot,
-                    progress=job.progress_cb("psf"), cancel=job.cancelled)
+                    progress=job.progress_cb("psf"), cancel=job.cancelled, moffat_beta=fw.beta)
+                if psf_info.model != "ePSF":
+                    job.log(f"PSF fitted: {psf_info.model}, not the ePSF decimated to image pixels")
                 fig.update(n_fitted=int(psf_info.n_fitted), apcorr=psf_info.apcorr)
                 if psf_info.status != "ok":
                     job.warn(f"PSF photometry: {psf_info.status}")
