@@ -3,7 +3,7 @@ PY ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo test bench real-frames venv system-deps clean-venv
+.PHONY: demo test bench bench-scaling real-frames venv system-deps clean-venv
 
 $(BIN)/rpp: pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -14,7 +14,7 @@ $(BIN)/rpp: pyproject.toml
 venv: $(BIN)/rpp
 
 # astrometry.net (solve-field, build-astrometry-index), tmux and SExtractor (the real-frame
-# detection reference, tests/realframes.py) from Debian; needs root or sudo
+# detection reference, tests/realframes.py, and the benchmark's peer) from Debian; needs root or sudo
 system-deps:
 	@command -v solve-field >/dev/null && command -v tmux >/dev/null && command -v source-extractor >/dev/null || { \
 	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
@@ -26,8 +26,13 @@ demo: venv
 test: venv system-deps
 	$(BIN)/python -m pytest -ra
 
-bench: venv
+# rpp vs SExtractor, stdpipe and photutils on the same frames in one run (about 3 min on 2 cores)
+bench: venv system-deps
 	$(BIN)/python bench/bench.py
+
+# time and peak memory per stage for 1k-8k frames and 1k-50k stars (about 10 min)
+bench-scaling: venv
+	$(BIN)/python bench/bench.py --scaling
 
 # rpp on every real frame of tests/data, scored against its truths (docs/real-frames.md)
 real-frames: venv system-deps

@@ -13,6 +13,9 @@ def cmd_profile(args) -> int:
     from rpp_core import locations, settings
 
     action = args.action
+    if args.name and action in ("show", "set", "rename"):
+        for note in settings.load_profile(args.name).notes:
+            print(f"rpp: note: {note}", file=sys.stderr)
     if action == "list":
         names = settings.list_profiles()
         print("\n".join(names) if names else f"no profiles in {locations.profiles_dir()} (rpp profile new NAME)")

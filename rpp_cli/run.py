@@ -73,24 +73,25 @@ def _short(v) -> str:
 
 def print_summary(result, stream=sys.stdout) -> None:
     s = result.summary
-    def f(key, fmt="{:.3f}", unit=""):
-        v = s.get(key)
-        return "n/a" if v is None else fmt.format(v) + unit
+
+    def f(value, fmt="{:.3f}", unit=""):
+        return "n/a" if value is None else fmt.format(value) + unit
+
     lines = [
         "",
-        f"Frame       {s['frame']}",
-        f"FWHM        {f('fwhm_px', '{:.2f}', ' px')}" + (f" ({s['fwhm_arcsec']:.2f}\")" if s.get("fwhm_arcsec") else ""),
-        f"Sources     {s.get('n_sources', 0)}",
-        f"WCS         {s.get('wcs', {}).get('status', 'n/a')}",
+        f"Frame       {s.frame}",
+        f"FWHM        {f(s.fwhm_px, '{:.2f}', ' px')}" + (f" ({s.fwhm_arcsec:.2f}\")" if s.fwhm_arcsec else ""),
+        f"Sources     {s.n_sources or 0}",
+        f"WCS         {s.wcs.status if s.wcs else 'n/a'}",
     ]
-    if s.get("zp") is not None:
+    if s.zp is not None:
         lines += [
-            f"Calibrators {s.get('n_calibrators', 0)} ({s.get('n_rejected', 0)} rejected) from {s.get('reference', '')}",
-            f"Zero point  {s['zp']:.4f} ± {s['zp_err']:.4f} mag ({s.get('band', '')}, aperture {s.get('calibration_label', '')})",
+            f"Calibrators {s.n_calibrators} ({s.n_rejected} rejected) from {s.reference}",
+            f"Zero point  {s.zp:.4f} ± {s.zp_err:.4f} mag ({s.band}, aperture {s.calibration_label})",
         ]
     else:
         lines.append("Zero point  not calibrated")
-    lines += [f"Airmass     {f('airmass')}", f"Time        {s.get('total_seconds', 0):.1f} s",
+    lines += [f"Airmass     {f(s.airmass)}", f"Time        {s.total_seconds or 0:.1f} s",
               f"Results     {result.run_dir}"]
     if "zip" in result.files:
         lines.append(f"Archive     {result.files['zip']}")
@@ -118,8 +119,7 @@ def _run_frame(args, frame: str, catalogs: list[str]) -> int:
     result = asyncio.run(main())
     apply_retention(result.run_dir.parent, profile.output, keep=result.run_dir)
     if args.json:
-        json.dump({"run_dir": str(result.run_dir), "exit_code": result.exit_code, **result.summary},
-                  sys.stdout, indent=2, default=str)
+        json.dump(result.summary.to_dict(), sys.stdout, indent=2)
         sys.stdout.write("\n")
     else:
         print_summary(result)

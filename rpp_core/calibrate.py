@@ -17,6 +17,9 @@ The zero-point error is the formal error scaled by ``sqrt(chi2_red)`` when the
 scatter exceeds the errors, and is added in quadrature to every calibrated
 magnitude error: ``e_cal^2 = e_inst^2 + zp_err^2 (+ (colour e_C)^2)``.
 Nothing is rounded before it is used.
+
+:func:`calibrate` is the stage: sky match with the reference, then a fit for
+every aperture (the calibration aperture's is the frame's zero point).
 """
 
 from __future__ import annotations
@@ -26,8 +29,10 @@ from dataclasses import dataclass, field
 import numpy as np
 from astropy import units as u
 from astropy.coordinates import SkyCoord
+from astropy.table import Table
 
 from .errors import CalibrationError
+from .products import Calibration, SourceCatalogue, ZeroPointFit
 from .settings import CalibrationSettings
 
 
@@ -164,3 +169,105 @@ def match_radius_arcsec(fwhm_px: float, pixel_scale: float | None, settings: Cal
     scale = pixel_scale or 1.0
     return float(max(settings.match_radius_fwhm * fwhm_px * scale, settings.match_radius_min_arcsec,
                      3.0 * astrometric_rms_arcsec))
+
+
+def calibrate(catalogue: SourceCatalogue, reference: Table, settings: CalibrationSettings, *, airmass: float | None,
+              fwhm_px: float, pixel_scale: float | None, astrometric_rms_arcsec: float = 0.0
+              ) -> tuple[SourceCatalogue, Calibration]:
+    """Match the catalogue to the reference on the sky and fit a zero point for every aperture.
+
+    Parameters
+    ----------
+    catalogue : SourceCatalogue
+        Sources with ``ra``/``dec`` (deg), per-aperture ``mag_<L>``, ``magerr_<L>``,
+        ``flag_<L>`` (and ``psf_mag``... when PSF photometry ran); ``apertures``
+        says which label calibrates.
+    reference : Table
+        A reference table (:mod:`rpp_core.catalogs.reference`): ``ra``, ``dec``,
+        ``mag``, ``mag_err``, ``color``, ``ref_id``; ``meta`` band, system, source.
+    settings : CalibrationSettings
+        Match radius, magnitude range, clipping, extinction, colour term.
+    airmass, fwhm_px, pixel_scale, astrometric_rms_arcsec
+        For the extinction term and the match radius (:func:`match_radius_arcsec`).
+
+    Returns
+    -------
+    (SourceCatalogue, Calibration)
+        A copy of the catalogue with ``ref_id``, ``ref_sep_arcsec``, ``mag_ref``,
+        ``mag_ref_err``, ``ref_color``, ``mag_cal_<L>``/``magerr_cal_<L>`` for each
+        aperture that could be fitted (and ``psf``), ``calib_used``,
+        ``calib_rejected``, ``calib_residual``, ``zp``, ``zp_err``, ``airmass``;
+        and the :class:`~rpp_core.products.Calibration` of the calibration aperture.
+        Only candidates with a reference magnitude in ``[mag_min, mag_max]``, flag
+        0 in that aperture and a finite magnitude enter a fit.
+
+    Raises
+    ------
+    CalibrationError
+        No calibrator in the magnitude range, or too few for the calibration
+        aperture (other apertures are then left uncalibrated, said in ``skipped``).
+    """
+    apertures = catalogue.apertures
+    cat = catalogue.table.copy(copy_data=False)
+    radius = match_radius_arcsec(fwhm_px, pixel_scale, settings, astrometric_rms_arcsec)
+    i_src, i_ref, sep = crossmatch(cat["ra"], cat["dec"], reference["ra"], reference["dec"], radius)
+    n = len(cat)
+    mag_ref = np.full(n, np.nan)
+    mag_ref_err = np.full(n, np.nan)
+    color = np.full(n, np.nan)
+    ref_id = np.full(n, "", dtype=object)
+    ref_sep = np.full(n, np.nan)
+    mag_ref[i_src] = reference["mag"][i_ref]
+    mag_ref_err[i_src] = reference["mag_err"][i_ref]
+    color[i_src] = reference["color"][i_ref]
+    ref_id[i_src] = np.asarray(reference["ref_id"]).astype(str)[i_ref]
+    ref_sep[i_src] = sep
+    cat["ref_id"] = ref_id.astype(str)
+    cat["ref_sep_arcsec"] = ref_sep
+    cat["mag_ref"] = mag_ref
+    cat["mag_ref_err"] = mag_ref_err
+    cat["ref_color"] = color
+    in_range = (mag_ref >= settings.mag_min) & (mag_ref <= settings.mag_max)
+    if not in_range.any():
+        raise CalibrationError(
+            f"no calibrators: {len(i_src)} sources matched the reference within {radius:.1f}\" but none with "
+            f"{settings.band} between {settings.mag_min} and {settings.mag_max} (calibration.mag_min/mag_max)")
+
+    labels = list(apertures.labels) + (["psf"] if "psf_mag" in cat.colnames else [])
+    fits: dict[str, ZeroPointFit] = {}
+    skipped: dict[str, str] = {}
+    main = None
+    for label in labels:
+        mcol, ecol, fcol = (("psf_mag", "psf_magerr", "psf_flag") if label == "psf"
+                            else (f"mag_{label}", f"magerr_{label}", f"flag_{label}"))
+        mi = np.asarray(cat[mcol], float)
+        ei = np.asarray(cat[ecol], float)
+        flags = np.asarray(cat[fcol]) if fcol in cat.colnames else np.zeros(n, int)
+        usable = in_range & (flags == 0) & np.isfinite(mi)
+        try:
+            zp = fit_zero_point(mi, ei, mag_ref, mag_ref_err, color, airmass, settings, usable=usable)
+        except CalibrationError as exc:
+            if label == apertures.calibration:
+                raise
+            skipped[label] = str(exc)
+            continue
+        mc, ec = apply_zero_point(mi, ei, zp, color)
+        cat[f"mag_cal_{label}"] = mc
+        cat[f"magerr_cal_{label}"] = ec
+        fits[label] = ZeroPointFit(zp=zp.zp, zp_err=zp.zp_err, zp0=zp.zp0, n=zp.n_used, rms=zp.rms)
+        if label == apertures.calibration:
+            main = zp
+    cat["calib_used"] = main.used
+    cat["calib_rejected"] = main.rejected
+    cat["calib_residual"] = np.where(main.used | main.rejected, main.residuals, np.nan)
+    cat["zp"] = np.full(n, main.zp)
+    cat["zp_err"] = np.full(n, main.zp_err)
+    cat["airmass"] = np.full(n, main.airmass)
+    calibration = Calibration(
+        label=apertures.calibration, band=settings.band, reference=str(reference.meta.get("source", "")),
+        reference_system=str(reference.meta.get("system", "")), match_radius_arcsec=radius,
+        extinction_k=settings.extinction_k, zp=main.zp, zp_err=main.zp_err, zp0=main.zp0, zp_rms=main.rms,
+        n_calibrators=main.n_used, n_rejected=main.n_rejected, color_coef=main.color_coef,
+        color_coef_err=main.color_coef_err, airmass=main.airmass, n_matched=len(i_src), by_aperture=fits,
+        skipped=skipped)
+    return catalogue.with_table(cat), calibration

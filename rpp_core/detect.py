@@ -19,7 +19,7 @@ from scipy.spatial import cKDTree
 from .errors import NoStarsError
 from .flags import FLAG_EDGE, FLAG_MASKED, FLAG_SATURATED
 from .progress import CancelFn, ProgressFn, check_cancel
-from .settings import DetectionSettings
+from .settings import DetectionSettings, MaskSettings
 
 def _finite(data: np.ndarray) -> np.ndarray:
     """float32 view of ``data`` with NaN/inf set to 0 (copy only when there are any)."""
@@ -585,6 +585,7 @@ def find_stars(
     settings: DetectionSettings,
     saturated_mask: np.ndarray | None = None,
     *,
+    border_px: int | None = None,
     progress: ProgressFn | None = None,
     cancel: CancelFn | None = None,
 ) -> Table:
@@ -606,6 +607,8 @@ def find_stars(
         dropped: a saturated star the finder misses is added at the centroid of
         its saturated pixels, and of several detections centred on one saturated
         blob only the brightest is kept.
+    border_px : px; no star centre is sought this close to the frame edge
+        (``masks.border_px``; None: the default of :class:`~rpp_core.settings.MaskSettings`).
 
     Returns
     -------
@@ -622,9 +625,9 @@ def find_stars(
 
     Notes
     -----
-    4096x4096, 6,000 stars, CPU time: sep 0.4-0.6 s with the 7 x 7 filter and the
-    windowed centroids; DAOStarFinder 1.0-1.5 s (``min_separation=0``; 1.8 s more
-    with the photutils 3 default), docs/performance-profile.md.
+    4096x4096, 6,000 stars, CPU time on the 2-core machine: sep 0.9 s with the 7 x 7
+    filter (0.25 s of it the windowed centroids); DAOStarFinder 1.0-1.6 s with
+    ``min_separation=0`` (docs/performance-profile.md).
     """
     check_cancel(cancel)
     data = _finite(data_sub)
@@ -632,7 +635,7 @@ def find_stars(
     if rms.shape != data.shape:
         rms = np.full(data.shape, rms, np.float32)
     ny, nx = data.shape
-    b = settings.border_px
+    b = MaskSettings().border_px if border_px is None else int(border_px)
     sat = saturated_mask if saturated_mask is not None else np.zeros(data.shape, bool)
     search = np.zeros(data.shape, bool) if mask is None else (np.asarray(mask, bool) & ~sat)
     if b > 0:
@@ -729,3 +732,18 @@ def _missing_saturated(data, labels, x, y, fwhm):
         box = data[y0:y1, x0:x1]
         out.append((cx, cy, float(box.max()), float(box.sum())))
     return out
+
+
+def drop_cosmic_ray_peaks(sources: Table, crmask: np.ndarray) -> tuple[Table, int]:
+    """Detections whose peak pixel is a cosmic-ray hit removed (a finder lets a few through); ids renumbered.
+
+    Returns the kept sources and how many were dropped.
+    """
+    px = np.clip(np.round(np.asarray(sources["x"])).astype(int), 0, crmask.shape[1] - 1)
+    py = np.clip(np.round(np.asarray(sources["y"])).astype(int), 0, crmask.shape[0] - 1)
+    is_cr = crmask[py, px]
+    if not is_cr.any():
+        return sources, 0
+    kept = sources[~is_cr]
+    kept["id"] = np.arange(1, len(kept) + 1)
+    return kept, int(is_cr.sum())

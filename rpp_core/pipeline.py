@@ -1,9 +1,10 @@
 """The pipeline: one FITS frame in, a calibrated catalogue out, as one async job.
 
-:func:`run` composes the stage functions (plain functions over plain data, in
-their own modules), runs the CPU-heavy ones off the event loop, reports
-:mod:`rpp_core.events` through ``on_event`` and honours ``cancel`` between and
-inside long stages. It decides what degrades gracefully:
+:func:`run` calls the stages in order, each a plain function over typed
+products (:mod:`rpp_core.products`) in its own module, runs the CPU-heavy ones
+off the event loop, reports :mod:`rpp_core.events` through ``on_event`` and
+honours ``cancel`` between and inside long stages. It owns no science; it
+decides what degrades gracefully:
 
 - no usable WCS and no solution: sky columns are empty, calibration is
   skipped, the pixel-space catalogue is still written, exit code 6;
@@ -12,9 +13,10 @@ inside long stages. It decides what degrades gracefully:
 - a failing enrichment service: a warning naming it, the run goes on;
 - bad input or no stars: the run fails (exit 3 / 4) with a readable log.
 
-Threads, not processes, run the stages: sep, astroscrappy and numpy release
-the GIL; DAOStarFinder and EPSFBuilder hold it for a few seconds at most on a
-4k frame, which the TUI tolerates (its event loop still gets time slices).
+A run is meant to execute in a worker process of its own
+(:mod:`rpp_core.runner`): stages that hold the interpreter lock for long then
+freeze no UI, and cancel can stop the process group. Inside the worker the
+stages run in threads so events and cancel keep flowing.
 """
 
 from __future__ import annotations
@@ -31,20 +33,45 @@ from typing import Any, Callable
 import numpy as np
 from astropy.table import Table
 
-from . import __version__, events as ev, fsio, locations, results
+from . import __version__, events as ev, locations, results
 from .errors import CalibrationError, Cancelled, NoStarsError, RppError, ServiceError
+from .products import (Calibration, ExposureValues, Frame, MeasurableImage, ObservationMeta, RunSummary,
+                       SourceCatalogue, WcsSolution)
 from .settings import Profile
 
 
-@dataclass
+@dataclass(frozen=True)
 class RunResult:
-    """What a finished run hands back. ``exit_code`` 0 = fully successful (see errors.py)."""
+    """What a finished run hands back. ``exit_code`` 0 = fully successful (see errors.py).
+
+    ``summary`` is what ``summary.json`` holds; ``catalog`` the catalogue table
+    (columns in docs/catalogue.md); ``files`` name -> path of every file written.
+    """
 
     run_dir: Path
     catalog: Table
-    summary: dict
+    summary: RunSummary
     files: dict[str, Path] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
+    exit_code: int = 0
+    message: str = ""
+
+
+@dataclass
+class _Products:
+    """What the run has made so far: the summary is built from it, also after a failure."""
+
+    frame: Frame | None = None
+    meta: ObservationMeta | None = None
+    exposure: ExposureValues | None = None
+    image: MeasurableImage | None = None
+    fwhm: Any = None  # detect.FwhmResult
+    catalogue: SourceCatalogue | None = None
+    psf: Any = None  # photometry.PsfInfo
+    wcs: WcsSolution | None = None
+    pixel_scale: float | None = None
+    calibration: Calibration | None = None
+    services: list = field(default_factory=list)
     exit_code: int = 0
     message: str = ""
 
@@ -163,11 +190,12 @@ def _fmt(v: Any) -> str:
 async def run(path, profile: Profile | None = None, on_event: Callable[[ev.Event], None] | None = None,
               cancel: asyncio.Event | None = None, *, out_dir=None, catalog_files=(), hdu: int | None = None,
               offline: bool | None = None, cache_dir=None, secrets: dict | None = None) -> RunResult:
-    """Process one frame; see the module docstring. Raises RppError subclasses on failure.
+    """Process one frame in this process; see the module docstring. Raises RppError subclasses on failure.
 
     ``catalog_files`` add local reference catalogues to ``profile.calibration.catalog_files``;
     ``offline`` overrides ``profile.services.offline``. ``cache_dir`` (catalogue answers) and
     ``secrets`` (API keys) default to the user's (:mod:`rpp_core.locations`, ``secrets.toml``).
+    The app, ``rpp run``, batch and watch call it through :mod:`rpp_core.runner`.
     """
     profile = profile or Profile()
     if catalog_files:
@@ -182,34 +210,31 @@ async def run(path, profile: Profile | None = None, on_event: Callable[[ev.Event
     job = _Job(on_event, cancel, log, cache_dir, secrets)
     job.emit(ev.RunStarted(path=str(path), profile=profile.name, run_dir=str(run_dir)))
     job.log(f"rpp {__version__}: frame {path}, profile {profile.name!r}, run folder {run_dir}")
+    for note in profile.notes:
+        job.warn(note, "load")
     t_start = time.perf_counter()
-    summary: dict[str, Any] = {"frame": str(path), "profile": profile.name, "run_dir": str(run_dir), "rpp_version": __version__}
+    made = _Products()
     try:
         try:
-            result = await _run_stages(job, path, profile, run_dir, hdu, summary)
+            files = await _run_stages(job, path, profile, run_dir, hdu, made)
         finally:
             with contextlib.suppress(Exception):
                 await job.close()
     except BaseException as exc:
-        summary["total_seconds"] = round(time.perf_counter() - t_start, 3)
-        summary["timings"] = job.timings
-        summary["warnings"] = job.warnings
         if isinstance(exc, (Cancelled, asyncio.CancelledError)):
-            err = exc if isinstance(exc, Cancelled) else Cancelled()
-            summary["status"] = "cancelled"
+            err, status = (exc if isinstance(exc, Cancelled) else Cancelled()), "cancelled"
         elif isinstance(exc, RppError):
-            err = exc
-            summary["status"] = "failed"
+            err, status = exc, "failed"
         else:
             err = RppError(f"internal error in stage {job.stage!r}: {type(exc).__name__}: {exc} (a bug: please report it with run.log)")
             log.write("ERROR", traceback.format_exc(), job.stage)
-            summary["status"] = "failed"
-        summary["error"] = str(err)
-        summary["exit_code"] = err.exit_code
+            status = "failed"
         results.remove_partial_files(run_dir)
+        summary = _summarize(made, job, path, profile, run_dir, status, err.exit_code, str(err),
+                             time.perf_counter() - t_start)
         with contextlib.suppress(Exception):
-            results.write_summary(summary, run_dir / "summary.json")
-        job.log(f"run {summary['status']} in stage {job.stage!r}: {err}", "ERROR")
+            summary.write(run_dir / "summary.json")
+        job.log(f"run {status} in stage {job.stage!r}: {err}", "ERROR")
         job.emit(ev.RunFailed(stage=job.stage, message=str(err), exit_code=err.exit_code, run_dir=str(run_dir)))
         log.close()
         if isinstance(exc, asyncio.CancelledError):
@@ -217,25 +242,52 @@ async def run(path, profile: Profile | None = None, on_event: Callable[[ev.Event
         if err is exc:
             raise
         raise err from exc
-    result.summary["total_seconds"] = round(time.perf_counter() - t_start, 3)
-    results.write_summary(result.summary, run_dir / "summary.json")
-    job.log(f"run finished in {result.summary['total_seconds']:.1f} s: {run_dir}")
-    job.emit(ev.RunFinished(result=result))
+    status = "ok" if made.exit_code == 0 else "degraded"
+    summary = _summarize(made, job, path, profile, run_dir, status, made.exit_code, made.message or None,
+                         time.perf_counter() - t_start)
+    files["summary"] = summary.write(run_dir / "summary.json")
+    files["log"] = run_dir / "run.log"
+    job.log(f"run finished in {summary.total_seconds:.1f} s: {run_dir}")
     log.close()
     if profile.output.zip:
-        result.files["zip"] = await asyncio.to_thread(results.make_zip, run_dir)
+        files["zip"] = await asyncio.to_thread(results.make_zip, run_dir)
+    result = RunResult(run_dir=run_dir, catalog=made.catalogue.table, summary=summary, files=files,
+                       warnings=list(job.warnings), exit_code=made.exit_code, message=made.message)
+    job.emit(ev.RunFinished(result=result))
     return result
 
 
 def run_sync(path, profile: Profile | None = None, **kwargs) -> RunResult:
-    """Blocking wrapper of :func:`run` for process pools and Dask workers."""
+    """Blocking wrapper of :func:`run` (the runner's worker entry uses it)."""
     return asyncio.run(run(path, profile, **kwargs))
 
 
-async def _run_stages(job: _Job, path: Path, profile: Profile, run_dir: Path, hdu, summary: dict) -> RunResult:
-    from . import detect, image, photometry, preprocess
+async def _run_stages(job: _Job, path: Path, profile: Profile, run_dir: Path, hdu, made: _Products) -> dict[str, Path]:
+    """The stages in order; each product lands in ``made``. Returns the output files."""
+    made.frame = await _load(job, path, hdu, run_dir)
+    made.meta, made.exposure, masks = await _metadata(job, made.frame, profile)
+    made.image, background = await _background(job, made.frame, masks, made.exposure, profile)
+    made.fwhm = await _fwhm(job, made.image, made.meta, profile)
+    sources = await _detect(job, made.image, made.fwhm.fwhm_px, profile)
+    made.image, sources = await _cosmics(job, made.frame, made.image, background, masks, sources, made.fwhm, profile)
+    made.catalogue = await _apertures(job, made.image, sources, made.fwhm.fwhm_px, profile)
+    made.catalogue, made.psf = await _psf(job, made.image, made.catalogue, made.fwhm, profile, run_dir)
+    made.wcs, refcat, ref_error = await _astrometry(job, profile, made.frame, made.meta, made.catalogue, run_dir)
+    made.catalogue, made.pixel_scale = _sky_positions(job, made.frame, made.meta, made.wcs, made.catalogue)
+    made.catalogue, made.calibration = await _calibration(job, made, profile, refcat, ref_error)
+    made.catalogue, made.services = await _crossmatch_services(job, made, profile)
+    async with job.step("output") as fig:
+        summary = _summarize(made, job, path, profile, run_dir, "ok" if made.exit_code == 0 else "degraded",
+                             made.exit_code, made.message or None, 0.0)
+        files = await asyncio.to_thread(results.write_outputs, made.catalogue, summary, run_dir, profile.output.formats)
+        fig["files"] = len(files)
+    return files
 
-    det, phot = profile.detection, profile.photometry
+
+# ---------------------------------------------------------------- the stages, one step each
+
+async def _load(job: _Job, path: Path, hdu, run_dir: Path) -> Frame:
+    from . import image
 
     async with job.step("load") as fig:
         frame = await asyncio.to_thread(image.load_frame, path, hdu)
@@ -244,281 +296,264 @@ async def _run_stages(job: _Job, path: Path, profile: Profile, run_dir: Path, hd
         for rep in frame.repairs:
             job.log(f"header repair: {rep}", "WARNING")
         fig.update(shape=f"{frame.data.shape[1]}x{frame.data.shape[0]}", hdu=frame.hdu, wcs=frame.wcs_status)
-    summary.update(hdu=frame.hdu, shape=list(frame.data.shape), wcs_status=frame.wcs_status)
     results.write_header(frame.header, run_dir / "header.txt")
+    return frame
+
+
+async def _metadata(job: _Job, frame: Frame, profile: Profile):
+    from . import image, preprocess
 
     async with job.step("metadata") as fig:
         meta = image.read_metadata(frame, profile.observatory)
         for key, src in meta.sources.items():
-            job.log(f"{key}: {getattr(meta, key, None)!s} ({src})", "DEBUG")
-        gain = meta.gain or profile.observatory.gain or None
-        if not gain:
-            gain = 1.0
-            job.warn("no GAIN in the header or profile: using 1 e-/ADU (Poisson errors may be wrong); set observatory.gain")
-        read_noise = meta.read_noise or profile.observatory.read_noise or 0.0
-        exptime = meta.exptime if meta.exptime and meta.exptime > 0 else None
-        if exptime is None:
-            job.warn("no EXPTIME: instrumental magnitudes are per frame, not per second")
-        if meta.saturation and meta.saturation > 0:
-            saturation, sat_src = float(meta.saturation), meta.sources.get("saturation", "header")
-        elif profile.observatory.saturation > 0:
-            saturation, sat_src = profile.observatory.saturation, "profile observatory.saturation"
-        else:
-            saturation, sat_src = None, "none given: the frame maximum if it is a clipped plateau"
-        masks = preprocess.make_masks(frame.data, saturation, det)
-        saturation = masks.saturation_level
-        job.log(f"saturation level {saturation if saturation is not None else 'none'} ADU ({sat_src})")
-        fig.update(exptime=exptime, filter=meta.filter, airmass=meta.airmass, pixel_scale=meta.pixel_scale, gain=gain)
-    summary.update(
-        date_obs=meta.date_obs.isot if meta.date_obs is not None else None,
-        mjd=float(meta.date_obs.mjd) if meta.date_obs is not None else None,
-        exptime=exptime, filter=meta.filter, object=meta.object, airmass=meta.airmass,
-        pixel_scale_arcsec=meta.pixel_scale, gain=gain, read_noise=read_noise, saturation=saturation,
-        pointing=[meta.ra, meta.dec], metadata_sources=meta.sources,
-    )
+            job.log(f"{key}: {getattr(meta, key)!s} ({src})", "DEBUG")
+        exposure = image.exposure_values(meta)
+        for why in exposure.assumed():
+            job.warn(why)
+        masks = await asyncio.to_thread(preprocess.make_masks, frame.data, exposure.saturation, profile.masks)
+        level = masks.saturation_level
+        job.log(f"saturation level {level if level is not None else 'none'} ADU ({exposure.sources['saturation']})")
+        fig.update(exptime=exposure.exptime, filter=meta.filter, airmass=meta.airmass, pixel_scale=meta.pixel_scale,
+                   gain=exposure.gain)
+    return meta, exposure, masks
 
-    mask = masks.combined
+
+async def _background(job: _Job, frame: Frame, masks, exposure: ExposureValues, profile: Profile):
+    from . import preprocess
+
     async with job.step("background") as fig:
-        bkg = await asyncio.to_thread(preprocess.estimate_background, frame.data, mask, det)
-        data_sub = (frame.data - bkg.background).astype(np.float32, copy=False)
-        fig.update(background=float(bkg.global_bkg), rms=float(bkg.global_rms))
-    summary.update(background=float(bkg.global_bkg), background_rms=float(bkg.global_rms))
+        bkg = await asyncio.to_thread(preprocess.estimate_background, frame.data, masks.combined, profile.background)
+        image = preprocess.measurable_image(frame.data, masks, bkg, exposure)
+        fig.update(background=image.background, rms=image.background_rms)
+    return image, bkg
 
+
+async def _fwhm(job: _Job, image: MeasurableImage, meta: ObservationMeta, profile: Profile):
+    from . import detect
+
+    det = profile.detection
     async with job.step("fwhm") as fig:
         # the header seeing is a hint to compare with, never a prior (issue 9): a 3x wrong one must not matter
         hint = det.seeing_arcsec / meta.pixel_scale if meta.pixel_scale else None
-        fw = await asyncio.to_thread(detect.measure_fwhm, data_sub, bkg.rms, mask, hint, det,
+        fw = await asyncio.to_thread(detect.measure_fwhm, image.data, image.rms, image.mask, hint, det,
                                      progress=job.progress_cb("fwhm"), cancel=job.cancelled)
         job.log(fw.summary())
         fig.update(fwhm_px=fw.fwhm_px, scatter_px=fw.scatter_px, n_stars=fw.n_stars)
-    fwhm = float(fw.fwhm_px)
-    summary.update(fwhm_px=fwhm, fwhm_scatter_px=float(fw.scatter_px), fwhm_n_stars=int(fw.n_stars),
-                   fwhm_arcsec=fwhm * meta.pixel_scale if meta.pixel_scale else None,
-                   fwhm_gauss_px=float(fw.gauss_fwhm_px), fwhm_first_pass_px=float(fw.first_pass_px),
-                   fwhm_beta=float(fw.beta), fwhm_method=fw.method)
+    return fw
+
+
+async def _detect(job: _Job, image: MeasurableImage, fwhm: float, profile: Profile) -> Table:
+    from . import detect, photometry
 
     async with job.step("detect") as fig:
-        if fw.undersampled:
+        if fwhm < detect.UNDERSAMPLED_PX:
             _, kf = detect.detection_kernel(fwhm)
             job.log(f"undersampled stars (FWHM {fwhm:.2f} px): detection filter for {kf:.1f} px, apertures sized for "
-                    f"FWHM {photometry.aperture.aperture_fwhm(phot, fwhm):.2f} px (photometry.min_aperture_px)")
-        sources = await asyncio.to_thread(detect.find_stars, data_sub, bkg.rms, mask, fwhm, det, masks.saturated,
-                                          progress=job.progress_cb("detect"), cancel=job.cancelled)
+                    f"FWHM {photometry.aperture_fwhm(profile.photometry, fwhm):.2f} px (photometry.min_aperture_px)")
+        sources = await asyncio.to_thread(
+            detect.find_stars, image.data, image.rms, image.mask, fwhm, profile.detection, image.saturated,
+            border_px=profile.masks.border_px, progress=job.progress_cb("detect"), cancel=job.cancelled)
         fig["n_sources"] = len(sources)
+    return sources
 
-    cr = profile.cosmic_rays
-    plan = preprocess.cosmic_ray_plan(fwhm, fw.peak_share)
-    if cr.enabled and not plan.run:
+
+async def _cosmics(job: _Job, frame: Frame, image: MeasurableImage, background, masks, sources: Table, fw,
+                   profile: Profile) -> tuple[MeasurableImage, Table]:
+    from . import detect, photometry, preprocess
+
+    cr, phot = profile.cosmic_rays, profile.photometry
+    plan = preprocess.cosmic_ray_plan(fw.fwhm_px, fw.peak_share)
+    if not cr.enabled:
+        job.skip("cosmics", "disabled in the profile")
+    elif not plan.run:
         job.warn(plan.note, "cosmics")
         job.skip("cosmics", "stars as sharp as cosmic-ray hits")
-    elif cr.enabled:
+    else:
         async with job.step("cosmics") as fig:
             if plan.note:
                 job.log(plan.note)
             # the largest radius any measurement uses: apertures and the PSF fit
-            scale = photometry.aperture.aperture_fwhm(phot, fwhm)
-            radius = max(max(phot.aperture_factors) * scale, phot.fixed_aperture_px,
-                         (phot.psf_fit_radius * scale) if phot.psf else 0.0)
-            args = (frame.data, masks.nan | masks.saturated)
-            # on the background-relative signal: the frame's pedestal must not matter (issue 14)
-            kw = dict(background=bkg.background, rms=bkg.rms, star_share=plan.star_share,
-                      progress=job.progress_cb("cosmics"), cancel=job.cancelled)
-            if cr.scope == "frame":
-                cleaned, cr_mask = await asyncio.to_thread(preprocess.remove_cosmics, *args, cr.gain or gain,
-                                                           saturation, cr, **kw)
-            else:
-                cleaned, cr_mask = await asyncio.to_thread(
-                    preprocess.remove_cosmics_near, *args, np.asarray(sources["x"]), np.asarray(sources["y"]), radius,
-                    cr.gain or gain, saturation, cr, **kw)
-            # a "star" whose peak pixel is a cosmic ray is a hit the detection let through
-            px = np.clip(np.round(np.asarray(sources["x"])).astype(int), 0, cr_mask.shape[1] - 1)
-            py = np.clip(np.round(np.asarray(sources["y"])).astype(int), 0, cr_mask.shape[0] - 1)
-            is_cr = cr_mask[py, px]
-            if is_cr.any():
-                sources = sources[~is_cr]
-                sources["id"] = np.arange(1, len(sources) + 1)
-            data_sub = (cleaned - bkg.background).astype(np.float32, copy=False)
-            del cleaned
-            mask = mask | cr_mask
-            fig.update(n_cr_pixels=int(cr_mask.sum()), dropped_sources=int(is_cr.sum()), scope=cr.scope)
-    else:
-        job.skip("cosmics", "disabled in the profile")
-    summary["n_sources"] = len(sources)
+            apertures = photometry.aperture_set(phot, fw.fwhm_px)
+            radius = max(max(apertures.radii_px), phot.psf_fit_radius * apertures.fwhm_px if phot.psf else 0.0)
+            image, crmask = await asyncio.to_thread(
+                preprocess.clean_cosmic_rays, frame.data, image, background, masks, cr, sources["x"], sources["y"],
+                radius, progress=job.progress_cb("cosmics"), cancel=job.cancelled, star_share=plan.star_share)
+            sources, dropped = detect.drop_cosmic_ray_peaks(sources, crmask)
+            fig.update(n_cr_pixels=int(crmask.sum()), dropped_sources=dropped, scope=cr.scope)
     if len(sources) == 0:
-        raise NoStarsError(f"{path}: every detection was a cosmic-ray hit: no stars to measure")
+        raise NoStarsError(f"{frame.path}: every detection was a cosmic-ray hit: no stars to measure")
+    return image, sources
 
+
+async def _apertures(job: _Job, image: MeasurableImage, sources: Table, fwhm: float, profile: Profile) -> SourceCatalogue:
+    from . import photometry
+
+    phot = profile.photometry
     async with job.step("aperture") as fig:
-        cat = await asyncio.to_thread(
-            photometry.aperture_photometry, data_sub, bkg.rms, mask, sources, fwhm, gain, exptime, phot,
-            masks.saturated, progress=job.progress_cb("aperture"), cancel=job.cancelled)
-        labels = list(cat.meta["apertures"])
-        fig["apertures_px"] = ", ".join(f"{r:.1f}" for r in cat.meta["apertures"].values())
-    calib_label = labels[phot.calibration_aperture] if phot.fixed_aperture_px <= 0 else "fix"
-    summary.update(apertures_px=dict(cat.meta["apertures"]), calibration_label=calib_label)
+        apertures = photometry.aperture_set(phot, fwhm)
+        table = await asyncio.to_thread(
+            photometry.aperture_photometry, image.data, image.rms, image.mask, sources, fwhm, image.gain,
+            image.exptime, phot, image.saturated, progress=job.progress_cb("aperture"), cancel=job.cancelled,
+            apertures=apertures)
+        fig["apertures_px"] = ", ".join(f"{r:.1f}" for r in apertures.radii_px)
+    return SourceCatalogue(table, apertures)
 
-    psf_info = None
-    if phot.psf:
-        async with job.step("psf") as fig:
-            try:
-                cat, psf_info = await asyncio.to_thread(
-                    photometry.psf_photometry, data_sub, bkg.rms, mask, cat, fwhm, gain, exptime, phot,
-                    progress=job.progress_cb("psf"), cancel=job.cancelled, moffat_beta=fw.beta)
-                if psf_info.model != "ePSF":
-                    job.log(f"PSF fitted: {psf_info.model}, not the ePSF decimated to image pixels")
-                fig.update(n_fitted=int(psf_info.n_fitted), apcorr=psf_info.apcorr)
-                if psf_info.status != "ok":
-                    job.warn(f"PSF photometry: {psf_info.status}")
-            except (Cancelled, asyncio.CancelledError):
-                raise
-            except RppError as exc:
-                job.warn(f"PSF photometry skipped: {exc}")
-        if psf_info is not None:
-            summary["psf"] = {k: v for k, v in dataclasses.asdict(psf_info).items() if not isinstance(v, np.ndarray)} \
-                if dataclasses.is_dataclass(psf_info) else {}
-            _save_psf(psf_info, run_dir)
-    else:
+
+async def _psf(job: _Job, image: MeasurableImage, catalogue: SourceCatalogue, fw, profile: Profile, run_dir: Path):
+    from . import photometry
+
+    phot = profile.photometry
+    if not phot.psf:
         job.skip("psf", "disabled in the profile")
-
-    # ---- astrometry
-    wcs, wcs_info, refcat, ref_error = await _astrometry_stage(job, profile, frame, meta, cat, run_dir)
-    if wcs is None:
-        why = "no FITS WCS in the header" if frame.wcs_status == "missing" else f"WCS {frame.wcs_status}"
-        job.warn(f"{why} and no plate solution: the catalogue has pixel positions only, no calibration "
-                 "(enable astrometry.solve and give index files, see docs/astrometry.md)", "astrometry")
-    summary["wcs"] = wcs_info
-
-    # ---- sky positions
-    if wcs is not None:
-        ra, dec = _pix2radec(wcs, cat["x"], cat["y"])
-        cat["ra"], cat["dec"] = ra, dec
-        cat["ra"].unit = cat["dec"].unit = "deg"
-        pixel_scale = image.pixel_scale_from_wcs(wcs) or meta.pixel_scale
-        summary["pixel_scale_arcsec"] = pixel_scale
-    else:
-        cat["ra"] = np.full(len(cat), np.nan)
-        cat["dec"] = np.full(len(cat), np.nan)
-        pixel_scale = meta.pixel_scale
-
-    # ---- reference catalogue + zero point
-    zp_results: dict[str, Any] = {}
-    exit_code, message = 0, ""
-    if wcs is None:
-        job.skip("reference", "no WCS")
-        job.skip("calibrate", "no WCS")
-        exit_code, message = 6, f"{path}: no usable WCS ({frame.wcs_status}) and plate solving did not give one: catalogue in pixel coordinates only"
-    else:
-        async with job.step("reference") as fig:
-            # local files are always cut to this field here; a Gaia answer from the astrometry stage is reused
-            if (refcat is None and ref_error is None) or refcat is job.local_reference:
-                try:
-                    refcat = await _reference_catalog(job, profile, meta, frame, wcs)
-                except (CalibrationError, ServiceError) as exc:
-                    refcat, ref_error = None, str(exc)
-            if ref_error:
-                job.warn(ref_error)
-            fig["n_reference"] = 0 if refcat is None else len(refcat)
-        if refcat is None:
-            job.skip("calibrate", ref_error or "no reference catalogue")
-            if ref_error:
-                exit_code, message = 5, ref_error
-        else:
-            async with job.step("calibrate") as fig:
-                try:
-                    zp_results = _calibrate(job, cat, refcat, profile, meta, fwhm, pixel_scale, calib_label, wcs_info)
-                    fig.update(zp=zp_results["zp"], zp_err=zp_results["zp_err"], n_calibrators=zp_results["n_calibrators"])
-                except CalibrationError as exc:
-                    job.warn(str(exc))
-                    exit_code, message = 5, f"{path}: calibration failed: {exc}"
-    summary.update(zp_results)
-    summary.setdefault("zp", None)
-    summary["calibrated"] = bool(zp_results)
-
-    # ---- enrichment services
-    await _crossmatch_services(job, cat, profile, meta, wcs, fwhm, pixel_scale, wcs_info, summary)
-
-    # ---- outputs
-    async with job.step("output") as fig:
-        files = await asyncio.to_thread(_write_outputs, cat, summary, frame, wcs, run_dir, profile, fwhm, job.timings)
-        fig["files"] = len(files)
-    summary["timings"] = job.timings
-    summary["warnings"] = job.warnings
-    summary["status"] = "ok" if exit_code == 0 else "degraded"
-    summary["exit_code"] = exit_code
-    if message:
-        summary["error"] = message
-    files["summary"] = run_dir / "summary.json"
-    files["log"] = run_dir / "run.log"
-    return RunResult(run_dir=run_dir, catalog=cat, summary=summary, files=files, warnings=job.warnings,
-                     exit_code=exit_code, message=message)
-
-
-async def _astrometry_stage(job: _Job, profile: Profile, frame, meta, cat: Table, run_dir: Path):
-    """Decide, solve and/or refine. Returns (wcs or None, info dict, reference table or None, reference error)."""
-    from . import astrometry
-
-    wcs = frame.wcs if frame.wcs_status == "ok" else None
-    wcs_info: dict[str, Any] = {"status": frame.wcs_status, "source": "header" if wcs is not None else None}
-    refcat, ref_error = None, None
-    if profile.astrometry.solver == "none" or profile.astrometry.solve == "never":
-        job.skip("astrometry", "disabled in the profile")
-        return wcs, wcs_info, refcat, ref_error
-    async with job.step("astrometry") as fig:
+        return catalogue, None
+    info = None
+    async with job.step("psf") as fig:
         try:
-            refcat, ref_error = await _reference_for_astrometry(job, profile, meta, frame, wcs)
-            need, why = astrometry.needs_solving(frame, meta, profile.astrometry, refcat=refcat, sources=cat)
-            job.log(f"plate solving {'needed' if need else 'not needed'}: {why}")
-            if need:
-                res = await asyncio.to_thread(
-                    astrometry.solve, cat, frame.data.shape, meta, profile.astrometry,
-                    cancel=job.cancelled, progress=job.progress_cb("astrometry"), log=job.thread_log(), refcat=refcat)
-                wcs = res.wcs
-                wcs_info.update(status="solved", source=res.method, rms_arcsec=res.rms_arcsec, n_matched=res.n_matched)
-                for line in astrometry.wcs_keywords(frame.header):
-                    job.log(f"original WCS card: {line}", "DEBUG")
-            # solve() already refines against refcat; refine a header WCS only
-            elif wcs is not None and profile.astrometry.refine and refcat is not None and len(refcat) >= 5:
-                ref = await asyncio.to_thread(astrometry.refine, cat, wcs, refcat, profile.astrometry)
-                for line in ref.log:
-                    job.log(line)
-                if ref.wcs is not None and ref.wcs is not wcs:
-                    wcs = ref.wcs
-                    wcs_info.update(status="refined", refine_method=ref.method)
-                wcs_info.update(rms_arcsec=ref.rms_arcsec, n_matched=ref.n_matched)
-            fig.update({k: v for k, v in wcs_info.items() if k in ("status", "rms_arcsec", "n_matched")})
+            table, info = await asyncio.to_thread(
+                photometry.psf_photometry, image.data, image.rms, image.mask, catalogue.table,
+                fw.fwhm_px, image.gain, image.exptime, phot, progress=job.progress_cb("psf"),
+                cancel=job.cancelled, apertures=catalogue.apertures, moffat_beta=fw.beta)
+            catalogue = catalogue.with_table(table)
+            if info.model != "ePSF":
+                job.log(f"PSF fitted: {info.model}, not the ePSF decimated to image pixels")
+            fig.update(n_fitted=int(info.n_fitted), apcorr=info.apcorr)
+            if info.status != "ok":
+                job.warn(f"PSF photometry: {info.status}")
         except (Cancelled, asyncio.CancelledError):
             raise
         except RppError as exc:
-            job.warn(f"astrometry failed: {exc}")
-            wcs_info["error"] = str(exc)
-            if isinstance(exc, (CalibrationError, ServiceError)):
-                ref_error = str(exc)
-    if wcs is not None and wcs is not frame.wcs:
+            job.warn(f"PSF photometry skipped: {exc}")
+    if info is not None:
+        results.write_psf(info, run_dir / "psf.fits")
+    return catalogue, info
+
+
+async def _astrometry(job: _Job, profile: Profile, frame: Frame, meta: ObservationMeta, catalogue: SourceCatalogue,
+                      run_dir: Path) -> tuple[WcsSolution, Table | None, str | None]:
+    """Decide, solve and/or refine. Returns (the WCS solution, reference table or None, reference error)."""
+    from . import astrometry
+
+    header_wcs = frame.wcs if frame.wcs_status == "ok" else None
+    solution = WcsSolution(header_wcs, frame.wcs_status, "header" if header_wcs is not None else None)
+    refcat, ref_error = None, None
+    if profile.astrometry.solver == "none" or profile.astrometry.solve == "never":
+        job.skip("astrometry", "disabled in the profile")
+    else:
+        async with job.step("astrometry") as fig:
+            try:
+                refcat, ref_error = await _reference_for_astrometry(job, profile, meta, frame, header_wcs)
+                solution = await asyncio.to_thread(
+                    astrometry.find_wcs, frame, meta, catalogue.table, profile.astrometry, refcat,
+                    cancel=job.cancelled, progress=job.progress_cb("astrometry"), log=job.thread_log())
+                if solution.status == "solved":
+                    for line in astrometry.wcs_keywords(frame.header):
+                        job.log(f"original WCS card: {line}", "DEBUG")
+                fig.update(status=solution.status, rms_arcsec=solution.rms_arcsec, n_matched=solution.n_matched)
+            except (Cancelled, asyncio.CancelledError):
+                raise
+            except RppError as exc:
+                job.warn(f"astrometry failed: {exc}")
+                solution = dataclasses.replace(solution, error=str(exc))
+                if isinstance(exc, (CalibrationError, ServiceError)):
+                    ref_error = str(exc)
+    if solution.wcs is not None and solution.wcs is not frame.wcs:
         # the solved WCS goes into the header dump and a .wcs file; the originals are in the log
-        astrometry.write_wcs_file(wcs, frame.data.shape, run_dir / "frame.wcs")
-        results.write_header(astrometry.header_with_wcs(frame.header, wcs), run_dir / "header.txt")
-    return wcs, wcs_info, refcat, ref_error
+        astrometry.write_wcs_file(solution.wcs, frame.data.shape, run_dir / "frame.wcs")
+        results.write_header(astrometry.header_with_wcs(frame.header, solution.wcs), run_dir / "header.txt")
+    if solution.wcs is None:
+        why = "no FITS WCS in the header" if frame.wcs_status == "missing" else f"WCS {frame.wcs_status}"
+        job.warn(f"{why} and no plate solution: the catalogue has pixel positions only, no calibration "
+                 "(enable astrometry.solve and give index files, see docs/astrometry.md)", "astrometry")
+    return solution, refcat, ref_error
 
 
-def _pix2radec(wcs, x, y) -> tuple[np.ndarray, np.ndarray]:
-    """ICRS RA/Dec (deg) of 0-based pixels, whatever the WCS frame (galactic mosaics too)."""
-    from astropy.wcs.utils import pixel_to_skycoord
+def _sky_positions(job: _Job, frame: Frame, meta: ObservationMeta, solution: WcsSolution,
+                   catalogue: SourceCatalogue) -> tuple[SourceCatalogue, float | None]:
+    """ICRS ``ra``/``dec`` columns (NaN without a WCS) and the pixel scale to use from here on."""
+    from . import astrometry, image
 
-    c = pixel_to_skycoord(np.asarray(x, float), np.asarray(y, float), wcs, origin=0, mode="all").icrs
-    return c.ra.deg, c.dec.deg
+    table = catalogue.table.copy(copy_data=False)
+    if solution.wcs is None:
+        table["ra"] = np.full(len(table), np.nan)
+        table["dec"] = np.full(len(table), np.nan)
+        return catalogue.with_table(table), meta.pixel_scale
+    table["ra"], table["dec"] = astrometry.pixel_to_icrs(solution.wcs, table["x"], table["y"])
+    table["ra"].unit = table["dec"].unit = "deg"
+    return catalogue.with_table(table), image.pixel_scale_from_wcs(solution.wcs) or meta.pixel_scale
 
 
-def _field_cone(wcs, shape) -> tuple[float, float, float]:
-    """Centre (ra, dec) and radius (deg) of the circle round the frame footprint."""
-    ny, nx = shape
-    cx, cy = (nx - 1) / 2.0, (ny - 1) / 2.0
-    xs = np.array([cx, 0, nx - 1, 0, nx - 1])
-    ys = np.array([cy, 0, 0, ny - 1, ny - 1])
-    ra, dec = _pix2radec(wcs, xs, ys)
-    from astropy.coordinates import SkyCoord
+async def _calibration(job: _Job, made: _Products, profile: Profile, refcat, ref_error):
+    """Reference catalogue for the field, then the zero points; sets the exit code when it cannot."""
+    from . import calibrate
 
-    c = SkyCoord(ra, dec, unit="deg")
-    return float(ra[0]), float(dec[0]), float(c[1:].separation(c[0]).deg.max()) * 1.05
+    catalogue, solution = made.catalogue, made.wcs
+    if solution.wcs is None:
+        job.skip("reference", "no WCS")
+        job.skip("calibrate", "no WCS")
+        made.exit_code, made.message = 6, (f"{made.frame.path}: no usable WCS ({made.frame.wcs_status}) and plate "
+                                           "solving did not give one: catalogue in pixel coordinates only")
+        return catalogue, None
+    async with job.step("reference") as fig:
+        # local files are always cut to this field here; a Gaia answer from the astrometry stage is reused
+        if (refcat is None and ref_error is None) or refcat is job.local_reference:
+            try:
+                refcat = await _reference_catalog(job, profile, made.meta, made.frame, solution.wcs)
+            except (CalibrationError, ServiceError) as exc:
+                refcat, ref_error = None, str(exc)
+        if ref_error:
+            job.warn(ref_error)
+        fig["n_reference"] = 0 if refcat is None else len(refcat)
+    if refcat is None:
+        job.skip("calibrate", ref_error or "no reference catalogue")
+        if ref_error:
+            made.exit_code, made.message = 5, ref_error
+        return catalogue, None
+    async with job.step("calibrate") as fig:
+        try:
+            catalogue, cal = await asyncio.to_thread(
+                calibrate.calibrate, catalogue, refcat, profile.calibration, airmass=made.meta.airmass,
+                fwhm_px=made.fwhm.fwhm_px, pixel_scale=made.pixel_scale,
+                astrometric_rms_arcsec=solution.rms_arcsec or 0.0)
+        except CalibrationError as exc:
+            job.warn(str(exc))
+            made.exit_code, made.message = 5, f"{made.frame.path}: calibration failed: {exc}"
+            return catalogue, None
+        job.log(f"cross-match with the reference: {cal.n_matched} pairs within {cal.match_radius_arcsec:.2f}\"")
+        for label, why in cal.skipped.items():
+            job.log(f"zero point for {label} not fitted: {why}", "DEBUG")
+        if profile.calibration.color_term:
+            job.log(f"colour term C = {cal.color_coef:.4f} ± {cal.color_coef_err:.4f}")
+        job.log(f"zero point ({cal.label}) = {cal.zp:.4f} ± {cal.zp_err:.4f} mag at airmass {cal.airmass:.3f} "
+                f"(ZP0 = {cal.zp0:.4f}, k = {cal.extinction_k}), {cal.n_calibrators} calibrators, "
+                f"{cal.n_rejected} rejected, rms {cal.zp_rms:.4f}")
+        fig.update(zp=cal.zp, zp_err=cal.zp_err, n_calibrators=cal.n_calibrators)
+    return catalogue, cal
 
+
+async def _crossmatch_services(job: _Job, made: _Products, profile: Profile) -> tuple[SourceCatalogue, list]:
+    svc, solution, catalogue = profile.services, made.wcs, made.catalogue
+    if solution.wcs is None or not svc.enabled:
+        job.skip("crossmatch", "no WCS" if solution.wcs is None else "no services enabled")
+        return catalogue, []
+    from .catalogs import crossmatch as xm
+
+    async with job.step("crossmatch") as fig:
+        ra0, dec0, radius = xm.field_of_view(solution.wcs, made.frame.data.shape)
+        fwhm_arcsec = made.fwhm.fwhm_px * (made.pixel_scale or 1.0)
+        radius_arcsec = xm.match_radius(fwhm_arcsec, solution.rms_arcsec or 0.0)
+        table = catalogue.table.copy(copy_data=False)
+        columns, statuses = await xm.crossmatch_services(
+            np.asarray(table["ra"], float), np.asarray(table["dec"], float), radius_arcsec, (ra0, dec0), radius,
+            made.meta.date_obs, svc, profile.observatory, job.secrets,
+            cancel=job.cancelled, log=job.log, warn=lambda service, reason: job.warn(f"{service}: {reason}"),
+            client=job.service_client(profile), site=made.meta.site)
+        for name in columns.colnames:
+            table[name] = columns[name]
+        fig["n_identified"] = int(np.sum(np.asarray(table["matches"]).astype(str) != "")) if "matches" in table.colnames else 0
+    return catalogue.with_table(table), statuses
+
+
+# ---------------------------------------------------------------- reference catalogues
 
 async def _reference_for_astrometry(job: _Job, profile: Profile, meta, frame, wcs) -> tuple[Table | None, str | None]:
     """Reference stars for solving checks and refinement: the local files, or Gaia round the header WCS.
@@ -548,9 +583,11 @@ async def _local_reference(job: _Job, profile: Profile) -> Table:
 
 
 async def _reference_catalog(job: _Job, profile: Profile, meta, frame, wcs) -> Table | None:
-    """Local files first when configured, else Gaia DR3 (unless offline); falls back to local files."""
+    """Local files first when configured, else Gaia DR3 (from the cache only when offline)."""
+    from .catalogs.crossmatch import field_of_view
+
     cal = profile.calibration
-    ra0, dec0, radius = _field_cone(wcs, frame.data.shape)
+    ra0, dec0, radius = field_of_view(wcs, frame.data.shape)
     if cal.catalog_files and cal.catalog in ("auto", "file"):
         from .catalogs.local import cone_cut
 
@@ -576,138 +613,54 @@ async def _gaia(job: _Job, profile: Profile, meta, ra0, dec0, radius):
 
     ref = await gaia.fetch_gaia_reference(
         ra0, dec0, radius, meta.date_obs, profile.calibration.band, profile.services,
-        client=job.service_client(profile), cancel=job.cancelled, log=job.log)
+        client=job.service_client(profile), cancel=job.cancelled, log=job.log, cuts=profile.calibration)
     job.log(f"reference catalogue: {len(ref)} Gaia DR3 stars within {radius * 60:.1f}'")
     return ref
 
 
-def _calibrate(job: _Job, cat: Table, refcat: Table, profile: Profile, meta, fwhm: float, pixel_scale,
-               calib_label: str, wcs_info: dict) -> dict:
-    from . import calibrate
+# ---------------------------------------------------------------- the summary
 
-    cal = profile.calibration
-    radius = calibrate.match_radius_arcsec(fwhm, pixel_scale, cal, wcs_info.get("rms_arcsec") or 0.0)
-    i_src, i_ref, sep = calibrate.crossmatch(cat["ra"], cat["dec"], refcat["ra"], refcat["dec"], radius)
-    n = len(cat)
-    mag_ref = np.full(n, np.nan)
-    mag_ref_err = np.full(n, np.nan)
-    color = np.full(n, np.nan)
-    ref_id = np.full(n, "", dtype=object)
-    ref_sep = np.full(n, np.nan)
-    mag_ref[i_src] = refcat["mag"][i_ref]
-    mag_ref_err[i_src] = refcat["mag_err"][i_ref]
-    color[i_src] = refcat["color"][i_ref]
-    ref_id[i_src] = np.asarray(refcat["ref_id"]).astype(str)[i_ref]
-    ref_sep[i_src] = sep
-    cat["ref_id"] = ref_id.astype(str)
-    cat["ref_sep_arcsec"] = ref_sep
-    cat["mag_ref"] = mag_ref
-    cat["mag_ref_err"] = mag_ref_err
-    cat["ref_color"] = color
-    job.log(f"cross-match with the reference: {len(i_src)} pairs within {radius:.2f}\"")
-    in_range = (mag_ref >= cal.mag_min) & (mag_ref <= cal.mag_max)
-    if not in_range.any():
-        raise CalibrationError(
-            f"no calibrators: {len(i_src)} sources matched the reference within {radius:.1f}\" but none with "
-            f"{cal.band} between {cal.mag_min} and {cal.mag_max} (calibration.mag_min/mag_max)")
-
-    labels = list(cat.meta["apertures"])
-    if "psf_mag" in cat.colnames:
-        labels.append("psf")
-    out: dict[str, Any] = {"band": cal.band, "reference": refcat.meta.get("source", ""),
-                           "reference_system": refcat.meta.get("system", ""), "match_radius_arcsec": radius,
-                           "extinction_k": cal.extinction_k, "zp_by_aperture": {}}
-    main = None
-    for label in labels:
-        mcol, ecol, fcol = (("psf_mag", "psf_magerr", "psf_flag") if label == "psf"
-                            else (f"mag_{label}", f"magerr_{label}", f"flag_{label}"))
-        mi = np.asarray(cat[mcol], float)
-        ei = np.asarray(cat[ecol], float)
-        flags = np.asarray(cat[fcol]) if fcol in cat.colnames else np.zeros(n, int)
-        usable = in_range & (flags == 0) & np.isfinite(mi)
-        try:
-            zp = calibrate.fit_zero_point(mi, ei, mag_ref, mag_ref_err, color, meta.airmass, cal, usable=usable)
-        except CalibrationError as exc:
-            if label == calib_label:
-                raise
-            job.log(f"zero point for {label} not fitted: {exc}", "DEBUG")
-            continue
-        mc, ec = calibrate.apply_zero_point(mi, ei, zp, color)
-        name = "psf" if label == "psf" else label
-        cat[f"mag_cal_{name}"] = mc
-        cat[f"magerr_cal_{name}"] = ec
-        out["zp_by_aperture"][name] = {"zp": zp.zp, "zp_err": zp.zp_err, "zp0": zp.zp0, "n": zp.n_used, "rms": zp.rms}
-        if label == calib_label:
-            main = zp
-    assert main is not None
-    cat["calib_used"] = main.used
-    cat["calib_rejected"] = main.rejected
-    cat["calib_residual"] = np.where(main.used | main.rejected, main.residuals, np.nan)
-    cat["zp"] = np.full(n, main.zp)
-    cat["zp_err"] = np.full(n, main.zp_err)
-    cat["airmass"] = np.full(n, main.airmass)
-    if cal.color_term:
-        job.log(f"colour term C = {main.color_coef:.4f} ± {main.color_coef_err:.4f}")
-    job.log(f"zero point ({calib_label}) = {main.zp:.4f} ± {main.zp_err:.4f} mag at airmass {main.airmass:.3f} "
-            f"(ZP0 = {main.zp0:.4f}, k = {cal.extinction_k}), {main.n_used} calibrators, {main.n_rejected} rejected, "
-            f"rms {main.rms:.4f}")
-    out.update(zp=main.zp, zp_err=main.zp_err, zp0=main.zp0, zp_rms=main.rms, n_calibrators=main.n_used,
-               n_rejected=main.n_rejected, color_coef=main.color_coef, color_coef_err=main.color_coef_err,
-               airmass_used=main.airmass)
-    return out
-
-
-async def _crossmatch_services(job: _Job, cat: Table, profile: Profile, meta, wcs, fwhm, pixel_scale, wcs_info, summary) -> None:
-    svc = profile.services
-    if wcs is None or not svc.enabled:
-        job.skip("crossmatch", "no WCS" if wcs is None else "no services enabled")
-        return
-    from .catalogs import crossmatch as xm
-
-    async with job.step("crossmatch") as fig:
-        ra0, dec0, radius = _field_cone(wcs, (int(summary["shape"][0]), int(summary["shape"][1])))
-        radius_arcsec = max(1.0 * fwhm * (pixel_scale or 1.0), 3.0 * (wcs_info.get("rms_arcsec") or 0.0), 1.0)
-        columns, statuses = await xm.crossmatch_services(
-            np.asarray(cat["ra"], float), np.asarray(cat["dec"], float), radius_arcsec, (ra0, dec0), radius,
-            meta.date_obs, svc, profile.observatory, job.secrets,
-            cancel=job.cancelled, log=job.log, warn=lambda service, reason: job.warn(f"{service}: {reason}"),
-            client=job.service_client(profile), site=meta.site)
-        for name in columns.colnames:
-            cat[name] = columns[name]
-        summary["services"] = statuses
-        fig["n_identified"] = int(np.sum(np.asarray(cat["matches"]).astype(str) != "")) if "matches" in cat.colnames else 0
-
-
-def _save_psf(psf_info, run_dir: Path) -> None:
-    if psf_info.epsf is None:
-        return
-    from astropy.io import fits
-
-    hdr = fits.Header()
-    for key in ("oversampling", "n_stars", "apcorr", "apcorr_err"):
-        val = getattr(psf_info, key)
-        if isinstance(val, (int, float)) and np.isfinite(val):
-            hdr[key.upper()[:8]] = val
-    with fsio.atomic_path(run_dir / "psf.fits") as tmp:
-        fits.PrimaryHDU(np.asarray(psf_info.epsf, np.float32), header=hdr).writeto(tmp, overwrite=True)
-
-
-def _write_outputs(cat: Table, summary: dict, frame, wcs, run_dir: Path, profile: Profile, fwhm: float, timings) -> dict:
-    files: dict[str, Path] = {}
-    label = summary.get("calibration_label", "")
-    meta_plot = {"calibration_label": label, "zp": summary.get("zp"), "zp_err": summary.get("zp_err"),
-                 "n_calibrators": summary.get("n_calibrators", 0), "band": summary.get("band", ""),
-                 "zp_rms": summary.get("zp_rms", float("nan"))}
-    files.update(results.write_plots(cat, meta_plot, run_dir))
-    files["regions"] = results.write_regions(cat, run_dir / "regions.reg", radius_px=float(cat.meta["apertures"].get(label, 2 * fwhm)))
-    if wcs is not None and (run_dir / "frame.wcs").exists():
-        files["wcs"] = run_dir / "frame.wcs"
-    cat.meta.update({
-        "frame": summary["frame"], "date_obs": summary.get("date_obs"), "filter": summary.get("filter"),
-        "exptime": summary.get("exptime"), "airmass": summary.get("airmass"), "fwhm_px": fwhm,
-        "zp": summary.get("zp"), "zp_err": summary.get("zp_err"), "band": summary.get("band"),
-        "calibration_aperture": label, "pixel_origin": 0, "rpp_version": summary.get("rpp_version"),
-    })
-    summary["timings"] = dict(timings)
-    files.update(results.write_catalog(cat, run_dir, profile.output.formats))
-    return files
+def _summarize(made: _Products, job: _Job, path: Path, profile: Profile, run_dir: Path, status: str, exit_code: int,
+               error: str | None, seconds: float) -> RunSummary:
+    """The :class:`RunSummary` of what the run made (a failed run keeps what it had measured)."""
+    kw: dict[str, Any] = {}
+    if made.frame is not None:
+        kw.update(hdu=made.frame.hdu, shape=tuple(made.frame.data.shape), wcs_status=made.frame.wcs_status)
+    if made.meta is not None:
+        meta = made.meta
+        kw.update(date_obs=meta.date_obs.isot if meta.date_obs is not None else None,
+                  mjd=float(meta.date_obs.mjd) if meta.date_obs is not None else None,
+                  filter=meta.filter, object=meta.object, airmass=meta.airmass, pixel_scale_arcsec=meta.pixel_scale,
+                  pointing=(meta.ra, meta.dec), metadata_sources={k: str(v) for k, v in meta.sources.items()})
+    if made.exposure is not None:
+        kw.update(exptime=made.exposure.exptime, gain=made.exposure.gain, read_noise=made.exposure.read_noise)
+    if made.image is not None:
+        kw.update(saturation=made.image.saturation, background=made.image.background,
+                  background_rms=made.image.background_rms)
+    if made.fwhm is not None:
+        fw = made.fwhm
+        kw.update(fwhm_px=float(fw.fwhm_px), fwhm_scatter_px=float(fw.scatter_px), fwhm_n_stars=int(fw.n_stars),
+                  fwhm_arcsec=fw.fwhm_px * made.meta.pixel_scale if made.meta.pixel_scale else None,
+                  fwhm_gauss_px=float(fw.gauss_fwhm_px), fwhm_first_pass_px=float(fw.first_pass_px),
+                  fwhm_beta=float(fw.beta), fwhm_method=fw.method)
+    if made.catalogue is not None:
+        kw["n_sources"] = len(made.catalogue)
+        if made.catalogue.apertures is not None:
+            kw.update(apertures_px=made.catalogue.apertures.as_dict(),
+                      calibration_label=made.catalogue.apertures.calibration)
+    if made.psf is not None:
+        kw["psf"] = {k: v for k, v in dataclasses.asdict(made.psf).items() if not isinstance(v, np.ndarray)}
+    if made.wcs is not None:
+        kw["wcs"] = made.wcs
+        if made.wcs.wcs is not None:
+            kw["pixel_scale_arcsec"] = made.pixel_scale
+    if made.calibration is not None:
+        cal = made.calibration
+        kw.update(calibrated=True, band=cal.band, reference=cal.reference, reference_system=cal.reference_system,
+                  match_radius_arcsec=cal.match_radius_arcsec, extinction_k=cal.extinction_k, zp=cal.zp,
+                  zp_err=cal.zp_err, zp0=cal.zp0, zp_rms=cal.zp_rms, n_calibrators=cal.n_calibrators,
+                  n_rejected=cal.n_rejected, color_coef=cal.color_coef, color_coef_err=cal.color_coef_err,
+                  airmass_used=cal.airmass, zp_by_aperture=dict(cal.by_aperture))
+    return RunSummary(frame=str(path), profile=profile.name, run_dir=str(run_dir), rpp_version=__version__,
+                      status=status, exit_code=exit_code, error=error, services=tuple(made.services),
+                      timings=dict(job.timings), warnings=tuple(job.warnings), total_seconds=round(seconds, 3), **kw)

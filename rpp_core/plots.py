@@ -1,8 +1,9 @@
 """Text figures (plotext) shared by the run folder and the TUI.
 
 Each function takes the catalogue (astropy Table with the columns written by
-the pipeline) and returns the figure as a string; ``color=False`` gives plain
-text for files. The TUI may instead call :func:`draw` with its own plotext
+the pipeline) and the run's :class:`~rpp_core.products.RunSummary` (calibration
+aperture, zero point, band) and draws on a plotext-like object; :func:`render`
+returns the figure as a string, ``color=False`` gives plain text for files. The TUI may instead call :func:`draw` with its own plotext
 object (textual-plotext) to fill a widget of any size.
 """
 
@@ -14,6 +15,8 @@ from typing import Callable
 import numpy as np
 import plotext
 
+from .products import RunSummary
+
 # plotext keeps one global figure: serialise access
 _LOCK = threading.Lock()
 
@@ -24,6 +27,10 @@ def _col(table, name) -> np.ndarray:
     return np.asarray(np.ma.filled(np.ma.asarray(table[name]).astype(float), np.nan))
 
 
+def _num(v) -> float:
+    return float("nan") if v is None else float(v)
+
+
 def _finite(*arrays):
     ok = np.ones(len(arrays[0]), bool)
     for a in arrays:
@@ -31,13 +38,13 @@ def _finite(*arrays):
     return [a[ok] for a in arrays]
 
 
-def zp_fit(plt, table, meta: dict) -> None:
+def zp_fit(plt, table, summary: RunSummary) -> None:
     """Reference magnitude vs instrumental magnitude, the fitted line, rejected points marked."""
-    label = meta.get("calibration_label", "")
+    label = summary.calibration_label
     mi, mr = _col(table, f"mag_{label}"), _col(table, "mag_ref")
     used = _col(table, "calib_used") > 0
     rej = _col(table, "calib_rejected") > 0
-    zp = meta.get("zp")
+    zp = summary.zp
     if len(mi) == 0 or zp is None:
         plt.title("no zero point: run not calibrated")
         return
@@ -50,22 +57,22 @@ def zp_fit(plt, table, meta: dict) -> None:
         plt.scatter(x.tolist(), y.tolist(), marker="dot", color="cyan", label="used")
     if len(xr):
         plt.scatter(xr.tolist(), yr.tolist(), marker="x", color="red", label="rejected")
-    plt.title(f"Zero point {zp:.3f} ± {meta.get('zp_err', float('nan')):.3f}  (n={meta.get('n_calibrators', 0)})")
+    plt.title(f"Zero point {zp:.3f} ± {_num(summary.zp_err):.3f}  (n={summary.n_calibrators or 0})")
     plt.xlabel(f"instrumental mag ({label})")
-    plt.ylabel(f"catalogue {meta.get('band', '')}")
+    plt.ylabel(f"catalogue {summary.band or ''}")
 
 
-def residuals_mag(plt, table, meta: dict) -> None:
+def residuals_mag(plt, table, summary: RunSummary) -> None:
     """Calibration residual (catalogue - calibrated) vs catalogue magnitude."""
-    _residuals(plt, table, meta, "mag_ref", f"catalogue {meta.get('band', '')}")
+    _residuals(plt, table, summary, "mag_ref", f"catalogue {summary.band or ''}")
 
 
-def residuals_color(plt, table, meta: dict) -> None:
+def residuals_color(plt, table, summary: RunSummary) -> None:
     """Calibration residual vs reference colour."""
-    _residuals(plt, table, meta, "ref_color", "reference colour")
+    _residuals(plt, table, summary, "ref_color", "reference colour")
 
 
-def _residuals(plt, table, meta, xname, xlabel) -> None:
+def _residuals(plt, table, summary: RunSummary, xname, xlabel) -> None:
     x = _col(table, xname)
     res = _col(table, "calib_residual")
     used = _col(table, "calib_used") > 0
@@ -82,14 +89,14 @@ def _residuals(plt, table, meta, xname, xlabel) -> None:
     if len(a):
         plt.scatter(a.tolist(), b.tolist(), marker="x", color="red", label="rejected")
     plt.horizontal_line(0.0, color="yellow")
-    plt.title(f"Residuals vs {xlabel} (rms {meta.get('zp_rms', float('nan')):.3f})")
+    plt.title(f"Residuals vs {xlabel} (rms {_num(summary.zp_rms):.3f})")
     plt.xlabel(xlabel)
     plt.ylabel("residual (mag)")
 
 
-def mag_histogram(plt, table, meta: dict) -> None:
+def mag_histogram(plt, table, summary: RunSummary) -> None:
     """Histogram of calibrated (or instrumental) magnitudes of all sources."""
-    label = meta.get("calibration_label", "")
+    label = summary.calibration_label
     m = _col(table, f"mag_cal_{label}")
     what = "calibrated"
     if len(m) == 0 or not np.isfinite(m).any():
@@ -104,9 +111,9 @@ def mag_histogram(plt, table, meta: dict) -> None:
     plt.ylabel("N")
 
 
-def error_vs_mag(plt, table, meta: dict) -> None:
+def error_vs_mag(plt, table, summary: RunSummary) -> None:
     """Magnitude error vs magnitude of the calibration aperture."""
-    label = meta.get("calibration_label", "")
+    label = summary.calibration_label
     m, e = _col(table, f"mag_cal_{label}"), _col(table, f"magerr_cal_{label}")
     if len(m) == 0 or not np.isfinite(m).any():
         m, e = _col(table, f"mag_{label}"), _col(table, f"magerr_{label}")
@@ -129,9 +136,9 @@ FIGURES: dict[str, tuple[str, Callable]] = {
 }
 
 
-def draw(name: str, plt, table, meta: dict) -> None:
+def draw(name: str, plt, table, summary: RunSummary) -> None:
     """Draw figure ``name`` on a plotext-like object (plotext module or textual-plotext's ``plt``)."""
-    FIGURES[name][1](plt, table, meta)
+    FIGURES[name][1](plt, table, summary)
 
 
 def render_figure(draw_fn: Callable, width: int = 100, height: int = 30, color: bool = False,
@@ -158,6 +165,6 @@ def render_figure(draw_fn: Callable, width: int = 100, height: int = 30, color: 
     return text
 
 
-def render(name: str, table, meta: dict, width: int = 100, height: int = 30, color: bool = False) -> str:
+def render(name: str, table, summary: RunSummary, width: int = 100, height: int = 30, color: bool = False) -> str:
     """Figure ``name`` of :data:`FIGURES` as text."""
-    return render_figure(lambda plt: draw(name, plt, table, meta), width, height, color, FIGURES[name][0])
+    return render_figure(lambda plt: draw(name, plt, table, summary), width, height, color, FIGURES[name][0])

@@ -3,14 +3,17 @@
 Order in the pipeline: :func:`make_masks` and :func:`estimate_background` on the
 raw frame, FWHM and detection, then :func:`remove_cosmics_near` (round the
 detected sources) or :func:`remove_cosmics` (whole frame, ``scope = "frame"``)
-on the raw frame (ADU, sky included: astroscrappy's noise model needs it).
-Detection does not need cleaned data: DAOStarFinder's sharpness and roundness
-limits reject most hits, and a detection whose peak pixel is a cosmic ray is
-dropped after this stage. Images are float32, pixel origin 0, values in ADU.
+on the frame's signal above its background, with the RMS map as the noise (so a
+pedestal does not matter). The FWHM and the detection do not need cleaned data:
+the FWHM stage weighs sources by flux and rejects single-pixel peaks, and a
+detection whose peak pixel is a cosmic ray is dropped after this stage; how the
+stage treats sharp stars is :func:`cosmic_ray_plan`'s decision. Images are
+float32, pixel origin 0, values in ADU.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from dataclasses import dataclass
@@ -19,8 +22,9 @@ import numpy as np
 from scipy import ndimage as ndi
 
 from .errors import InputError
+from .products import ExposureValues, MeasurableImage
 from .progress import CancelFn, ProgressFn, check_cancel
-from .settings import CosmicRaySettings, DetectionSettings
+from .settings import BackgroundSettings, CosmicRaySettings, MaskSettings
 
 
 @dataclass
@@ -49,7 +53,7 @@ class Background:
     global_rms: float
 
 
-def make_masks(data: np.ndarray, saturation: float | None, settings: DetectionSettings) -> Masks:
+def make_masks(data: np.ndarray, saturation: float | None, settings: MaskSettings) -> Masks:
     """Masks of non-finite, saturated and border pixels.
 
     Parameters
@@ -59,7 +63,7 @@ def make_masks(data: np.ndarray, saturation: float | None, settings: DetectionSe
         Saturation level in ADU. ``None`` or <= 0: the level is taken as the
         frame maximum when at least 5 pixels sit exactly on it (a clipped
         plateau), else no pixel is flagged saturated.
-    settings : DetectionSettings
+    settings : MaskSettings
         ``saturation_fraction``, ``saturation_dilate_px``, ``border_px``.
     """
     if data.ndim != 2:
@@ -100,27 +104,6 @@ def _dilate_sparse(mask: np.ndarray, radius: int) -> np.ndarray:
         x0, x1 = max(sl[1].start - radius, 0), min(sl[1].stop + radius, nx)
         out[y0:y1, x0:x1] |= ndi.binary_dilation(mask[y0:y1, x0:x1], structure=np.ones((3, 3), bool), iterations=radius)
     return out
-
-
-def _sky_stats(data: np.ndarray, mask: np.ndarray | None) -> tuple[float, float]:
-    """Sigma-clipped median and MAD-sigma of a strided subsample (fast, ~1/16 of the pixels)."""
-    sub = data[::4, ::4]
-    good = np.isfinite(sub)
-    if mask is not None:
-        good &= ~mask[::4, ::4]
-    vals = sub[good].astype(np.float64)
-    if vals.size == 0:
-        return 0.0, 1.0
-    med = float(np.median(vals))
-    sig = 1.4826 * float(np.median(np.abs(vals - med)))
-    for _ in range(3):
-        keep = np.abs(vals - med) < 3 * max(sig, 1e-12)
-        if keep.sum() < 10:
-            break
-        vals = vals[keep]
-        med = float(np.median(vals))
-        sig = 1.4826 * float(np.median(np.abs(vals - med)))
-    return med, max(sig, 1e-6)
 
 
 def _tiles(shape: tuple[int, int], size: int, overlap: int):
@@ -175,8 +158,7 @@ def _scrappy_setup(data, mask, gain, saturation, settings: CosmicRaySettings, ba
     """NaN mask, astroscrappy's inmask, the signal, variance and background, and the parameters."""
     nan = ~np.isfinite(data)
     inmask = nan if mask is None else (np.asarray(mask, bool) | nan)
-    g = settings.gain if settings.gain > 0 else gain
-    sig, var, background = _signal_and_variance(data, inmask, g, background, rms)
+    sig, var, background = _signal_and_variance(data, inmask, gain, background, rms)
     return nan, inmask, sig, var, background, _scrappy_kwargs(sig, inmask, saturation, background, settings)
 
 
@@ -275,8 +257,8 @@ def remove_cosmics(
     mask : bool array or None
         Pixels never flagged nor used (astroscrappy ``inmask``); pass
         ``masks.nan | masks.saturated``. NaN pixels are always added.
-    gain : e-/ADU for the sources' Poisson term of the noise model (``settings.gain``
-        > 0 overrides it); None: the RMS map alone.
+    gain : e-/ADU for the sources' Poisson term of the noise model
+        (:func:`rpp_core.image.metadata.resolve_gain`); None: the RMS map alone.
     saturation : ADU (sky included), astroscrappy's ``satlevel`` (stars reaching it
         are protected); ``None``: the signal maximum if at least 5 pixels sit on it (a
         clipped plateau), else no level.
@@ -485,16 +467,15 @@ def remove_cosmics_near(
     return cleaned, crmask
 
 
-def estimate_background(data: np.ndarray, mask: np.ndarray | None, settings: DetectionSettings) -> Background:
+def estimate_background(data: np.ndarray, mask: np.ndarray | None, settings: BackgroundSettings) -> Background:
     """2-D background and RMS maps with ``sep_x.Background`` (SExtractor's estimator).
 
     Parameters
     ----------
     data : 2-D array, ADU (cosmic rays already cleaned).
     mask : bool array or None; masked pixels (and non-finite ones) are not used.
-    settings : DetectionSettings
-        ``background_box`` (mesh size, px) and ``background_filter`` (median
-        filter size, meshes).
+    settings : BackgroundSettings
+        ``box`` (mesh size, px) and ``filter`` (median filter size, meshes).
 
     Notes
     -----
@@ -512,9 +493,9 @@ def estimate_background(data: np.ndarray, mask: np.ndarray | None, settings: Det
     if nan.any():
         # sep skips masked pixels, but NaNs must not reach its arithmetic
         data = np.where(nan, np.float32(0), data)
-    box = int(min(settings.background_box, max(data.shape)))
+    box = int(min(settings.box, max(data.shape)))
     bkg = sep_x.Background(data, mask=np.ascontiguousarray(m), bw=box, bh=box,
-                           fw=settings.background_filter, fh=settings.background_filter)
+                           fw=settings.filter, fh=settings.filter)
     back = bkg.back(dtype=np.float32)
     rms = bkg.rms(dtype=np.float32)
     # a zero RMS (flat synthetic or fully masked mesh) would make S/N infinite downstream
@@ -523,3 +504,37 @@ def estimate_background(data: np.ndarray, mask: np.ndarray | None, settings: Det
         positive = rms[~bad]
         rms[bad] = np.median(positive) if positive.size else 1.0
     return Background(background=back, rms=rms, global_bkg=float(bkg.globalback), global_rms=float(bkg.globalrms))
+
+
+def measurable_image(data: np.ndarray, masks: Masks, background: Background, exposure: ExposureValues) -> MeasurableImage:
+    """The frame ready to measure: background subtracted (float32), the masks, the exposure values."""
+    return MeasurableImage(
+        data=(data - background.background).astype(np.float32, copy=False), rms=background.rms, mask=masks.combined,
+        saturated=masks.saturated, saturation=masks.saturation_level, gain=exposure.gain,
+        read_noise=exposure.read_noise, exptime=exposure.exptime, background=background.global_bkg,
+        background_rms=background.global_rms)
+
+
+def clean_cosmic_rays(raw: np.ndarray, image: MeasurableImage, background: Background, masks: Masks,
+                      settings: CosmicRaySettings, x=None, y=None, radius_px: float = 0.0,
+                      progress: ProgressFn | None = None, cancel: CancelFn | None = None,
+                      star_share: float | None = None) -> tuple[MeasurableImage, np.ndarray]:
+    """Cosmic rays found on the frame's signal above its background, and the measurable image
+    rebuilt from the cleaned pixels.
+
+    ``settings.scope == "sources"``: :func:`remove_cosmics_near` round the 0-based
+    positions ``x``, ``y`` out to ``radius_px`` (the largest aperture or PSF fit
+    radius); ``"frame"``: :func:`remove_cosmics` everywhere. ``star_share``: see
+    :class:`CosmicRayPlan`. The image's mask grows by the hits. Returns ``(image, crmask)``.
+    """
+    protect = masks.nan | masks.saturated
+    # on the background-relative signal with the RMS map as noise: the frame's pedestal must not matter (issue 14)
+    kw = dict(progress=progress, cancel=cancel, background=background.background, rms=background.rms,
+              star_share=star_share)
+    if settings.scope == "frame":
+        cleaned, crmask = remove_cosmics(raw, protect, image.gain, image.saturation, settings, **kw)
+    else:
+        cleaned, crmask = remove_cosmics_near(raw, protect, np.asarray(x), np.asarray(y), radius_px, image.gain,
+                                              image.saturation, settings, **kw)
+    data = (cleaned - background.background).astype(np.float32, copy=False)
+    return dataclasses.replace(image, data=data, mask=image.mask | crmask), crmask

@@ -23,20 +23,23 @@ the ZIP), so their presence means the run completed.
 from __future__ import annotations
 
 import datetime as dt
-import json
 import os
 import shutil
 import threading
 import warnings
 import zipfile
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 from astropy.io.fits.verify import VerifyWarning
 from astropy.table import Table
 
+if TYPE_CHECKING:
+    from .photometry import PsfInfo
+
 from . import plots
+from .products import RunSummary, SourceCatalogue
 from .fitsnames import frame_stem
 from .fsio import PART_SUFFIX, atomic_path, write_text
 
@@ -135,44 +138,52 @@ def write_header(header, path: Path) -> Path:
     return write_text(path, header.tostring(sep="\n", endcard=False, padding=False).rstrip() + "\n")
 
 
-def _json_default(obj: Any):
-    if isinstance(obj, (np.integer,)):
-        return int(obj)
-    if isinstance(obj, (np.floating,)):
-        return None if not np.isfinite(obj) else float(obj)
-    if isinstance(obj, np.bool_):
-        return bool(obj)
-    if isinstance(obj, np.ndarray):
-        return obj.tolist()
-    if isinstance(obj, Path):
-        return str(obj)
-    return str(obj)
-
-
-def _clean_floats(obj):
-    if isinstance(obj, float) and not np.isfinite(obj):
-        return None
-    if isinstance(obj, dict):
-        return {k: _clean_floats(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_clean_floats(v) for v in obj]
-    return obj
-
-
-def write_summary(summary: dict, path: Path) -> Path:
-    return write_text(path, json.dumps(_clean_floats(summary), indent=2, default=_json_default) + "\n")
-
-
-def write_plots(table: Table, meta: dict, run_dir: Path) -> dict[str, Path]:
+def write_plots(table: Table, summary: RunSummary, run_dir: Path) -> dict[str, Path]:
     folder = run_dir / "plots"
     folder.mkdir(exist_ok=True)
     files = {}
     for name in plots.FIGURES:
-        text = plots.render(name, table, meta, width=100, height=30, color=False)
+        text = plots.render(name, table, summary, width=100, height=30, color=False)
         files[f"plot_{name}"] = write_text(folder / f"{name}.txt", text)
     return files
 
 
+def write_psf(psf: PsfInfo, path: Path) -> Path | None:
+    """The oversampled ePSF as a FITS image (header: oversampling, stars, aperture correction); None without one."""
+    if psf.epsf is None:
+        return None
+    from astropy.io import fits
+
+    hdr = fits.Header()
+    for key in ("oversampling", "n_stars", "apcorr", "apcorr_err"):
+        val = getattr(psf, key)
+        if isinstance(val, (int, float)) and np.isfinite(val):
+            hdr[key.upper()[:8]] = val
+    with atomic_path(path) as tmp:
+        fits.PrimaryHDU(np.asarray(psf.epsf, np.float32), header=hdr).writeto(tmp, overwrite=True)
+    return path
+
+
+def write_outputs(catalogue: SourceCatalogue, summary: RunSummary, run_dir: Path, formats: list[str]) -> dict[str, Path]:
+    """Plots, DS9 regions and the catalogue in every format; the catalogue last, so its presence means done.
+
+    The catalogue's meta gets the frame, time, filter, exposure, airmass, FWHM,
+    zero point and calibration aperture from the summary (``pixel_origin`` 0).
+    """
+    cat = catalogue.table.copy(copy_data=False)
+    files: dict[str, Path] = dict(write_plots(cat, summary, run_dir))
+    radius = catalogue.apertures.radius(summary.calibration_label) if catalogue.apertures else 2.0 * (summary.fwhm_px or 1.0)
+    files["regions"] = write_regions(cat, run_dir / "regions.reg", radius_px=radius)
+    if (run_dir / "frame.wcs").exists():
+        files["wcs"] = run_dir / "frame.wcs"
+    cat.meta.update({
+        "frame": summary.frame, "date_obs": summary.date_obs, "filter": summary.filter, "exptime": summary.exptime,
+        "airmass": summary.airmass, "fwhm_px": summary.fwhm_px, "zp": summary.zp, "zp_err": summary.zp_err,
+        "band": summary.band, "calibration_aperture": summary.calibration_label, "pixel_origin": 0,
+        "rpp_version": summary.rpp_version,
+    })
+    files.update(write_catalog(cat, run_dir, formats))
+    return files
 def make_zip(run_dir: Path) -> Path:
     """ZIP of the whole run folder (except itself), written atomically."""
     target = run_dir / f"{run_dir.name}.zip"

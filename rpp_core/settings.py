@@ -1,12 +1,19 @@
 """Typed processing profile, its validation and its TOML storage.
 
-A profile is a :class:`Profile` made of one dataclass per section. Every field
-carries metadata used by validation, by the TUI forms and by the docs:
+A profile is a :class:`Profile` made of one dataclass per section, each
+section holding what one stage reads. Every field is typed down to its
+elements (``list[float]``) and its choices (``Literal[...]``), and carries
+metadata used by validation, by the TUI forms and by the docs:
 
 ``help``   one line for humans
 ``unit``   unit of the value (``"arcsec"``, ``"px"``, ``"x FWHM"``, ``"mag"`` ...)
-``range``  inclusive ``(min, max)`` for numbers
-``choices`` allowed values for strings
+``range``  inclusive ``(min, max)`` for numbers (for each element of a list of numbers)
+
+Every value from outside (``rpp --set``, a TOML file, a TUI form) goes through
+one coercion path, :func:`coerce`: ``"1.5,2,3"`` and ``"[1.5, 2, 3]"`` both give
+``[1.5, 2.0, 3.0]``, ``"[]"`` and ``""`` an empty list. Profiles written before
+a key moved section still load: :data:`MOVED` maps the old place to the new and
+``Profile.notes`` says what moved.
 
 Profiles live in ``<config>/profiles/<name>.toml`` (see :mod:`rpp_core.locations`).
 API keys never go in a profile: they live in ``<config>/secrets.toml``, created
@@ -21,7 +28,7 @@ import re
 import tomllib
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any, get_origin, get_type_hints
+from typing import Any, Literal, get_args, get_origin, get_type_hints
 
 import tomli_w
 
@@ -29,20 +36,22 @@ from . import fsio, locations
 from .errors import SettingsError
 
 
-def _f(default, help: str, unit: str = "", range=None, choices=None):  # noqa: A002
+def _f(default, help: str, unit: str = "", range=None):  # noqa: A002
     meta = {"help": help, "unit": unit}
     if range is not None:
         meta["range"] = range
-    if choices is not None:
-        meta["choices"] = choices
     if isinstance(default, (list, dict)):
         return field(default_factory=lambda d=default: type(d)(d), metadata=meta)
     return field(default=default, metadata=meta)
 
 
+Service = Literal["gaia", "simbad", "skybot", "vsx", "milliquas", "10pc", "astrocolibri"]
+CatalogFormat = Literal["csv", "ecsv", "votable", "fits"]
+
+
 @dataclass
 class ObservatorySettings:
-    """Site used when the FITS header does not give one (SITELAT/SITELONG/SITEELEV)."""
+    """Site and camera used when the FITS header does not say (SITELAT/SITELONG/SITEELEV, GAIN...)."""
 
     name: str = _f("", "observatory name")
     iau_code: str = _f("", "IAU/MPC observatory code, used by SkyBoT (e.g. 'J13')")
@@ -57,18 +66,30 @@ class ObservatorySettings:
 
 
 @dataclass
+class MaskSettings:
+    """Pixels not to trust: the frame border and saturated pixels."""
+
+    border_px: int = _f(10, "mask the frame edge and ignore sources closer than this to it", "px", (0, 1000))
+    saturation_fraction: float = _f(0.95, "pixels above this fraction of SATURATE are masked", "", (0.1, 1.0))
+    saturation_dilate_px: int = _f(1, "grow the saturated-pixel mask by this many pixels", "px", (0, 20))
+
+
+@dataclass
+class BackgroundSettings:
+    """The 2-D background and RMS maps (SExtractor's estimator)."""
+
+    box: int = _f(64, "2-D background mesh size", "px", (8, 1024))
+    filter: int = _f(3, "median filter over background meshes", "meshes", (1, 15))
+
+
+@dataclass
 class DetectionSettings:
     seeing_arcsec: float = _f(2.5, "expected seeing: only compared with the measured FWHM in the log, never used to measure it", "arcsec", (1.0, 6.0))
     threshold_sigma: float = _f(5.0, "detection threshold: peak amplitude of a star in units of the background RMS map", "sigma", (1.5, 100.0))
+    finder: Literal["sep", "daofind"] = _f("sep", "sep: SExtractor's filtered thresholding with deblending (fast); daofind: DAOStarFinder, adds sharpness and roundness columns")
     deblend_contrast: float = _f(0.001, "sep finder: smallest flux fraction a peak needs to be split off as its own source (SExtractor DEBLEND_MINCONT; 0.005 there, 0.001 separates the 4-5 px pairs of a crowded plate)", "", (1e-6, 1.0))
-    finder: str = _f("sep", "sep: SExtractor's filtered thresholding with deblending (fast); daofind: DAOStarFinder, adds sharpness and roundness columns", choices=["sep", "daofind"])
-    border_px: int = _f(10, "ignore sources closer than this to the edge", "px", (0, 1000))
-    saturation_fraction: float = _f(0.95, "pixels above this fraction of SATURATE are masked", "", (0.1, 1.0))
-    background_box: int = _f(64, "2-D background mesh size", "px", (8, 1024))
-    background_filter: int = _f(3, "median filter over background meshes", "meshes", (1, 15))
     fwhm_max_stars: int = _f(60, "isolated stars used to measure the FWHM", "", (5, 2000))
     max_sources: int = _f(0, "keep only the N brightest detections, 0 = all", "", (0, 10_000_000))
-    saturation_dilate_px: int = _f(1, "grow the saturated-pixel mask by this many pixels", "px", (0, 20))
 
 
 @dataclass
@@ -78,20 +99,19 @@ class CosmicRaySettings:
     sigfrac: float = _f(0.3, "fractional detection limit for neighbours", "", (0.01, 1.0))
     objlim: float = _f(5.0, "contrast limit between CR and underlying object", "", (0.5, 100.0))
     niter: int = _f(1, "astroscrappy iterations (4 = library default; 1 found the same hits on our test frames)", "", (1, 10))
-    scope: str = _f("sources", "where to look: round detected sources only (fast) or the whole frame", choices=["sources", "frame"])
-    gain: float = _f(0.0, "gain for CR detection, 0 = from header/observatory", "e-/ADU", (0.0, 1000.0))
-    read_noise: float = _f(0.0, "read noise for CR detection, 0 = from header/observatory", "e-", (0.0, 1000.0))
+    scope: Literal["sources", "frame"] = _f("sources", "where to look: round detected sources only (fast) or the whole frame")
     tile_px: int = _f(1024, "process the frame in tiles of this size (progress and cancel between tiles), 0 = one piece", "px", (0, 100000))
     workers: int = _f(2, "threads over tiles (astroscrappy also uses OpenMP)", "", (1, 64))
 
 
 @dataclass
 class PhotometrySettings:
-    aperture_factors: list = _f([1.5, 2.0, 2.5, 3.0], "aperture radii", "x FWHM")
+    aperture_factors: list[float] = _f([1.5, 2.0, 2.5, 3.0], "aperture radii", "x FWHM", (0.3, 20.0))
     annulus_inner: float = _f(4.0, "local background annulus inner radius", "x FWHM", (1.0, 20.0))
     annulus_outer: float = _f(6.0, "local background annulus outer radius", "x FWHM", (1.5, 30.0))
-    calibration_aperture: int = _f(1, "index in aperture_factors of the aperture used for the zero point", "", (0, 9))
-    fixed_aperture_px: float = _f(0.0, "extra aperture of fixed radius, 0 = none", "px", (0.0, 200.0))
+    calibration_aperture: int = _f(1, "index in aperture_factors of the aperture used for the zero point "
+                                      "(the fixed aperture when there is one)", "", (0, 9))
+    fixed_aperture_px: float = _f(0.0, "extra aperture of fixed radius, 0 = none; when set it calibrates", "px", (0.0, 200.0))
     min_aperture_px: float = _f(2.0, "smallest aperture radius: undersampled stars get apertures and annulus sized as for a FWHM of this over the smallest factor", "px", (0.0, 50.0))
     psf: bool = _f(True, "build an ePSF and run PSF photometry")
     psf_stars: int = _f(100, "isolated stars used to build the ePSF", "", (5, 1000))
@@ -106,9 +126,9 @@ class PhotometrySettings:
 
 @dataclass
 class AstrometrySettings:
-    solver: str = _f("astrometry.net", "plate solver", choices=["astrometry.net", "siril", "none"])
-    solve: str = _f("auto", "when to solve", choices=["auto", "always", "never"])
-    index_dirs: list = _f([], "folders with astrometry.net index files")
+    solver: Literal["astrometry.net", "siril", "none"] = _f("astrometry.net", "plate solver")
+    solve: Literal["auto", "always", "never"] = _f("auto", "when to solve")
+    index_dirs: list[str] = _f([], "folders with astrometry.net index files")
     timeout_s: float = _f(120.0, "plate-solving time limit", "s", (5.0, 3600.0))
     scale_tolerance: float = _f(0.2, "relative tolerance on the pixel-scale hint", "", (0.01, 1.0))
     search_radius_deg: float = _f(2.0, "search radius round the pointing hint", "deg", (0.01, 180.0))
@@ -126,13 +146,13 @@ class AstrometrySettings:
 @dataclass
 class CalibrationSettings:
     band: str = _f("G", "reference band to calibrate to (column of the reference catalogue, see mag_column)")
-    catalog_files: list = _f([], "local reference catalogue files (CSV/ECSV/FITS/VOTable)")
-    catalog: str = _f("auto", "reference source", choices=["auto", "file", "gaia"])
+    catalog_files: list[str] = _f([], "local reference catalogue files (CSV/ECSV/FITS/VOTable)")
+    catalog: Literal["auto", "file", "gaia"] = _f("auto", "reference source")
     ra_column: str = _f("ra", "RA column (deg) of local catalogues")
     dec_column: str = _f("dec", "Dec column (deg) of local catalogues")
     mag_column: str = _f("", "magnitude column, '' = the band name")
     mag_err_column: str = _f("", "magnitude error column, '' = '<mag>_err' if present")
-    color_columns: list = _f([], "two magnitude columns whose difference is the colour, e.g. ['BP', 'RP']")
+    color_columns: list[str] = _f([], "two magnitude columns whose difference is the colour, e.g. ['BP', 'RP']")
     color_term: bool = _f(False, "fit a colour term")
     mag_min: float = _f(8.0, "brightest reference magnitude used", "mag", (-5.0, 30.0))
     mag_max: float = _f(18.0, "faintest reference magnitude used", "mag", (-5.0, 30.0))
@@ -141,12 +161,17 @@ class CalibrationSettings:
     extinction_k: float = _f(0.0, "extinction coefficient k (m0 = m - k X)", "mag/airmass", (0.0, 2.0))
     clip_sigma: float = _f(3.0, "outlier rejection in MAD-sigma", "sigma", (1.5, 10.0))
     min_calibrators: int = _f(3, "fewest calibrators for a zero point", "", (1, 1000))
+    gaia_max_ruwe: float = _f(1.4, "Gaia calibration stars: largest RUWE", "", (1.0, 100.0))
+    gaia_color_min: float = _f(-0.5, "Gaia calibration stars: bluest BP-RP", "mag", (-5.0, 10.0))
+    gaia_color_max: float = _f(4.0, "Gaia calibration stars: reddest BP-RP", "mag", (-5.0, 10.0))
+    gaia_isolation_arcsec: float = _f(5.0, "Gaia calibration stars: no neighbour within this radius brighter than 2.5 mag fainter", "arcsec", (0.0, 120.0))
+    gaia_exclude_variable: bool = _f(True, "Gaia calibration stars: drop phot_variable_flag = VARIABLE")
 
 
 @dataclass
 class ServicesSettings:
     offline: bool = _f(False, "use only cache and local catalogue files")
-    enabled: list = _f(["gaia", "simbad", "skybot", "vsx", "milliquas", "10pc", "astrocolibri"], "cross-match services")
+    enabled: list[Service] = _f(["gaia", "simbad", "skybot", "vsx", "milliquas", "10pc", "astrocolibri"], "cross-match services")
     gaia_tap: str = _f("https://gea.esac.esa.int/tap-server/tap", "Gaia archive TAP endpoint")
     simbad_tap: str = _f("https://simbad.cds.unistra.fr/simbad/sim-tap", "SIMBAD TAP endpoint")
     vizier_tap: str = _f("https://tapvizier.cds.unistra.fr/TAPVizieR/tap", "VizieR TAP endpoint")
@@ -161,17 +186,12 @@ class ServicesSettings:
     transient_days: float = _f(60.0, "Astro-Colibri time window round the observation", "days", (1.0, 3650.0))
     # --- added by the catalogue-services work (issue 3): see docs/catalogs.md
     vizier: str = _f("https://vizier.cds.unistra.fr/viz-bin/votable", "VizieR ASU VOTable endpoint (B/vsx, Milliquas, 10 pc cones)")
-    vsx_source: str = _f("vizier", "where VSX comes from: VizieR B/vsx or the AAVSO VSX API", choices=["vizier", "api"])
+    vsx_source: Literal["vizier", "api"] = _f("vizier", "where VSX comes from: VizieR B/vsx or the AAVSO VSX API")
     backoff_s: float = _f(1.0, "first retry delay, doubled at each retry", "s", (0.0, 60.0))
     retry_after_max_s: float = _f(120.0, "longest Retry-After wait honoured before giving up", "s", (0.0, 3600.0))
     max_rows: int = _f(50000, "most rows asked of one cross-match service per field", "", (10, 10_000_000))
     gaia_tile_deg: float = _f(1.0, "Gaia cones wider than this are split into tiles of this radius", "deg", (0.05, 5.0))
     gaia_batch_ids: int = _f(500, "source_ids per synthetic-photometry query", "", (10, 5000))
-    gaia_max_ruwe: float = _f(1.4, "calibration stars: largest RUWE", "", (1.0, 100.0))
-    gaia_color_min: float = _f(-0.5, "calibration stars: bluest BP-RP", "mag", (-5.0, 10.0))
-    gaia_color_max: float = _f(4.0, "calibration stars: reddest BP-RP", "mag", (-5.0, 10.0))
-    gaia_isolation_arcsec: float = _f(5.0, "calibration stars: no neighbour within this radius brighter than 2.5 mag fainter", "arcsec", (0.0, 120.0))
-    gaia_exclude_variable: bool = _f(True, "calibration stars: drop phot_variable_flag = VARIABLE")
     # --- added by issues 13/14 (catalogue answers): see docs/catalogs.md
     cache_days: float = _f(180.0, "how long cached Gaia, SIMBAD, VizieR and VSX answers stay valid", "days", (0.01, 3650.0))
     cache_days_transient: float = _f(1.0, "how long cached SkyBoT and Astro-Colibri answers (keyed by the epoch) stay valid", "days", (0.001, 365.0))
@@ -181,7 +201,7 @@ class ServicesSettings:
 
 @dataclass
 class OutputSettings:
-    formats: list = _f(["csv", "ecsv", "votable", "fits"], "catalogue formats")
+    formats: list[CatalogFormat] = _f(["csv", "ecsv", "votable", "fits"], "catalogue formats")
     zip: bool = _f(True, "pack the run folder into a ZIP")
     keep_days: float = _f(0.0, "delete runs older than this after each run, 0 = keep", "days", (0.0, 36500.0))
     max_total_gb: float = _f(0.0, "delete oldest runs beyond this total size, 0 = no bound", "GB", (0.0, 100000.0))
@@ -189,6 +209,8 @@ class OutputSettings:
 
 SECTIONS: dict[str, type] = {
     "observatory": ObservatorySettings,
+    "masks": MaskSettings,
+    "background": BackgroundSettings,
     "detection": DetectionSettings,
     "cosmic_rays": CosmicRaySettings,
     "photometry": PhotometrySettings,
@@ -198,13 +220,35 @@ SECTIONS: dict[str, type] = {
     "output": OutputSettings,
 }
 
+#: keys that moved to the section of the stage that reads them: old "section.key" -> new "section.key"
+MOVED: dict[str, str] = {
+    "detection.border_px": "masks.border_px",
+    "detection.saturation_fraction": "masks.saturation_fraction",
+    "detection.saturation_dilate_px": "masks.saturation_dilate_px",
+    "detection.background_box": "background.box",
+    "detection.background_filter": "background.filter",
+    "services.gaia_max_ruwe": "calibration.gaia_max_ruwe",
+    "services.gaia_color_min": "calibration.gaia_color_min",
+    "services.gaia_color_max": "calibration.gaia_color_max",
+    "services.gaia_isolation_arcsec": "calibration.gaia_isolation_arcsec",
+    "services.gaia_exclude_variable": "calibration.gaia_exclude_variable",
+    # one gain and read noise for every stage, resolved by rpp_core.image.metadata
+    "cosmic_rays.gain": "observatory.gain",
+    "cosmic_rays.read_noise": "observatory.read_noise",
+}
+
 
 @dataclass
 class Profile:
-    """A complete processing profile. ``name`` is the file stem in the profiles dir."""
+    """A complete processing profile. ``name`` is the file stem in the profiles dir.
+
+    ``notes`` (not saved) says what was changed while reading an older profile.
+    """
 
     name: str = "default"
     observatory: ObservatorySettings = field(default_factory=ObservatorySettings)
+    masks: MaskSettings = field(default_factory=MaskSettings)
+    background: BackgroundSettings = field(default_factory=BackgroundSettings)
     detection: DetectionSettings = field(default_factory=DetectionSettings)
     cosmic_rays: CosmicRaySettings = field(default_factory=CosmicRaySettings)
     photometry: PhotometrySettings = field(default_factory=PhotometrySettings)
@@ -212,6 +256,7 @@ class Profile:
     calibration: CalibrationSettings = field(default_factory=CalibrationSettings)
     services: ServicesSettings = field(default_factory=ServicesSettings)
     output: OutputSettings = field(default_factory=OutputSettings)
+    notes: list[str] = field(default_factory=list, compare=False, repr=False)
 
     def to_dict(self) -> dict[str, Any]:
         out = {"name": self.name}
@@ -221,18 +266,22 @@ class Profile:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], source: str = "profile") -> "Profile":
+        data, notes = _migrate(data, source)
         unknown = set(data) - set(SECTIONS) - {"name"}
         if unknown:
             raise SettingsError(f"{source}: unknown section(s) {sorted(unknown)}; known: {sorted(SECTIONS)}")
         kwargs: dict[str, Any] = {"name": str(data.get("name", "default"))}
         for sec, klass in SECTIONS.items():
             kwargs[sec] = section_from_dict(klass, data.get(sec, {}), f"{source} [{sec}]")
-        profile = cls(**kwargs)
+        profile = cls(**kwargs, notes=notes)
         validate(profile, source)
         return profile
 
     def replace(self, **changes: Any) -> "Profile":
-        """Copy with dotted changes, e.g. ``replace(**{"detection.threshold_sigma": 3})``, validated."""
+        """Copy with dotted changes, e.g. ``replace(**{"detection.threshold_sigma": 3})``, validated.
+
+        Values may be typed or text (``"1.5,2,3"``): both go through :func:`coerce`.
+        """
         data = self.to_dict()
         for key, value in changes.items():
             sec, _, name = key.partition(".")
@@ -242,15 +291,103 @@ class Profile:
         return Profile.from_dict(data, f"profile {self.name!r}")
 
 
-def _coerce(value: Any, typ: Any, where: str) -> Any:
-    origin = get_origin(typ) or typ
-    if origin is bool:
+def _migrate(data: dict[str, Any], source: str) -> tuple[dict[str, Any], list[str]]:
+    """Move keys of an older profile to their sections (:data:`MOVED`); the notes say which."""
+    data = {k: (dict(v) if isinstance(v, dict) else v) for k, v in data.items()}
+    moved = []
+    for old, new in MOVED.items():
+        osec, okey = old.split(".")
+        nsec, nkey = new.split(".")
+        section = data.get(osec)
+        if not isinstance(section, dict) or okey not in section:
+            continue
+        value = section.pop(okey)
+        target = data.setdefault(nsec, {})
+        if not isinstance(target, dict):
+            continue
+        if nkey in target and old.startswith("cosmic_rays."):
+            moved.append(f"{old} dropped ({new} = {target[nkey]} is the one value now)")
+            continue
+        if old.startswith("cosmic_rays.") and not value:
+            moved.append(f"{old} dropped (0 meant: the header's or {new})")
+            continue
+        target[nkey] = value
+        moved.append(f"{old} -> {new}")
+    notes = [f"{source}: older profile: {', '.join(moved)}; save it to keep the new layout"] if moved else []
+    return data, notes
+
+
+# ---------------------------------------------------------------- types and the one coercion path
+
+@dataclass(frozen=True)
+class FieldSpec:
+    """What a form needs to edit a setting: its kind, element kind and choices, unit, range, help."""
+
+    name: str
+    kind: str  # "bool", "int", "float", "str", "choice" or "list"
+    element: str = ""  # for lists: "float", "int", "str" or "choice"
+    choices: tuple = ()
+    unit: str = ""
+    range: tuple | None = None
+    help: str = ""
+
+
+def _kind(typ: Any) -> tuple[str, tuple]:
+    if get_origin(typ) is Literal:
+        return "choice", get_args(typ)
+    return {bool: "bool", int: "int", float: "float", str: "str"}.get(typ, "str"), ()
+
+
+def field_spec(klass: type, name: str) -> FieldSpec:
+    """The :class:`FieldSpec` of ``klass.name`` from its type annotation and metadata."""
+    f = {f.name: f for f in fields(klass)}[name]
+    typ = get_type_hints(klass)[name]
+    meta = f.metadata
+    common = dict(unit=meta.get("unit", ""), range=meta.get("range"), help=meta.get("help", ""))
+    if get_origin(typ) is list:
+        element, choices = _kind(get_args(typ)[0])
+        return FieldSpec(name, "list", element, choices, **common)
+    kind, choices = _kind(typ)
+    return FieldSpec(name, kind, "", choices, **common)
+
+
+def _parse_list(text: str, where: str) -> list:
+    text = text.strip()
+    if text.startswith("["):
+        try:
+            value = tomllib.loads(f"v = {text}")["v"]
+        except tomllib.TOMLDecodeError:
+            raise SettingsError(f"{where}: {text!r} is not a list; write a, b, c or [\"a\", \"b\"]") from None
+        return list(value)
+    return [v.strip().strip("'\"") for v in text.split(",") if v.strip()]
+
+
+def coerce(value: Any, typ: Any, where: str) -> Any:
+    """``value`` (typed, or text from a command line or a form) as type ``typ``; raise :class:`SettingsError`.
+
+    The one coercion path: TOML, ``--set`` and the TUI all come through here.
+    Lists are coerced element by element; ``Literal`` choices are enforced.
+    """
+    origin = get_origin(typ)
+    if origin is Literal:
+        choices = get_args(typ)
+        if value not in choices:
+            raise SettingsError(f"{where} = {value!r} is not one of {list(choices)}")
+        return value
+    if origin is list:
+        (element,) = get_args(typ)
+        if isinstance(value, str):
+            value = _parse_list(value, where)
+        if not isinstance(value, (list, tuple)):
+            raise SettingsError(f"{where}: expected a list, got {value!r}")
+        return [coerce(v, element, f"{where}[{i}]") for i, v in enumerate(value)]
+    if typ is bool:
         if isinstance(value, bool):
             return value
         if isinstance(value, str) and value.lower() in {"true", "yes", "on", "1", "false", "no", "off", "0"}:
             return value.lower() in {"true", "yes", "on", "1"}
         raise SettingsError(f"{where}: expected true/false, got {value!r}")
-    if origin is int:
+    if typ is int:
         if isinstance(value, bool):
             raise SettingsError(f"{where}: expected an integer, got {value!r}")
         try:
@@ -260,63 +397,54 @@ def _coerce(value: Any, typ: Any, where: str) -> Any:
         if not as_float.is_integer():
             raise SettingsError(f"{where}: expected an integer, got {value!r}")
         return int(as_float)
-    if origin is float:
+    if typ is float:
+        if isinstance(value, bool):
+            raise SettingsError(f"{where}: expected a number, got {value!r}")
         try:
             return float(value)
         except (TypeError, ValueError):
             raise SettingsError(f"{where}: expected a number, got {value!r}") from None
-    if origin is str:
-        if not isinstance(value, (str, int, float)):
+    if typ is str:
+        if not isinstance(value, (str, int, float)) or isinstance(value, bool):
             raise SettingsError(f"{where}: expected text, got {value!r}")
         return str(value)
-    if origin is list:
-        if isinstance(value, str):
-            value = [v.strip() for v in value.split(",") if v.strip()]
-        if not isinstance(value, (list, tuple)):
-            raise SettingsError(f"{where}: expected a list, got {value!r}")
-        return list(value)
-    return value
+    raise TypeError(f"{where}: settings of type {typ!r} are not supported")
 
 
 def section_from_dict(klass: type, data: dict[str, Any], where: str):
     if not isinstance(data, dict):
         raise SettingsError(f"{where}: expected a table of settings, got {data!r}")
-    hints = get_type_hints(klass)
     names = {f.name for f in fields(klass)}
     unknown = set(data) - names
     if unknown:
         raise SettingsError(f"{where}: unknown setting(s) {sorted(unknown)}; known: {sorted(names)}")
-    kwargs = {k: _coerce(v, hints[k], f"{where} {k}") for k, v in data.items()}
-    return klass(**kwargs)
+    return klass(**{k: check_value(klass, k, v, where) for k, v in data.items()})
 
 
 def check_value(klass: type, name: str, value: Any, where: str = "") -> Any:
     """Coerce and range-check one value; raise :class:`SettingsError` naming it.
 
-    Used by the TUI to validate as the user types.
+    Used by TOML loading, ``--set`` and the TUI form (as the user types).
     """
-    f = {f.name: f for f in fields(klass)}[name]
     label = f"{where} {name}".strip()
-    value = _coerce(value, get_type_hints(klass)[name], label)
-    meta = f.metadata
-    if "range" in meta and isinstance(value, (int, float)):
-        lo, hi = meta["range"]
-        if not (lo <= value <= hi):
-            unit = f" {meta['unit']}" if meta.get("unit") else ""
-            raise SettingsError(f"{label} = {value}{unit} is out of range: allowed {lo} to {hi}{unit}")
-    if "choices" in meta and value not in meta["choices"]:
-        raise SettingsError(f"{label} = {value!r} is not one of {meta['choices']}")
+    value = coerce(value, get_type_hints(klass)[name], label)
+    rng = {f.name: f for f in fields(klass)}[name].metadata.get("range")
+    unit = field_spec(klass, name).unit
+    for v in (value if isinstance(value, list) else [value]):
+        if rng is not None and isinstance(v, (int, float)) and not (rng[0] <= v <= rng[1]):
+            u = f" {unit}" if unit else ""
+            raise SettingsError(f"{label} = {value}{u} is out of range: allowed {rng[0]} to {rng[1]}{u}")
     return value
 
 
 def validate(profile: Profile, source: str = "profile") -> None:
-    """Check every range and the cross-field rules; raise :class:`SettingsError`."""
+    """Check every type and range and the cross-field rules; raise :class:`SettingsError`."""
     for sec, klass in SECTIONS.items():
         obj = getattr(profile, sec)
         for f in fields(klass):
             check_value(klass, f.name, getattr(obj, f.name), f"{source} [{sec}]")
     ph = profile.photometry
-    if not ph.aperture_factors or any(not isinstance(a, (int, float)) or not 0.3 <= a <= 20 for a in ph.aperture_factors):
+    if not 1 <= len(ph.aperture_factors) <= 10:
         raise SettingsError(f"{source} [photometry] aperture_factors = {ph.aperture_factors}: give 1 to 10 numbers between 0.3 and 20 (x FWHM)")
     if ph.calibration_aperture >= len(ph.aperture_factors):
         raise SettingsError(
@@ -331,9 +459,6 @@ def validate(profile: Profile, source: str = "profile") -> None:
         raise SettingsError(f"{source} [calibration] mag_max ({cal.mag_max}) must be fainter than mag_min ({cal.mag_min})")
     if cal.color_columns and len(cal.color_columns) != 2:
         raise SettingsError(f"{source} [calibration] color_columns must name two columns, got {cal.color_columns}")
-    fmts = set(profile.output.formats) - {"csv", "ecsv", "votable", "fits"}
-    if fmts:
-        raise SettingsError(f"{source} [output] formats: unknown {sorted(fmts)}; use csv, ecsv, votable, fits")
     if not re.fullmatch(r"[A-Za-z0-9_.\-]+", profile.name):
         raise SettingsError(f"profile name {profile.name!r}: use letters, digits, '.', '_' and '-' only")
 

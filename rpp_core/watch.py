@@ -239,9 +239,7 @@ class Watcher:
         try:
             result = await pipeline.run(path, self.profile, on_event, self._cancel, out_dir=self.out,
                                         catalog_files=self.catalog_files, hdu=self.hdu, offline=self.offline)
-            summary = dict(result.summary)
-            summary.setdefault("run_dir", str(result.run_dir))
-            res = result_from_summary(path, summary, result.exit_code, result.message, time.perf_counter() - t0)
+            res = result_from_summary(path, result.summary, time.perf_counter() - t0)
             apply_retention(self.out, self.profile.output, keep=result.run_dir)
         except (Cancelled, asyncio.CancelledError):
             with contextlib.suppress(OSError):

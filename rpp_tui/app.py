@@ -147,6 +147,8 @@ class RppApp(App[int]):
         self.pane("parameters").post_message(ProfileLoaded())
         self.refresh_title()
         self.notify(f"profile {self.profile.name!r} loaded")
+        for note in self.profile.notes:
+            self.notify(note, severity="warning", timeout=10)
 
     # ------------------------------------------------------------ runs
     def on_frame_chosen(self, message: FrameChosen) -> None:

@@ -7,11 +7,13 @@ astropy, then 8-bit grey levels) and reads run folders back.
 
 from __future__ import annotations
 
-import json
+import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+
+from rpp_core.products import RunSummary
 
 # ---------------------------------------------------------------- header facts
 
@@ -83,27 +85,20 @@ def full_image(path: str | Path) -> list[np.ndarray]:
 
 @dataclass
 class RunView:
-    """A run as the screens show it: folder, catalogue, summary."""
+    """A run as the screens show it: folder, summary, catalogue."""
 
     run_dir: Path
-    summary: dict
+    summary: RunSummary
     catalog: object | None = None  # astropy Table
     files: dict = field(default_factory=dict)
 
     @property
     def frame_path(self) -> Path | None:
-        frame = self.summary.get("frame")
-        return Path(frame) if frame else None
+        return Path(self.summary.frame) if self.summary.frame else None
 
-    def plot_meta(self) -> dict:
-        s = self.summary
-        meta = {}
-        if self.catalog is not None:
-            meta.update({k: v for k, v in self.catalog.meta.items() if isinstance(v, (str, int, float)) or v is None})
-        meta.update({"calibration_label": s.get("calibration_label", meta.get("calibration_aperture", "")),
-                     "zp": s.get("zp"), "zp_err": s.get("zp_err"), "n_calibrators": s.get("n_calibrators", 0),
-                     "band": s.get("band", ""), "zp_rms": s.get("zp_rms", float("nan"))})
-        return meta
+    def plot_meta(self) -> RunSummary:
+        """What the figures of :mod:`rpp_core.plots` read: the run's summary."""
+        return self.summary
 
 
 def load_run(run_dir: str | Path) -> RunView:
@@ -111,18 +106,19 @@ def load_run(run_dir: str | Path) -> RunView:
     from astropy.table import Table
 
     run_dir = Path(run_dir)
-    summary = {}
-    if (run_dir / "summary.json").exists():
-        summary = json.loads((run_dir / "summary.json").read_text())
+    summary = RunSummary.read(run_dir / "summary.json") if (run_dir / "summary.json").exists() else RunSummary(frame="")
     catalog = None
     for name, fmt in (("catalog.ecsv", "ascii.ecsv"), ("catalog.csv", "ascii.csv")):
         if (run_dir / name).exists():
             catalog = Table.read(run_dir / name, format=fmt)
             break
+    if catalog is not None and not summary.calibration_label:
+        # a summary without the label (cut short, or older): the catalogue's meta says which aperture calibrates
+        summary = dataclasses.replace(summary, calibration_label=str(catalog.meta.get("calibration_aperture", "")))
     files = {p.name: p for p in run_dir.iterdir() if p.is_file()}
     return RunView(run_dir, summary, catalog, files)
 
 
 def from_result(result) -> RunView:
     """A :class:`RunView` from a ``rpp_core.pipeline.RunResult`` already in memory."""
-    return RunView(Path(result.run_dir), dict(result.summary), result.catalog, dict(result.files))
+    return RunView(Path(result.run_dir), result.summary, result.catalog, dict(result.files))

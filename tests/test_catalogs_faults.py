@@ -229,7 +229,7 @@ def test_failing_gaia_is_asked_once_per_run_not_again_in_the_cross_match(fault_p
     res = _run(frame, prof, tmp_path)
     assert res.exit_code == 5 and (res.run_dir / "catalog.csv").exists()  # not calibrated, still written
     assert fault_proxy.count("gaia") == 2  # calibration's two attempts; the cross-match did not ask again
-    status = {s["service"]: s for s in res.summary["services"]}
+    status = {s["service"]: s for s in res.summary.services}
     assert status["gaia"]["status"] == "failed" and status["simbad"]["status"] == "ok"
 
 
@@ -250,7 +250,7 @@ def test_cache_folder_that_cannot_be_written_still_gives_the_calibrated_catalogu
     prof = _pipeline_profile(fault_proxy.settings(), **{"services.enabled": ["gaia", "simbad", "vsx"]})
     res = _run(frame, prof, tmp_path)
     assert res.exit_code == 0, res.message
-    assert res.summary["calibrated"] and res.summary["zp"] is not None
+    assert res.summary.calibrated and res.summary.zp is not None
     assert (res.run_dir / "catalog.csv").exists() and (res.run_dir / "catalog.ecsv").exists()
     assert any("cache" in w and "without" in w for w in res.warnings)
     assert np.sum(np.asarray(res.catalog["simbad_main_id"]) != "") > 0
@@ -265,8 +265,8 @@ def test_corrupt_secrets_file_still_gives_the_calibrated_catalogue(fault_proxy, 
     prof = _pipeline_profile(fault_proxy.settings(), **{"services.enabled": ["gaia", "astrocolibri", "simbad"]})
     res = _run(frame, prof, tmp_path)
     assert res.exit_code == 0, res.message
-    assert res.summary["calibrated"] and (res.run_dir / "catalog.csv").exists()
-    status = {s["service"]: s for s in res.summary["services"]}
+    assert res.summary.calibrated and (res.run_dir / "catalog.csv").exists()
+    status = {s["service"]: s for s in res.summary.services}
     assert status["astrocolibri"]["status"] == "skipped" and status["simbad"]["status"] == "ok"
     assert any("secrets.toml" in w for w in res.warnings)
 
@@ -280,8 +280,8 @@ def test_config_folder_that_cannot_be_created_still_gives_the_calibrated_catalog
     prof = _pipeline_profile(fault_proxy.settings(), **{"services.enabled": ["gaia", "astrocolibri", "vsx"]})
     res = _run(frame, prof, tmp_path)
     assert res.exit_code == 0, res.message
-    assert res.summary["calibrated"] and (res.run_dir / "catalog.csv").exists()
-    status = {s["service"]: s for s in res.summary["services"]}
+    assert res.summary.calibrated and (res.run_dir / "catalog.csv").exists()
+    status = {s["service"]: s for s in res.summary.services}
     assert status["vsx"]["status"] == "ok" and status["astrocolibri"]["status"] == "skipped"
 
 

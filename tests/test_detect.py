@@ -13,7 +13,7 @@ from rpp_core.detect import FwhmResult, find_stars, measure_fwhm
 from rpp_core.flags import FLAG_EDGE, FLAG_MASKED, FLAG_SATURATED
 from rpp_core.errors import Cancelled, NoStarsError
 from rpp_core.preprocess import estimate_background, make_masks
-from rpp_core.settings import DetectionSettings
+from rpp_core.settings import BackgroundSettings, DetectionSettings, MaskSettings
 from rpp_core.synthetic import make_frame, moffat_enclosed
 
 from .datafiles import data_file
@@ -21,13 +21,13 @@ from .datafiles import data_file
 SEED = 11
 
 
-def _prepare(frame, settings):
+def _prepare(frame, masking=MaskSettings()):
     """Masks and background as the pipeline makes them; the injected CR mask stands in for astroscrappy's."""
     p = frame.params
-    masks = make_masks(frame.data, p["saturation"], settings)
+    masks = make_masks(frame.data, p["saturation"], masking)
     cr = ndi.binary_dilation(p["cosmic_mask"])
     bad = masks.combined | cr
-    bkg = estimate_background(frame.data, bad, settings)
+    bkg = estimate_background(frame.data, bad, BackgroundSettings())
     return frame.data - bkg.background, bkg, masks, bad
 
 
@@ -42,7 +42,7 @@ def _true_snr(frame, rms):
 def field():
     frame = make_frame(shape=(1024, 1024), n_stars=500, n_cosmics=80, n_saturated=4, border=4, seed=SEED)
     settings = DetectionSettings()
-    sub, bkg, masks, bad = _prepare(frame, settings)
+    sub, bkg, masks, bad = _prepare(frame)
     fw = measure_fwhm(sub, bkg.rms, bad, 2.5, settings)
     stars = find_stars(sub, bkg.rms, bad, fw.fwhm_px, settings, saturated_mask=masks.saturated)
     return frame, settings, sub, bkg, masks, bad, fw, stars
@@ -52,7 +52,7 @@ def field():
 def test_fwhm_within_5_percent_of_truth_with_scatter_reported(fwhm):
     frame = make_frame(shape=(768, 768), n_stars=250, fwhm=fwhm, n_cosmics=40, seed=SEED)
     settings = DetectionSettings()
-    sub, bkg, _, bad = _prepare(frame, settings)
+    sub, bkg, _, bad = _prepare(frame)
     res = measure_fwhm(sub, bkg.rms, bad, 3.0, settings)
     assert isinstance(res, FwhmResult)
     assert abs(res.fwhm_px / fwhm - 1.0) < 0.05, f"FWHM {res.fwhm_px:.3f} for true {fwhm}"
@@ -83,7 +83,7 @@ def test_detection_complete_above_snr_20_with_few_spurious_sources(field):
     frame, settings, sub, bkg, masks, bad, fw, stars = field
     t = frame.truth
     nx = frame.data.shape[1]
-    b = settings.border_px
+    b = MaskSettings().border_px
     snr = _true_snr(frame, bkg.global_rms)
     inside = (t["x"] >= b) & (t["x"] <= nx - 1 - b) & (t["y"] >= b) & (t["y"] <= nx - 1 - b)
     d_truth, _ = cKDTree(np.c_[stars["x"], stars["y"]]).query(np.c_[t["x"], t["y"]])
@@ -118,7 +118,7 @@ def test_daofind_finder_gives_sharpness_and_roundness_and_finds_the_same_bright_
 def test_no_source_centred_in_the_border_and_edge_sources_flagged(field):
     frame, settings, *_, stars = field
     ny, nx = frame.data.shape
-    b = settings.border_px
+    b = MaskSettings().border_px
     x, y = np.asarray(stars["x"]), np.asarray(stars["y"])
     assert (x >= b).all() and (x <= nx - 1 - b).all() and (y >= b).all() and (y <= ny - 1 - b).all()
     edge = np.minimum.reduce([x, y, nx - 1 - x, ny - 1 - y])
@@ -131,9 +131,8 @@ def test_wider_border_drops_more_sources():
     frame = make_frame(shape=(512, 512), n_stars=300, n_cosmics=0, n_saturated=0, border=2, seed=SEED)
     out = []
     for border in (5, 60):
-        settings = DetectionSettings(border_px=border)
-        sub, bkg, _, bad = _prepare(frame, settings)
-        stars = find_stars(sub, bkg.rms, bad, 3.5, settings)
+        sub, bkg, _, bad = _prepare(frame, MaskSettings(border_px=border))
+        stars = find_stars(sub, bkg.rms, bad, 3.5, DetectionSettings(), border_px=border)
         assert min(stars["x"].min(), stars["y"].min()) >= border
         out.append(len(stars))
     assert out[1] < 0.8 * out[0]
@@ -163,8 +162,8 @@ def test_saturated_star_rejected_by_daofind_is_added_back():
     blob = (xx - 300.0) ** 2 + (yy - 200.0) ** 2 < 36
     data[blob] = 60000.0
     settings = DetectionSettings()
-    masks = make_masks(data, 60000.0, settings)
-    bkg = estimate_background(data, masks.combined, settings)
+    masks = make_masks(data, 60000.0, MaskSettings())
+    bkg = estimate_background(data, masks.combined, BackgroundSettings())
     stars = find_stars(data - bkg.background, bkg.rms, masks.combined, 3.5, settings, saturated_mask=masks.saturated)
     d = np.hypot(stars["x"] - 300.0, stars["y"] - 200.0)
     assert d.min() < 1.0
@@ -190,7 +189,7 @@ def test_max_sources_keeps_the_brightest(field):
 def test_pure_noise_frame_raises_no_stars_error():
     frame = make_frame(shape=(512, 512), n_stars=0, n_cosmics=0, n_saturated=0, seed=SEED)
     settings = DetectionSettings()
-    sub, bkg, _, bad = _prepare(frame, settings)
+    sub, bkg, _, bad = _prepare(frame)
     with pytest.raises(NoStarsError, match="FWHM"):
         measure_fwhm(sub, bkg.rms, bad, 3.0, settings)
     with pytest.raises(NoStarsError, match="threshold_sigma"):
@@ -229,8 +228,8 @@ def test_real_plate_detects_the_gaia_stars_of_m67():
     wcs = WCS(fits.getheader(data_file("wcs_truth/m67_custom_gaia_index_solve.wcs.fits")), naxis=2)
     gaia = Table.read(data_file("refcats/M67_gaia_dr2_cone40arcmin_plx_gt_0.5.csv"))
     settings = DetectionSettings()
-    masks = make_masks(data, None, settings)
-    bkg = estimate_background(data, masks.combined, settings)
+    masks = make_masks(data, None, MaskSettings())
+    bkg = estimate_background(data, masks.combined, BackgroundSettings())
     sub = data - bkg.background
     fw = measure_fwhm(sub, bkg.rms, masks.combined, 2.5 / 1.70, settings)
     # the faint, unsaturated stars of this 1951 plate: Moffat 1.6 px, a Gaussian fit 1.9 px (bright ones are wider)
@@ -261,7 +260,7 @@ def test_fwhm_stars_of_a_big_frame_are_injected_stars_in_frame_pixels():
 def test_fwhm_of_a_frame_with_a_3x_wrong_seeing_hint_is_the_stars_and_the_log_says_so(factor):
     frame = make_frame(shape=(768, 768), n_stars=250, fwhm=3.0, n_cosmics=40, seed=SEED)
     settings = DetectionSettings()
-    sub, bkg, _, bad = _prepare(frame, settings)
+    sub, bkg, _, bad = _prepare(frame)
     res = measure_fwhm(sub, bkg.rms, bad, 3.0 * factor, settings)
     assert abs(res.fwhm_px / 3.0 - 1) < 0.03, res.summary()
     assert res.method == "moffat" and res.n_stars >= 30
@@ -272,7 +271,7 @@ def test_fwhm_of_a_frame_with_a_3x_wrong_seeing_hint_is_the_stars_and_the_log_sa
 
 def test_fwhm_needs_no_hint_at_all():
     frame = make_frame(shape=(768, 768), n_stars=250, fwhm=4.2, n_cosmics=40, seed=SEED)
-    sub, bkg, _, bad = _prepare(frame, DetectionSettings())
+    sub, bkg, _, bad = _prepare(frame)
     res = measure_fwhm(sub, bkg.rms, bad, None, DetectionSettings())
     assert abs(res.fwhm_px / 4.2 - 1) < 0.03 and "header" not in res.summary()
 
@@ -281,7 +280,7 @@ def test_fwhm_needs_no_hint_at_all():
 def test_fwhm_of_undersampled_stars_within_3_percent_and_flagged_undersampled(fwhm):
     frame = make_frame(shape=(768, 768), n_stars=300, fwhm=fwhm, n_cosmics=0, seed=SEED)
     settings = DetectionSettings()
-    sub, bkg, _, bad = _prepare(frame, settings)
+    sub, bkg, _, bad = _prepare(frame)
     res = measure_fwhm(sub, bkg.rms, bad, 3.0, settings)
     assert abs(res.fwhm_px / fwhm - 1) < 0.03, res.summary()
     assert res.undersampled and "undersampled" in res.summary()
@@ -296,8 +295,8 @@ def test_cosmic_rays_and_hot_pixels_are_never_chosen_as_fwhm_stars():
     hot = rng.integers(20, 492, (150, 2))
     data[hot[:, 1], hot[:, 0]] += rng.uniform(2000, 20000, 150)  # hot pixels brighter than most stars
     settings = DetectionSettings()
-    masks = make_masks(data, frame.params["saturation"], settings)
-    bkg = estimate_background(data, masks.combined, settings)
+    masks = make_masks(data, frame.params["saturation"], MaskSettings())
+    bkg = estimate_background(data, masks.combined, BackgroundSettings())
     res = measure_fwhm(data - bkg.background, bkg.rms, masks.combined, 3.0, settings)  # no CR mask given
     assert abs(res.fwhm_px / 6.0 - 1) < 0.05, res.summary()
     d, _ = cKDTree(np.c_[frame.truth["x"], frame.truth["y"]]).query(np.c_[res.x, res.y])
@@ -316,8 +315,8 @@ def test_galaxies_blends_and_saturated_stars_are_not_fwhm_stars():
     extra = render_moffat(frame.data.shape, np.r_[bx, bx + 2.2], np.r_[by, by], np.full(40, 4e5), 3.0, 3.0, out=extra)
     data = (frame.data + extra).astype(np.float32)
     settings = DetectionSettings()
-    masks = make_masks(data, frame.params["saturation"], settings)
-    bkg = estimate_background(data, masks.combined, settings)
+    masks = make_masks(data, frame.params["saturation"], MaskSettings())
+    bkg = estimate_background(data, masks.combined, BackgroundSettings())
     res = measure_fwhm(data - bkg.background, bkg.rms, masks.combined, None, settings)
     assert abs(res.fwhm_px / 3.0 - 1) < 0.03, res.summary()
     t = frame.truth
@@ -329,7 +328,7 @@ def test_galaxies_blends_and_saturated_stars_are_not_fwhm_stars():
 def test_gaussian_fit_width_of_moffat_stars_reads_wide_as_photutils_does():
     """``gauss_fwhm_px`` is the references' definition: wider than the Moffat FWHM on Moffat stars."""
     frame = make_frame(shape=(768, 768), n_stars=250, fwhm=3.0, beta=2.5, n_cosmics=0, seed=SEED)
-    sub, bkg, _, bad = _prepare(frame, DetectionSettings())
+    sub, bkg, _, bad = _prepare(frame)
     res = measure_fwhm(sub, bkg.rms, bad, None, DetectionSettings())
     assert abs(res.fwhm_px / 3.0 - 1) < 0.03
     assert 1.07 < res.gauss_fwhm_px / res.fwhm_px < 1.25  # photutils fit_fwhm: 3.51 on these stars

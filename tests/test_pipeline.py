@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import time
 import zipfile
 
@@ -44,32 +45,32 @@ def synth_run(synth, tmp_path_factory):
 def test_zero_point_recovered_within_10_mmag_of_truth(synth_run):
     res, _, fr = synth_run
     s = res.summary
-    label = s["calibration_label"]
-    r = s["apertures_px"][label]
+    label = s.calibration_label
+    r = s.apertures_px[label]
     gain, fwhm, beta = fr.params["gain"], fr.params["fwhm"], fr.params["beta"]
     # truth: m = -2.5 log10(F_ap / t) + ZP0 - 2.5 log10(gain) + 2.5 log10(enclosed(r)) - k X
     zp0_truth = 25.0 - 2.5 * np.log10(gain) + 2.5 * np.log10(moffat_enclosed(r, fwhm, beta))
-    assert abs(s["zp0"] - zp0_truth) < 0.01
-    assert s["zp_err"] < 0.01
-    assert s["n_calibrators"] >= 50
+    assert abs(s.zp0 - zp0_truth) < 0.01
+    assert s.zp_err < 0.01
+    assert s.n_calibrators >= 50
 
 
 def test_extinction_lowers_the_frame_zero_point_by_k_times_airmass(synth_run):
     s = synth_run[0].summary
-    assert s["airmass"] == pytest.approx(1.6)
-    assert s["zp"] == pytest.approx(s["zp0"] - 0.2 * 1.6, abs=1e-9)
+    assert s.airmass == pytest.approx(1.6)
+    assert s.zp == pytest.approx(s.zp0 - 0.2 * 1.6, abs=1e-9)
 
 
 def test_calibrated_magnitudes_match_truth_for_bright_stars(synth_run):
     res, _, fr = synth_run
     cat = res.catalog
-    label = res.summary["calibration_label"]
+    label = res.summary.calibration_label
     good = np.asarray(cat["calib_used"])
     diff = np.asarray(cat[f"mag_cal_{label}"])[good] - np.asarray(cat["mag_ref"])[good]
     assert abs(np.median(diff)) < 0.01
     # errors include the ZP error in quadrature
     e = np.asarray(cat[f"magerr_cal_{label}"])
-    assert np.all(e[good] >= res.summary["zp_err"] - 1e-12)
+    assert np.all(e[good] >= res.summary.zp_err - 1e-12)
     # PSF magnitudes are on the same scale as the calibration aperture
     if "mag_cal_psf" in cat.colnames:
         dpsf = np.asarray(cat["mag_cal_psf"])[good] - np.asarray(cat["mag_ref"])[good]
@@ -166,21 +167,21 @@ def test_spitzer_zero_point_near_16_71_for_3px_apertures(tmp_path):
     res = asyncio.run(pipeline.run(data_file("images/spitzer_example_image.fits.gz"), prof, out_dir=tmp_path,
                                    catalog_files=[data_file("refcats/glimpse_spitzer_example_catalog.xml")]))
     s = res.summary
-    assert s["calibration_label"] == "fix"
-    zp_counts = s["zp"] + 2.5 * np.log10(1.2)
+    assert s.calibration_label == "fix"
+    zp_counts = s.zp + 2.5 * np.log10(1.2)
     assert zp_counts == pytest.approx(16.71, abs=0.05)
-    assert s["n_calibrators"] >= 80
+    assert s.n_calibrators >= 80
 
 
 @pytest.mark.slow
 def test_horsehead_runs_end_to_end_uncalibrated_without_error(tmp_path):
     res = asyncio.run(pipeline.run(data_file("images/HorseHead.fits.gz"), offline_profile(), out_dir=tmp_path))
     assert res.exit_code == 0
-    assert res.summary["n_sources"] > 50
-    assert res.summary["wcs"]["status"] == "ok"
+    assert res.summary.n_sources > 50
+    assert res.summary.wcs.status == "ok"
     assert np.isfinite(res.catalog["ra"]).all()
     assert (res.run_dir / "catalog.csv").exists()
-    assert any("calibrat" in w for w in res.warnings) or res.summary["zp"] is None
+    assert any("calibrat" in w for w in res.warnings) or res.summary.zp is None
 
 
 @pytest.mark.slow
@@ -190,7 +191,7 @@ def test_m67_without_wcs_says_so_and_keeps_pixel_catalogue(tmp_path):
     assert res.exit_code == 6
     assert "no usable WCS" in res.message
     assert any("no FITS WCS" in w for w in res.warnings)
-    assert res.summary["n_sources"] > 100
+    assert res.summary.n_sources > 100
     assert (res.run_dir / "catalog.csv").exists()
 
 
@@ -212,12 +213,12 @@ def test_m67_is_plate_solved_blind_then_calibrated_against_gaia(tmp_path):
     res = asyncio.run(pipeline.run(data_file("images/M6707HH.fits.gz"), prof, out_dir=tmp_path / "runs", catalog_files=[cat]))
     s = res.summary
     assert res.exit_code == 0, res.message
-    assert s["wcs"]["status"].startswith("solved")
-    assert s["pixel_scale_arcsec"] == pytest.approx(1.70, rel=0.005)
-    assert s["n_calibrators"] > 50
+    assert s.wcs.status.startswith("solved")
+    assert s.pixel_scale_arcsec == pytest.approx(1.70, rel=0.005)
+    assert s.n_calibrators > 50
     assert (res.run_dir / "frame.wcs").exists()
     # the plate is non-linear (ZP drifts ~0.5 mag/mag): only check the fit is sane, not its scatter
-    assert 0 < s["zp_rms"] < 0.6
+    assert 0 < s.zp_rms < 0.6
 
 
 def test_calibration_against_gaia_over_the_network_then_from_cache(frame_catalog_server, tmp_path):
@@ -232,16 +233,16 @@ def test_calibration_against_gaia_over_the_network_then_from_cache(frame_catalog
     res = asyncio.run(pipeline.run(tmp_path / "f.fits", prof, out_dir=tmp_path / "runs"))
     s = res.summary
     assert res.exit_code == 0, res.message
-    assert "gaia" in s["reference"].lower() or "tap" in s["reference"].lower()
-    r = s["apertures_px"][s["calibration_label"]]
+    assert "gaia" in s.reference.lower() or "tap" in s.reference.lower()
+    r = s.apertures_px[s.calibration_label]
     zp0_truth = 25.0 - 2.5 * np.log10(fr.params["gain"]) + 2.5 * np.log10(moffat_enclosed(r, 3.0, 3.0))
-    assert abs(s["zp0"] - zp0_truth) < 0.01
+    assert abs(s.zp0 - zp0_truth) < 0.01
     assert "matches" in res.catalog.colnames and "simbad_main_id" in res.catalog.colnames
     first = server.count()
     assert first > 0
     res2 = asyncio.run(pipeline.run(tmp_path / "f.fits", prof.replace(**{"services.offline": True}), out_dir=tmp_path / "runs"))
     assert server.count() == first  # answered from the on-disk cache
-    assert res2.summary["zp"] == pytest.approx(s["zp"], abs=1e-9)
+    assert res2.summary.zp == pytest.approx(s.zp, abs=1e-9)
 
 
 def test_no_catalogue_source_is_a_cosmic_ray_hit(synth_run):
@@ -250,7 +251,7 @@ def test_no_catalogue_source_is_a_cosmic_ray_hit(synth_run):
     x = np.round(np.asarray(res.catalog["x"])).astype(int)
     y = np.round(np.asarray(res.catalog["y"])).astype(int)
     assert cr[y, x].sum() == 0
-    assert res.summary["timings"]["cosmics"] > 0
+    assert res.summary.timings["cosmics"] > 0
 
 
 def test_local_catalogue_off_the_field_fails_calibration_even_when_astrometry_reads_it(tmp_path):
@@ -265,6 +266,36 @@ def test_local_catalogue_off_the_field_fails_calibration_even_when_astrometry_re
     assert (res.run_dir / "catalog.csv").exists()
 
 
+def test_a_fixed_aperture_is_the_one_aperture_for_zero_point_flags_snr_cut_and_psf_correction(tmp_path):
+    """With photometry.fixed_aperture_px set, every use of "the calibration aperture" is that aperture."""
+    from rpp_core.flags import FLAG_CROWDED
+
+    fr = make_frame(shape=(512, 512), n_stars=220, fwhm=3.5, seed=5, zp0=25.0, mag_range=(12.0, 19.5), n_cosmics=0)
+    fr.write(tmp_path / "f.fits")
+    fr.write_refcat(tmp_path / "ref.ecsv")
+    prof = offline_profile(**{"photometry.fixed_aperture_px": 9.0, "photometry.calibration_aperture": 0,
+                              "photometry.min_snr": 30.0, "calibration.mag_max": 18.0, "cosmic_rays.enabled": False})
+    res = asyncio.run(pipeline.run(tmp_path / "f.fits", prof, out_dir=tmp_path / "runs", catalog_files=[tmp_path / "ref.ecsv"]))
+    s, cat = res.summary, res.catalog
+    assert res.exit_code == 0, res.message
+    assert s.calibration_label == "fix" and s.apertures_px["fix"] == 9.0
+    # zero point: the fit on the fixed aperture, not on ap1p5 (aperture losses differ by > 0.05 mag)
+    assert s.zp == s.zp_by_aperture["fix"].zp
+    assert abs(s.zp_by_aperture["fix"].zp - s.zp_by_aperture["ap1p5"].zp) > 0.05
+    # flags: the overall column carries the fixed aperture's crowding bit (detection never sets it)
+    crowded_fix = (np.asarray(cat["flag_fix"]) & FLAG_CROWDED) > 0
+    crowded_small = (np.asarray(cat["flag_ap1p5"]) & FLAG_CROWDED) > 0
+    assert np.any(crowded_fix & ~crowded_small)
+    assert np.array_equal((np.asarray(cat["flags"]) & FLAG_CROWDED) > 0, crowded_fix)
+    # S/N cut: made on the fixed aperture (the small aperture has the higher S/N for faint stars)
+    assert np.nanmin(np.asarray(cat["snr_fix"])) >= 30.0
+    # PSF magnitudes put on the fixed aperture's scale: they calibrate to the same zero point
+    assert cat.meta["psf_apcorr_aperture"] == "fix" and s.psf["apcorr_aperture"] == "fix"
+    assert s.zp_by_aperture["psf"].zp == pytest.approx(s.zp, abs=0.02)
+    calib = np.asarray(cat["calib_used"])
+    assert abs(np.nanmedian(np.asarray(cat["mag_cal_psf"])[calib] - np.asarray(cat["mag_ref"])[calib])) < 0.02
+
+
 def test_a_frame_offset_by_minus_5000_adu_calibrates_as_without_the_offset(synth, synth_run, tmp_path):
     """Issue 14 item 8: cosmic rays are found on the signal above the background, so a pedestal changes nothing."""
     from astropy.io import fits
@@ -277,11 +308,9 @@ def test_a_frame_offset_by_minus_5000_adu_calibrates_as_without_the_offset(synth
     res = asyncio.run(pipeline.run(tmp_path / "low.fits", prof, out_dir=tmp_path / "runs", catalog_files=[d / "ref.ecsv"]))
     ref = synth_run[0].summary
     assert res.exit_code == 0, res.message
-    assert res.summary["zp"] == pytest.approx(ref["zp"], abs=0.002)
-    assert res.summary["fwhm_px"] == pytest.approx(ref["fwhm_px"], rel=1e-3)
-    assert abs(res.summary["n_sources"] - ref["n_sources"]) <= 2
-    import re
-
+    assert res.summary.zp == pytest.approx(ref.zp, abs=0.002)
+    assert res.summary.fwhm_px == pytest.approx(ref.fwhm_px, rel=1e-3)
+    assert abs(res.summary.n_sources - ref.n_sources) <= 2
     n_cr = [int(re.search(r"n_cr_pixels=(\d+)", (r.run_dir / "run.log").read_text()).group(1)) for r in (res, synth_run[0])]
     assert abs(n_cr[0] - n_cr[1]) <= 0.05 * n_cr[1] + 2, n_cr  # not the 57,851 pixels of issue 14
 
@@ -290,6 +319,6 @@ def test_fwhm_log_line_says_which_estimate_was_used_and_what_became_of_the_heade
     res = synth_run[0]
     log = (res.run_dir / "run.log").read_text()
     line = next(ln for ln in log.splitlines() if "Moffat refinement" in ln)
-    assert f"FWHM {res.summary['fwhm_px']:.2f} px from" in line and "kernel scan" in line
+    assert f"FWHM {res.summary.fwhm_px:.2f} px from" in line and "kernel scan" in line
     assert "header seeing" in line  # 2.5" at 1"/px against 3.5 px: agrees or ignored, but said
-    assert res.summary["fwhm_gauss_px"] > res.summary["fwhm_px"]
+    assert res.summary.fwhm_gauss_px > res.summary.fwhm_px

@@ -9,7 +9,7 @@ from scipy import ndimage as ndi
 from rpp_core.errors import Cancelled, InputError
 from rpp_core.preprocess import (Background, Masks, estimate_background, make_masks, remove_cosmics,
                                  remove_cosmics_near)
-from rpp_core.settings import CosmicRaySettings, DetectionSettings
+from rpp_core.settings import BackgroundSettings, CosmicRaySettings, DetectionSettings, MaskSettings
 from rpp_core.synthetic import make_frame, moffat_alpha
 
 SEED = 7
@@ -22,7 +22,7 @@ def frame():
 
 @pytest.fixture(scope="module")
 def masks(frame):
-    return make_masks(frame.data, frame.params["saturation"], DetectionSettings())
+    return make_masks(frame.data, frame.params["saturation"], MaskSettings())
 
 
 @pytest.fixture(scope="module")
@@ -121,7 +121,7 @@ def test_nan_pixels_survive_cosmic_ray_cleaning_as_nan(frame):
 
 def test_background_within_1_percent_of_injected_sky_and_rms_matches_noise(frame, masks, cleaned):
     image, crmask = cleaned
-    bkg = estimate_background(image, masks.combined | crmask, DetectionSettings())
+    bkg = estimate_background(image, masks.combined | crmask, BackgroundSettings())
     assert isinstance(bkg, Background)
     assert bkg.background.dtype == np.float32 and bkg.rms.dtype == np.float32
     sky = _sky_map(frame)
@@ -141,10 +141,10 @@ def test_background_ignores_masked_pixels():
     data[100:300, 100:300] += 5000.0  # a masked blemish must not raise the sky
     mask = np.zeros(data.shape, bool)
     mask[100:300, 100:300] = True
-    bkg = estimate_background(data, mask, DetectionSettings(background_box=32))
+    bkg = estimate_background(data, mask, BackgroundSettings(box=32))
     sky = _sky_map(f)
     assert np.abs(bkg.background / sky - 1.0)[150:250, 150:250].max() < 0.02
-    unmasked = estimate_background(data, None, DetectionSettings(background_box=32))
+    unmasked = estimate_background(data, None, BackgroundSettings(box=32))
     assert (unmasked.background / sky)[150:250, 150:250].min() > 2.0  # the test can tell
 
 
@@ -178,7 +178,7 @@ def test_border_nan_and_combined_masks():
     data = f.data.copy()
     data[50, 60] = np.nan
     data[70, 80] = np.inf
-    m = make_masks(data, 60000.0, DetectionSettings(border_px=12))
+    m = make_masks(data, 60000.0, MaskSettings(border_px=12))
     assert m.nan[50, 60] and m.nan[70, 80] and m.nan.sum() == 2
     assert m.border[:12].all() and m.border[-12:].all() and m.border[:, :12].all() and m.border[:, -12:].all()
     assert not m.border[12:-12, 12:-12].any()
@@ -186,17 +186,17 @@ def test_border_nan_and_combined_masks():
 
 
 def test_saturation_level_found_from_a_clipped_plateau_when_unknown(frame):
-    m = make_masks(frame.data, None, DetectionSettings())
+    m = make_masks(frame.data, None, MaskSettings())
     assert m.saturation_level == pytest.approx(60000.0)
     for row in frame.truth[frame.truth["saturated"]]:
         assert m.saturated[int(round(row["y"])), int(round(row["x"]))]
     noise_only = np.random.default_rng(1).normal(100, 10, (128, 128)).astype(np.float32)
-    assert not make_masks(noise_only, None, DetectionSettings()).saturated.any()
+    assert not make_masks(noise_only, None, MaskSettings()).saturated.any()
 
 
 def test_all_nan_frame_is_refused_with_a_clear_error():
     with pytest.raises(InputError, match="NaN"):
-        make_masks(np.full((64, 64), np.nan, np.float32), 60000.0, DetectionSettings())
+        make_masks(np.full((64, 64), np.nan, np.float32), 60000.0, MaskSettings())
 
 
 def test_cosmic_rays_round_sources_match_the_whole_frame_result_there(frame, masks, cleaned):
@@ -271,8 +271,8 @@ def test_undersampled_frame_keeps_its_stars_through_cosmic_ray_cleaning():
     fr = make_frame(shape=(768, 768), n_stars=400, fwhm=1.3, n_cosmics=100, n_saturated=0, seed=SEED)
     p = fr.params
     settings = DetectionSettings()
-    m = make_masks(fr.data, p["saturation"], settings)
-    bkg = estimate_background(fr.data, m.combined, settings)
+    m = make_masks(fr.data, p["saturation"], MaskSettings())
+    bkg = estimate_background(fr.data, m.combined, BackgroundSettings())
     fw = measure_fwhm(fr.data - bkg.background, bkg.rms, m.combined, None, settings)
     plan = cosmic_ray_plan(fw.fwhm_px, fw.peak_share)
     assert plan.run and plan.star_share is not None

@@ -14,7 +14,7 @@ from rpp_tui.widgets.catalogue_table import CatalogueTable
 
 from .test_tui_support import LoopLag, frames, tui_env, wait_for  # noqa: F401 - fixtures
 
-SECTIONS = ["observatory", "detection", "cosmic_rays", "photometry", "astrometry", "calibration",
+SECTIONS = ["observatory", "masks", "background", "detection", "cosmic_rays", "photometry", "astrometry", "calibration",
             "services", "output", "secrets"]
 
 
@@ -99,10 +99,10 @@ async def test_observer_session_pick_edit_save_run_sort_plot_queue_and_cancel(fr
         assert states["detect"] == "done" and states["calibrate"] == "done" and states["output"] == "done"
         assert states["astrometry"] == "skipped"
         shown = str(app.query_one("#run-summary").content)
-        assert f"{summary['zp']:.3f} ± {summary['zp_err']:.3f}" in shown
-        assert f"Sources      {summary['n_sources']}" in shown
+        assert f"{summary.zp:.3f} ± {summary.zp_err:.3f}" in shown
+        assert f"Sources      {summary.n_sources}" in shown
         assert (job.run_dir / "catalog.csv").exists()
-        print(f"run 1: {summary['total_seconds']:.2f} s in the core, worst UI stall {max_lag * 1000:.0f} ms")
+        print(f"run 1: {summary.total_seconds:.2f} s in the core, worst UI stall {max_lag * 1000:.0f} ms")
         assert max_lag < 1.0
 
         # the log keeps everything; l raises the level shown, and cycling back shows the debug lines too
@@ -121,7 +121,7 @@ async def test_observer_session_pick_edit_save_run_sort_plot_queue_and_cancel(fr
         await pilot.press("enter")
         assert app.query_one("#tabs").active == "catalogue"
         table = app.query_one(CatalogueTable)
-        assert table.total_rows == summary["n_sources"]
+        assert table.total_rows == summary.n_sources
         target = next(c for c in table.columns if c.startswith("mag_cal"))
         while table.current_column() != target:
             await pilot.press("right")

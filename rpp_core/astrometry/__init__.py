@@ -31,11 +31,11 @@ from .process import run_solver_process
 from .refine import refine
 from .result import SolveResult
 from .siril import SirilInfo, siril_info
-from .solve import solve
-from .wcsfile import header_with_wcs, wcs_header, wcs_keywords, write_wcs_file
+from .solve import find_wcs, solve
+from .wcsfile import header_with_wcs, pixel_to_icrs, wcs_header, wcs_keywords, write_wcs_file
 
 __all__ = [
-    "SYSTEM_INDEX_DIR", "SirilInfo", "SolveResult", "build_index", "header_with_wcs", "index_dirs_for", "index_files",
-    "needs_solving", "pixel_scale_arcsec", "refine", "run_solver_process", "scales_for_field", "siril_info", "solve",
+    "SYSTEM_INDEX_DIR", "SirilInfo", "SolveResult", "build_index", "find_wcs", "header_with_wcs", "index_dirs_for", "index_files",
+    "needs_solving", "pixel_scale_arcsec", "pixel_to_icrs", "refine", "run_solver_process", "scales_for_field", "siril_info", "solve",
     "wcs_header", "wcs_keywords", "wcs_sky_offsets", "write_backend_config", "write_wcs_file",
 ]

@@ -1,4 +1,4 @@
-"""Plate solving: astrometry.net first (Siril first with ``solver = siril``), then refinement."""
+"""The frame's WCS: the header's when it checks out (refined), else plate-solved: astrometry.net first (Siril first with ``solver = siril``)."""
 
 from __future__ import annotations
 
@@ -8,8 +8,10 @@ import time
 from astropy.table import Table
 
 from ..errors import AstrometryError
+from ..products import WcsSolution
 from ..progress import CancelFn, LogFn, ProgressFn
 from ..settings import AstrometrySettings
+from .check import needs_solving
 from .matching import source_arrays
 from .refine import refine
 from .result import SolveResult
@@ -99,3 +101,30 @@ def solve(sources: Table, shape: tuple[int, int], meta, settings: AstrometrySett
     if progress:
         progress(int(settings.timeout_s), int(settings.timeout_s))
     return result
+
+
+def find_wcs(frame, meta, sources: Table, settings: AstrometrySettings, refcat: Table | None = None,
+             cancel: CancelFn | None = None, progress: ProgressFn | None = None,
+             log: LogFn | None = None) -> WcsSolution:
+    """The frame's WCS: the header's when :func:`needs_solving` accepts it (refined against
+    ``refcat`` when ``settings.refine``), else a plate solution.
+
+    Parameters as :func:`solve`; ``frame`` gives ``data``, ``header``, ``wcs``
+    and ``wcs_status``. Raises :class:`AstrometryError` when solving was needed
+    and failed, :class:`~rpp_core.errors.Cancelled` on cancel.
+    """
+    log = log or (lambda _line: None)
+    header_wcs = frame.wcs if frame.wcs_status == "ok" else None
+    need, why = needs_solving(frame, meta, settings, refcat=refcat, sources=sources)
+    log(f"plate solving {'needed' if need else 'not needed'}: {why}")
+    if need:
+        res = solve(sources, frame.data.shape, meta, settings, cancel=cancel, progress=progress, log=log, refcat=refcat)
+        return WcsSolution(res.wcs, "solved", res.method, res.rms_arcsec, res.n_matched)
+    if header_wcs is not None and settings.refine and refcat is not None and len(refcat) >= 5:
+        ref = refine(sources, header_wcs, refcat, settings)
+        for line in ref.log:
+            log(line)
+        if ref.wcs is not None and ref.wcs is not header_wcs:
+            return WcsSolution(ref.wcs, "refined", "header", ref.rms_arcsec, ref.n_matched, refine_method=ref.method)
+        return WcsSolution(header_wcs, frame.wcs_status, "header", ref.rms_arcsec, ref.n_matched)
+    return WcsSolution(header_wcs, frame.wcs_status, "header" if header_wcs is not None else None)

@@ -1,4 +1,4 @@
-"""WCS headers and files: the original cards for the log, the solved WCS into a header or a ``.wcs`` file."""
+"""WCS headers, files and sky positions: the original cards for the log, the solved WCS into a header or a ``.wcs`` file."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import re
 import warnings
 from pathlib import Path
 
+import numpy as np
 from astropy.io import fits
 from astropy.wcs import WCS, FITSFixedWarning
 
@@ -60,3 +61,11 @@ def read_wcs_header(header: fits.Header) -> WCS:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FITSFixedWarning)
         return WCS(header, relax=True)
+
+
+def pixel_to_icrs(wcs: WCS, x, y) -> tuple[np.ndarray, np.ndarray]:
+    """ICRS RA/Dec (deg) of 0-based pixels, whatever the WCS frame (galactic mosaics too)."""
+    from astropy.wcs.utils import pixel_to_skycoord
+
+    c = pixel_to_skycoord(np.asarray(x, float), np.asarray(y, float), wcs, origin=0, mode="all").icrs
+    return c.ra.deg, c.dec.deg

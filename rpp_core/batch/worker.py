@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import RppError
+from ..products import RunSummary
 from ..settings import Profile
 
 
@@ -84,26 +85,24 @@ def num(v):
     return f if math.isfinite(f) else None
 
 
-def result_from_summary(path, summary: dict, exit_code: int, message: str, seconds: float) -> FrameResult:
-    """A :class:`FrameResult` from a pipeline ``summary`` dict (as in ``summary.json``)."""
-    n_src = summary.get("n_sources")
-    n_cal = summary.get("n_calibrators")
+def result_from_summary(path, summary: RunSummary, seconds: float) -> FrameResult:
+    """A :class:`FrameResult` from a run's :class:`~rpp_core.products.RunSummary`."""
     return FrameResult(
         path=str(path),
-        status="ok" if not exit_code else "degraded",
-        reason=str(message or summary.get("error") or "") if exit_code else "",
-        exit_code=int(exit_code or 0),
-        run_dir=str(summary.get("run_dir", "")),
-        date_obs=str(summary["date_obs"]) if summary.get("date_obs") else None,
-        airmass=num(summary.get("airmass")),
-        fwhm_px=num(summary.get("fwhm_px")),
-        fwhm_arcsec=num(summary.get("fwhm_arcsec")),
-        n_sources=int(n_src) if n_src is not None else None,
-        n_calibrators=int(n_cal) if n_cal is not None else None,
-        zp=num(summary.get("zp")),
-        zp_err=num(summary.get("zp_err")),
+        status="ok" if not summary.exit_code else "degraded",
+        reason=str(summary.error or "") if summary.exit_code else "",
+        exit_code=int(summary.exit_code),
+        run_dir=summary.run_dir,
+        date_obs=summary.date_obs,
+        airmass=num(summary.airmass),
+        fwhm_px=num(summary.fwhm_px),
+        fwhm_arcsec=num(summary.fwhm_arcsec),
+        n_sources=summary.n_sources,
+        n_calibrators=summary.n_calibrators,
+        zp=num(summary.zp),
+        zp_err=num(summary.zp_err),
         seconds=round(float(seconds), 3),
-        n_warnings=len(summary.get("warnings") or []),
+        n_warnings=len(summary.warnings),
     )
 
 
@@ -129,10 +128,7 @@ def process_frame(path: str, profile: Profile, out_dir: str, catalog_files=(), o
         result = pipeline.run_sync(path, profile, on_event=on_event, out_dir=out_dir,
                                    catalog_files=list(catalog_files), hdu=hdu, offline=offline,
                                    cache_dir=cache_dir, secrets=secrets)
-        summary = dict(result.summary)
-        summary.setdefault("run_dir", str(result.run_dir))
-        return result_from_summary(path, summary, result.exit_code, result.message,
-                                   time.perf_counter() - t0).to_dict()
+        return result_from_summary(path, result.summary, time.perf_counter() - t0).to_dict()
     except RppError as exc:
         return FrameResult(str(path), "failed", str(exc), exc.exit_code, run_dir[0],
                            seconds=round(time.perf_counter() - t0, 3)).to_dict()

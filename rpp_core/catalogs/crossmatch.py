@@ -27,6 +27,7 @@ from typing import Callable
 import numpy as np
 from astropy import units as u
 from astropy.coordinates import SkyCoord
+from astropy.wcs.utils import pixel_to_skycoord
 from astropy.table import Table
 from astropy.time import Time
 
@@ -72,7 +73,7 @@ def _empty_value(typ):
 # ---------------------------------------------------------------- pure helpers
 
 def field_of_view(wcs, shape, margin: float = 0.02) -> tuple[float, float, float]:
-    """Centre (ra, dec, deg) and radius (deg) of the circle through the frame corners.
+    """Centre (ICRS ra, dec, deg) and radius (deg) of the circle through the frame corners.
 
     ``shape`` is (ny, nx). ``margin`` enlarges the radius by that fraction, so
     stars on the edges are in every catalogue answer. Not capped: a wide field
@@ -82,8 +83,9 @@ def field_of_view(wcs, shape, margin: float = 0.02) -> tuple[float, float, float
     cx, cy = (nx - 1) / 2.0, (ny - 1) / 2.0
     xs = np.array([cx, -0.5, nx - 0.5, -0.5, nx - 0.5, cx, cx, -0.5, nx - 0.5])
     ys = np.array([cy, -0.5, -0.5, ny - 0.5, ny - 0.5, -0.5, ny - 0.5, cy, cy])
-    ra, dec = wcs.all_pix2world(xs, ys, 0)
-    c = SkyCoord(ra * u.deg, dec * u.deg)
+    # ICRS whatever the WCS frame: a galactic mosaic must give RA/Dec cones
+    c = pixel_to_skycoord(xs, ys, wcs, origin=0, mode="all").icrs
+    ra, dec = c.ra.deg, c.dec.deg
     radius = float(np.max(c[0].separation(c[1:]).deg)) * (1.0 + margin)
     return float(ra[0]), float(dec[0]), radius
 

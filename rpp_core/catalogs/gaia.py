@@ -40,7 +40,7 @@ from astropy.table import Table, vstack
 from astropy.time import Time
 
 from ..errors import Cancelled, ServiceError
-from ..settings import ServicesSettings
+from ..settings import CalibrationSettings, ServicesSettings
 from .http import OfflineMiss, ServiceClient, column, require_columns, snap_cone
 from .reference import reference_table
 
@@ -188,22 +188,24 @@ def isolated(ra, dec, g, radius_arcsec: float, dmag: float = 2.5) -> np.ndarray:
     return ok
 
 
-def select_calibrators(tab: Table, settings: ServicesSettings) -> tuple[np.ndarray, dict]:
+def select_calibrators(tab: Table, settings: ServicesSettings, cuts: CalibrationSettings | None = None) -> tuple[np.ndarray, dict]:
     """Boolean mask of good calibration stars and the count rejected by each rule.
 
-    Rules: finite magnitude in the band, ``G < gaia_mag_limit``, not
-    ``VARIABLE`` (if ``gaia_exclude_variable``), ``gaia_color_min <= BP-RP <=
-    gaia_color_max``, ``RUWE <= gaia_max_ruwe``, isolated (see :func:`isolated`).
+    Rules: finite magnitude in the band, ``G < services.gaia_mag_limit``, and the
+    calibrator cuts of ``[calibration]``: not ``VARIABLE`` (if
+    ``gaia_exclude_variable``), ``gaia_color_min <= BP-RP <= gaia_color_max``,
+    ``RUWE <= gaia_max_ruwe``, isolated (see :func:`isolated`).
     """
+    cuts = cuts or CalibrationSettings()
     n = len(tab)
     rules = {
         "no magnitude in band": np.isfinite(tab["mag"]),
         "fainter than limit": np.nan_to_num(tab["gaia_phot_g_mean_mag"], nan=99) < settings.gaia_mag_limit,
         "variable": (np.char.upper(np.asarray(tab["gaia_phot_variable_flag"], str)) != "VARIABLE")
-        if settings.gaia_exclude_variable else np.ones(n, bool),
-        "colour out of range": (tab["color"] >= settings.gaia_color_min) & (tab["color"] <= settings.gaia_color_max),
-        "RUWE too high": ~(np.nan_to_num(tab["gaia_ruwe"], nan=1.0) > settings.gaia_max_ruwe),
-        "not isolated": isolated(tab["ra"], tab["dec"], tab["gaia_phot_g_mean_mag"], settings.gaia_isolation_arcsec),
+        if cuts.gaia_exclude_variable else np.ones(n, bool),
+        "colour out of range": (tab["color"] >= cuts.gaia_color_min) & (tab["color"] <= cuts.gaia_color_max),
+        "RUWE too high": ~(np.nan_to_num(tab["gaia_ruwe"], nan=1.0) > cuts.gaia_max_ruwe),
+        "not isolated": isolated(tab["ra"], tab["dec"], tab["gaia_phot_g_mean_mag"], cuts.gaia_isolation_arcsec),
     }
     keep = np.ones(n, bool)
     rejected = {}
@@ -312,7 +314,7 @@ async def fetch_synthetic(source_ids, band: str, settings: ServicesSettings, *, 
 async def fetch_gaia_reference(center_ra: float, center_dec: float, radius_deg: float, epoch: Time | None,
                                band: str, settings: ServicesSettings, *, client: ServiceClient | None = None,
                                cancel=None, log: Callable[[str, str], None] | None = None,
-                               filters: bool = True) -> Table:
+                               filters: bool = True, cuts: CalibrationSettings | None = None) -> Table:
     """Gaia DR3 reference catalogue of a field in one band, ready for calibration.
 
     Parameters
@@ -333,6 +335,8 @@ async def fetch_gaia_reference(center_ra: float, center_dec: float, radius_deg: 
     filters : bool
         Apply the calibration-star cuts of :func:`select_calibrators`
         (False: every star, e.g. for astrometry).
+    cuts : CalibrationSettings, optional
+        The profile's ``[calibration]`` calibrator cuts (default: the defaults).
 
     Returns
     -------
@@ -392,7 +396,7 @@ async def fetch_gaia_reference(center_ra: float, center_dec: float, radius_deg: 
                           catalog="Gaia DR3", epoch=field.meta["epoch"], n_field=len(field),
                           n_tiles=field.meta.get("n_tiles", 1))
     if filters:
-        keep, rejected = select_calibrators(out, settings)
+        keep, rejected = select_calibrators(out, settings, cuts)
         out = out[keep]
         out.meta["rejected"] = rejected
     else:

@@ -16,14 +16,17 @@ fallbacks), :mod:`.summary` (header facts for the file browser),
 
 from .header import pixel_scale_from_wcs, repair_header, wcs_from_header
 from .keywords import parse_date
-from .load import Frame, load_frame
-from .metadata import ObservationMeta, compute_airmass, read_metadata
+from ..products import ExposureValues, Frame, ObservationMeta
+from .load import load_frame
+from .metadata import compute_airmass, exposure_values, read_metadata
 from .summary import header_summary
 
 __all__ = [
+    "ExposureValues",
     "Frame",
     "ObservationMeta",
     "compute_airmass",
+    "exposure_values",
     "header_summary",
     "load_frame",
     "parse_date",

@@ -14,51 +14,16 @@ import bz2
 import gzip
 import math
 import warnings
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 from astropy.io import fits
 from astropy.io.fits.verify import VerifyWarning
-from astropy.wcs import WCS
 
 from ..errors import InputError
+from ..products import Frame
 from .header import STRUCTURAL_KEYS, WCS_PRIMARY_KEY, repair_and_check, salvage_cards
 from .keywords import one_line, parse_float
-
-
-@dataclass
-class Frame:
-    """One image plane ready for processing.
-
-    Attributes
-    ----------
-    path : Path
-    hdu : int
-        Index of the HDU in the file (0 = primary).
-    data : ndarray
-        float32, 2-D, physical units (scaling applied), 0-based ``[y, x]``.
-    header : fits.Header
-        Repaired header (plus inherited primary keywords for extensions);
-        BSCALE/BZERO/BLANK removed and BITPIX = -32 so it matches ``data``.
-    wcs : WCS or None
-        Celestial 2-D WCS when ``wcs_status == "ok"``.
-    wcs_status : str
-        ``"ok"``, ``"missing"`` or ``"invalid: <why>"``.
-    repairs : list of str
-        One line per header change.
-    notes : list of str
-        Other facts worth logging (cube plane used, compression, scaling...).
-    """
-
-    path: Path
-    hdu: int
-    data: np.ndarray
-    header: fits.Header
-    wcs: WCS | None
-    wcs_status: str
-    repairs: list[str] = field(default_factory=list)
-    notes: list[str] = field(default_factory=list)
 
 
 def check_magic(path: Path) -> str:

@@ -20,6 +20,7 @@ from scipy.spatial import cKDTree
 from ..errors import InputError, SettingsError
 from ..flags import FLAG_ANNULUS, FLAG_CROWDED, FLAG_EDGE, FLAG_MASKED, FLAG_NONPOSITIVE, FLAG_SATURATED
 from ..progress import CancelFn, ProgressFn, check_cancel, report
+from ..products import ApertureSet
 from ..settings import PhotometrySettings
 
 MAG_ERR_FACTOR = 2.5 / math.log(10.0)  # 1.0857
@@ -46,24 +47,33 @@ def aperture_fwhm(settings: PhotometrySettings, fwhm_px: float) -> float:
     return max(float(fwhm_px), floor)
 
 
-def aperture_radii(settings: PhotometrySettings, fwhm_px: float) -> dict[str, float]:
-    """Radius (px) per aperture label: factor x :func:`aperture_fwhm`, and the fixed aperture."""
+def aperture_set(settings: PhotometrySettings, fwhm_px: float) -> ApertureSet:
+    """The apertures of a run and the one that calibrates: decided here and nowhere else.
+
+    Radii are ``aperture_factors`` x :func:`aperture_fwhm` (the stellar FWHM, or the
+    floor for undersampled stars) plus ``fixed_aperture_px``; the calibration aperture
+    is the fixed one when it is set (an observer fixes a radius to calibrate on it),
+    else ``aperture_factors[calibration_aperture]``. ``ApertureSet.fwhm_px`` is the
+    FWHM the radii scale with.
+    """
     fwhm_px = aperture_fwhm(settings, fwhm_px)
-    radii = {lab: float(f) * fwhm_px for lab, f in zip(aperture_labels(settings), settings.aperture_factors)}
-    if settings.fixed_aperture_px > 0:
-        radii["fix"] = float(settings.fixed_aperture_px)
-    return radii
-
-
-def calibration_label(settings: PhotometrySettings) -> str:
     labels = aperture_labels(settings)
-    idx = settings.calibration_aperture
-    if not 0 <= idx < len(settings.aperture_factors):
+    radii = [float(f) * fwhm_px for f in settings.aperture_factors]
+    if settings.fixed_aperture_px > 0:
+        radii.append(float(settings.fixed_aperture_px))
+        calibration = "fix"
+    else:
+        idx = settings.calibration_aperture
+        if not 0 <= idx < len(settings.aperture_factors):
+            raise SettingsError(
+                f"photometry.calibration_aperture = {idx} but aperture_factors has "
+                f"{len(settings.aperture_factors)} entries: set it to 0..{len(settings.aperture_factors) - 1}")
+        calibration = labels[idx]
+    annulus = (settings.annulus_inner * fwhm_px, settings.annulus_outer * fwhm_px)
+    if annulus[1] <= annulus[0]:
         raise SettingsError(
-            f"photometry.calibration_aperture = {idx} but aperture_factors has "
-            f"{len(settings.aperture_factors)} entries: set it to 0..{len(settings.aperture_factors) - 1}"
-        )
-    return labels[idx]
+            f"photometry.annulus_outer ({settings.annulus_outer}) must exceed annulus_inner ({settings.annulus_inner})")
+    return ApertureSet(tuple(labels), tuple(radii), calibration, annulus, float(fwhm_px))
 
 
 def magnitudes(flux, fluxerr, exptime):
@@ -177,9 +187,8 @@ def _mirror_repair(data, mask, x, y, rmax):
             rs, vs = rr[sel], cut[sel].astype(float)
             A = np.c_[np.ones(len(rs)), rs**2]
             coef, *_ = np.linalg.lstsq(A, np.log(vs), rcond=None)
-            val = math.exp(coef[0] + coef[1] * rp**2)
-            # never beyond the range of what was seen round it: a bad fit must not invent flux
-            val = min(val, 1.5 * vs.max())
+            # never beyond the range of what was seen round it: a bad fit must not invent flux (nor overflow)
+            val = math.exp(min(coef[0] + coef[1] * rp**2, math.log(1.5 * vs.max())))
             cut[cy, cx] = val
             m[cy, cx] = False
             repaired = True
@@ -235,6 +244,8 @@ def aperture_photometry(
     saturated_mask: np.ndarray | None = None,
     progress: ProgressFn | None = None,
     cancel: CancelFn | None = None,
+    *,
+    apertures: ApertureSet | None = None,
 ) -> Table:
     """Multi-aperture photometry with a sigma-clipped local annulus.
 
@@ -250,6 +261,8 @@ def aperture_photometry(
     settings : :class:`~rpp_core.settings.PhotometrySettings`.
     saturated_mask : bool array of saturated pixels (flag 2), or None.
     progress, cancel : ``progress(done, total)``; ``cancel()`` true raises ``Cancelled``.
+    apertures : the run's :class:`~rpp_core.products.ApertureSet`; by default
+        :func:`aperture_set` of ``settings`` and ``fwhm_px``.
 
     Returns
     -------
@@ -273,15 +286,11 @@ def aperture_photometry(
     x = np.asarray(tab["x"], dtype=float)
     y = np.asarray(tab["y"], dtype=float)
     n = len(tab)
-    radii = aperture_radii(settings, fwhm_px)
-    labels = list(radii)
-    calib = calibration_label(settings)
-    scale = aperture_fwhm(settings, fwhm_px)
-    rin, rout = settings.annulus_inner * scale, settings.annulus_outer * scale
-    if rout <= rin:
-        raise SettingsError(
-            f"photometry.annulus_outer ({settings.annulus_outer}) must exceed annulus_inner ({settings.annulus_inner})"
-        )
+    apertures = apertures or aperture_set(settings, fwhm_px)
+    radii = apertures.as_dict()
+    labels = list(apertures.labels)
+    calib = apertures.calibration
+    rin, rout = apertures.annulus_px
     n_chunks = max(1, math.ceil(n / CHUNK))
     total = n_chunks + len(labels)
     check_cancel(cancel)
@@ -326,7 +335,7 @@ def aperture_photometry(
 
     # Repair masked pixels by mirror symmetry for the (few) sources that touch one.
     if mask is not None:
-        touched = np.nonzero(ok & ((results[labels[int(np.argmax([radii[lab] for lab in labels]))]][2] & sep_x.APER_HASMASKED) > 0))[0]
+        touched = np.nonzero(ok & ((results[apertures.largest][2] & sep_x.APER_HASMASKED) > 0))[0]
         for i in touched:
             rep = _mirror_repair(data, mask, x[i], y[i], rmax)
             if rep is None:
@@ -352,7 +361,7 @@ def aperture_photometry(
     tab.meta["annulus_px"] = [float(rin), float(rout)]
     tab.meta["calibration_aperture"] = calib
     tab.meta["fwhm_px"] = float(fwhm_px)
-    tab.meta["aperture_fwhm_px"] = float(scale)
+    tab.meta["aperture_fwhm_px"] = float(apertures.fwhm_px)
     tab.meta["exptime_used"] = 1.0 if exptime is None or not exptime > 0 else float(exptime)
     for lab in labels:
         r = radii[lab]

@@ -21,8 +21,8 @@ from ..errors import InputError
 from ..flags import FLAG_ANNULUS, FLAG_CROWDED, FLAG_EDGE, FLAG_MASKED, FLAG_NONPOSITIVE, FLAG_PSF_FAILED, FLAG_SATURATED
 from ..progress import CancelFn, ProgressFn, check_cancel, report
 from ..settings import PhotometrySettings
-from .aperture import (CHUNK, aperture_fwhm, aperture_labels, aperture_photometry, aperture_radii, calibration_label,
-                       clean_inputs, magnitudes)
+from ..products import ApertureSet
+from .aperture import CHUNK, aperture_fwhm, aperture_photometry, aperture_set, clean_inputs, magnitudes
 
 #: below this FWHM (px) the decimated ePSF cannot be shifted by interpolation (docs/photometry.md): the
 #: stars are fitted with the intrinsic Moffat measured by the FWHM stage instead
@@ -90,7 +90,8 @@ class PsfInfo:
 
 
 def select_psf_stars(tab: Table, fwhm_px: float, shape, settings: PhotometrySettings,
-                     n_max: int | None = None, min_snr: float = 50.0, relaxed: bool = False) -> np.ndarray:
+                     n_max: int | None = None, min_snr: float = 50.0, relaxed: bool = False,
+                     apertures: ApertureSet | None = None) -> np.ndarray:
     """Rows of an aperture-photometry table suitable for the ePSF and the aperture correction.
 
     A star qualifies when every aperture flag is 0 (no masked, saturated, edge,
@@ -102,10 +103,10 @@ def select_psf_stars(tab: Table, fwhm_px: float, shape, settings: PhotometrySett
     ``relaxed`` is the last resort for crowded or nebulous frames (a DSS plate of
     the Horsehead left 1 star under the strict rules): only the calibration
     aperture must be unflagged except for "crowded" and "annulus", neighbours
-    must be 2 FWHM away and fainter than 30 %.
+    must be 2 FWHM away and fainter than 30 %. ``apertures`` default: :func:`aperture_set`.
     """
-    labels = aperture_labels(settings)
-    calib = calibration_label(settings)
+    apertures = apertures or aperture_set(settings, fwhm_px)
+    labels, calib = apertures.labels, apertures.calibration
     x = np.asarray(tab["x"], float)
     y = np.asarray(tab["y"], float)
     flux = np.asarray(tab[f"flux_{calib}"], float)
@@ -235,6 +236,8 @@ def psf_photometry(
     settings: PhotometrySettings,
     progress: ProgressFn | None = None,
     cancel: CancelFn | None = None,
+    *,
+    apertures: ApertureSet | None = None,
     moffat_beta: float | None = None,
 ) -> tuple[Table, PsfInfo]:
     """Build an ePSF and fit it to the sources with sep_x; aperture-correct the magnitudes.
@@ -253,6 +256,8 @@ def psf_photometry(
         first, without a saturation mask).
     progress, cancel : ``progress(done, total)``: 1 after the ePSF build, then one step per
         strip of up to 2,000 fitted sources; ``cancel()`` true raises ``Cancelled``.
+    apertures : the run's :class:`~rpp_core.products.ApertureSet` (default: :func:`aperture_set`);
+        the aperture correction puts ``psf_mag`` on its calibration aperture.
 
     Returns
     -------
@@ -265,10 +270,11 @@ def psf_photometry(
         ``psf_apcorr_aperture``, ``aperture_corrections``.
     """
     check_cancel(cancel)
-    calib = calibration_label(settings)
-    labels = aperture_labels(settings)
+    apertures = apertures or aperture_set(settings, fwhm_px)
+    calib, labels = apertures.calibration, apertures.labels
     if f"flux_{calib}" not in sources.colnames:
-        sources = aperture_photometry(data_sub, rms, mask, sources, fwhm_px, gain, exptime, settings, cancel=cancel)
+        sources = aperture_photometry(data_sub, rms, mask, sources, fwhm_px, gain, exptime, settings, cancel=cancel,
+                                      apertures=apertures)
     data, rms_map, mask = clean_inputs(data_sub, rms if isinstance(rms, np.ndarray) else None, mask)
     err = rms_map if rms_map is not None else (float(rms) if rms is not None else None)
     tab = Table(sources, copy=True)
@@ -320,11 +326,11 @@ def psf_photometry(
 
     # ---- ePSF
     t0 = time.perf_counter()
-    stars = select_psf_stars(tab, fwhm_px, data.shape, settings)
+    stars = select_psf_stars(tab, fwhm_px, data.shape, settings, apertures=apertures)
     if len(stars) < 5:
-        stars = select_psf_stars(tab, fwhm_px, data.shape, settings, min_snr=20.0)
+        stars = select_psf_stars(tab, fwhm_px, data.shape, settings, min_snr=20.0, apertures=apertures)
     if len(stars) < 5:
-        stars = select_psf_stars(tab, fwhm_px, data.shape, settings, min_snr=10.0, relaxed=True)
+        stars = select_psf_stars(tab, fwhm_px, data.shape, settings, min_snr=10.0, relaxed=True, apertures=apertures)
         info.relaxed_selection = True
     if mask is not None and len(stars):
         # A masked pixel anywhere in the stamp makes photutils fill it by 2-D cubic
@@ -424,18 +430,18 @@ def psf_photometry(
     info.fit_s = time.perf_counter() - t0
 
     # ---- aperture correction: same star choice as the ePSF, but as many as qualify
-    ap_stars = select_psf_stars(tab, fwhm_px, data.shape, settings, n_max=None, min_snr=50.0)
+    ap_stars = select_psf_stars(tab, fwhm_px, data.shape, settings, n_max=None, min_snr=50.0, apertures=apertures)
     ap_stars = ap_stars[(out_flag[ap_stars] == 0) & (out_flux[ap_stars] > 0)]
     for kw in (dict(min_snr=20.0), dict(min_snr=10.0, relaxed=True)):
         if len(ap_stars) >= 5:
             break
-        ap_stars = select_psf_stars(tab, fwhm_px, data.shape, settings, n_max=None, **kw)
+        ap_stars = select_psf_stars(tab, fwhm_px, data.shape, settings, n_max=None, **kw, apertures=apertures)
         ap_stars = ap_stars[(out_flag[ap_stars] == 0) & (out_flux[ap_stars] > 0)]
     psf_raw, _ = magnitudes(out_flux, out_err, exptime)
     if len(ap_stars):
         corr, corr_err, corr_n = _robust_offset(np.asarray(tab[f"mag_{calib}"])[ap_stars] - psf_raw[ap_stars])
         info.apcorr, info.apcorr_err, info.apcorr_n = corr, corr_err, corr_n
-        big = labels[int(np.argmax([aperture_radii(settings, fwhm_px)[lab] for lab in labels]))]
+        big = apertures.largest
         m_big = np.asarray(tab[f"mag_{big}"])[ap_stars]
         for lab in labels:
             info.aperture_corrections[lab] = _robust_offset(m_big - np.asarray(tab[f"mag_{lab}"])[ap_stars])

@@ -87,7 +87,7 @@ class CataloguePane(TabPane):
             self._status("this run has no catalogue")
             return
         arrays = column_arrays(run.catalog)
-        label = run.summary.get("calibration_label", "") or run.catalog.meta.get("calibration_aperture", "")
+        label = run.summary.calibration_label or run.catalog.meta.get("calibration_aperture", "")
         self.label = label
         table.set_data(arrays, default_columns(list(arrays), label))
         self.query_one("#cat-filter", Input).value = ""

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from textual import work
@@ -11,26 +10,26 @@ from textual.binding import Binding
 from textual.widgets import DataTable, Static, TabPane
 
 from rpp_core import cleanup, locations, results
+from rpp_core.products import RunSummary
 
 from ..messages import OpenRun
 from ..paths import display_path
 
 
 def _run_row(run) -> tuple:
-    summary = {}
-    try:
-        summary = json.loads((run.path / "summary.json").read_text()) if run.finished else {}
-    except (OSError, ValueError):
-        summary = {"status": "unreadable summary"}
-    zp = summary.get("zp")
-    status = summary.get("status") or ("ok" if summary.get("exit_code", 0) == 0 and run.finished else
-                                       "unfinished" if not run.finished else f"exit {summary.get('exit_code')}")
+    summary, status = None, "unfinished"
+    if run.finished:
+        try:
+            summary = RunSummary.read(run.path / "summary.json")
+            status = summary.status
+        except (OSError, ValueError, TypeError):
+            status = "unreadable summary"
     return (
         run.path.name,
-        Path(summary.get("frame", "")).name or "?",
+        Path(summary.frame).name if summary and summary.frame else "?",
         status,
-        str(summary.get("n_sources", "")),
-        f"{zp:.3f}" if isinstance(zp, (int, float)) else "",
+        str(summary.n_sources) if summary and summary.n_sources is not None else "",
+        f"{summary.zp:.3f}" if summary and summary.zp is not None else "",
         cleanup.format_size(run.size),
     )
 

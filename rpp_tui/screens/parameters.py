@@ -17,7 +17,8 @@ from ..messages import ProfileLoaded
 from ..widgets.setting_field import SettingField
 
 SECTION_TITLES = {
-    "observatory": "Observatory", "detection": "Detection", "cosmic_rays": "Cosmic rays",
+    "observatory": "Observatory", "masks": "Masks", "background": "Background", "detection": "Detection",
+    "cosmic_rays": "Cosmic rays",
     "photometry": "Photometry", "astrometry": "Astrometry", "calibration": "Calibration",
     "services": "Services", "output": "Output", "secrets": "API keys",
 }

@@ -10,6 +10,7 @@ from textual.containers import Horizontal, Vertical
 from textual.widgets import Static, TabPane
 
 from rpp_core import events as ev
+from rpp_core.products import RunSummary
 
 from ..paths import display_path
 from ..widgets.log_view import LEVELS, EventLog
@@ -22,34 +23,33 @@ def _short(v) -> str:
     return str(v)
 
 
-def format_summary(summary: dict, run_dir: Path | str | None) -> str:
+def format_summary(summary: RunSummary, run_dir: Path | str | None) -> str:
     """The few numbers an observer checks first, one per line."""
 
-    def num(key, fmt):
-        v = summary.get(key)
-        return format(v, fmt) if isinstance(v, (int, float)) and v == v else "–"
+    def num(value, fmt):
+        return format(value, fmt) if isinstance(value, (int, float)) and value == value else "–"
 
-    zp = f"{num('zp', '.3f')} ± {num('zp_err', '.3f')}" if summary.get("zp") is not None else "not calibrated"
-    band = summary.get("band") or ""
+    zp = f"{num(summary.zp, '.3f')} ± {num(summary.zp_err, '.3f')}" if summary.zp is not None else "not calibrated"
+    band = summary.band or ""
     lines = [
-        f"FWHM         {num('fwhm_px', '.2f')} px",
-        f"Sources      {summary.get('n_sources', '–')}",
-        f"Calibrators  {summary.get('n_calibrators', '–')}",
+        f"FWHM         {num(summary.fwhm_px, '.2f')} px",
+        f"Sources      {summary.n_sources if summary.n_sources is not None else '–'}",
+        f"Calibrators  {summary.n_calibrators if summary.n_calibrators is not None else '–'}",
         f"{'ZP ' + band:<13}{zp}",
-        f"Airmass      {num('airmass', '.3f')}",
-        f"Output       {display_path(run_dir or summary.get('run_dir', ''))}",
+        f"Airmass      {num(summary.airmass, '.3f')}",
+        f"Output       {display_path(run_dir or summary.run_dir)}",
     ]
     return "\n".join(lines)
 
 
-def short_summary(summary: dict) -> str:
+def short_summary(summary: RunSummary) -> str:
     """One line for a notification: FWHM, counts and zero point."""
     parts = []
-    if isinstance(summary.get("fwhm_px"), (int, float)):
-        parts.append(f"FWHM {summary['fwhm_px']:.2f} px")
-    parts.append(f"{summary.get('n_sources', 0)} sources")
-    if summary.get("zp") is not None:
-        parts.append(f"{summary.get('n_calibrators', 0)} calibrators, ZP {summary['zp']:.3f} ± {summary.get('zp_err', float('nan')):.3f}")
+    if summary.fwhm_px is not None:
+        parts.append(f"FWHM {summary.fwhm_px:.2f} px")
+    parts.append(f"{summary.n_sources or 0} sources")
+    if summary.zp is not None:
+        parts.append(f"{summary.n_calibrators or 0} calibrators, ZP {summary.zp:.3f} ± {summary.zp_err:.3f}")
     else:
         parts.append("not calibrated")
     return " · ".join(parts)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, get_type_hints
+from typing import Any
 
 from textual.app import ComposeResult
 from textual.containers import Horizontal, Vertical
@@ -12,15 +12,11 @@ from textual.validation import ValidationResult, Validator
 from textual.widgets import Input, Select, Static, Switch
 
 from rpp_core.errors import SettingsError
-from rpp_core.settings import check_value
+from rpp_core.settings import check_value, field_spec
 
 
 def field_kind(klass: type, name: str) -> str:
-    meta = {f.name: f for f in dataclasses.fields(klass)}[name].metadata
-    if "choices" in meta:
-        return "choice"
-    typ = get_type_hints(klass)[name]
-    return {bool: "bool", int: "int", float: "float", list: "list"}.get(typ, "str")
+    return field_spec(klass, name).kind
 
 
 def to_text(value: Any) -> str:
@@ -30,36 +26,18 @@ def to_text(value: Any) -> str:
 
 
 class _SettingValidator(Validator):
-    """Runs :func:`rpp_core.settings.check_value`: the core owns the ranges and the messages."""
+    """Runs :func:`rpp_core.settings.check_value`: the core owns the types, ranges and messages."""
 
     def __init__(self, klass: type, name: str, section: str) -> None:
         super().__init__()
         self.klass, self.name, self.section = klass, name, section
 
     def validate(self, value: str) -> ValidationResult:
-        kind = field_kind(self.klass, self.name)
         try:
-            parsed = check_value(self.klass, self.name, value, f"[{self.section}]")
+            check_value(self.klass, self.name, value, f"[{self.section}]")
         except SettingsError as exc:
             return self.failure(str(exc))
-        if kind == "list" and _numeric_list_field(self.klass, self.name):
-            bad = [v for v in parsed if not _is_number(v)]
-            if bad:
-                return self.failure(f"[{self.section}] {self.name}: {', '.join(map(str, bad))} not a number; give numbers separated by commas")
         return self.success()
-
-
-def _numeric_list_field(klass: type, name: str) -> bool:
-    default = getattr(klass(), name)
-    return bool(default) and all(isinstance(v, (int, float)) for v in default)
-
-
-def _is_number(v: Any) -> bool:
-    try:
-        float(v)
-    except (TypeError, ValueError):
-        return False
-    return True
 
 
 class SettingField(Vertical):
@@ -87,8 +65,9 @@ class SettingField(Vertical):
         super().__init__(id=f"field-{section}-{name}", classes="setting-field")
         self.section, self.klass, self.setting = section, klass, name
         self.value = value
-        self.kind = field_kind(klass, name)
-        self.meta = {f.name: f for f in dataclasses.fields(klass)}[name].metadata
+        self.spec = field_spec(klass, name)
+        self.kind = self.spec.kind
+        self.meta = {**{f.name: f for f in dataclasses.fields(klass)}[name].metadata, "choices": self.spec.choices}
 
     @property
     def key(self) -> str:
@@ -147,8 +126,6 @@ class SettingField(Vertical):
             return
         self._show_error("")
         value = check_value(self.klass, self.setting, event.value, f"[{self.section}]")
-        if self.kind == "list" and _numeric_list_field(self.klass, self.setting):
-            value = [float(v) for v in value]
         self.value = value
         self.post_message(self.Changed(self, value))
 
