@@ -190,6 +190,11 @@ def _moffat_batch(stamps, weights, fwhm0, max_iter=50, beta_fixed: float | None 
     n, m, _ = stamps.shape
     half = m // 2
     o = _OVERSAMPLE
+    chunk = max(1, int(1e6 // (m * o) ** 2))  # the oversampled model of a chunk stays under ~8 MB an array
+    if n > chunk:
+        parts = [_moffat_batch(stamps[i:i + chunk], np.asarray(weights)[i:i + chunk], fwhm0, max_iter, beta_fixed, fit_sky)
+                 for i in range(0, n, chunk)]
+        return np.concatenate([p for p, _ in parts]), np.concatenate([ok for _, ok in parts])
     sub = (np.arange(o) + 0.5) / o - 0.5
     g = (np.arange(-half, half + 1)[:, None] + sub[None, :]).ravel()  # (m o,)
     d = stamps.reshape(n, -1).astype(float)
@@ -430,7 +435,6 @@ def measure_fwhm(
 
     # refinement: every clean candidate, judged on the measured scale
     half = int(np.clip(np.ceil(2.0 * w0), 3, 30))
-    ny, nx = data.shape
     pool = cand[np.argsort(-src.flux[cand], kind="stable")][: 4 * settings.fwhm_max_stars]
     w_pool = kernel_scan(data, src.x[pool], src.y[pool], np.full(len(pool), max(half, int(np.ceil(3 * w0)))))
     keep = (w_pool > 0.65 * w0) & (w_pool < 1.6 * w0)
@@ -442,9 +446,6 @@ def measure_fwhm(
     if mask is not None:
         keep &= ~_any_in_disk(mask, src.x[pool], src.y[pool], half * 1.0)
     chosen = pool[keep][: settings.fwhm_max_stars]
-    notes = []
-    if np.isfinite(hint):
-        pass
     result = None
     if len(chosen):
         check_cancel(cancel)
