@@ -43,6 +43,7 @@ from scipy.spatial import cKDTree
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from rpp_core.detect import weighted_median  # noqa: E402
 from tests import realframes as R  # noqa: E402
 
 N_STARS = 40
@@ -153,14 +154,6 @@ def sextractor_estimates(case, ref) -> dict[str, float]:
         return {"sex_fwhm_image": np.nan, "sex_2rhalf": np.nan}
     return {"sex_fwhm_image": float(np.median(sex["fwhm_image"][good])),
             "sex_2rhalf": float(np.median(2 * sex["flux_radius"][good]))}
-
-
-def weighted_median(values, weights) -> float:
-    """The value below which half the total weight lies."""
-    order = np.argsort(values)
-    v, w = np.asarray(values, float)[order], np.asarray(weights, float)[order]
-    c = np.cumsum(w)
-    return float(v[np.searchsorted(c, 0.5 * c[-1])])
 
 
 def measure(case) -> dict[str, float]:

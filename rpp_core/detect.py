@@ -7,7 +7,6 @@ Pixel coordinates are 0-based (numpy/photutils).
 
 from __future__ import annotations
 
-import dataclasses
 import warnings
 from dataclasses import dataclass, field
 
@@ -99,11 +98,9 @@ class _Sources:
     def moment_fwhm(self) -> np.ndarray:
         return _SQRT8LN2 * np.sqrt(0.5 * (self.a**2 + self.b**2))
 
-    def take(self, idx) -> "_Sources":
-        return _Sources(*(getattr(self, f.name)[idx] for f in dataclasses.fields(self)))
 
 
-def _sep_sources(data, rms, mask, threshold, kernel=None, minarea=5, deblend_cont=0.005) -> np.ndarray:
+def _sep_sources(data, rms, mask, threshold, kernel=None, minarea=5, deblend_cont=0.005, **deblend) -> np.ndarray:
     """``sep_x.extract`` in SExtractor's convention (``filter_type='conv'``: the threshold is
     ``threshold`` x the RMS map on the kernel-filtered image); the structured array."""
     import sep_x
@@ -116,7 +113,7 @@ def _sep_sources(data, rms, mask, threshold, kernel=None, minarea=5, deblend_con
     m = None if mask is None else np.ascontiguousarray(mask, dtype=bool)
     return sep_x.extract(np.ascontiguousarray(data, np.float32), float(threshold), err=np.ascontiguousarray(rms, np.float32),
                          mask=m, minarea=int(minarea), filter_kernel=kernel, filter_type="conv",
-                         deblend_cont=deblend_cont)
+                         deblend_cont=deblend_cont, **deblend)
 
 
 def _peak_share(data: np.ndarray, x, y) -> np.ndarray:
@@ -551,7 +548,8 @@ def _find_sep(data, rms, search, fwhm_px, settings: DetectionSettings) -> dict:
 
     kernel, kf = detection_kernel(fwhm_px)
     thr = settings.threshold_sigma * _peak_response(kernel, fwhm_px)
-    obj = _sep_sources(data, rms, search, thr, kernel=kernel, minarea=5, deblend_cont=settings.deblend_contrast)
+    deblend = {"deblend_method": "watershed", "deblend_fwhm": float(fwhm_px)} if settings.deblend_method == "watershed" else {}
+    obj = _sep_sources(data, rms, search, thr, kernel=kernel, minarea=5, deblend_cont=settings.deblend_contrast, **deblend)
     x, y = np.asarray(obj["x"], float), np.asarray(obj["y"], float)
     if len(x):
         sig = np.full(len(x), kf / _SQRT8LN2)
@@ -572,10 +570,6 @@ def _find_daofind(data, rms, search, fwhm_px, settings: DetectionSettings) -> di
     if tab is None:
         return {c: np.empty(0) for c in names}
     return {c: np.asarray(tab[src], float) for c, src in names.items()}
-
-
-#: per detection finder, the columns it adds beyond x, y, peak, flux (NaN for added saturated stars)
-FINDER_COLUMNS = {"sep": ("a", "b", "theta", "npix"), "daofind": ("sharpness", "roundness1", "roundness2")}
 
 
 def find_stars(
@@ -616,7 +610,7 @@ def find_stars(
     Table sorted by decreasing ``flux``, columns ``id`` (1-based), ``x``, ``y``
     (0-based px), ``peak`` (ADU, highest pixel above background), ``flux`` (ADU:
     isophotal sum for sep, DAOFIND's sum over the kernel footprint), the finder's
-    own columns (:data:`FINDER_COLUMNS`: sep's ellipse ``a``, ``b`` (px), ``theta``
+    own columns (sep's ellipse ``a``, ``b`` (px), ``theta``
     (rad) and ``npix``; DAOFIND's ``sharpness``, ``roundness1``, ``roundness2``; NaN
     for added saturated stars), ``flags``: 1 a masked pixel within 1 FWHM, 2 a
     saturated pixel within 1 FWHM, 4 within ``border_px`` + 1 FWHM of the frame
