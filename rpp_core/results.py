@@ -11,6 +11,8 @@ header.txt          the (repaired) FITS header of the frame
 regions.reg         DS9 regions: detections (green), calibrators (cyan), rejected (red)
 frame.wcs           WCS of the frame when it was solved or refined (header only)
 plots/*.txt         text figures: zero-point fit, residuals, histogram, error vs mag
+plots/*.png         the same as PNG, and finder.png: the frame with detections and calibrators
+sky.html            the field in Aladin Lite with the sources as overlays; a table offline
 <run>.zip           all of the above
 ==================  ==========================================================
 
@@ -123,15 +125,26 @@ def write_catalog(table: Table, run_dir: Path, formats: list[str]) -> dict[str, 
 
 
 def write_regions(table: Table, path: Path, radius_px: float) -> Path:
-    """DS9 region file in image coordinates (1-based, as DS9 expects)."""
-    lines = ["# Region file format: DS9 version 4.1", "# written by rpp: green = detection, cyan = calibrator, red = rejected calibrator",
-             'global color=green width=1 font="helvetica 9 normal"', "image"]
-    used = np.asarray(table["calib_used"]) if "calib_used" in table.colnames else np.zeros(len(table), bool)
-    rej = np.asarray(table["calib_rejected"]) if "calib_rejected" in table.colnames else np.zeros(len(table), bool)
-    for row, u_, r_ in zip(table, used, rej):
+    """DS9 region file in image coordinates, written with astropy's ``regions`` package.
+
+    Positions are the catalogue's 0-based ``x``, ``y``; ``regions`` writes them
+    1-based, as DS9 expects. Colours: green detection, cyan calibrator, red
+    rejected calibrator; the text of each circle is the source id.
+    """
+    from regions import CirclePixelRegion, PixCoord, Regions
+
+    used = np.asarray(table["calib_used"], bool) if "calib_used" in table.colnames else np.zeros(len(table), bool)
+    rej = np.asarray(table["calib_rejected"], bool) if "calib_rejected" in table.colnames else np.zeros(len(table), bool)
+    ids = np.asarray(table["id"]) if "id" in table.colnames else np.arange(1, len(table) + 1)
+    x, y = np.asarray(table["x"], float), np.asarray(table["y"], float)
+    shapes = []
+    for xi, yi, i, u_, r_ in zip(x, y, ids, used, rej):
         color = "red" if r_ else ("cyan" if u_ else "green")
-        lines.append(f"circle({row['x'] + 1:.3f},{row['y'] + 1:.3f},{radius_px:.2f}) # color={color} text={{{row['id']}}}")
-    return write_text(path, "\n".join(lines) + "\n")
+        shapes.append(CirclePixelRegion(PixCoord(float(xi), float(yi)), float(radius_px),
+                                        meta={"text": str(i)}, visual={"color": color}))
+    with atomic_path(path) as tmp:
+        Regions(shapes).write(tmp, format="ds9", overwrite=True)
+    return path
 
 
 def write_header(header, path: Path) -> Path:
@@ -145,6 +158,39 @@ def write_plots(table: Table, summary: RunSummary, run_dir: Path) -> dict[str, P
     for name in plots.FIGURES:
         text = plots.render(name, table, summary, width=100, height=30, color=False)
         files[f"plot_{name}"] = write_text(folder / f"{name}.txt", text)
+    return files
+
+
+def view_meta(summary) -> dict:
+    """What the figures and the sky view read of a run summary (typed ``RunSummary`` or its dict)."""
+    keys = ("calibration_label", "zp", "zp_err", "zp_rms", "band", "n_calibrators", "frame")
+    if isinstance(summary, dict):
+        return {k: summary.get(k) for k in keys}
+    return {k: getattr(summary, k, None) for k in keys}
+
+
+def write_views(table: Table, meta: dict, run_dir: Path, data=None, wcs=None, title: str = "",
+                warn=None) -> dict[str, Path]:
+    """Files for people rather than programs: PNG figures (``plots/*.png``) and ``sky.html``.
+
+    Computed from the catalogue and calibration already in ``table``/``meta``
+    (see :mod:`rpp_core.figures`, :mod:`rpp_core.skyview`). A figure that cannot
+    be drawn is reported through ``warn(message)`` and skipped: it never fails a run.
+    """
+    from . import figures, skyview
+
+    files: dict[str, Path] = {}
+    try:
+        files.update(figures.write_all(table, meta, run_dir / "plots", data=data, wcs=wcs, title=title))
+    except Exception as exc:  # noqa: BLE001 - matplotlib edge cases must not cost the catalogue
+        if warn:
+            warn(f"PNG figures not written: {type(exc).__name__}: {exc}")
+    try:
+        shape = None if data is None else data.shape
+        files["sky_html"] = skyview.write_sky_html(table, {**meta, "title": title}, run_dir / "sky.html", wcs=wcs, shape=shape)
+    except Exception as exc:  # noqa: BLE001
+        if warn:
+            warn(f"sky.html not written: {type(exc).__name__}: {exc}")
     return files
 
 
@@ -164,8 +210,12 @@ def write_psf(psf: PsfInfo, path: Path) -> Path | None:
     return path
 
 
-def write_outputs(catalogue: SourceCatalogue, summary: RunSummary, run_dir: Path, formats: list[str]) -> dict[str, Path]:
+def write_outputs(catalogue: SourceCatalogue, summary: RunSummary, run_dir: Path, formats: list[str], *,
+                  data=None, wcs=None, warn=None) -> dict[str, Path]:
     """Plots, DS9 regions and the catalogue in every format; the catalogue last, so its presence means done.
+
+    With the frame's ``data`` (and ``wcs``), also the PNG figures and ``sky.html``
+    (:func:`write_views`); their problems go to ``warn``.
 
     The catalogue's meta gets the frame, time, filter, exposure, airmass, FWHM,
     zero point and calibration aperture from the summary (``pixel_origin`` 0).
@@ -182,8 +232,12 @@ def write_outputs(catalogue: SourceCatalogue, summary: RunSummary, run_dir: Path
         "band": summary.band, "calibration_aperture": summary.calibration_label, "pixel_origin": 0,
         "rpp_version": summary.rpp_version,
     })
+    # PNG figures and sky.html, before the catalogue so its presence still means "complete"
+    files.update(write_views(cat, view_meta(summary), run_dir, data, wcs, Path(summary.frame).name, warn))
     files.update(write_catalog(cat, run_dir, formats))
     return files
+
+
 def make_zip(run_dir: Path) -> Path:
     """ZIP of the whole run folder (except itself), written atomically."""
     target = run_dir / f"{run_dir.name}.zip"
