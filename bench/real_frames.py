@@ -56,7 +56,8 @@ def row(case: R.FrameCase, s: R.Score) -> list[str]:
         diff = "" if s.fwhm_error is None else f" {100 * s.fwhm_error:+.0f}%"
         flag = "~" if not case.fwhm_checked else _mark(s.fwhm_ok)
         gauss = "" if s.fwhm_gauss is None else f" (G {s.fwhm_gauss:.2f})"
-        fwhm = f"{s.fwhm:.2f}{gauss} / {ref}{diff}{flag}"
+        model = "" if s.fwhm_model_error is None else f", M {100 * s.fwhm_model_error:+.0f}%"
+        fwhm = f"{s.fwhm:.2f}{gauss} / {ref}{diff}{model}{flag}"
     d = s.detection
     judged = d.judged
     compl = "-" if d.completeness is None else f"{_pct(d.completeness)} {d.n_found}/{d.n_reference}"

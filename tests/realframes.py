@@ -21,6 +21,10 @@ One :class:`FrameCase` per frame of ``tests/data/real`` and ``tests/data/images`
   fits, exact on synthetic stars) sits 5-25 % below them. rpp also reports what a
   Gaussian fit reads on the same stars (``fwhm_gauss_px``): the check compares that
   with the reference, like with like (docs/real-frames-diagnosis.md, "FWHM definition").
+  So that the FWHM rpp *uses* is judged too, not only its side measurement, the check
+  also asks the Moffat profile rpp reports (``fwhm_px``, ``fwhm_beta``) to read as the
+  reference when measured the reference's way (:func:`moffat_read_as_gaussian`: the
+  README method on noise-free stars of that profile), within the same tolerance.
 * ``zp_image``: zero point for pixel sums in *image units over the whole exposure*,
   ``m = zp_image - 2.5 log10(sum of pixel values)``. rpp's instrumental magnitudes are
   per second (``-2.5 log10(flux / exptime_used)``), so its zero point is converted with
@@ -874,6 +878,8 @@ class Score:
     zp_ok: bool | None
     one_line: bool | None          # frames expected to fail: an exit code and exactly one "rpp:" line
     fwhm_gauss: float | None = None  # what a Gaussian fit reads on rpp's FWHM stars (the references' method)
+    fwhm_model: float | None = None  # the reference method on noise-free stars of rpp's Moffat (fwhm_px, beta)
+    fwhm_model_error: float | None = None  # relative, (fwhm_model - ref) / ref
 
     @property
     def zp_error(self) -> float | None:
@@ -900,10 +906,18 @@ def score(case: FrameCase, run: RppRun, ref: ReferenceImage | None, sex: Table |
     fwhm = summ.get("fwhm_px")
     # the references are Gaussian fits: compare what a Gaussian fit reads on rpp's stars (module docstring)
     compared = summ.get("fwhm_gauss_px", fwhm)
-    err = ok = None
+    err = ok = model = model_err = None
     if compared is not None and case.fwhm_ref:
         err = (float(compared) - case.fwhm_ref) / case.fwhm_ref
         ok = abs(err) <= case.fwhm_tol if case.fwhm_checked else None
+        if fwhm is not None and summ.get("fwhm_beta"):
+            # and the profile rpp uses, read the reference's way, must give the reference too
+            model = moffat_read_as_gaussian(float(fwhm), float(summ["fwhm_beta"]))
+            model_err = (model - case.fwhm_ref) / case.fwhm_ref
+            if ok is not None:
+                ok = ok and abs(model_err) <= case.fwhm_tol
+        elif ok is not None:
+            ok = False  # a run that reports no Moffat beta cannot show that its FWHM reads as the reference
     det = detection_scores(case, ref, sex, run) if ref is not None and sex is not None else Detection(note="no reference")
     zp = zero_point_image(run)
     zp_ok = None if case.zp_image is None else (zp is not None and abs(zp - case.zp_image) <= case.zp_tol)
@@ -913,7 +927,36 @@ def score(case: FrameCase, run: RppRun, ref: ReferenceImage | None, sex: Table |
         one_line = run.exit_code != 0 and len(lines) == 1 and "\n" not in lines[0] and len(lines[0]) < 400
     return Score(case.name, run.exit_code, run.message, run.seconds, fwhm, case.fwhm_ref, err, ok, det,
                  astrometry_scores(case, run), zp, case.zp_image, zp_ok, one_line,
-                 None if summ.get("fwhm_gauss_px") is None else float(summ["fwhm_gauss_px"]))
+                 None if summ.get("fwhm_gauss_px") is None else float(summ["fwhm_gauss_px"]), model, model_err)
+
+
+def moffat_read_as_gaussian(fwhm: float, beta: float, n_stars: int = 30, seed: int = 1) -> float:
+    """What the README's FWHM method (:func:`reference_fwhm`'s Gaussian fit) reads on a Moffat profile.
+
+    ``n_stars`` noise-free, pixel-integrated (7x oversampled) Moffat stars of FWHM ``fwhm``
+    px and index ``beta`` at random sub-pixel positions, each fitted with
+    ``photutils.psf.fit_fwhm`` in the reference's box (``2 ceil(1.5 F) + 1`` px, sized on
+    the result once more); returns the median, in px. Independent of rpp's own Gaussian fit.
+    """
+    from photutils.psf import fit_fwhm
+
+    from rpp_core.synthetic import render_moffat
+
+    step = int(2 * np.ceil(4.0 * fwhm) + 9)
+    side = int(np.ceil(np.sqrt(n_stars)))
+    rng = np.random.default_rng(seed)
+    gx, gy = np.meshgrid(np.arange(side), np.arange(side))
+    x = (gx.ravel()[:n_stars] + 0.5) * step + rng.uniform(-0.5, 0.5, n_stars)
+    y = (gy.ravel()[:n_stars] + 0.5) * step + rng.uniform(-0.5, 0.5, n_stars)
+    img = render_moffat((side * step, side * step), x, y, np.full(n_stars, 1.0e4), fwhm, beta, half=step // 2,
+                       oversample=7)
+    guess = fwhm
+    for _ in range(2):
+        box = max(int(2 * np.ceil(1.5 * guess) + 1), 5)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            guess = float(np.median(fit_fwhm(img, xypos=np.c_[x, y], fwhm=guess, fit_shape=box)))
+    return guess
 
 
 # ---------------------------------------------------------------- the yardstick on known truth
