@@ -136,13 +136,17 @@ def _signal_and_variance(data, inmask, gain, background, rms):
         d = np.where(inmask, np.float32(0), data).astype(np.float32)
         bkg = sep_x.Background(np.ascontiguousarray(d), mask=np.ascontiguousarray(inmask))
         background, rms = bkg.back(dtype=np.float32), bkg.rms(dtype=np.float32)
-    sig = (data - background).astype(np.float32)
-    var = np.square(np.asarray(rms, np.float32))
+    # in place, float32 throughout: this set-up was 1 s of the 4096^2 benchmark frame's cosmic-ray stage
+    sig = np.subtract(data, background, dtype=np.float32)
+    var = np.square(np.asarray(rms, np.float32), dtype=np.float32)
     if gain is not None and gain > 0:
-        var = var + np.clip(sig, 0, None) / np.float32(gain)
+        var += np.maximum(sig, 0) * np.float32(1.0 / gain)
     sig[inmask] = 0.0
-    good = ~inmask & np.isfinite(var) & (var > 0)
-    var = np.where(good, var, np.float32(np.median(var[good])) if good.any() else np.float32(1)).astype(np.float32)
+    bad = inmask | ~np.isfinite(var) | ~(var > 0)
+    if bad.any():
+        good = var[~bad]
+        # the median of every 16th good pixel: the fill only has to be a typical variance
+        var[bad] = np.float32(np.median(good[::16])) if good.size else np.float32(1)
     return sig, var, np.asarray(background, np.float32)
 
 
