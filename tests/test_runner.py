@@ -154,3 +154,14 @@ def test_a_caller_that_goes_away_takes_its_run_with_it(small, small_index, tmp_p
         time.sleep(0.05)
     assert _alive_in_group(solver["pid"]) == []
     assert os.getpgid(os.getpid()) != solver["pid"]
+
+
+@pytest.mark.parametrize("delay_s", [0.0, 0.005, 0.02])
+async def test_a_cancel_as_the_worker_starts_is_a_cancel_not_a_crash(small, tmp_path, delay_s):
+    """SIGTERM reaching the worker before its event loop takes the signal over still reads as 'cancelled'."""
+    cancel = asyncio.Event()
+    request = runner.RunRequest(str(small / "f.fits"), offline_profile(**{"cosmic_rays.enabled": False}),
+                                out_dir=str(tmp_path / "runs"), catalog_files=(str(small / "ref.ecsv"),))
+    asyncio.get_running_loop().call_later(delay_s, cancel.set)
+    with pytest.raises(Cancelled):
+        await runner.run(request, None, cancel)
