@@ -276,10 +276,9 @@ async def _run_stages(job: _Job, path: Path, profile: Profile, run_dir: Path, hd
     made.image, background = await _background(job, made.frame, masks, made.exposure, made.weights, profile)
     made.fwhm = await _fwhm(job, made.image, made.meta, profile)
     sources = await _detect(job, made.image, made.fwhm.fwhm_px, profile)
-    made.image, sources = await _cosmics(job, made.frame, made.image, background, masks, sources, made.fwhm.fwhm_px,
-                                         profile)
+    made.image, sources = await _cosmics(job, made.frame, made.image, background, masks, sources, made.fwhm, profile)
     made.catalogue = await _apertures(job, made.image, sources, made.fwhm.fwhm_px, profile)
-    made.catalogue, made.psf = await _psf(job, made.image, made.catalogue, profile, run_dir)
+    made.catalogue, made.psf = await _psf(job, made.image, made.catalogue, made.fwhm, profile, run_dir)
     made.wcs, refcat, ref_error = await _astrometry(job, profile, made.frame, made.meta, made.catalogue, run_dir)
     made.catalogue, made.pixel_scale = _sky_positions(job, made.frame, made.meta, made.wcs, made.catalogue)
     made.catalogue, made.calibration = await _calibration(job, made, profile, refcat, ref_error)
@@ -366,17 +365,23 @@ async def _fwhm(job: _Job, image: MeasurableImage, meta: ObservationMeta, profil
 
     det = profile.detection
     async with job.step("fwhm") as fig:
-        guess = float(np.clip(det.seeing_arcsec / meta.pixel_scale if meta.pixel_scale else 3.0, 1.2, 30.0))
-        fw = await asyncio.to_thread(detect.measure_fwhm, image.data, image.rms, image.mask, guess, det,
+        # the header seeing is a hint to compare with, never a prior (issue 9): a 3x wrong one must not matter
+        hint = det.seeing_arcsec / meta.pixel_scale if meta.pixel_scale else None
+        fw = await asyncio.to_thread(detect.measure_fwhm, image.data, image.rms, image.mask, hint, det,
                                      progress=job.progress_cb("fwhm"), cancel=job.cancelled)
+        job.log(fw.summary())
         fig.update(fwhm_px=fw.fwhm_px, scatter_px=fw.scatter_px, n_stars=fw.n_stars)
     return fw
 
 
 async def _detect(job: _Job, image: MeasurableImage, fwhm: float, profile: Profile) -> Table:
-    from . import detect
+    from . import detect, photometry
 
     async with job.step("detect") as fig:
+        if fwhm < detect.UNDERSAMPLED_PX:
+            _, kf = detect.detection_kernel(fwhm)
+            job.log(f"undersampled stars (FWHM {fwhm:.2f} px): detection filter for {kf:.1f} px, apertures sized for "
+                    f"FWHM {photometry.aperture_fwhm(profile.photometry, fwhm):.2f} px (photometry.min_aperture_px)")
         sources = await asyncio.to_thread(
             detect.find_stars, image.data, image.rms, image.mask, fwhm, profile.detection, image.saturated,
             border_px=profile.masks.border_px, progress=job.progress_cb("detect"), cancel=job.cancelled)
@@ -384,20 +389,27 @@ async def _detect(job: _Job, image: MeasurableImage, fwhm: float, profile: Profi
     return sources
 
 
-async def _cosmics(job: _Job, frame: Frame, image: MeasurableImage, background, masks, sources: Table, fwhm: float,
+async def _cosmics(job: _Job, frame: Frame, image: MeasurableImage, background, masks, sources: Table, fw,
                    profile: Profile) -> tuple[MeasurableImage, Table]:
     from . import detect, photometry, preprocess
 
     cr, phot = profile.cosmic_rays, profile.photometry
+    plan = preprocess.cosmic_ray_plan(fw.fwhm_px, fw.peak_share)
     if not cr.enabled:
         job.skip("cosmics", "disabled in the profile")
+    elif not plan.run:
+        job.warn(plan.note, "cosmics")
+        job.skip("cosmics", "stars as sharp as cosmic-ray hits")
     else:
         async with job.step("cosmics") as fig:
+            if plan.note:
+                job.log(plan.note)
             # the largest radius any measurement uses: apertures and the PSF fit
-            radius = max(max(photometry.aperture_set(phot, fwhm).radii_px), phot.psf_fit_radius * fwhm if phot.psf else 0.0)
+            apertures = photometry.aperture_set(phot, fw.fwhm_px)
+            radius = max(max(apertures.radii_px), phot.psf_fit_radius * apertures.fwhm_px if phot.psf else 0.0)
             image, crmask = await asyncio.to_thread(
                 preprocess.clean_cosmic_rays, frame.data, image, background, masks, cr, sources["x"], sources["y"],
-                radius, progress=job.progress_cb("cosmics"), cancel=job.cancelled)
+                radius, progress=job.progress_cb("cosmics"), cancel=job.cancelled, star_share=plan.star_share)
             sources, dropped = detect.drop_cosmic_ray_peaks(sources, crmask)
             fig.update(n_cr_pixels=int(crmask.sum()), dropped_sources=dropped, scope=cr.scope)
     if len(sources) == 0:
@@ -419,7 +431,7 @@ async def _apertures(job: _Job, image: MeasurableImage, sources: Table, fwhm: fl
     return SourceCatalogue(table, apertures)
 
 
-async def _psf(job: _Job, image: MeasurableImage, catalogue: SourceCatalogue, profile: Profile, run_dir: Path):
+async def _psf(job: _Job, image: MeasurableImage, catalogue: SourceCatalogue, fw, profile: Profile, run_dir: Path):
     from . import photometry
 
     phot = profile.photometry
@@ -431,9 +443,11 @@ async def _psf(job: _Job, image: MeasurableImage, catalogue: SourceCatalogue, pr
         try:
             table, info = await asyncio.to_thread(
                 photometry.psf_photometry, image.data, image.rms, image.mask, catalogue.table,
-                catalogue.apertures.fwhm_px, image.gain, image.exptime, phot, progress=job.progress_cb("psf"),
-                cancel=job.cancelled, apertures=catalogue.apertures)
+                fw.fwhm_px, image.gain, image.exptime, phot, progress=job.progress_cb("psf"),
+                cancel=job.cancelled, apertures=catalogue.apertures, moffat_beta=fw.beta)
             catalogue = catalogue.with_table(table)
+            if info.model != "ePSF":
+                job.log(f"PSF fitted: {info.model}, not the ePSF decimated to image pixels")
             fig.update(n_fitted=int(info.n_fitted), apcorr=info.apcorr)
             if info.status != "ok":
                 job.warn(f"PSF photometry: {info.status}")
@@ -687,7 +701,9 @@ def _summarize(made: _Products, job: _Job, path: Path, profile: Profile, run_dir
     if made.fwhm is not None:
         fw = made.fwhm
         kw.update(fwhm_px=float(fw.fwhm_px), fwhm_scatter_px=float(fw.scatter_px), fwhm_n_stars=int(fw.n_stars),
-                  fwhm_arcsec=fw.fwhm_px * made.meta.pixel_scale if made.meta.pixel_scale else None)
+                  fwhm_arcsec=fw.fwhm_px * made.meta.pixel_scale if made.meta.pixel_scale else None,
+                  fwhm_gauss_px=float(fw.gauss_fwhm_px), fwhm_first_pass_px=float(fw.first_pass_px),
+                  fwhm_beta=float(fw.beta), fwhm_method=fw.method)
     if made.catalogue is not None:
         kw["n_sources"] = len(made.catalogue)
         if made.catalogue.apertures is not None:

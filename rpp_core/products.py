@@ -457,6 +457,10 @@ class RunSummary:
     fwhm_scatter_px: float | None = None
     fwhm_n_stars: int | None = None
     fwhm_arcsec: float | None = None
+    fwhm_gauss_px: float | None = None       # a Gaussian fit on the same stars (photutils fit_fwhm's convention)
+    fwhm_first_pass_px: float | None = None  # the prior-free kernel scan
+    fwhm_beta: float | None = None
+    fwhm_method: str | None = None           # "moffat", or "kernel scan" when no star could be fitted
     n_sources: int | None = None
     apertures_px: Mapping[str, float] = field(default_factory=dict)
     calibration_label: str = ""

@@ -128,6 +128,9 @@ def _worker_main(request: RunRequest, conn) -> None:
     if request.nice:
         os.nice(request.nice)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the caller's to decide on
+    stop_asked: list[int] = []
+    # a cancel can come before the event loop takes SIGTERM over: kept, not fatal
+    signal.signal(signal.SIGTERM, lambda signum, frame: stop_asked.append(signum))
     with open(os.devnull, "w") as null:
         # library chatter must not write over a terminal app: the run log has what matters
         os.dup2(null.fileno(), 1)
@@ -136,6 +139,8 @@ def _worker_main(request: RunRequest, conn) -> None:
     async def main():
         cancel = asyncio.Event()
         asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, cancel.set)
+        if stop_asked:
+            cancel.set()
 
         def send(event: ev.Event) -> None:
             if isinstance(event, ev.RunFinished):
@@ -293,6 +298,8 @@ async def run(request: RunRequest, on_event: Callable[[ev.Event], None] | None =
         await asyncio.to_thread(proc.join, 2.0)
         await asyncio.to_thread(reader.join, 2.0)
         receiver.close()
+    if kind == "died" and cancel.is_set() and proc.exitcode is not None and proc.exitcode < 0:
+        kind = "killed"  # the cancel's own signal reached the worker before it could take it
     if kind == "result":
         on_event(ev.RunFinished(result=payload))
         return payload

@@ -30,20 +30,7 @@ FAST = ("photometry.psf=false", "output.zip=false", "output.formats=ecsv")
 JUDGED = ("sdss_g", "sdss_binned3", "dss_poss1e", "lco_raw", "ntt_emmi", "m67_dss", "spitzer", "horsehead")
 
 #: what is wrong today, per (check, frame); see docs/real-frames-diagnosis.md
-KNOWN = {
-    ("fwhm", "ukidss_k"): "no FWHM (exit 4): first guess 2.5\" / 0.2006\"/px = 12.5 px, no star fits in that box",
-    ("fwhm", "saao_raw"): "FWHM 0.55 px measured on cosmic rays; the three stars are 8.5 px",
-    ("completeness", "sdss_binned3"): "astroscrappy drops 145 undersampled stars as cosmic rays (52 %)",
-    ("completeness", "spitzer"): "astroscrappy drops 2935 of 6193 undersampled (1.8 px) detections (49 %)",
-    ("completeness", "horsehead"): "stars on the nebula under 5 sigma of an RMS map the nebula inflates 1.3-2.3x (89 %)",
-    ("purity", "sdss_binned3"): "the cosmic-ray mask eats undersampled star cores: their fluxes fall (89 %)",
-    ("purity", "m67_dss"): "extra detections on the wings of saturated plate stars (87 %)",
-    ("purity", "spitzer"): "extra detections round bright stars and in nebulosity (80 %)",
-    ("purity", "horsehead"): "extra detections on the wings of saturated stars (88 %)",
-    ("snr", "sdss_binned3"): "S/N 0.34 x SExtractor's: cosmic-ray masks cut undersampled star cores (0.99 with them off)",
-    ("snr", "m67_dss"): "S/N 0.58 x SExtractor's: aperture 2 x 2.9 px (plate FWHM) vs 2 x 2.15, plus the annulus term",
-    ("zp", "ukidss_k"): "exit 4 before calibration (no FWHM); with one, header MAGZPT gives the truth to 0.001 mag",
-}
+KNOWN: dict[tuple[str, str], str] = {}  # every check passes since items 1-3 and 4-6 met
 
 
 def cases(check: str, names):
@@ -139,10 +126,13 @@ def test_sextractor_judges_detection_on_exactly_the_frames_listed(references):
 
 @pytest.mark.parametrize("name", cases("fwhm", [c.name for c in R.FRAMES if c.fwhm_ref and c.fwhm_checked]))
 def test_fwhm_within_tolerance_of_the_reference(scores, name):
-    """15 % of the reference FWHM, 25 % below 1.5 px (issue 9 item 1)."""
+    """15 % of the reference FWHM, 25 % below 1.5 px (issue 9 item 1): rpp's Gaussian-fit width on its FWHM
+    stars against the reference (a Gaussian fit too), and rpp's FWHM itself (the Moffat's, with its beta) read
+    the reference's way against the reference (realframes docstring)."""
     s = scores[name]
     assert s.fwhm is not None, f"{name}: no FWHM (exit {s.exit_code}: {s.message})"
-    assert s.fwhm_ok, f"{name}: FWHM {s.fwhm:.2f} px, reference {s.fwhm_ref:.2f} px ({100 * s.fwhm_error:+.0f} %)"
+    assert s.fwhm_ok, (f"{name}: FWHM {s.fwhm:.2f} px (Gaussian fit {s.fwhm_gauss}, that Moffat read as the "
+                       f"reference reads {s.fwhm_model}), reference {s.fwhm_ref:.2f} px ({100 * s.fwhm_error:+.0f} %)")
 
 
 @pytest.mark.parametrize("name", cases("completeness", JUDGED))

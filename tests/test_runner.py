@@ -181,3 +181,14 @@ def test_a_mask_file_named_in_the_request_is_used_by_the_worker(small, tmp_path)
     # an uncalibrated run still gets its figures and sky view
     assert not [w for w in res.warnings if "not written" in w]
     assert (res.run_dir / "sky.html").exists() and (res.run_dir / "plots" / "finder.png").exists()
+
+
+@pytest.mark.parametrize("delay_s", [0.0, 0.005, 0.02])
+async def test_a_cancel_as_the_worker_starts_is_a_cancel_not_a_crash(small, tmp_path, delay_s):
+    """SIGTERM reaching the worker before its event loop takes the signal over still reads as 'cancelled'."""
+    cancel = asyncio.Event()
+    request = runner.RunRequest(str(small / "f.fits"), offline_profile(**{"cosmic_rays.enabled": False}),
+                                out_dir=str(tmp_path / "runs"), catalog_files=(str(small / "ref.ecsv"),))
+    asyncio.get_running_loop().call_later(delay_s, cancel.set)
+    with pytest.raises(Cancelled):
+        await runner.run(request, None, cancel)
