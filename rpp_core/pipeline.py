@@ -63,6 +63,7 @@ class _Products:
     """What the run has made so far: the summary is built from it, also after a failure."""
 
     frame: Frame | None = None
+    weights: Any = None  # image.PixelWeights: weight map and mask that came with the frame
     meta: ObservationMeta | None = None
     exposure: ExposureValues | None = None
     image: MeasurableImage | None = None
@@ -190,9 +191,13 @@ def _fmt(v: Any) -> str:
 
 async def run(path, profile: Profile | None = None, on_event: Callable[[ev.Event], None] | None = None,
               cancel: asyncio.Event | None = None, *, out_dir=None, catalog_files=(), hdu: int | None = None,
-              offline: bool | None = None, cache_dir=None, secrets: dict | None = None) -> RunResult:
+              offline: bool | None = None, cache_dir=None, secrets: dict | None = None,
+              weight=None, mask=None) -> RunResult:
     """Process one frame in this process; see the module docstring. Raises RppError subclasses on failure.
 
+    ``weight`` (inverse-variance map) and ``mask`` (nonzero = bad) files go with the frame;
+    without them, companions named as the DECam community pipeline names them are used
+    (:func:`rpp_core.image.load_pixel_weights`).
     ``catalog_files`` add local reference catalogues to ``profile.calibration.catalog_files``;
     ``offline`` overrides ``profile.services.offline``. ``cache_dir`` (catalogue answers) and
     ``secrets`` (API keys) default to the user's (:mod:`rpp_core.locations`, ``secrets.toml``).
@@ -217,7 +222,7 @@ async def run(path, profile: Profile | None = None, on_event: Callable[[ev.Event
     made = _Products()
     try:
         try:
-            files = await _run_stages(job, path, profile, run_dir, hdu, made)
+            files = await _run_stages(job, path, profile, run_dir, hdu, made, (weight, mask))
         finally:
             with contextlib.suppress(Exception):
                 await job.close()
@@ -263,11 +268,12 @@ def run_sync(path, profile: Profile | None = None, **kwargs) -> RunResult:
     return asyncio.run(run(path, profile, **kwargs))
 
 
-async def _run_stages(job: _Job, path: Path, profile: Profile, run_dir: Path, hdu, made: _Products) -> dict[str, Path]:
+async def _run_stages(job: _Job, path: Path, profile: Profile, run_dir: Path, hdu, made: _Products,
+                      companions: tuple = (None, None)) -> dict[str, Path]:
     """The stages in order; each product lands in ``made``. Returns the output files."""
-    made.frame = await _load(job, path, hdu, run_dir)
-    made.meta, made.exposure, masks = await _metadata(job, made.frame, profile)
-    made.image, background = await _background(job, made.frame, masks, made.exposure, profile)
+    made.frame, made.weights = await _load(job, path, hdu, run_dir, companions, profile)
+    made.meta, made.exposure, masks = await _metadata(job, made.frame, made.weights, profile)
+    made.image, background = await _background(job, made.frame, masks, made.exposure, made.weights, profile)
     made.fwhm = await _fwhm(job, made.image, made.meta, profile)
     sources = await _detect(job, made.image, made.fwhm.fwhm_px, profile)
     made.image, sources = await _cosmics(job, made.frame, made.image, background, masks, sources, made.fwhm, profile)
@@ -276,6 +282,7 @@ async def _run_stages(job: _Job, path: Path, profile: Profile, run_dir: Path, hd
     made.wcs, refcat, ref_error = await _astrometry(job, profile, made.frame, made.meta, made.catalogue, run_dir)
     made.catalogue, made.pixel_scale = _sky_positions(job, made.frame, made.meta, made.wcs, made.catalogue)
     made.catalogue, made.calibration = await _calibration(job, made, profile, refcat, ref_error)
+    made.catalogue, made.calibration = _header_zero_point(job, made)
     made.catalogue, made.services = await _crossmatch_services(job, made, profile)
     async with job.step("output") as fig:
         summary = _summarize(made, job, path, profile, run_dir, "ok" if made.exit_code == 0 else "degraded",
@@ -290,7 +297,7 @@ async def _run_stages(job: _Job, path: Path, profile: Profile, run_dir: Path, hd
 
 # ---------------------------------------------------------------- the stages, one step each
 
-async def _load(job: _Job, path: Path, hdu, run_dir: Path) -> Frame:
+async def _load(job: _Job, path: Path, hdu, run_dir: Path, companions: tuple, profile: Profile):
     from . import image
 
     async with job.step("load") as fig:
@@ -299,22 +306,39 @@ async def _load(job: _Job, path: Path, hdu, run_dir: Path) -> Frame:
             job.log(note)
         for rep in frame.repairs:
             job.log(f"header repair: {rep}", "WARNING")
+        # issue 9: the weight map and mask that come with the frame
+        weight, mask = companions
+        weights = await asyncio.to_thread(image.load_pixel_weights, frame, weight or profile.masks.weight_file or None,
+                                          mask or profile.masks.mask_file or None, profile.masks.companions)
+        for note in weights.notes:
+            job.log(note)
         fig.update(shape=f"{frame.data.shape[1]}x{frame.data.shape[0]}", hdu=frame.hdu, wcs=frame.wcs_status)
     results.write_header(frame.header, run_dir / "header.txt")
-    return frame
+    return frame, weights
 
 
-async def _metadata(job: _Job, frame: Frame, profile: Profile):
+async def _metadata(job: _Job, frame: Frame, weights, profile: Profile):
     from . import image, preprocess
 
     async with job.step("metadata") as fig:
-        meta = image.read_metadata(frame, profile.observatory)
+        meta = await asyncio.to_thread(image.read_metadata, frame, profile.observatory)  # measures the sky noise
         for key, src in meta.sources.items():
-            job.log(f"{key}: {getattr(meta, key)!s} ({src})", "DEBUG")
+            if key not in ("units", "effective_gain", "zero_point"):  # these three get their own lines below
+                job.log(f"{key}: {getattr(meta, key)!s} ({src})", "DEBUG")
         exposure = image.exposure_values(meta)
         for why in exposure.assumed():
             job.warn(why)
+        # issue 9: what the pixel values are, the gain the errors use and the header's zero point, decided in image.units
+        job.log(f"units: {meta.units.text}")
+        if meta.effective_gain.source is not image.GainSource.ASSUMED:
+            job.log(f"effective gain: {meta.effective_gain.text}")
+        if exposure.exptime is not None and exposure.exptime_magnitudes is None:
+            job.log(str(exposure.sources["exptime_magnitudes"]))
+        if meta.zero_points.best is not None:
+            job.log(f"header zero point: {meta.zero_points.best.text} -> {meta.zero_points.best.zp:.4f} (rpp's convention)")
         masks = await asyncio.to_thread(preprocess.make_masks, frame.data, exposure.saturation, profile.masks)
+        if weights.bad is not None:
+            masks = dataclasses.replace(masks, combined=masks.combined | weights.bad)
         level = masks.saturation_level
         job.log(f"saturation level {level if level is not None else 'none'} ADU ({exposure.sources['saturation']})")
         fig.update(exptime=exposure.exptime, filter=meta.filter, airmass=meta.airmass, pixel_scale=meta.pixel_scale,
@@ -322,11 +346,15 @@ async def _metadata(job: _Job, frame: Frame, profile: Profile):
     return meta, exposure, masks
 
 
-async def _background(job: _Job, frame: Frame, masks, exposure: ExposureValues, profile: Profile):
-    from . import preprocess
+async def _background(job: _Job, frame: Frame, masks, exposure: ExposureValues, weights, profile: Profile):
+    from . import image as image_mod, preprocess
 
     async with job.step("background") as fig:
         bkg = await asyncio.to_thread(preprocess.estimate_background, frame.data, masks.combined, profile.background)
+        noise = image_mod.noise_map(weights, float(bkg.global_rms), ~masks.combined)
+        if noise is not None:  # the weight map is the noise for detection and errors
+            bkg = dataclasses.replace(bkg, rms=noise.rms)
+            job.log(f"noise map: {noise.source}")
         image = preprocess.measurable_image(frame.data, masks, bkg, exposure)
         fig.update(background=image.background, rms=image.background_rms)
     return image, bkg
@@ -557,6 +585,28 @@ async def _crossmatch_services(job: _Job, made: _Products, profile: Profile) -> 
     return catalogue.with_table(table), statuses
 
 
+def _header_zero_point(job: _Job, made: _Products) -> tuple[SourceCatalogue, Calibration | None]:
+    """Issue 9: the header's zero point beside a fitted one, or the calibration when nothing was fitted."""
+    from . import calibrate
+
+    catalogue, cal = made.catalogue, made.calibration
+    header_zp = made.meta.zero_points.best if made.meta.zero_points is not None else None
+    if header_zp is None:
+        return catalogue, cal
+    if cal is not None:
+        diff = cal.zp - header_zp.zp
+        job.log(f"zero point: fitted {cal.zp:.4f}, {header_zp.source} {header_zp.zp:.4f} "
+                f"({header_zp.system or 'system unknown'}): difference {diff:+.4f} mag")
+        return catalogue, dataclasses.replace(cal, header_zp={**header_zp.to_dict(), "fitted_minus_header": diff})
+    catalogue, cal = calibrate.header_calibration(catalogue, header_zp, airmass=made.meta.airmass)
+    job.log(f"calibration source: {header_zp.source} (no fitted zero point): zp = {header_zp.zp:.4f}"
+            + (f" ± {header_zp.zp_err:.4f}" if header_zp.zp_err is not None else "")
+            + f" mag{f' ({header_zp.system})' if header_zp.system else ''}: {header_zp.text}")
+    job.warn(f"calibrated with the header zero point ({header_zp.source}), not against a reference catalogue",
+             "calibrate")
+    return catalogue, cal
+
+
 # ---------------------------------------------------------------- reference catalogues
 
 async def _reference_for_astrometry(job: _Job, profile: Profile, meta, frame, wcs) -> tuple[Table | None, str | None]:
@@ -636,8 +686,15 @@ def _summarize(made: _Products, job: _Job, path: Path, profile: Profile, run_dir
                   mjd=float(meta.date_obs.mjd) if meta.date_obs is not None else None,
                   filter=meta.filter, object=meta.object, airmass=meta.airmass, pixel_scale_arcsec=meta.pixel_scale,
                   pointing=(meta.ra, meta.dec), metadata_sources={k: str(v) for k, v in meta.sources.items()})
+    if made.frame is not None:
+        kw.update(pixels=made.frame.layout.to_dict() if made.frame.layout is not None else None,
+                  companions=made.weights.to_dict() if made.weights is not None else None)
+    if made.meta is not None and made.meta.units is not None:
+        kw.update(units=made.meta.units.kind.value, bunit=made.meta.units.bunit,
+                  gain_source=made.meta.effective_gain.source.value)
     if made.exposure is not None:
-        kw.update(exptime=made.exposure.exptime, gain=made.exposure.gain, read_noise=made.exposure.read_noise)
+        kw.update(exptime=made.exposure.exptime, gain=made.exposure.gain, read_noise=made.exposure.read_noise,
+                  exptime_magnitudes=made.exposure.exptime_magnitudes)
     if made.image is not None:
         kw.update(saturation=made.image.saturation, background=made.image.background,
                   background_rms=made.image.background_rms)
@@ -664,7 +721,8 @@ def _summarize(made: _Products, job: _Job, path: Path, profile: Profile, run_dir
                   match_radius_arcsec=cal.match_radius_arcsec, extinction_k=cal.extinction_k, zp=cal.zp,
                   zp_err=cal.zp_err, zp0=cal.zp0, zp_rms=cal.zp_rms, n_calibrators=cal.n_calibrators,
                   n_rejected=cal.n_rejected, color_coef=cal.color_coef, color_coef_err=cal.color_coef_err,
-                  airmass_used=cal.airmass, zp_by_aperture=dict(cal.by_aperture))
+                  airmass_used=cal.airmass, zp_by_aperture=dict(cal.by_aperture), calibration_source=cal.source,
+                  header_zp=cal.header_zp)
     return RunSummary(frame=str(path), profile=profile.name, run_dir=str(run_dir), rpp_version=__version__,
                       status=status, exit_code=exit_code, error=error, services=tuple(made.services),
                       timings=dict(job.timings), warnings=tuple(job.warnings), total_seconds=round(seconds, 3), **kw)

@@ -268,7 +268,7 @@ def remove_cosmics(
         Pixels never flagged nor used (astroscrappy ``inmask``); pass
         ``masks.nan | masks.saturated``. NaN pixels are always added.
     gain : e-/ADU for the sources' Poisson term of the noise model
-        (:func:`rpp_core.image.metadata.resolve_gain`); None: the RMS map alone.
+        (:func:`rpp_core.image.exposure_values`); None: the RMS map alone.
     saturation : ADU (sky included), astroscrappy's ``satlevel`` (stars reaching it
         are protected); ``None``: the signal maximum if at least 5 pixels sit on it (a
         clipped plateau), else no level.
@@ -517,11 +517,14 @@ def estimate_background(data: np.ndarray, mask: np.ndarray | None, settings: Bac
 
 
 def measurable_image(data: np.ndarray, masks: Masks, background: Background, exposure: ExposureValues) -> MeasurableImage:
-    """The frame ready to measure: background subtracted (float32), the masks, the exposure values."""
+    """The frame ready to measure: background subtracted (float32), the masks, the exposure values.
+
+    ``exptime`` is what magnitudes divide by (:attr:`ExposureValues.exptime_magnitudes`).
+    """
     return MeasurableImage(
         data=(data - background.background).astype(np.float32, copy=False), rms=background.rms, mask=masks.combined,
         saturated=masks.saturated, saturation=masks.saturation_level, gain=exposure.gain,
-        read_noise=exposure.read_noise, exptime=exposure.exptime, background=background.global_bkg,
+        read_noise=exposure.read_noise, exptime=exposure.exptime_magnitudes, background=background.global_bkg,
         background_rms=background.global_rms)
 
 
@@ -538,13 +541,15 @@ def clean_cosmic_rays(raw: np.ndarray, image: MeasurableImage, background: Backg
     :class:`CosmicRayPlan`. The image's mask grows by the hits. Returns ``(image, crmask)``.
     """
     protect = masks.nan | masks.saturated
+    # a gain left out (plates, calibrated units) is None: the noise model is then the RMS map alone
+    gain = image.gain
     # on the background-relative signal with the RMS map as noise: the frame's pedestal must not matter (issue 14)
     kw = dict(progress=progress, cancel=cancel, background=background.background, rms=background.rms,
               star_share=star_share)
     if settings.scope == "frame":
-        cleaned, crmask = remove_cosmics(raw, protect, image.gain, image.saturation, settings, **kw)
+        cleaned, crmask = remove_cosmics(raw, protect, gain, image.saturation, settings, **kw)
     else:
-        cleaned, crmask = remove_cosmics_near(raw, protect, np.asarray(x), np.asarray(y), radius_px, image.gain,
+        cleaned, crmask = remove_cosmics_near(raw, protect, np.asarray(x), np.asarray(y), radius_px, gain,
                                               image.saturation, settings, **kw)
     data = (cleaned - background.background).astype(np.float32, copy=False)
     return dataclasses.replace(image, data=data, mask=image.mask | crmask), crmask

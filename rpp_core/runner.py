@@ -67,6 +67,8 @@ class RunRequest:
     (it is in the run folder): a caller that only prints the summary then
     never imports astropy. ``nice`` lowers the worker's CPU priority: the app
     asks for it, so that on a busy machine the screen gets the CPU before the run.
+    ``weight`` (inverse-variance map) and ``mask`` (nonzero = bad) are files that
+    go with the frame; None lets the pipeline look for DECam-style companions.
     """
 
     path: str
@@ -79,6 +81,8 @@ class RunRequest:
     secrets: dict | None = None
     keep_catalog: bool = True
     nice: int = 0
+    weight: str | None = None
+    mask: str | None = None
 
     def resolved(self) -> "RunRequest":
         """The request with workspace, cache and keys taken from this process where not given."""
@@ -94,6 +98,8 @@ class RunRequest:
                 secrets = None  # unreadable: the worker reads it again and warns in the run log
         return dataclasses.replace(
             self, path=str(Path(self.path).expanduser()),
+            weight=str(Path(self.weight).expanduser()) if self.weight else None,
+            mask=str(Path(self.mask).expanduser()) if self.mask else None,
             out_dir=str(self.out_dir) if self.out_dir else str(locations.workspace_dir()),
             cache_dir=str(self.cache_dir) if self.cache_dir else str(locations.catalog_cache_dir()), secrets=secrets)
 
@@ -107,7 +113,8 @@ async def execute_async(request: RunRequest, on_event: Callable[[ev.Event], None
 
     return await pipeline.run(request.path, request.profile, on_event, cancel, out_dir=request.out_dir,
                               catalog_files=request.catalog_files, hdu=request.hdu, offline=request.offline,
-                              cache_dir=request.cache_dir, secrets=request.secrets)
+                              cache_dir=request.cache_dir, secrets=request.secrets,
+                              weight=request.weight, mask=request.mask)
 
 
 def execute(request: RunRequest, on_event: Callable[[ev.Event], None] | None = None):

@@ -67,11 +67,15 @@ class ObservatorySettings:
 
 @dataclass
 class MaskSettings:
-    """Pixels not to trust: the frame border and saturated pixels."""
+    """Pixels not to trust: the frame border, saturated pixels, and the weight map and mask of a frame."""
 
     border_px: int = _f(10, "mask the frame edge and ignore sources closer than this to it", "px", (0, 1000))
     saturation_fraction: float = _f(0.95, "pixels above this fraction of SATURATE are masked", "", (0.1, 1.0))
     saturation_dilate_px: int = _f(1, "grow the saturated-pixel mask by this many pixels", "px", (0, 20))
+    companions: bool = _f(True, "use a weight map and mask found beside the frame (DECam _oow_/_ood_ names, "
+                                "WTMAP/BPM keywords)")
+    weight_file: str = _f("", "inverse-variance weight map for every frame ('' = none, or one found beside it)")
+    mask_file: str = _f("", "bad-pixel mask for every frame, nonzero = bad, e.g. the camera's ('' = none or found)")
 
 
 @dataclass
