@@ -113,6 +113,7 @@ def _run_frame(args, frame: str, catalogs: list[str]) -> int:
     from rpp_core import runner
     from rpp_core.cleanup import apply_retention
 
+    runner.warm_up()  # the worker's imports run beside the checks below
     profile = profile_from_args(args)
     _check_before_run(profile, frame, catalogs)
     reporter = ConsoleReporter(quiet=args.quiet, verbose=args.verbose)

@@ -178,23 +178,40 @@ def process_context():
     return ctx
 
 
-def _start(proc) -> None:
-    """``proc.start()``, with a real stderr: multiprocessing hands the descriptor of ``sys.stderr``
-    to its helper processes, and an app that captures it (Textual) has none to give."""
+@contextlib.contextmanager
+def _real_stderr():
+    """A real ``sys.stderr`` while multiprocessing starts a helper process: it hands the descriptor
+    of ``sys.stderr`` to its helpers, and an app that captures it (Textual) has none to give."""
     try:
         usable = sys.stderr.fileno() >= 0
     except (AttributeError, OSError, ValueError):
         usable = False
     if usable:
-        proc.start()
+        yield
         return
     with _STDERR_LOCK:
         saved = sys.stderr
         sys.stderr = sys.__stderr__ or open(os.devnull, "w")
         try:
-            proc.start()
+            yield
         finally:
             sys.stderr = saved
+
+
+def _start(proc) -> None:
+    with _real_stderr():
+        proc.start()
+
+
+def warm_up() -> None:
+    """Start the forkserver now, without waiting for it: it imports the pipeline (about 1.4 s of
+    CPU) while the caller does its own checks, so a one-shot ``rpp run`` overlaps the two."""
+    if process_context().get_start_method() != "forkserver":
+        return
+    from multiprocessing import forkserver
+
+    with _real_stderr():
+        forkserver.ensure_running()  # spawns the server and returns; the server imports PRELOAD by itself
 
 
 def _session_groups(sid: int) -> set[int]:
