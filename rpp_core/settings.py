@@ -456,14 +456,26 @@ def validate(profile: Profile, source: str = "profile") -> None:
         raise SettingsError(f"{source} [calibration] mag_max ({cal.mag_max}) must be fainter than mag_min ({cal.mag_min})")
     if cal.color_columns and len(cal.color_columns) != 2:
         raise SettingsError(f"{source} [calibration] color_columns must name two columns, got {cal.color_columns}")
-    if not re.fullmatch(r"[A-Za-z0-9_.\-]+", profile.name):
-        raise SettingsError(f"profile name {profile.name!r}: use letters, digits, '.', '_' and '-' only")
+    check_profile_name(profile.name)
 
 
 # ---------------------------------------------------------------- storage
 
+#: a profile name is a file stem in the profiles folder: no separators, no "..", not hidden
+_PROFILE_NAME = re.compile(r"[A-Za-z0-9_\-][A-Za-z0-9_.\-]*")
+
+
+def check_profile_name(name: str) -> str:
+    """``name`` if it is a plain profile name; :class:`SettingsError` for anything reaching outside the folder."""
+    if not isinstance(name, str) or not _PROFILE_NAME.fullmatch(name):
+        raise SettingsError(f"profile name {name!r}: use letters, digits, '.', '_' and '-' only, not starting with "
+                            "'.' (a name, not a path: profiles live in `rpp profile path`)")
+    return name
+
+
 def profile_path(name: str) -> Path:
-    return locations.profiles_dir() / f"{name}.toml"
+    """``<config>/profiles/<name>.toml``; the name is checked, so the path never leaves the folder."""
+    return locations.profiles_dir() / f"{check_profile_name(name)}.toml"
 
 
 def list_profiles() -> list[str]:
@@ -493,6 +505,8 @@ def load_profile(name_or_path: str | os.PathLike | None = None) -> Profile:
     if text_path.suffix == ".toml" or text_path.exists():
         path = text_path
     else:
+        if not _PROFILE_NAME.fullmatch(str(name_or_path)):
+            raise SettingsError(f"profile file {text_path} does not exist")
         path = profile_path(str(name_or_path))
         if not path.exists():
             if str(name_or_path) == "default":
@@ -516,6 +530,17 @@ def save_profile(profile: Profile, path: str | os.PathLike | None = None) -> Pat
     return target
 
 
+def load_named_profile(name: str) -> Profile:
+    """The profile saved under ``name`` in the profiles folder (never a path; ``default`` may be unsaved)."""
+    path = profile_path(name)
+    if not path.exists() and name == "default":
+        return Profile()
+    if not path.exists():
+        raise SettingsError(f"profile {name!r} not found in {locations.profiles_dir()}; "
+                            f"known profiles: {', '.join(list_profiles()) or 'none'}")
+    return load_profile(path)
+
+
 def delete_profile(name: str) -> None:
     path = profile_path(name)
     if not path.exists():
@@ -524,10 +549,14 @@ def delete_profile(name: str) -> None:
 
 
 def rename_profile(old: str, new: str) -> Path:
-    profile = load_profile(old)
+    """Rename a saved profile; both are names in the profiles folder, and ``new`` must be free."""
+    source, target = profile_path(old), profile_path(new)
+    if target.exists():
+        raise SettingsError(f"profile {new!r} exists ({target}): delete it first or choose another name")
+    profile = load_named_profile(old)
     profile.name = new
-    target = save_profile(profile)
-    profile_path(old).unlink()
+    save_profile(profile)
+    source.unlink()
     return target
 
 
