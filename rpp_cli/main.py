@@ -36,6 +36,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
+    if not os.environ.get("RPP_DEBUG"):
+        import warnings
+
+        # the terminal shows rpp's own lines; a run logs the libraries' warnings in its run.log
+        warnings.simplefilter("ignore")
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "command", None):

@@ -14,69 +14,171 @@ plots/*.txt         text figures: zero-point fit, residuals, histogram, error vs
 <run>.zip           all of the above
 ==================  ==========================================================
 
-"Atomic" means: each file is written under a temporary name in the same
-folder and renamed when complete, so a failed or cancelled run never leaves a
-half-written catalogue; the catalogue files are written last-but-one (before
-the ZIP), so their presence means the run completed.
+Nothing half-written: while the run works, every file but ``run.log`` is
+made in the staging folder ``.staging/`` inside the run folder (each one
+atomically, see :mod:`rpp_core.fsio`), the ZIP included. At the end the staged
+files are published by renames and ``summary.json`` comes last: **a run
+folder with a summary is complete** (its ``status`` says ok, degraded, failed
+or cancelled), and a failed or cancelled run keeps only ``run.log`` and
+``summary.json``. ``.in-progress`` is held locked (``flock``) by the process
+running the run, from the folder's creation to the summary: a folder without
+a summary whose marker nobody holds was interrupted (killed, power cut), and
+:func:`run_state` says so to ``rpp clean`` and the app's History; retention
+never removes a run whose marker is held.
 """
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
+import errno
 import os
 import shutil
 import threading
-import warnings
-import zipfile
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Callable
 
 import numpy as np
-from astropy.io.fits.verify import VerifyWarning
 from astropy.table import Table
 
 if TYPE_CHECKING:
     from .photometry import PsfInfo
 
-from . import plots
+from . import archive, catalog_files, plots
 from .products import RunSummary, SourceCatalogue
+from .errors import Cancelled, OutputError
 from .fitsnames import frame_stem
 from .fsio import PART_SUFFIX, atomic_path, write_text
 
-CATALOG_FORMATS = {
-    "csv": ("catalog.csv", "ascii.csv"),
-    "ecsv": ("catalog.ecsv", "ascii.ecsv"),
-    "votable": ("catalog.vot", "votable"),
-    "fits": ("catalog.fits", "fits"),
-}
+STAGING = ".staging"  #: outputs are made here and published at the end
+IN_PROGRESS = ".in-progress"  #: held locked by the process running the run
+#: what a finished run folder holds besides its outputs; all that a failed one keeps
+RUN_LOG, SUMMARY = "run.log", "summary.json"
+#: errno values meaning "the results cannot be written here" (not a bug: a disk or folder to fix)
+DISK_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EACCES, errno.EPERM}
+
+#: catalogue format -> file name (writers in :mod:`rpp_core.catalog_files`)
+CATALOG_FORMATS = catalog_files.FILE_NAMES
 
 
 def make_run_dir(out_dir: str | os.PathLike, frame_path: str | os.PathLike) -> Path:
-    """Create a fresh run folder ``<out_dir>/<stem>_<UTC timestamp>`` (never reuses one)."""
+    """Create a fresh run folder ``<out_dir>/<stem>_<UTC timestamp>`` (never reuses one).
+
+    Raises :class:`~rpp_core.errors.OutputError` when ``out_dir`` cannot hold it (read-only, full).
+    """
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     name = frame_stem(Path(frame_path).name)
     stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%S")
-    for i in range(1000):
-        run = out / (f"{name}_{stamp}" + (f"_{i}" if i else ""))
-        try:
-            run.mkdir()
-            return run
-        except FileExistsError:
-            continue
-    raise RuntimeError(f"cannot create a run folder in {out}")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        for i in range(1000):
+            run = out / (f"{name}_{stamp}" + (f"_{i}" if i else ""))
+            try:
+                run.mkdir()
+                return run
+            except FileExistsError:
+                continue
+    except OSError as exc:
+        raise output_error(exc, out) from None
+    raise OutputError(f"cannot create a run folder in {out}: 1000 folders named {name}_{stamp} exist")
 
 
-def atomic_write_table(table: Table, path: Path, fmt: str) -> Path:
-    with atomic_path(path) as tmp, warnings.catch_warnings():
-        # long meta keys become HIERARCH cards in FITS: expected, not worth a warning
-        warnings.simplefilter("ignore", VerifyWarning)
-        table.write(tmp, format=fmt, overwrite=True)
+def output_error(exc: OSError, where: Path) -> OutputError:
+    """The one-line error for a folder that cannot take the results (full disk, read-only, no permission)."""
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+        todo = "free some space or choose another --out"
+    else:
+        todo = "choose a writable --out (or RPP_WORKSPACE)"
+    return OutputError(f"{where}: cannot write the results ({exc.strerror or exc}); {todo}")
+
+
+def staging_dir(run_dir: Path) -> Path:
+    """Where a run makes its files until :func:`publish` (created on first use)."""
+    path = Path(run_dir) / STAGING
+    path.mkdir(exist_ok=True)
     return path
 
 
+class RunMarker:
+    """``.in-progress`` in a run folder, held with ``flock`` while the run is alive.
+
+    The kernel drops the lock when the process dies however it dies, so a
+    marker nobody holds means an interrupted run; the file also says which
+    process and host held it, for a human looking at the folder.
+    """
+
+    def __init__(self, run_dir: Path) -> None:
+        import fcntl
+        import socket
+
+        self.path = Path(run_dir) / IN_PROGRESS
+        self._fd: int | None = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        with contextlib.suppress(OSError):  # a full disk: the lock itself is what counts
+            os.write(self._fd, f"pid {os.getpid()} on {socket.gethostname()}\n".encode())
+
+    def release(self) -> None:
+        """The run is over (its summary is in place): drop the marker."""
+        if self._fd is not None:
+            with contextlib.suppress(OSError):
+                self.path.unlink()
+            os.close(self._fd)
+            self._fd = None
+
+
+def is_running(run_dir: Path) -> bool:
+    """True while a process holds the run's ``.in-progress`` marker."""
+    import fcntl
+
+    try:
+        fd = os.open(Path(run_dir) / IN_PROGRESS, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        return False
+    except BlockingIOError:
+        return True
+    except OSError:  # a file system without locks: trust the marker
+        return True
+    finally:
+        os.close(fd)
+
+
+def run_state(run_dir: Path) -> str:
+    """``"finished"`` (summary.json in place), ``"running"`` or ``"interrupted"`` (neither: killed or crashed)."""
+    run_dir = Path(run_dir)
+    if (run_dir / SUMMARY).exists():
+        return "finished"
+    return "running" if is_running(run_dir) else "interrupted"
+
+
+def publish(run_dir: Path, files: dict[str, Path]) -> dict[str, Path]:
+    """Move the staged files into the run folder, ``summary.json`` last; ``files`` with their final paths.
+
+    Each move is one rename in the same folder: nothing is copied, so a full
+    disk cannot stop it half-way, and until the summary lands the folder reads
+    as unfinished.
+    """
+    run_dir = Path(run_dir)
+    staging = run_dir / STAGING
+    entries = sorted(staging.iterdir(), key=lambda p: p.name == SUMMARY)
+    for entry in entries:
+        target = run_dir / entry.name
+        if target.is_dir() and entry.is_dir():
+            shutil.rmtree(target)
+        os.replace(entry, target)
+    staging.rmdir()
+    return {k: (run_dir / Path(p).relative_to(staging) if Path(p).is_relative_to(staging) else Path(p))
+            for k, p in files.items()}
+
+
 class RunLog:
-    """Append-only run log, flushed line by line so a crash keeps what happened."""
+    """Append-only run log, flushed line by line so a crash keeps what happened.
+
+    A disk that fills up stops the log, not the run: the failure that follows
+    still reaches the terminal and the summary.
+    """
 
     def __init__(self, path: Path) -> None:
         self.path = path
@@ -88,11 +190,15 @@ class RunLog:
         where = f"[{stage}] " if stage else ""
         with self._lock:
             if not self._fh.closed:
-                for line in str(message).splitlines() or [""]:
-                    self._fh.write(f"{stamp} {level:<7} {where}{line}\n")
+                try:
+                    for line in str(message).splitlines() or [""]:
+                        self._fh.write(f"{stamp} {level:<7} {where}{line}\n")
+                except OSError:
+                    with contextlib.suppress(OSError):
+                        self._fh.close()
 
     def close(self) -> None:
-        with self._lock:
+        with self._lock, contextlib.suppress(OSError):
             self._fh.close()
 
 
@@ -106,19 +212,18 @@ def _serializable_table(table: Table) -> Table:
     return out
 
 
-def write_catalog(table: Table, run_dir: Path, formats: list[str]) -> dict[str, Path]:
-    """Write the catalogue in every requested format; CSV/ECSV always, atomically."""
+def write_catalog(table: Table, run_dir: Path, formats: list[str], cancel: Callable[[], bool] | None = None) -> dict[str, Path]:
+    """Write the catalogue in every requested format (CSV and ECSV always), each atomically.
+
+    ``cancel`` is asked before each file (:class:`~rpp_core.errors.Cancelled`).
+    """
+    check = _canceller(cancel)
     table = _serializable_table(table)
     files = {}
+    body = catalog_files.CsvBody(table)  # CSV and ECSV share their rows: formatted once
     for fmt in ["csv", "ecsv", *[f for f in formats if f not in ("csv", "ecsv")]]:
-        name, writer = CATALOG_FORMATS[fmt]
-        t = table
-        if fmt in ("votable", "fits"):
-            # VOTable and FITS want flat meta: nested dicts go to the ECSV only
-            t = table.copy(copy_data=False)
-            t.meta = {k: v for k, v in table.meta.items()
-                      if isinstance(v, (str, int, bool)) or (isinstance(v, float) and np.isfinite(v))}
-        files[fmt] = atomic_write_table(t, run_dir / name, writer)
+        check()
+        files[fmt] = catalog_files.write(table, run_dir / CATALOG_FORMATS[fmt], fmt, body=body)
     return files
 
 
@@ -128,9 +233,11 @@ def write_regions(table: Table, path: Path, radius_px: float) -> Path:
              'global color=green width=1 font="helvetica 9 normal"', "image"]
     used = np.asarray(table["calib_used"]) if "calib_used" in table.colnames else np.zeros(len(table), bool)
     rej = np.asarray(table["calib_rejected"]) if "calib_rejected" in table.colnames else np.zeros(len(table), bool)
-    for row, u_, r_ in zip(table, used, rej):
-        color = "red" if r_ else ("cyan" if u_ else "green")
-        lines.append(f"circle({row['x'] + 1:.3f},{row['y'] + 1:.3f},{radius_px:.2f}) # color={color} text={{{row['id']}}}")
+    colors = np.where(rej, "red", np.where(used, "cyan", "green")).tolist()
+    xs, ys = (np.asarray(table["x"], float) + 1).tolist(), (np.asarray(table["y"], float) + 1).tolist()
+    r = f"{radius_px:.2f}"
+    lines += [f"circle({x:.3f},{y:.3f},{r}) # color={c} text={{{i}}}"
+              for x, y, c, i in zip(xs, ys, colors, np.asarray(table["id"]).tolist())]
     return write_text(path, "\n".join(lines) + "\n")
 
 
@@ -164,14 +271,19 @@ def write_psf(psf: PsfInfo, path: Path) -> Path | None:
     return path
 
 
-def write_outputs(catalogue: SourceCatalogue, summary: RunSummary, run_dir: Path, formats: list[str]) -> dict[str, Path]:
-    """Plots, DS9 regions and the catalogue in every format; the catalogue last, so its presence means done.
+def write_outputs(catalogue: SourceCatalogue, summary: RunSummary, run_dir: Path, formats: list[str],
+                  cancel: Callable[[], bool] | None = None) -> dict[str, Path]:
+    """Plots, DS9 regions and the catalogue in every format, into ``run_dir`` (the pipeline's staging folder).
+
+    ``cancel`` is asked between files: when it says yes, :class:`~rpp_core.errors.Cancelled` is raised.
 
     The catalogue's meta gets the frame, time, filter, exposure, airmass, FWHM,
     zero point and calibration aperture from the summary (``pixel_origin`` 0).
     """
+    check = _canceller(cancel)
     cat = catalogue.table.copy(copy_data=False)
     files: dict[str, Path] = dict(write_plots(cat, summary, run_dir))
+    check()
     radius = catalogue.apertures.radius(summary.calibration_label) if catalogue.apertures else 2.0 * (summary.fwhm_px or 1.0)
     files["regions"] = write_regions(cat, run_dir / "regions.reg", radius_px=radius)
     if (run_dir / "frame.wcs").exists():
@@ -182,26 +294,54 @@ def write_outputs(catalogue: SourceCatalogue, summary: RunSummary, run_dir: Path
         "band": summary.band, "calibration_aperture": summary.calibration_label, "pixel_origin": 0,
         "rpp_version": summary.rpp_version,
     })
-    files.update(write_catalog(cat, run_dir, formats))
+    check()
+    files.update(write_catalog(cat, run_dir, formats, cancel))
     return files
-def make_zip(run_dir: Path) -> Path:
-    """ZIP of the whole run folder (except itself), written atomically."""
-    target = run_dir / f"{run_dir.name}.zip"
-    with atomic_path(target) as tmp, zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_DEFLATED) as zf:
-        for path in sorted(run_dir.rglob("*")):
-            if path.is_file() and path != target and not path.name.endswith(PART_SUFFIX):
-                zf.write(path, Path(run_dir.name) / path.relative_to(run_dir))
+
+
+def _canceller(cancel: Callable[[], bool] | None) -> Callable[[], None]:
+    def check() -> None:
+        if cancel is not None and cancel():
+            raise Cancelled()
+    return check
+def make_zip(run_dir: Path, cancel: Callable[[], bool] | None = None) -> Path:
+    """ZIP of the run: the staged files and ``run.log``, under ``<run name>/``, written into the staging folder."""
+    check = _canceller(cancel)
+    run_dir = Path(run_dir)
+    staging = staging_dir(run_dir)
+    target = staging / f"{run_dir.name}.zip"
+    members = [(p, p.relative_to(staging)) for p in sorted(staging.rglob("*"))
+               if p.is_file() and p != target and not p.name.endswith(PART_SUFFIX)]
+    if (run_dir / RUN_LOG).exists():
+        members.append((run_dir / RUN_LOG, Path(RUN_LOG)))
+    with atomic_path(target) as tmp:
+        archive.write_zip(tmp, [(path, f"{run_dir.name}/{rel.as_posix()}") for path, rel in members], check)
     return target
 
 
 def remove_partial_files(run_dir: Path) -> None:
-    """After a failure: drop temporary files so nothing half-written stays."""
+    """After a failure: drop everything half-made (the staging folder, ``.part`` files).
+
+    Without a summary in place the run did not finish, so outputs already
+    published are dropped too: a failed run folder keeps ``run.log`` and then
+    gets its ``summary.json``.
+    """
+    run_dir = Path(run_dir)
+    shutil.rmtree(run_dir / STAGING, ignore_errors=True)
     for path in run_dir.rglob(f".*{PART_SUFFIX}"):
         path.unlink(missing_ok=True)
+    if not (run_dir / SUMMARY).exists():
+        for entry in run_dir.iterdir():
+            if entry.name in (RUN_LOG, IN_PROGRESS):
+                continue
+            if entry.is_dir() and not entry.is_symlink():
+                shutil.rmtree(entry, ignore_errors=True)
+            else:
+                entry.unlink(missing_ok=True)
 
 
 def is_run_dir(path: Path) -> bool:
-    return path.is_dir() and ((path / "summary.json").exists() or (path / "run.log").exists())
+    return path.is_dir() and any((path / m).exists() for m in (SUMMARY, RUN_LOG, IN_PROGRESS))
 
 
 def remove_run(path: Path) -> bool:
@@ -215,6 +355,8 @@ def remove_run(path: Path) -> bool:
     path = Path(path)
     if path.is_symlink() or not is_run_dir(path):
         raise ValueError(f"{path} is not an rpp run folder (no summary.json or run.log): not deleting it")
+    if run_state(path) == "running":
+        raise ValueError(f"{path} is a run in progress: not deleting it")
     hidden = path.with_name(f".{path.name}.deleting-{os.getpid()}")
     try:
         os.rename(path, hidden)

@@ -46,7 +46,7 @@ def _f(default, help: str, unit: str = "", range=None):  # noqa: A002
 
 
 Service = Literal["gaia", "simbad", "skybot", "vsx", "milliquas", "10pc", "astrocolibri"]
-CatalogFormat = Literal["csv", "ecsv", "votable", "fits"]
+CatalogFormat = Literal["csv", "ecsv", "votable", "fits", "parquet"]
 
 
 @dataclass
@@ -198,7 +198,8 @@ class ServicesSettings:
 
 @dataclass
 class OutputSettings:
-    formats: list[CatalogFormat] = _f(["csv", "ecsv", "votable", "fits"], "catalogue formats")
+    formats: list[CatalogFormat] = _f(["csv", "ecsv", "votable", "fits", "parquet"],
+                                      "catalogue formats (CSV and ECSV are always written)")
     zip: bool = _f(True, "pack the run folder into a ZIP")
     keep_days: float = _f(0.0, "delete runs older than this after each run, 0 = keep", "days", (0.0, 36500.0))
     max_total_gb: float = _f(0.0, "delete oldest runs beyond this total size, 0 = no bound", "GB", (0.0, 100000.0))
@@ -516,7 +517,7 @@ def load_profile(name_or_path: str | os.PathLike | None = None) -> Profile:
                 f"known profiles: {', '.join(list_profiles()) or 'none'} (create one with `rpp profile new NAME`)")
     if not path.exists():
         raise SettingsError(f"profile file {path} does not exist")
-    profile = loads(path.read_text(), str(path))
+    profile = loads(_read_text(path, "profile"), str(path))
     if profile.name == "default" and path.stem != "default":
         profile.name = path.stem
     return profile
@@ -565,15 +566,31 @@ def rename_profile(old: str, new: str) -> Path:
 SECRET_ENV = {"astrocolibri_uid": "ASTROCOLIBRI_UID"}
 
 
+def _read_text(path: Path, what: str) -> str:
+    """A settings file's text; :class:`SettingsError` naming it when it is unreadable or not UTF-8 text."""
+    try:
+        return path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise SettingsError(f"{path}: not a text {what} file (byte 0x{exc.object[exc.start]:02x} at offset "
+                            f"{exc.start} is not UTF-8); fix the file or delete it") from None
+    except OSError as exc:
+        raise SettingsError(f"{path}: cannot read the {what} file ({exc.strerror}); check its permissions") from None
+
+
+def _secrets_file() -> dict[str, Any]:
+    """What ``secrets.toml`` holds ({} without one); :class:`SettingsError` when it is damaged."""
+    path = locations.secrets_path()
+    if not path.exists():
+        return {}
+    try:
+        return tomllib.loads(_read_text(path, "secrets"))
+    except tomllib.TOMLDecodeError:
+        raise SettingsError(f"{path}: not valid TOML; fix or delete it and enter the keys again") from None
+
+
 def load_secrets() -> dict[str, str]:
     """API keys from ``secrets.toml`` (0600), overridden by environment variables."""
-    path = locations.secrets_path()
-    data: dict[str, str] = {}
-    if path.exists():
-        try:
-            data = {k: str(v) for k, v in tomllib.loads(path.read_text()).items()}
-        except tomllib.TOMLDecodeError:
-            raise SettingsError(f"{path}: not valid TOML; fix or delete it and enter the keys again") from None
+    data = {k: str(v) for k, v in _secrets_file().items()}
     for key, env in SECRET_ENV.items():
         if os.environ.get(env):
             data[key] = os.environ[env]
@@ -583,9 +600,7 @@ def load_secrets() -> dict[str, str]:
 def save_secret(key: str, value: str) -> Path:
     """Store one API key in the secrets file with mode 0600."""
     path = locations.secrets_path()
-    data = {}
-    if path.exists():
-        data = tomllib.loads(path.read_text())
+    data = _secrets_file()  # a damaged file is refused, not overwritten: it may hold other keys
     if value:
         data[key] = value
     else:

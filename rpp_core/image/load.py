@@ -25,6 +25,12 @@ from ..products import Frame
 from .header import STRUCTURAL_KEYS, WCS_PRIMARY_KEY, repair_and_check, salvage_cards
 from .keywords import one_line, parse_float
 
+try:  # cfitsio's errors on a damaged compressed tile derive from Exception only
+    from astropy.io.fits.hdu.compressed._compression import CfitsioException
+except ImportError:  # pragma: no cover - another astropy layout
+    class CfitsioException(Exception):
+        pass
+
 
 def check_magic(path: Path) -> str:
     """Return the compression ('', 'gzip', 'bzip2'); raise InputError when not FITS."""
@@ -231,7 +237,7 @@ def load_frame(path, hdu: int | str | None = None) -> Frame:
             notes.append(f"file shorter than its FITS layout but HDU {idx} is complete: {one_line(trunc[0].message)}")
         try:
             raw = h.data
-        except (OSError, ValueError, EOFError, TypeError, IndexError) as exc:
+        except (OSError, ValueError, EOFError, TypeError, IndexError, CfitsioException) as exc:
             raise InputError(_unreadable(path, idx, exc)) from None
         if raw is None:
             raise InputError(f"{path}: HDU {idx} has no pixel data")
@@ -244,7 +250,7 @@ def load_frame(path, hdu: int | str | None = None) -> Frame:
             )
         try:
             data = np.array(raw, dtype=np.float32)  # the one conversion; from a memmap this reads the plane once
-        except (OSError, ValueError, EOFError) as exc:
+        except (OSError, ValueError, EOFError, CfitsioException) as exc:
             raise InputError(_unreadable(path, idx, exc)) from None
         if isinstance(h, fits.CompImageHDU):
             method = getattr(h, "compression_type", None) or "unknown method"
