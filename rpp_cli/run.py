@@ -15,11 +15,11 @@ from .options import add_frame_options, profile_from_args
 class ConsoleReporter:
     """Turns pipeline events into progress lines on a terminal (or plain lines in a log)."""
 
-    def __init__(self, stream=sys.stderr, quiet: bool = False, verbose: bool = False) -> None:
-        self.stream = stream
+    def __init__(self, stream=None, quiet: bool = False, verbose: bool = False) -> None:
+        self.stream = stream or sys.stderr  # looked up now, not at import: a caller may have redirected it
         self.quiet = quiet
         self.verbose = verbose
-        self.tty = stream.isatty()
+        self.tty = self.stream.isatty()
         self._progress_shown = False
 
     def _line(self, text: str) -> None:
@@ -71,7 +71,8 @@ def _short(v) -> str:
     return str(v)
 
 
-def print_summary(result, stream=sys.stdout) -> None:
+def print_summary(result, stream=None) -> None:
+    stream = stream or sys.stdout
     s = result.summary
 
     def f(value, fmt="{:.3f}", unit=""):
