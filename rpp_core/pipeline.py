@@ -624,7 +624,7 @@ async def _local_reference(job: _Job, profile: Profile) -> Table:
 
 async def _reference_catalog(job: _Job, profile: Profile, meta, frame, wcs) -> Table | None:
     """Local files first when configured, else Gaia DR3 (from the cache only when offline)."""
-    from .catalogs.crossmatch import field_of_view
+    from .catalogs.sky import field_of_view
 
     cal = profile.calibration
     ra0, dec0, radius = field_of_view(wcs, frame.data.shape)

@@ -27,7 +27,6 @@ from typing import Callable
 import numpy as np
 from astropy import units as u
 from astropy.coordinates import SkyCoord
-from astropy.wcs.utils import pixel_to_skycoord
 from astropy.table import Table
 from astropy.time import Time
 
@@ -35,6 +34,7 @@ from ..errors import Cancelled, ServiceError, SettingsError
 from ..settings import SECRET_ENV, ObservatorySettings, ServicesSettings, load_secrets
 from . import astrocolibri, gaia, simbad, skybot, vizier, vsx
 from .http import ServiceClient, ServiceSkipped, redact, run_cancellable, snap_cone
+from .sky import field_of_view  # noqa: F401 - re-exported: the cone of a frame, used with the services
 
 #: service name in ``services.enabled`` -> column prefix
 PREFIXES = {"gaia": "gaia_", "simbad": "simbad_", "skybot": "skybot_", "vsx": "vsx_", "milliquas": "milliquas_",
@@ -71,24 +71,6 @@ def _empty_value(typ):
 
 
 # ---------------------------------------------------------------- pure helpers
-
-def field_of_view(wcs, shape, margin: float = 0.02) -> tuple[float, float, float]:
-    """Centre (ICRS ra, dec, deg) and radius (deg) of the circle through the frame corners.
-
-    ``shape`` is (ny, nx). ``margin`` enlarges the radius by that fraction, so
-    stars on the edges are in every catalogue answer. Not capped: a wide field
-    gives a wide cone.
-    """
-    ny, nx = shape[:2]
-    cx, cy = (nx - 1) / 2.0, (ny - 1) / 2.0
-    xs = np.array([cx, -0.5, nx - 0.5, -0.5, nx - 0.5, cx, cx, -0.5, nx - 0.5])
-    ys = np.array([cy, -0.5, -0.5, ny - 0.5, ny - 0.5, -0.5, ny - 0.5, cy, cy])
-    # ICRS whatever the WCS frame: a galactic mosaic must give RA/Dec cones
-    c = pixel_to_skycoord(xs, ys, wcs, origin=0, mode="all").icrs
-    ra, dec = c.ra.deg, c.dec.deg
-    radius = float(np.max(c[0].separation(c[1:]).deg)) * (1.0 + margin)
-    return float(ra[0]), float(dec[0]), radius
-
 
 def match_radius(fwhm_arcsec: float, astrometric_rms_arcsec: float = 0.0, r_min_arcsec: float = 1.0) -> float:
     """Cross-match radius (arcsec): ``max(r_min, hypot(FWHM / 2, 3 * sigma_astrometry))``."""
