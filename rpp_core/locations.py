@@ -6,6 +6,7 @@ platformdirs defaults, so tests and services can isolate themselves:
 ``RPP_CONFIG_DIR``  profiles (``profiles/*.toml``) and ``secrets.toml`` (0600)
 ``RPP_CACHE_DIR``   catalogue answers cache
 ``RPP_WORKSPACE``   default parent folder of run folders
+``RPP_INDEX_DIR``   astrometry.net index files built by ``rpp index build`` (searched by the solver)
 """
 
 from __future__ import annotations
@@ -45,6 +46,18 @@ def cache_dir() -> Path:
 def catalog_cache_dir() -> Path:
     """Where catalogue answers are kept (``<cache>/catalogs``), created on first write."""
     return cache_dir() / "catalogs"
+
+
+def index_dir(create: bool = True) -> Path:
+    """Where ``rpp index build`` writes index files and the solver looks for them by default.
+
+    ``RPP_INDEX_DIR``, else ``<user data>/rpp/indexes``: data the user built, kept
+    apart from the cache so that clearing the cache keeps them.
+    """
+    path = Path(os.environ.get("RPP_INDEX_DIR") or Path(platformdirs.user_data_dir(APP)) / "indexes").expanduser()
+    if create:
+        path.mkdir(parents=True, exist_ok=True)
+    return path
 
 
 def workspace_dir() -> Path:

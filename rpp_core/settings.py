@@ -136,6 +136,7 @@ class AstrometrySettings:
     max_solve_sources: int = _f(500, "brightest detections handed to the plate solver", "", (10, 100000))
     blind_fallback: bool = _f(True, "retry without scale/position hints when the hinted solve fails")
     use_system_indexes: bool = _f(True, "also search /usr/share/astrometry (Debian astrometry-data-* packages)")
+    use_user_indexes: bool = _f(True, "also search the folder `rpp index build` writes to ($RPP_INDEX_DIR, default <user data>/rpp/indexes)")
     solve_field: str = _f("solve-field", "astrometry.net solve-field executable (name on PATH or full path)")
     siril_cli: str = _f("siril-cli", "Siril command-line executable, used as second solver when it can plate-solve (Siril >= 1.2)")
 

@@ -5,10 +5,11 @@ import pytest
 
 @pytest.fixture(autouse=True)
 def _isolated_rpp_dirs(tmp_path, monkeypatch):
-    """RPP_CONFIG_DIR, RPP_CACHE_DIR, RPP_WORKSPACE under the test's tmp_path (workspace: tmp_path/ws)."""
+    """RPP_CONFIG_DIR, RPP_CACHE_DIR, RPP_WORKSPACE, RPP_INDEX_DIR under the test's tmp_path (workspace: tmp_path/ws)."""
     monkeypatch.setenv("RPP_CONFIG_DIR", str(tmp_path / "config"))
     monkeypatch.setenv("RPP_CACHE_DIR", str(tmp_path / "cache"))
     monkeypatch.setenv("RPP_WORKSPACE", str(tmp_path / "ws"))
+    monkeypatch.setenv("RPP_INDEX_DIR", str(tmp_path / "indexes"))
 
 
 # ---- BEGIN catalogue loopback servers (owner: catalogue services, issue 3) ----

@@ -535,9 +535,10 @@ class RppRun:
 
 
 def rpp_environment(root: Path) -> dict:
-    """Environment for an isolated rpp: its own config, cache and workspace under ``root``."""
+    """Environment for an isolated rpp: its own config, cache, workspace and index folder under ``root``."""
     env = dict(os.environ)
-    for key, sub in (("RPP_CONFIG_DIR", "config"), ("RPP_CACHE_DIR", "cache"), ("RPP_WORKSPACE", "workspace")):
+    for key, sub in (("RPP_CONFIG_DIR", "config"), ("RPP_CACHE_DIR", "cache"), ("RPP_WORKSPACE", "workspace"),
+                     ("RPP_INDEX_DIR", "indexes")):
         env[key] = str(root / sub)
     env.pop("ASTROCOLIBRI_UID", None)
     env.pop("RPP_DEBUG", None)

@@ -38,3 +38,16 @@ class SolveResult:
     log: list[str] = field(default_factory=list)
     pixel_scale: float = float("nan")
     elapsed_s: float = 0.0
+
+
+class SolveTrail(list):
+    """The lines saying what the solvers tried (a list of str), how many solver runs started, and advice.
+
+    ``advice``: what would let the frame solve, when a solver saw that nothing it
+    has could (for example which index file to get); '' otherwise.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.runs = 0
+        self.advice = ""

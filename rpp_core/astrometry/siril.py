@@ -16,7 +16,7 @@ from ..progress import LogFn
 from ..settings import AstrometrySettings
 from .matching import pixel_scale_arcsec
 from .process import run_solver_process
-from .result import SolveResult
+from .result import SolveResult, SolveTrail
 from .wcsfile import read_wcs_header
 
 #: First Siril release whose scripts have the ``platesolve`` command.
@@ -84,8 +84,8 @@ def _star_image(x, y, flux, shape, fwhm_px: float = 3.0) -> np.ndarray:
     return np.clip(img, 0, 65535).astype(np.uint16)
 
 
-def solve_siril(x, y, flux, shape, meta, settings: AstrometrySettings, deadline: float, cancel, tick,
-                 log: LogFn, lines_out: list[str]) -> SolveResult | None:
+def solve_siril(x, y, flux, shape, hints, settings: AstrometrySettings, deadline: float, cancel, tick,
+                 log: LogFn, lines_out: SolveTrail) -> SolveResult | None:
     info = siril_info(settings.siril_cli)
     lines_out.append(info.message)
     log(info.message)
@@ -96,7 +96,8 @@ def solve_siril(x, y, flux, shape, meta, settings: AstrometrySettings, deadline:
         tmpd = Path(tmp)
         n = min(len(x), settings.max_solve_sources)
         hdr = fits.Header()
-        scale = getattr(meta, "pixel_scale", None)
+        # Siril takes one scale: the first hint (the header WCS or keyword, as astrometry.net's range starts there)
+        scale = hints.scales[0].arcsec_per_px if hints.scales else None
         args = []
         if scale:
             # Siril derives the scale from focal length and pixel size; any pair with the right ratio works
@@ -104,7 +105,7 @@ def solve_siril(x, y, flux, shape, meta, settings: AstrometrySettings, deadline:
             focal_mm = 206.264806 * pix_um / scale
             hdr["XPIXSZ"], hdr["YPIXSZ"], hdr["FOCALLEN"] = pix_um, pix_um, focal_mm
             args += [f"-focal={focal_mm:.3f}", f"-pixelsize={pix_um:.3f}"]
-        ra, dec = getattr(meta, "ra", None), getattr(meta, "dec", None)
+        ra, dec = (hints.ra, hints.dec) if hints.has_position else (None, None)
         coords = f"{ra:.6f},{dec:+.6f} " if ra is not None and dec is not None else ""
         if not coords:
             # without a pointing Siril's own solver has nowhere to look: hand the blind search to local astrometry.net
@@ -114,6 +115,7 @@ def solve_siril(x, y, flux, shape, meta, settings: AstrometrySettings, deadline:
         script.write_text("requires 1.2.0\n" f"load stars\n" f"platesolve {coords}{' '.join(args)}\n" "save solved\n")
         cmd = [info.path, "-d", str(tmpd), "-s", str(script)]
         log(f"siril-cli platesolve, {n} sources")
+        lines_out.runs += 1
         rc, _ = run_solver_process(cmd, deadline, cancel=cancel, log=log, cwd=tmp, progress=tick)
         out = tmpd / "solved.fit"
         if rc != 0 or not out.exists():

@@ -12,16 +12,17 @@ from ..products import WcsSolution
 from ..progress import CancelFn, LogFn, ProgressFn
 from ..settings import AstrometrySettings
 from .check import needs_solving
+from .hints import SolveHints, solve_hints
 from .matching import source_arrays
 from .refine import refine
-from .result import SolveResult
+from .result import SolveResult, SolveTrail
 from .siril import solve_siril
 from .solve_field import solve_astrometry_net
 
 
 def solve(sources: Table, shape: tuple[int, int], meta, settings: AstrometrySettings,
           cancel: CancelFn | None = None, progress: ProgressFn | None = None, log: LogFn | None = None,
-          refcat: Table | None = None) -> SolveResult:
+          refcat: Table | None = None, hints: SolveHints | None = None) -> SolveResult:
     """Plate-solve a frame from its detected sources.
 
     Parameters
@@ -32,7 +33,8 @@ def solve(sources: Table, shape: tuple[int, int], meta, settings: AstrometrySett
     shape : (ny, nx)
         Image shape.
     meta : ObservationMeta or None
-        ``pixel_scale`` (arcsec/px), ``ra``, ``dec`` (deg) are used as hints.
+        ``pixel_scale`` (arcsec/px), ``ra``, ``dec`` (deg) are the hints when
+        ``hints`` is not given (the pixel scale then taken as it is).
     settings : AstrometrySettings
     cancel : callable, optional
         Polled every 0.2 s; true kills the solver and raises ``Cancelled``.
@@ -43,11 +45,16 @@ def solve(sources: Table, shape: tuple[int, int], meta, settings: AstrometrySett
     refcat : Table, optional
         Reference stars (``ra``, ``dec``, ``mag``); with ``settings.refine`` the
         solution is refined against them (:func:`refine`).
+    hints : SolveHints, optional
+        Every pointing and pixel-scale hint of the frame (:func:`~.hints.solve_hints`);
+        the pipeline gives them, so a header scale that may be a binning factor off
+        widens the scale range instead of being trusted.
 
     Raises
     ------
     AstrometryError
-        No solver could solve the frame within ``settings.timeout_s``.
+        No solver could solve the frame within ``settings.timeout_s``; or, at once,
+        no index file can solve it (the message names the index that would).
     Cancelled
         ``cancel()`` became true.
     """
@@ -60,6 +67,8 @@ def solve(sources: Table, shape: tuple[int, int], meta, settings: AstrometrySett
     if len(x) < 5:
         raise AstrometryError(f"only {len(x)} sources detected: too few to plate-solve (need 5 or more); "
                               "lower [detection] threshold_sigma")
+    if hints is None:
+        hints = SolveHints.from_meta(meta)
     deadline = t0 + settings.timeout_s
     last = [0.0]
 
@@ -74,22 +83,26 @@ def solve(sources: Table, shape: tuple[int, int], meta, settings: AstrometrySett
     solvers = [solve_astrometry_net, solve_siril]
     if settings.solver == "siril":
         solvers.reverse()
-    lines: list[str] = []
+    trail = SolveTrail()
     result = None
     for fn in solvers:
         if fn is solve_siril and settings.solver != "siril" and shutil.which(settings.siril_cli) is None:
             continue
         if time.monotonic() >= deadline:
             break
-        result = fn(x, y, flux, tuple(shape), meta, settings, deadline, cancel, tick, log, lines)
+        result = fn(x, y, flux, tuple(shape), hints, settings, deadline, cancel, tick, log, trail)
         if result is not None:
             break
     if result is None:
         el = time.monotonic() - t0
-        detail = "; ".join(lines) or "no solver available"
+        detail = "; ".join(trail) or "no solver available"
+        if trail.runs == 0:
+            raise AstrometryError(f"plate solving not started ({el:.1f} s): {detail}. "
+                                  f"{trail.advice or 'Install astrometry.net and index files (docs/astrometry.md)'}")
+        advice = trail.advice or ("Check the index files cover this field and scale, the pixel-scale hint, "
+                                  "or raise [astrometry] timeout_s")
         raise AstrometryError(f"plate solving failed after {el:.1f} s (limit {settings.timeout_s:g} s): {detail}. "
-                              "Check the index files cover this field and scale, the pixel-scale hint, "
-                              "or raise [astrometry] timeout_s")
+                              f"{advice}")
     if refcat is not None and settings.refine and len(refcat):
         ref = refine(sources, result.wcs, refcat, settings, shape=shape)
         result.log.extend(ref.log)
@@ -118,7 +131,9 @@ def find_wcs(frame, meta, sources: Table, settings: AstrometrySettings, refcat: 
     need, why = needs_solving(frame, meta, settings, refcat=refcat, sources=sources)
     log(f"plate solving {'needed' if need else 'not needed'}: {why}")
     if need:
-        res = solve(sources, frame.data.shape, meta, settings, cancel=cancel, progress=progress, log=log, refcat=refcat)
+        # every header hint counts, none is trusted: the WCS scale may be the unbinned camera's
+        res = solve(sources, frame.data.shape, meta, settings, cancel=cancel, progress=progress, log=log, refcat=refcat,
+                    hints=solve_hints(frame, meta))
         return WcsSolution(res.wcs, "solved", res.method, res.rms_arcsec, res.n_matched)
     if header_wcs is not None and settings.refine and refcat is not None and len(refcat) >= 5:
         ref = refine(sources, header_wcs, refcat, settings)
