@@ -1,8 +1,8 @@
 """``rpp``: the command line. Without a command it opens the terminal app.
 
 Exit codes are those of :mod:`rpp_core.errors`: 0 ok, 2 usage, 3 bad input,
-4 no stars, 5 calibration failed, 6 no WCS, 7 service failure, 130 cancelled,
-1 internal error. Errors print one line on stderr, never a traceback
+4 no stars, 5 calibration failed, 6 no WCS, 7 service failure, 8 results not
+written, 130 cancelled, 1 internal error. Errors print one line on stderr, never a traceback
 (``RPP_DEBUG=1`` shows it).
 """
 
@@ -26,7 +26,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="rpp", description="RPP photometry pipeline. Without a command, opens the terminal app.",
         epilog="exit codes: 0 ok, 2 usage, 3 bad input, 4 no stars, 5 calibration failed, 6 no WCS, "
-               "7 service failure, 130 cancelled, 1 internal error")
+               "7 service failure, 8 results not written (disk full, read-only), 130 cancelled (Ctrl-C, SIGTERM), "
+               "1 internal error")
     parser.add_argument("--version", action="version", version=f"rpp {__version__}")
     sub = parser.add_subparsers(dest="command")
     for command in COMMANDS:
