@@ -13,11 +13,11 @@ VOTable  1.4, BINARY2 serialisation: the XML header written here, the rows packe
          big-endian numpy record array, base64-encoded (``boolean`` as ``T``/``F``,
          text as fixed-width ``char``, or ``unicodeChar`` when it is not ASCII); scalar
          meta as ``INFO`` elements
-FITS     astropy (a binary table: already vectorised); meta text that is not ASCII is
-         written with backslash escapes, which FITS headers can hold
-Parquet  ``pyarrow.parquet`` (zstd); units, descriptions and meta in the schema
-         metadata as astropy writes them (``Table.read`` restores them), and per field
-         (``unit``, ``description``) for pandas/polars users
+FITS     astropy (a binary table: already vectorised); text that is not ASCII, in the
+         meta or in a column, is written with backslash escapes (FITS text is ASCII)
+Parquet  ``pyarrow.parquet`` (zstd), columns and schema metadata as astropy writes
+         them (``Table.read`` restores units, meta, masks), and per field ``unit`` and
+         ``description`` for pandas/polars users
 =======  ==============================================================================
 
 Every file is written atomically (:mod:`rpp_core.fsio`).
@@ -236,12 +236,16 @@ def _xml_text(text: str) -> str:
 
 # ---------------------------------------------------------------- FITS and Parquet
 
+def _ascii(text: str) -> str:
+    return text.encode("ascii", "backslashreplace").decode("ascii")
+
+
 def _fits_meta(meta: dict) -> dict:
     """Meta a FITS header can hold: scalars only, text in ASCII (others backslash-escaped)."""
     out = {}
     for key, value in meta.items():
         if isinstance(value, str):
-            out[key] = value.encode("ascii", "backslashreplace").decode("ascii")
+            out[key] = _ascii(value)
         elif isinstance(value, (bool, int)) or (isinstance(value, float) and math.isfinite(value)):
             out[key] = value
     return out
@@ -253,48 +257,48 @@ def write_fits(table: Table, path: Path) -> None:
 
     flat = table.copy(copy_data=False)
     flat.meta = _fits_meta(table.meta)
+    for name in flat.colnames:  # FITS text columns are ASCII: other letters backslash-escaped, as in the meta
+        values = np.asarray(flat[name])
+        if values.dtype.kind == "U" and not all(v.isascii() for v in values.tolist()):
+            flat[name] = np.array([_ascii(v) for v in values.tolist()])
     with warnings.catch_warnings():
         # long meta keys become HIERARCH cards: expected, not worth a warning
         warnings.simplefilter("ignore", VerifyWarning)
         flat.write(path, format="fits", overwrite=True)
 
 
-def _astropy_parquet_metadata(table: Table) -> dict[str, str]:
-    """The schema metadata astropy's Parquet writer stores (``table_meta_yaml``: units, descriptions, meta;
-    ``table::len::NAME``: text widths), so ``Table.read`` gives the table back as it was."""
+def write_parquet(table: Table, path: Path) -> None:
+    """Parquet (zstd) with astropy's schema metadata and per-field ``unit``/``description``.
+
+    The schema metadata is astropy's (``table_meta_yaml``: units, descriptions,
+    meta; ``table::len::NAME``: text widths), so ``Table.read`` restores them.
+    Masked cells are Parquet nulls, as pandas and polars expect (astropy's own
+    writer adds a ``NAME.mask`` column instead; its reader turns an integer
+    column with nulls into a masked float column). Written without astropy's
+    Parquet writer, which goes through ``pyarrow.array`` and so imports pandas
+    (0.5-1 s).
+    """
+    import pyarrow as pa
+    import pyarrow.parquet as pq
     from astropy.table import meta as table_meta
     from astropy.table import serialize
     from astropy.utils.data_info import serialize_context_as
 
-    with serialize_context_as("parquet"):
+    with serialize_context_as("parquet"):  # a zero-row copy: masks are nulls here, not NAME.mask columns
         encoded = serialize.represent_mixins_as_columns(table[:0])
-    out = {"table_meta_yaml": "\n".join(table_meta.get_yaml_from_table(encoded))}
-    for name in encoded.colnames:
-        dtype = encoded[name].dtype
-        if dtype.kind in "US":
-            out[f"table::len::{name}"] = str(dtype.itemsize // (4 if dtype.kind == "U" else 1))
-    return out
-
-
-def write_parquet(table: Table, path: Path) -> None:
-    """Parquet (zstd) with astropy's schema metadata (units, meta) and per-field ``unit``/``description``.
-
-    Written without astropy's Parquet writer, which converts through pandas (a 0.5-1 s import).
-    """
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
+    metadata = {"table_meta_yaml": "\n".join(table_meta.get_yaml_from_table(encoded))}
     fields, arrays = [], []
-    for name in table.colnames:
+    for name in encoded.colnames:
         values, mask = _column(table, name)
+        if values.dtype.kind in "US":
+            metadata[f"table::len::{name}"] = str(values.dtype.itemsize // (4 if values.dtype.kind == "U" else 1))
         array = _arrow_array(values, mask, arrow_type=pa.string() if values.dtype.kind in "US" else None)
-        col = table[name]
-        meta = {}
+        col, meta = table[name], {}
         if col.unit is not None:
             meta["unit"] = str(col.unit)
         if col.description:
             meta["description"] = str(col.description)
         fields.append(pa.field(name, array.type, metadata=meta or None))
         arrays.append(array)
-    schema = pa.schema(fields, metadata=_astropy_parquet_metadata(table))
+    schema = pa.schema(fields, metadata=metadata)
     pq.write_table(pa.Table.from_arrays(arrays, schema=schema), path, compression="zstd")
