@@ -212,11 +212,16 @@ def _refcat(field, tmp_path, name, change) -> Path:
     return path
 
 
+def _run_with_refcat(capfd, field, tmp_path, name, change) -> SimpleNamespace:
+    """The field run against its reference catalogue changed by ``change(table)``, written as ``name``."""
+    ref = _refcat(field, tmp_path, name, change)
+    return _run(capfd, "run", field.fits, "--catalog", ref, "--out", tmp_path / "o", *FAST)
+
+
 def test_reference_magnitudes_written_as_text_exit_5_naming_file_and_column(field, tmp_path, capfd):
     def text(t):
         t["G"] = [f"{v:.2f} mag" for v in t["G"]]
-    ref = _refcat(field, tmp_path, "text.csv", text)
-    res = _run(capfd, "run", field.fits, "--catalog", ref, "--out", tmp_path / "o", *FAST)
+    res = _run_with_refcat(capfd, field, tmp_path, "text.csv", text)
     assert res.code == 5
     _one_line_error(res.err, "text.csv", "'G'", "not numbers")
 
@@ -224,8 +229,7 @@ def test_reference_magnitudes_written_as_text_exit_5_naming_file_and_column(fiel
 def test_reference_declination_beyond_90_everywhere_exits_5_and_asks_for_the_unit(field, tmp_path, capfd):
     def beyond(t):
         t["dec"] = t["dec"] + 100.0
-    ref = _refcat(field, tmp_path, "dec.csv", beyond)
-    res = _run(capfd, "run", field.fits, "--catalog", ref, "--out", tmp_path / "o", *FAST)
+    res = _run_with_refcat(capfd, field, tmp_path, "dec.csv", beyond)
     assert res.code == 5
     _one_line_error(res.err, "dec.csv", "-90..90", "unit")
 
@@ -233,8 +237,7 @@ def test_reference_declination_beyond_90_everywhere_exits_5_and_asks_for_the_uni
 def test_a_few_reference_rows_with_dec_beyond_90_are_skipped_with_a_warning(field, tmp_path, capfd):
     def few(t):
         t["dec"][:3] = 95.0
-    ref = _refcat(field, tmp_path, "few.csv", few)
-    res = _run(capfd, "run", field.fits, "--catalog", ref, "--out", tmp_path / "o", *FAST)
+    res = _run_with_refcat(capfd, field, tmp_path, "few.csv", few)
     assert res.code == 0, res.err
     assert "3 row(s) with dec outside -90..90 deg" in res.err
 
@@ -295,8 +298,7 @@ def test_reference_units_declared_in_the_file_are_honoured(field, tmp_path, capf
 def test_negative_magnitude_errors_are_treated_as_unknown_with_a_warning(field, tmp_path, capfd):
     def negative(t):
         t["G_err"][:5] = -0.05
-    ref = _refcat(field, tmp_path, "neg.csv", negative)
-    res = _run(capfd, "run", field.fits, "--catalog", ref, "--out", tmp_path / "o", *FAST)
+    res = _run_with_refcat(capfd, field, tmp_path, "neg.csv", negative)
     assert res.code == 0, res.err
     assert "5 negative value(s) in the error column 'G_err'" in res.err
     cat = Table.read(_only_run(tmp_path / "o") / "catalog.ecsv")
@@ -306,8 +308,7 @@ def test_negative_magnitude_errors_are_treated_as_unknown_with_a_warning(field, 
 def test_all_nan_magnitude_column_is_reported_as_such_not_as_an_empty_field(field, tmp_path, capfd):
     def empty(t):
         t["G"] = np.nan
-    ref = _refcat(field, tmp_path, "nan.csv", empty)
-    res = _run(capfd, "run", field.fits, "--catalog", ref, "--out", tmp_path / "o", *FAST)
+    res = _run_with_refcat(capfd, field, tmp_path, "nan.csv", empty)
     assert res.code == 5
     line = _one_line_error(res.err, "nan.csv", "'G'", "no values")
     assert "no stars in the field" not in line
