@@ -13,12 +13,14 @@ $(BIN)/rpp: pyproject.toml
 
 venv: $(BIN)/rpp
 
-# astrometry.net (solve-field, build-astrometry-index), tmux and SExtractor (the real-frame
-# detection reference, tests/realframes.py, and the benchmark's peer) from Debian; needs root or sudo
+# astrometry.net (solve-field, build-astrometry-index), tmux, SExtractor (the real-frame
+# detection reference, tests/realframes.py, and the benchmark's peer) and chromium (the sky.html
+# test, headless) from Debian; needs root or sudo
 system-deps:
-	@command -v solve-field >/dev/null && command -v tmux >/dev/null && command -v source-extractor >/dev/null || { \
+	@command -v solve-field >/dev/null && command -v tmux >/dev/null && command -v source-extractor >/dev/null \
+	  && command -v chromium >/dev/null || { \
 	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
-	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq astrometry.net tmux source-extractor; }
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq astrometry.net tmux source-extractor chromium; }
 
 demo: venv
 	$(BIN)/rpp demo --out runs

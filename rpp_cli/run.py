@@ -107,6 +107,7 @@ def _run_frame(args, frame: str, catalogs: list[str]) -> int:
     from rpp_core.cleanup import apply_retention
 
     profile = profile_from_args(args)
+    _check_before_run(profile, frame, catalogs)
     reporter = ConsoleReporter(quiet=args.quiet, verbose=args.verbose)
     cancel = asyncio.Event()
 
@@ -127,6 +128,25 @@ def _run_frame(args, frame: str, catalogs: list[str]) -> int:
     if result.exit_code:
         sys.stderr.write(f"rpp: {result.message}\n")
     return result.exit_code
+
+
+def _check_before_run(profile, frame: str, catalogs: list[str]) -> None:
+    """rpp_core.preflight before the run: missing files or columns fail in a second, naming the option to change."""
+    from rpp_core.errors import InputError, UsageError
+    from rpp_core.preflight import preflight
+
+    if catalogs:
+        profile = profile.replace(**{"calibration.catalog_files": [*profile.calibration.catalog_files, *map(str, catalogs)]})
+    problems = preflight(profile, frame)
+    for p in problems:
+        if p.severity != "error":
+            # worded like the run's own warnings: "rpp: " lines are reserved for what stops the command
+            sys.stderr.write(f"warning [before the run]: {p.advice('cli')}\n")
+    errors = [p for p in problems if p.severity == "error"]
+    for p in errors[1:]:
+        sys.stderr.write(f"rpp: {p.advice('cli')}\n")
+    if errors:
+        raise (InputError if errors[0].setting == "frame" else UsageError)(errors[0].advice("cli"))
 
 
 def cmd_run(args) -> int:

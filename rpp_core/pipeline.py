@@ -24,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import functools
 import time
 import traceback
 from dataclasses import dataclass, field
@@ -328,8 +329,10 @@ async def _run_stages(job: _Job, path: Path, profile: Profile, run_dir: Path, hd
     async with job.step("output") as fig:
         summary = _summarize(made, job, path, profile, run_dir, "ok" if made.exit_code == 0 else "degraded",
                              made.exit_code, made.message or None, 0.0)
-        files = await asyncio.to_thread(results.write_outputs, made.catalogue, summary, staging, profile.output.formats,
-                                        job.cancelled)
+        files = await asyncio.to_thread(
+            functools.partial(results.write_outputs, made.catalogue, summary, staging, profile.output.formats,
+                              data=made.frame.data, wcs=made.wcs.wcs if made.wcs is not None else None,
+                              warn=lambda m: job.loop.call_soon_threadsafe(job.warn, m), cancel=job.cancelled))
         fig["files"] = len(files)
     return files
 

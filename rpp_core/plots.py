@@ -38,6 +38,56 @@ def _finite(*arrays):
     return [a[ok] for a in arrays]
 
 
+def value_with_error(value: float | None, error: float | None, min_decimals: int = 3) -> str:
+    """``value ± error`` with the error to two significant digits: 24.51900 ± 0.00040, 24.519 ± 0.012.
+
+    At least ``min_decimals`` decimals, more when the error needs them, so an
+    error of 0.0004 mag never prints as ``± 0.000``.
+    """
+    if value is None:
+        return "–"
+    if error is None or not np.isfinite(error):
+        return f"{value:.{min_decimals}f}"
+    decimals = min_decimals
+    if error > 0:
+        decimals = min(max(min_decimals, 1 - int(np.floor(np.log10(error)))), 8)
+    return f"{value:.{decimals}f} ± {error:.{decimals}f}"
+
+
+def robust_limits(values, used=None, min_half_range: float = 0.02, include_zero: bool = True) -> tuple[float, float]:
+    """Axis limits that show every used point and are not stretched by outliers (magnitudes).
+
+    The range spans the used points (all finite points when none is marked
+    used), padded by 15 %, at least ``min_half_range`` either side of its
+    centre, and includes 0 when ``include_zero``. Points beyond are drawn at
+    the edge (:func:`clip_to_limits`): one rejected calibrator at +1 mag no
+    longer flattens 0.01-mag residuals onto a line.
+    """
+    values = np.asarray(values, float)
+    base = values[np.asarray(used, bool)] if used is not None else values
+    base = base[np.isfinite(base)]
+    if base.size == 0:
+        base = values[np.isfinite(values)]
+    if base.size == 0:
+        return (-1.0, 1.0)
+    lo, hi = float(base.min()), float(base.max())
+    if include_zero:
+        lo, hi = min(lo, 0.0), max(hi, 0.0)
+    pad = 0.15 * (hi - lo)
+    lo, hi = lo - pad, hi + pad
+    mid = 0.5 * (lo + hi)
+    half = max(0.5 * (hi - lo), min_half_range)
+    return (mid - half, mid + half)
+
+
+def clip_to_limits(values, limits: tuple[float, float]) -> tuple[np.ndarray, np.ndarray]:
+    """``values`` pulled onto ``limits`` and a mask of those that were outside (drawn at the edge)."""
+    values = np.asarray(values, float)
+    lo, hi = limits
+    outside = (values < lo) | (values > hi)
+    return np.clip(values, lo, hi), outside
+
+
 def zp_fit(plt, table, summary: RunSummary) -> None:
     """Reference magnitude vs instrumental magnitude, the fitted line, rejected points marked."""
     label = summary.calibration_label
@@ -54,10 +104,12 @@ def zp_fit(plt, table, summary: RunSummary) -> None:
         # the line first: points drawn later stay visible on top of it
         lo, hi = float(np.min(x)), float(np.max(x))
         plt.plot([lo, hi], [lo + zp, hi + zp], color="yellow", label=f"ZP {zp:.3f}")
-        plt.scatter(x.tolist(), y.tolist(), marker="dot", color="cyan", label="used")
+    # rejected points under the used ones: the used points are what the fit is made of
     if len(xr):
         plt.scatter(xr.tolist(), yr.tolist(), marker="x", color="red", label="rejected")
-    plt.title(f"Zero point {zp:.3f} ± {_num(summary.zp_err):.3f}  (n={summary.n_calibrators or 0})")
+    if len(x):
+        plt.scatter(x.tolist(), y.tolist(), marker="dot", color="cyan", label="used")
+    plt.title(f"Zero point {value_with_error(zp, summary.zp_err)}  (n={summary.n_calibrators or 0})")
     plt.xlabel(f"instrumental mag ({label})")
     plt.ylabel(f"catalogue {summary.band or ''}")
 
@@ -84,11 +136,16 @@ def _residuals(plt, table, summary: RunSummary, xname, xlabel) -> None:
     if len(a) == 0:
         plt.title(f"no calibrator has a {xlabel}")
         return
-    plt.scatter(a.tolist(), b.tolist(), marker="dot", color="cyan", label="used")
-    a, b = _finite(x[rej], res[rej])
-    if len(a):
-        plt.scatter(a.tolist(), b.tolist(), marker="x", color="red", label="rejected")
+    limits = robust_limits(b)
     plt.horizontal_line(0.0, color="yellow")
+    # rejected first so the used points are drawn over them; outliers sit on the edge of the plot
+    ar, br = _finite(x[rej], res[rej])
+    if len(ar):
+        br, outside = clip_to_limits(br, limits)
+        label = "rejected" + (f" ({int(outside.sum())} off scale, at the edge)" if outside.any() else "")
+        plt.scatter(ar.tolist(), br.tolist(), marker="x", color="red", label=label)
+    plt.scatter(a.tolist(), b.tolist(), marker="dot", color="cyan", label="used")
+    plt.ylim(*limits)
     plt.title(f"Residuals vs {xlabel} (rms {_num(summary.zp_rms):.3f})")
     plt.xlabel(xlabel)
     plt.ylabel("residual (mag)")

@@ -5,12 +5,14 @@ Layout of ``<workspace>/<frame-stem>_<UTC yyyymmddThhmmss>/``:
 ==================  ==========================================================
 run.log             the whole log, written line by line (survives a crash)
 summary.json        FWHM, counts, zero point, airmass, timings per stage
-catalog.csv/.ecsv   the catalogue (also .vot and .fits when enabled); columns
-                    documented in docs/catalogue.md, units and meta in the ECSV
+catalog.*           the catalogue: .csv and .ecsv always, .vot, .fits and .parquet as
+                    ``output.formats`` asks (all by default); columns in docs/catalogue.md
 header.txt          the (repaired) FITS header of the frame
 regions.reg         DS9 regions: detections (green), calibrators (cyan), rejected (red)
 frame.wcs           WCS of the frame when it was solved or refined (header only)
 plots/*.txt         text figures: zero-point fit, residuals, histogram, error vs mag
+plots/*.png         the same as PNG, and finder.png: the frame with detections and calibrators
+sky.html            the field in Aladin Lite with the sources as overlays; a table offline
 <run>.zip           all of the above
 ==================  ==========================================================
 
@@ -228,17 +230,26 @@ def write_catalog(table: Table, run_dir: Path, formats: list[str], cancel: Calla
 
 
 def write_regions(table: Table, path: Path, radius_px: float) -> Path:
-    """DS9 region file in image coordinates (1-based, as DS9 expects)."""
-    lines = ["# Region file format: DS9 version 4.1", "# written by rpp: green = detection, cyan = calibrator, red = rejected calibrator",
-             'global color=green width=1 font="helvetica 9 normal"', "image"]
-    used = np.asarray(table["calib_used"]) if "calib_used" in table.colnames else np.zeros(len(table), bool)
-    rej = np.asarray(table["calib_rejected"]) if "calib_rejected" in table.colnames else np.zeros(len(table), bool)
-    colors = np.where(rej, "red", np.where(used, "cyan", "green")).tolist()
-    xs, ys = (np.asarray(table["x"], float) + 1).tolist(), (np.asarray(table["y"], float) + 1).tolist()
-    r = f"{radius_px:.2f}"
-    lines += [f"circle({x:.3f},{y:.3f},{r}) # color={c} text={{{i}}}"
-              for x, y, c, i in zip(xs, ys, colors, np.asarray(table["id"]).tolist())]
-    return write_text(path, "\n".join(lines) + "\n")
+    """DS9 region file in image coordinates, written with astropy's ``regions`` package.
+
+    Positions are the catalogue's 0-based ``x``, ``y``; ``regions`` writes them
+    1-based, as DS9 expects. Colours: green detection, cyan calibrator, red
+    rejected calibrator; the text of each circle is the source id.
+    """
+    from regions import CirclePixelRegion, PixCoord, Regions
+
+    used = np.asarray(table["calib_used"], bool) if "calib_used" in table.colnames else np.zeros(len(table), bool)
+    rej = np.asarray(table["calib_rejected"], bool) if "calib_rejected" in table.colnames else np.zeros(len(table), bool)
+    ids = np.asarray(table["id"]) if "id" in table.colnames else np.arange(1, len(table) + 1)
+    x, y = np.asarray(table["x"], float), np.asarray(table["y"], float)
+    shapes = []
+    for xi, yi, i, u_, r_ in zip(x, y, ids, used, rej):
+        color = "red" if r_ else ("cyan" if u_ else "green")
+        shapes.append(CirclePixelRegion(PixCoord(float(xi), float(yi)), float(radius_px),
+                                        meta={"text": str(i)}, visual={"color": color}))
+    with atomic_path(path) as tmp:
+        Regions(shapes).write(tmp, format="ds9", overwrite=True)
+    return path
 
 
 def write_header(header, path: Path) -> Path:
@@ -252,6 +263,39 @@ def write_plots(table: Table, summary: RunSummary, run_dir: Path) -> dict[str, P
     for name in plots.FIGURES:
         text = plots.render(name, table, summary, width=100, height=30, color=False)
         files[f"plot_{name}"] = write_text(folder / f"{name}.txt", text)
+    return files
+
+
+def view_meta(summary) -> dict:
+    """What the figures and the sky view read of a run summary (typed ``RunSummary`` or its dict)."""
+    keys = ("calibration_label", "zp", "zp_err", "zp_rms", "band", "n_calibrators", "frame")
+    if isinstance(summary, dict):
+        return {k: summary.get(k) for k in keys}
+    return {k: getattr(summary, k, None) for k in keys}
+
+
+def write_views(table: Table, meta: dict, run_dir: Path, data=None, wcs=None, title: str = "",
+                warn=None) -> dict[str, Path]:
+    """Files for people rather than programs: PNG figures (``plots/*.png``) and ``sky.html``.
+
+    Computed from the catalogue and calibration already in ``table``/``meta``
+    (see :mod:`rpp_core.figures`, :mod:`rpp_core.skyview`). A figure that cannot
+    be drawn is reported through ``warn(message)`` and skipped: it never fails a run.
+    """
+    from . import figures, skyview
+
+    files: dict[str, Path] = {}
+    try:
+        files.update(figures.write_all(table, meta, run_dir / "plots", data=data, wcs=wcs, title=title))
+    except Exception as exc:  # noqa: BLE001 - matplotlib edge cases must not cost the catalogue
+        if warn:
+            warn(f"PNG figures not written: {type(exc).__name__}: {exc}")
+    try:
+        shape = None if data is None else data.shape
+        files["sky_html"] = skyview.write_sky_html(table, {**meta, "title": title}, run_dir / "sky.html", wcs=wcs, shape=shape)
+    except Exception as exc:  # noqa: BLE001
+        if warn:
+            warn(f"sky.html not written: {type(exc).__name__}: {exc}")
     return files
 
 
@@ -271,11 +315,13 @@ def write_psf(psf: PsfInfo, path: Path) -> Path | None:
     return path
 
 
-def write_outputs(catalogue: SourceCatalogue, summary: RunSummary, run_dir: Path, formats: list[str],
-                  cancel: Callable[[], bool] | None = None) -> dict[str, Path]:
+def write_outputs(catalogue: SourceCatalogue, summary: RunSummary, run_dir: Path, formats: list[str], *,
+                  data=None, wcs=None, warn=None, cancel: Callable[[], bool] | None = None) -> dict[str, Path]:
     """Plots, DS9 regions and the catalogue in every format, into ``run_dir`` (the pipeline's staging folder).
 
-    ``cancel`` is asked between files: when it says yes, :class:`~rpp_core.errors.Cancelled` is raised.
+    With the frame's ``data`` (and ``wcs``), also the PNG figures and ``sky.html``
+    (:func:`write_views`); their problems go to ``warn``. ``cancel`` is asked
+    between files: when it says yes, :class:`~rpp_core.errors.Cancelled` is raised.
 
     The catalogue's meta gets the frame, time, filter, exposure, airmass, FWHM,
     zero point and calibration aperture from the summary (``pixel_origin`` 0).
@@ -295,6 +341,8 @@ def write_outputs(catalogue: SourceCatalogue, summary: RunSummary, run_dir: Path
         "rpp_version": summary.rpp_version,
     })
     check()
+    files.update(write_views(cat, view_meta(summary), run_dir, data, wcs, Path(summary.frame).name, warn))
+    check()
     files.update(write_catalog(cat, run_dir, formats, cancel))
     return files
 
@@ -304,6 +352,8 @@ def _canceller(cancel: Callable[[], bool] | None) -> Callable[[], None]:
         if cancel is not None and cancel():
             raise Cancelled()
     return check
+
+
 def make_zip(run_dir: Path, cancel: Callable[[], bool] | None = None) -> Path:
     """ZIP of the run: the staged files and ``run.log``, under ``<run name>/``, written into the staging folder."""
     check = _canceller(cancel)

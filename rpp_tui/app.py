@@ -31,7 +31,7 @@ from .screens.history import HistoryPane
 from .screens.image import ImagePane
 from .screens.parameters import ParametersPane
 from .screens.plots import PlotsPane
-from .screens.run import RunPane, short_summary
+from .screens.run import RunPane, check_before_run, short_summary
 
 TABS = ("files", "parameters", "run", "catalogue", "plots", "image", "history")
 
@@ -52,6 +52,12 @@ class RppApp(App[int]):
         Binding("question_mark", "help", "Help", key_display="?"),
         Binding("q", "quit", "Quit"),
     ]
+
+    def check_action(self, action: str, parameters: tuple) -> bool | None:
+        # "x Cancel" is in the footer only while a run is going: it saves room at 80 columns
+        if action == "cancel_run":
+            return bool(self.runner.busy)
+        return True
 
     selected_path: var[Path | None] = var(None)
     profile_dirty: var[bool] = var(False)
@@ -172,6 +178,8 @@ class RppApp(App[int]):
         except SettingsError as exc:
             self.notify(str(exc), severity="error", timeout=10)
             return
+        if not check_before_run(self, path, self.profile):
+            return
         busy = self.runner.current is not None
         job = self.runner.submit(path, self.profile)
         if busy:
@@ -197,6 +205,7 @@ class RppApp(App[int]):
 
     def _on_run_event(self, job, event) -> None:
         run_pane: RunPane = self.pane("run")
+        self.refresh_bindings()  # x Cancel shows only while a run is going (check_action)
         if event is not None:
             run_pane.handle(job, event)
             return
@@ -276,6 +285,9 @@ class RppApp(App[int]):
 
 def run_app(start_path: str | None = None, profile: str | None = None) -> int:
     """Open the app (``rpp`` or ``rpp tui [PATH] [--profile P]``); the exit code."""
+    from . import graphics
+
+    graphics.detect()  # asks the terminal about images: only possible before Textual starts
     app = RppApp(start_path, profile)
     code = app.run()
     return int(code or app.return_code or 0)

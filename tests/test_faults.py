@@ -462,7 +462,7 @@ def test_run_killed_while_writing_outputs_is_left_unfinished_and_cleanable(field
     assert not list(run.glob("catalog.*")) and not (run / "summary.json").exists()
     assert not list(run.glob("*.zip"))
     (found,) = cleanup.find_runs(out)
-    assert found.state == "interrupted" and _run_row(found)[2] == "interrupted"
+    assert found.state == "interrupted" and "interrupted" in _run_row(found)
     assert [r.run.path for r in cleanup.clean(out, interrupted=True)] == [run] and not run.exists()
 
 

@@ -96,7 +96,19 @@ def test_run_folder_has_every_output_and_a_zip(synth_run):
     first = [ln for ln in (d / "regions.reg").read_text().splitlines() if ln.startswith("circle")][0]
     x1 = float(first.split("(")[1].split(",")[0])
     assert x1 == pytest.approx(cat["x"][0] + 1, abs=1e-3)
+    # and reads back with astropy's regions at the catalogue's 0-based positions, one per source
+    from regions import Regions
+
+    shapes = Regions.read(d / "regions.reg", format="ds9")
+    assert len(shapes) == len(cat)
+    assert shapes[0].center.x == pytest.approx(cat["x"][0], abs=1e-3)
     assert "Zero point" in (d / "plots" / "zp_fit.txt").read_text()
+    # figures for people: PNGs and the sky view, in the folder and in the ZIP
+    views = ["plots/zp_fit.png", "plots/residuals_mag.png", "plots/residuals_color.png", "plots/mag_hist.png",
+             "plots/err_mag.png", "plots/finder.png", "sky.html"]
+    for name in views:
+        assert (d / name).exists(), name
+        assert any(n.endswith(name) for n in names), name
 
 
 def test_events_come_in_stage_order(synth_run):

@@ -99,7 +99,11 @@ async def test_observer_session_pick_edit_save_run_sort_plot_queue_and_cancel(fr
         assert states["detect"] == "done" and states["calibrate"] == "done" and states["output"] == "done"
         assert states["astrometry"] == "skipped"
         shown = str(app.query_one("#run-summary").content)
-        assert f"{summary.zp:.3f} ± {summary.zp_err:.3f}" in shown
+        # the core's numbers, the error to two significant digits
+        from rpp_core.plots import value_with_error
+
+        assert f"ZP G         {value_with_error(summary.zp, summary.zp_err)}" in shown
+        assert "sky.html" in shown and (job.run_dir / "sky.html").exists()
         assert f"Sources      {summary.n_sources}" in shown
         assert (job.run_dir / "catalog.csv").exists()
         print(f"run 1: {summary.total_seconds:.2f} s in the core, worst UI stall {max_lag * 1000:.0f} ms")

@@ -51,6 +51,7 @@ def test_parameters_screen_shows_observatory_settings_with_units_and_ranges(snap
     # the observatory section: the one whose fields change least as the pipeline grows
     async def before(pilot):
         await pilot.press("2")
+        await pilot.app.query_one("#parameters").build_section("observatory")
         await pilot.pause(0.2)
 
     assert snap_compare(RppApp("."), terminal_size=size, run_before=before)
@@ -103,6 +104,41 @@ def test_catalogue_screen_lists_sources_sorted_by_calibrated_magnitude(snap_comp
 
 
 @SIZES
+def test_catalogue_end_shows_the_last_row_highlighted(snap_compare, run_folder, tui_env, size):
+    async def before(pilot):
+        await _open(pilot, run_folder, "catalogue")
+        await pilot.press("end")
+        await pilot.pause(0.2)
+
+    assert snap_compare(RppApp("."), terminal_size=size, run_before=before)
+
+
+@SIZES
+def test_catalogue_filter_that_does_not_parse_keeps_the_text_and_says_why_under_the_box(
+        snap_compare, run_folder, tui_env, size):
+    async def before(pilot):
+        await _open(pilot, run_folder, "catalogue")
+        await pilot.press("slash", *list("snr>10 or"))
+        pilot.app.focused.cursor_blink = False
+        await pilot.pause(0.2)
+
+    assert snap_compare(RppApp("."), terminal_size=size, run_before=before)
+
+
+@SIZES
+def test_run_screen_names_the_parameters_field_when_a_reference_file_is_missing(snap_compare, frames, size):
+    async def before(pilot):
+        app = pilot.app
+        app.profile = app.profile.replace(**{"calibration.catalog_files": ["frames/missing.ecsv"],
+                                             "services.offline": True})
+        await pilot.pause(0.1)
+        await pilot.press("r")
+        await pilot.pause(0.3)
+
+    assert snap_compare(RppApp("frames/synth.fits"), terminal_size=size, run_before=before)
+
+
+@SIZES
 def test_plots_screen_draws_the_zero_point_fit_with_rejected_points(snap_compare, run_folder, tui_env, size):
     async def before(pilot):
         await _open(pilot, run_folder, "plots")
@@ -116,6 +152,18 @@ def test_image_screen_overlays_detections_and_calibrators(snap_compare, run_fold
         await _open(pilot, run_folder, "image")
         await wait_for(pilot, lambda: pilot.app.query_one("#frame-image").has_image, 30)
         await pilot.pause(0.2)
+
+    assert snap_compare(RppApp("."), terminal_size=size, run_before=before)
+
+
+@SIZES
+def test_image_screen_asinh_stretch_at_one_to_one(snap_compare, run_folder, tui_env, size):
+    async def before(pilot):
+        await _open(pilot, run_folder, "image")
+        await wait_for(pilot, lambda: pilot.app.query_one("#frame-image").has_image, 30)
+        await pilot.press("s", "s", "equals_sign")
+        pilot.app.clear_notifications()  # the "stretch: ..." toasts come and go: not part of the picture
+        await pilot.pause(0.3)
 
     assert snap_compare(RppApp("."), terminal_size=size, run_before=before)
 

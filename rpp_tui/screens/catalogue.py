@@ -16,7 +16,8 @@ from textual.widgets import Input, Static, TabPane
 
 from rpp_core.fsio import atomic_path
 
-from ..widgets.catalogue_table import CatalogueTable, column_arrays, filter_mask, format_value
+from ..summary import facts
+from ..widgets.catalogue_table import CatalogueTable, column_arrays, filter_mask, format_value, magnitude_aliases
 
 #: shown first when present; the rest stay available through the column chooser
 DEFAULT_COLUMNS = (
@@ -53,22 +54,26 @@ class CataloguePane(TabPane):
 
     BINDINGS = [
         Binding("slash", "filter", "Filter", key_display="/"),
-        Binding("v", "columns", "Columns"),
-        Binding("d", "details", "Details"),
-        Binding("e", "export", "Export CSV"),
-        Binding("c", "copy_value", "Copy value"),
-        Binding("L", "copy_link", "Copy SIMBAD link"),
+        Binding("v", "columns", "Columns", show=False),
+        Binding("d", "details", "Details", show=False),
+        Binding("e", "export", "Export CSV", show=False),
+        Binding("c", "copy_value", "Copy", show=False),
+        Binding("L", "copy_link('SIMBAD')", "Copy SIMBAD link"),
+        Binding("S", "copy_link('ESA Sky')", "Copy ESA Sky link", show=False),
+        Binding("A", "copy_link('Aladin')", "Copy Aladin link", show=False),
         Binding("escape", "focus_table", "Table", show=False),
     ]
 
     def __init__(self) -> None:
         super().__init__("4 Catalogue", id="catalogue")
         self.run = None
-        self.table_data = None
+        self.label = ""
+        self.aliases: dict[str, str] = {}
 
     def compose(self) -> ComposeResult:
-        yield Input(placeholder="/ filter: snr>10 and flags==0, or a name or id to find",
+        yield Input(placeholder="/ filter: snr>10 and (flags==0 or mag<15), or a name to find",
                     id="cat-filter", compact=True)
+        yield Static("", id="cat-filter-error", markup=False)
         with Horizontal(id="cat-body"):
             yield CatalogueTable(id="cat-table")
             with VerticalScroll(id="cat-details"):
@@ -87,11 +92,20 @@ class CataloguePane(TabPane):
             self._status("this run has no catalogue")
             return
         arrays = column_arrays(run.catalog)
-        label = run.summary.calibration_label or run.catalog.meta.get("calibration_aperture", "")
+        label = facts(run.summary).calibration_label or str(run.catalog.meta.get("calibration_aperture", "") or "")
         self.label = label
+        self.aliases = magnitude_aliases(arrays, label)
         table.set_data(arrays, default_columns(list(arrays), label))
-        self.query_one("#cat-filter", Input).value = ""
+        self._warm_filter()
+        with self.prevent(Input.Changed):
+            self.query_one("#cat-filter", Input).value = ""
+        self._show_filter_error("")
         self._status()
+
+    @work(thread=True, group="warm-filter")
+    def _warm_filter(self) -> None:
+        """Import pandas (the filter's grammar) now, in a thread, not on the first filter typed (seconds)."""
+        import pandas  # noqa: F401
 
     def _status(self, extra: str = "") -> None:
         table = self.query_one(CatalogueTable)
@@ -114,14 +128,23 @@ class CataloguePane(TabPane):
         if not table.arrays:
             return
         try:
-            mask = filter_mask(table.arrays, event.value, getattr(self, "label", ""))
+            mask = filter_mask(table.arrays, event.value, self.label, self.aliases)
         except ValueError as exc:
-            event.input.add_class("-invalid-filter")
-            self._status(f"filter: {exc}")
+            # no rows rather than the rows of an older filter: what is shown always matches what is typed
+            table.apply_filter(np.zeros(table.total_rows, bool), empty_message="the filter above does not parse")
+            self._show_filter_error(str(exc))
+            self._status()
             return
-        event.input.remove_class("-invalid-filter")
+        self._show_filter_error("")
         table.apply_filter(mask)
         self._status()
+
+    def _show_filter_error(self, message: str) -> None:
+        """The filter's problem on its own line under the box; the typed text stays as it is."""
+        self.query_one("#cat-filter", Input).set_class(bool(message), "-invalid-filter")
+        error = self.query_one("#cat-filter-error", Static)
+        error.update(message)
+        error.set_class(bool(message), "-shown")
 
     def on_input_submitted(self, event: Input.Submitted) -> None:
         if event.input.id == "cat-filter":
@@ -137,12 +160,17 @@ class CataloguePane(TabPane):
             return Text("no source selected")
         arrays = table.arrays
         text = Text()
-        ids = [c for c in arrays if "id" in c.lower() or "name" in c.lower()]
-        for name in ids + [c for c in arrays if c not in ids]:
-            value = format_value(name, arrays[name][row])
-            if value == "":
-                continue
-            text.append(f"{name:<16}", style="bold")
+        ids = [c for c in arrays if c.lower() == "id" or c.lower().endswith("_id") or "name" in c.lower()]
+        rows = [(name, format_value(name, arrays[name][row])) for name in ids + [c for c in arrays if c not in ids]]
+        rows = [(name, value) for name, value in rows if value != ""]
+        # names in a column one wider than the longest, so a long name never runs into its value
+        width = min(max((len(n) for n, _ in rows), default=8) + 1, 22)
+        for name, value in rows:
+            if len(name) >= width:
+                text.append(f"{name}\n", style="bold")
+                text.append(" " * width)
+            else:
+                text.append(f"{name:<{width}}", style="bold")
             text.append(f"{value}\n")
         ra, dec = self._radec(row)
         if ra is not None:
@@ -193,17 +221,18 @@ class CataloguePane(TabPane):
         self.app.copy_to_clipboard(value)
         self.notify(f"copied {col} = {value}")
 
-    def action_copy_link(self) -> None:
+    def action_copy_link(self, service: str = "SIMBAD") -> None:
+        """Copy the SIMBAD, ESA Sky or Aladin link of the highlighted source's position."""
         row = self.query_one(CatalogueTable).current_source()
         if row is None:
             return
         ra, dec = self._radec(row)
         if ra is None:
-            self.notify("this source has no sky position", severity="warning")
+            self.notify("this source has no sky position (the frame has no WCS)", severity="warning")
             return
-        url = sky_links(ra, dec)["SIMBAD"]
+        url = sky_links(ra, dec)[service]
         self.app.copy_to_clipboard(url)
-        self.notify("copied the SIMBAD link")
+        self.notify(f"copied the {service} link")
 
     def action_export(self) -> None:
         from .dialogs import AskText

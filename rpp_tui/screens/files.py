@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from textual import work
@@ -10,6 +11,8 @@ from textual.binding import Binding
 from textual.containers import Vertical
 from textual.widgets import DirectoryTree, Static, TabPane
 from textual.worker import get_current_worker
+
+from rpp_core.fitsnames import is_fits_name
 
 from .. import loaders
 from ..messages import FrameChosen
@@ -42,7 +45,7 @@ class FilesPane(TabPane):
 
     BINDINGS = [
         Binding("enter", "choose", "Select", show=False),
-        Binding("u,backspace", "up", "Parent dir"),
+        Binding("u,backspace", "up", "Parent", key_display="u"),
         Binding("c", "copy_path", "Copy path"),
         Binding("o", "open_path", "Go to path"),
         Binding("R", "reload", "Reload", show=False),
@@ -130,7 +133,7 @@ class FilesPane(TabPane):
             self.notify(f"copied {Path(path).resolve()}")
 
     def action_open_path(self) -> None:
-        from .dialogs import AskText
+        from .dialogs import AskText, PathSuggester
 
         def done(value: str | None) -> None:
             if not value:
@@ -145,7 +148,9 @@ class FilesPane(TabPane):
             else:
                 self.notify(f"{p} does not exist", severity="error")
 
-        self.app.push_screen(AskText("Go to folder or frame", str(self.query_one(FitsTree).path)), done)
+        start = str(self.query_one(FitsTree).path).rstrip(os.sep) + os.sep
+        self.app.push_screen(AskText("Go to folder or frame", start, suggester=PathSuggester(is_fits_name),
+                                     hint="→ completes the path, Enter goes there, Escape cancels"), done)
 
     def action_reload(self) -> None:
         self.query_one(FitsTree).reload()

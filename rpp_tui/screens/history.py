@@ -9,7 +9,7 @@ from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.widgets import DataTable, Static, TabPane
 
-from rpp_core import cleanup, locations, results
+from rpp_core import locations
 from rpp_core.products import RunSummary
 
 from ..messages import OpenRun
@@ -17,6 +17,8 @@ from ..paths import display_path
 
 
 def _run_row(run) -> tuple:
+    from rpp_core import cleanup
+
     summary, status = None, run.state  # "running", or "interrupted": killed before its summary
     if run.finished:
         try:
@@ -24,13 +26,14 @@ def _run_row(run) -> tuple:
             status = summary.status
         except (OSError, ValueError, TypeError):
             status = "unreadable summary"
+    # the frame last: the folder name already starts with it, and at 80 columns it is what gets cut, not Size
     return (
         run.path.name,
-        Path(summary.frame).name if summary and summary.frame else "?",
         status,
         str(summary.n_sources) if summary and summary.n_sources is not None else "",
         f"{summary.zp:.3f}" if summary and summary.zp is not None else "",
         cleanup.format_size(run.size),
+        Path(summary.frame).name if summary and summary.frame else "?",
     )
 
 
@@ -42,8 +45,8 @@ class HistoryPane(TabPane):
         Binding("o", "open", "Open"),
         Binding("d,delete", "delete", "Delete"),
         Binding("C", "cleanup", "Clean up"),
-        Binding("f5,R", "reload", "Reload"),
-        Binding("c", "copy_path", "Copy path"),
+        Binding("R,f5", "reload", "Reload", key_display="R"),
+        Binding("c", "copy_path", "Copy path", show=False),
     ]
 
     def __init__(self) -> None:
@@ -56,7 +59,7 @@ class HistoryPane(TabPane):
 
     def on_mount(self) -> None:
         table = self.query_one(DataTable)
-        table.add_columns("Run folder", "Frame", "Status", "Sources", "ZP", "Size")
+        table.add_columns("Run folder", "Status", "Sources", "ZP", "Size", "Frame")
         self.action_reload()
 
     def focus_main(self) -> None:
@@ -67,12 +70,17 @@ class HistoryPane(TabPane):
 
     @work(thread=True, exclusive=True, group="history")
     def scan(self) -> None:
+        # imported here, in the worker: rpp_core.cleanup brings astropy, a second of the app's start
+        from rpp_core import cleanup
+
         workspace = locations.workspace_dir()
         runs = list(reversed(cleanup.find_runs(workspace)))
         rows = [_run_row(r) for r in runs]
         self.app.call_from_thread(self._fill, workspace, runs, rows)
 
     def _fill(self, workspace: Path, runs, rows) -> None:
+        from rpp_core import cleanup
+
         self.runs = runs
         table = self.query_one(DataTable)
         table.clear()
@@ -112,6 +120,8 @@ class HistoryPane(TabPane):
 
         def done(yes: bool | None) -> None:
             if yes:
+                from rpp_core import results
+
                 try:
                     results.remove_run(path)
                 except (ValueError, OSError) as exc:
@@ -128,6 +138,8 @@ class HistoryPane(TabPane):
         def done(age: str | None) -> None:
             if not age:
                 return
+            from rpp_core import cleanup
+
             try:
                 removed = cleanup.clean(locations.workspace_dir(), older_than=age)
             except Exception as exc:  # noqa: BLE001 - a bad age string is a message

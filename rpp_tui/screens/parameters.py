@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 
 from textual.app import ComposeResult
@@ -31,41 +32,67 @@ class ParametersPane(TabPane):
         Binding("ctrl+s", "save", "Save"),
         Binding("ctrl+n", "save_as", "Save as"),
         Binding("ctrl+o", "load", "Load"),
-        Binding("ctrl+r", "rename", "Rename"),
-        Binding("ctrl+t", "delete", "Delete"),
+        Binding("ctrl+r", "rename", "Rename", show=False),
+        Binding("ctrl+t", "delete", "Delete", show=False),
         Binding("escape", "leave_form", "Sections", show=False),
     ]
 
     def __init__(self) -> None:
         super().__init__("2 Parameters", id="parameters")
+        #: the profile as last loaded or saved: "(modified)" means the form differs from it
+        self.baseline: dict | None = None
+        self._building: dict = {}  # section -> its mount (awaitable)
 
     def compose(self) -> ComposeResult:
         yield Static("", id="profile-line", markup=False)
         with Horizontal(id="param-body"):
             yield OptionList(*[Option(SECTION_TITLES[s], id=s) for s in SECTION_TITLES], id="sections")
             with ContentSwitcher(initial="section-observatory", id="section-forms"):
-                profile = self.app.profile
-                for sec, klass in settings.SECTIONS.items():
-                    with VerticalScroll(id=f"section-{sec}", classes="section-form"):
-                        obj = getattr(profile, sec)
-                        for f in dataclasses.fields(klass):
-                            yield SettingField(sec, klass, f.name, getattr(obj, f.name))
-                with VerticalScroll(id="section-secrets", classes="section-form"):
-                    yield Static("API keys are stored in a secrets file readable only by you (mode 0600) and are never "
-                                 "shown again. Type a new key and press Enter to store it; submit an empty line to "
-                                 "remove it.", classes="field-help", markup=False)
-                    secrets = settings.load_secrets()
-                    for key in settings.SECRET_ENV:
-                        with Vertical(classes="setting-field"):
-                            with Horizontal():
-                                yield Static(key, classes="field-name")
-                                yield Input(placeholder=settings.mask_secret(secrets.get(key, "")) or "not set",
-                                            password=True, compact=True, id=f"secret-{key}")
-                            yield Static(f"stored: {settings.mask_secret(secrets.get(key, '')) or 'no'}",
-                                         id=f"secret-state-{key}", classes="field-help", markup=False)
+                for sec in SECTION_TITLES:
+                    yield VerticalScroll(id=f"section-{sec}", classes="section-form")
+
+    def build_section(self, sec: str):
+        """Mount the fields of one section, the first time it is shown.
+
+        All ~100 fields at once (~600 widgets) held the app's first paint back by
+        seconds on a busy machine; a section at a time costs a fraction of that,
+        when the user asks for it.
+        """
+        form = self.query_one(f"#section-{sec}", VerticalScroll)
+        if form.children or sec in self._building:
+            return self._building.get(sec)
+        if sec == "secrets":
+            widgets = self._secret_widgets()
+        else:
+            klass, obj = settings.SECTIONS[sec], getattr(self.app.profile, sec)
+            widgets = [SettingField(sec, klass, f.name, getattr(obj, f.name)) for f in dataclasses.fields(klass)]
+        self._building[sec] = form.mount_all(widgets)
+        return self._building[sec]
+
+    def _secret_widgets(self) -> list:
+        secrets = settings.load_secrets()
+        widgets = [Static("API keys are stored in a secrets file readable only by you (mode 0600) and are never "
+                          "shown again. Type a new key and press Enter to store it; submit an empty line to "
+                          "remove it.", classes="field-help", markup=False)]
+        for key in settings.SECRET_ENV:
+            widgets.append(Vertical(
+                Horizontal(Static(key, classes="field-name"),
+                           Input(placeholder=settings.mask_secret(secrets.get(key, "")) or "not set",
+                                 password=True, compact=True, id=f"secret-{key}")),
+                Static(f"stored: {settings.mask_secret(secrets.get(key, '')) or 'no'}",
+                       id=f"secret-state-{key}", classes="field-help", markup=False),
+                classes="setting-field"))
+        return widgets
 
     def on_mount(self) -> None:
+        self.baseline = self.app.profile.to_dict()
         self._refresh_profile_line()
+        # the first section after the first paint, so Parameters opens filled
+        self.set_timer(0.5, lambda: self.build_section(self._current_section()))
+
+    def _current_section(self) -> str:
+        forms = self.query_one("#section-forms", ContentSwitcher)
+        return (forms.current or "section-observatory").removeprefix("section-")
 
     def focus_main(self) -> None:
         self.query_one("#sections", OptionList).focus()
@@ -83,10 +110,15 @@ class ParametersPane(TabPane):
     # ------------------------------------------------------------ form
     def on_option_list_option_highlighted(self, event: OptionList.OptionHighlighted) -> None:
         if event.option_list.id == "sections" and event.option.id:
+            self.build_section(event.option.id)
             self.query_one("#section-forms", ContentSwitcher).current = f"section-{event.option.id}"
 
-    def on_option_list_option_selected(self, event: OptionList.OptionSelected) -> None:
+    async def on_option_list_option_selected(self, event: OptionList.OptionSelected) -> None:
         if event.option_list.id == "sections":
+            self.build_section(event.option.id)
+            pending = self._building.get(event.option.id)
+            if pending is not None:
+                await pending  # the fields exist before focus goes to the first one
             form = self.query_one(f"#section-{event.option.id}")
             fields = form.query("Input, Switch, Select")
             if fields:
@@ -95,11 +127,41 @@ class ParametersPane(TabPane):
     def on_setting_field_changed(self, event: SettingField.Changed) -> None:
         event.stop()
         field = event.field
-        section = getattr(self.app.profile, field.section)
-        if getattr(section, field.setting) == event.value:
+        if getattr(getattr(self.app.profile, field.section), field.setting) == event.value:
+            self._update_dirty()  # the value shown at start, or typed back: nothing to check
             return
-        setattr(section, field.setting, event.value)
-        self.app.profile_dirty = True
+        problem = self._cross_field_problem(field, event.value)
+        if problem:
+            field.show_error(problem)
+            return
+        section = getattr(self.app.profile, field.section)
+        if getattr(section, field.setting) != event.value:
+            setattr(section, field.setting, event.value)
+        self._update_dirty()
+
+    def _cross_field_problem(self, field: SettingField, value) -> str:
+        """The core's whole-profile check (``settings.validate``) with ``value`` in place, as typed.
+
+        Catches what one value alone cannot say (a negative radius in a list, an
+        annulus inside the largest aperture). A problem the profile had before
+        this value counts only when it names this field.
+        """
+        candidate = copy.deepcopy(self.app.profile)
+        setattr(getattr(candidate, field.section), field.setting, value)
+        try:
+            settings.validate(candidate, f"profile {candidate.name!r}")
+        except SettingsError as exc:
+            message = str(exc)
+            try:
+                settings.validate(self.app.profile, f"profile {candidate.name!r}")
+            except SettingsError:
+                return message if field.setting in message else ""
+            return message
+        return ""
+
+    def _update_dirty(self) -> None:
+        """``(modified)`` exactly when the form differs from the profile as loaded or saved."""
+        self.app.profile_dirty = self.baseline is not None and self.app.profile.to_dict() != self.baseline
         self._refresh_profile_line()
 
     def show_profile(self) -> None:
@@ -110,6 +172,7 @@ class ParametersPane(TabPane):
         self._refresh_profile_line()
 
     def on_profile_loaded(self, _: ProfileLoaded) -> None:
+        self.baseline = self.app.profile.to_dict()
         self.show_profile()
 
     def invalid_fields(self) -> list[SettingField]:
@@ -145,6 +208,7 @@ class ParametersPane(TabPane):
         if not self._check():
             return
         path = settings.save_profile(self.app.profile)
+        self.baseline = self.app.profile.to_dict()
         self.app.profile_dirty = False
         self._refresh_profile_line()
         self.app.refresh_title()
@@ -153,32 +217,39 @@ class ParametersPane(TabPane):
     def action_save_as(self) -> None:
         from .dialogs import AskText
 
+        if not self._check():
+            return
+
+        def check(name: str) -> str:
+            # the core's rule for names; the dialog stays open with the message until the name is good
+            candidate = copy.deepcopy(self.app.profile)
+            candidate.name = name
+            try:
+                settings.validate(candidate)
+            except SettingsError as exc:
+                return str(exc)
+            return ""
+
         def done(name: str | None) -> None:
             if not name:
                 return
-            old = self.app.profile.name
             self.app.profile.name = name
-            try:
-                settings.validate(self.app.profile)
-            except SettingsError as exc:
-                self.app.profile.name = old
-                self.notify(str(exc), severity="error")
-                return
             self.action_save()
 
-        self.app.push_screen(AskText("Save profile as (letters, digits, . _ -)", self.app.profile.name), done)
+        self.app.push_screen(AskText("Save profile as (letters, digits, . _ -)", self.app.profile.name, check=check), done)
 
     def action_load(self) -> None:
-        from .dialogs import AskText
+        from .dialogs import ChooseOne
 
         names = settings.list_profiles()
+        items = [(n, n) for n in names] + [("\0default", "default (built-in settings)")]
 
         def done(name: str | None) -> None:
             if name:
-                self.app.load_profile(name)
+                self.app.load_profile(None if name == "\0default" else name)
 
-        self.app.push_screen(AskText(f"Load profile ({', '.join(names) or 'none saved'}; 'default' = built-in)",
-                                     names[0] if names else "default"), done)
+        self.app.push_screen(ChooseOne(f"Load a profile ({len(names)} saved in {settings.locations.profiles_dir()})",
+                                       items, self.app.profile.name if self.app.profile.name in names else "\0default"), done)
 
     def action_rename(self) -> None:
         from .dialogs import AskText

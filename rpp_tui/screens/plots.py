@@ -38,8 +38,8 @@ class PlotsPane(TabPane):
     """Figure list on the left, the figure on the right."""
 
     BINDINGS = [
-        Binding("n,right", "step(1)", "Next plot"),
-        Binding("p,left", "step(-1)", "Previous plot"),
+        Binding("n,right", "step(1)", "Next", key_display="n"),
+        Binding("p,left", "step(-1)", "Previous", key_display="p"),
     ]
 
     def __init__(self) -> None:

@@ -21,12 +21,9 @@ from textual.reactive import reactive
 from textual.scroll_view import ScrollView
 from textual.strip import Strip
 
-_OPS = {
-    "<": np.less, "<=": np.less_equal, ">": np.greater, ">=": np.greater_equal,
-    "==": np.equal, "=": np.equal, "!=": np.not_equal,
-}
-_TERM = re.compile(r"^\s*([A-Za-z_][\w.]*)\s*(<=|>=|==|!=|<|>|=)\s*(\S.*?)\s*$")
-
+_COMPARISON = {"<", "<=", ">", ">=", "==", "!=", "="}
+#: words of pandas' expression grammar that are not column names
+_KEYWORDS = {"and", "or", "not", "in", "True", "False", "true", "false"}
 
 def column_arrays(table) -> dict[str, np.ndarray]:
     """Plain numpy arrays of a table's 1-D columns: masked numbers become NaN, text stays text."""
@@ -91,48 +88,109 @@ def resolve_column(name: str, columns: list[str], prefer: str = "") -> str:
     raise ValueError(f"no column {name!r}; columns include {', '.join(columns[:12])}")
 
 
-def filter_mask(arrays: dict[str, np.ndarray], text: str, prefer: str = "") -> np.ndarray:
-    """Rows matching ``text``: terms joined by ``and``/``,`` each ``column op value`` or a word to find.
+def magnitude_aliases(arrays: dict[str, np.ndarray], label: str) -> dict[str, str]:
+    """``mag``/``magerr`` mean the calibrated magnitude of aperture ``label`` when the frame is calibrated.
 
-    Examples: ``snr>10``, ``mag_ap2 < 15 and flags == 0``, ``NGC`` (searches text and id columns).
+    A catalogue is calibrated when its ``mag_cal_<label>`` column holds at least
+    one number; otherwise ``mag`` is the instrumental ``mag_<label>``.
+    """
+    if not label:
+        return {}
+    cal = arrays.get(f"mag_cal_{label}")
+    if cal is not None and cal.dtype != object and np.isfinite(cal.astype(float)).any():
+        return {"mag": f"mag_cal_{label}", "magerr": f"magerr_cal_{label}"}
+    return {"mag": f"mag_{label}", "magerr": f"magerr_{label}"}
+
+
+def _expression(text: str, columns: list[str], prefer: str, aliases: dict[str, str]) -> tuple[str, list[str]] | None:
+    """The pandas expression for ``text`` with short names resolved, and the columns it uses.
+
+    ``None`` when ``text`` has no comparison: then it is a word to find. ``=``
+    means ``==`` and ``,`` means ``and``; names are back-quoted so any column
+    name is safe. Raises ValueError for an unknown or ambiguous name.
+    """
+    import io
+    import tokenize
+
+    try:
+        tokens = list(tokenize.generate_tokens(io.StringIO(text).readline))
+    except (tokenize.TokenError, SyntaxError, IndentationError) as exc:
+        raise ValueError(f"cannot read the filter: {exc.args[0] if exc.args else exc}") from None
+    if not any(t.type == tokenize.OP and t.string in _COMPARISON for t in tokens):
+        return None
+    out, used, pos = [], [], 0
+    for t in tokens:
+        if t.type in (tokenize.NEWLINE, tokenize.NL, tokenize.ENDMARKER):
+            continue
+        start, end = t.start[1], t.end[1]
+        out.append(text[pos:start])
+        pos = end
+        if t.type == tokenize.NAME and t.string not in _KEYWORDS:
+            col = aliases.get(t.string.lower()) if t.string.lower() in aliases else None
+            if col is None or col not in columns:
+                col = resolve_column(t.string, columns, prefer)
+            used.append(col)
+            out.append(f"`{col}`")
+        elif t.type == tokenize.NAME and t.string in ("true", "false"):
+            out.append(t.string.capitalize())
+        elif t.type == tokenize.OP and t.string == "=":
+            out.append("==")
+        elif t.type == tokenize.OP and t.string == ",":
+            out.append(" and ")
+        elif t.type == tokenize.OP and t.string in ("&&", "||"):
+            out.append(" and " if t.string == "&&" else " or ")
+        else:
+            out.append(t.string)
+    out.append(text[pos:])
+    return "".join(out), list(dict.fromkeys(used))
+
+
+def filter_mask(arrays: dict[str, np.ndarray], text: str, prefer: str = "",
+                aliases: dict[str, str] | None = None) -> np.ndarray:
+    """Rows matching ``text``: a pandas expression over the columns, or a word to find.
+
+    The grammar is that of :meth:`pandas.DataFrame.eval`: comparisons joined by
+    ``and``, ``or``, ``not`` and parentheses, e.g. ``snr>10 and (flags==0 or
+    mag<12)``. A short name means the one ``name_*`` column (``prefer``, the
+    calibration aperture, breaks ties); ``aliases`` map names first (``mag`` to
+    the calibrated magnitude, see :func:`magnitude_aliases`). Text without a
+    comparison is searched for in the name and id columns (``NGC 1234``).
     Raises ValueError with a message for the user.
     """
     n = len(next(iter(arrays.values()))) if arrays else 0
-    mask = np.ones(n, bool)
     text = text.strip()
     if not text:
-        return mask
-    columns = list(arrays)
-    for term in re.split(r"\s+and\s+|\s*,\s*|\s*&\s*", text):
-        if not term.strip():
-            continue
-        m = _TERM.match(term)
-        if m:
-            name, op, raw = m.groups()
-            col = resolve_column(name, columns, prefer)
-            values = arrays[col]
-            if values.dtype == object:
-                raw = raw.strip("'\"")
-                if op not in ("=", "==", "!="):
-                    raise ValueError(f"{col} is text: use == or != with it")
-                hit = np.array([str(v) == raw for v in values])
-                mask &= hit if op != "!=" else ~hit
-            else:
-                try:
-                    number = float(raw)
-                except ValueError:
-                    raise ValueError(f"{term.strip()!r}: {raw!r} is not a number") from None
-                with np.errstate(invalid="ignore"):
-                    mask &= _OPS[op](values.astype(float), number)
-        else:
-            word = term.strip().lower()
-            hit = np.zeros(n, bool)
-            for name, values in arrays.items():
-                if values.dtype == object or "id" in name.lower() or "name" in name.lower():
-                    hit |= np.array([word in str(v).lower() for v in values])
-            mask &= hit
-    return mask
+        return np.ones(n, bool)
+    expr = _expression(text, list(arrays), prefer, aliases or {})
+    if expr is None:
+        word = text.lower()
+        hit = np.zeros(n, bool)
+        for name, values in arrays.items():
+            if values.dtype == object or "id" in name.lower() or "name" in name.lower():
+                hit |= np.array([word in str(v).lower() for v in values])
+        return hit
+    import pandas as pd
 
+    source, used = expr
+    frame = pd.DataFrame({c: arrays[c] for c in used}, copy=False)
+    try:
+        # the python engine: numexpr is optional and its errors are harder to read
+        result = frame.eval(source, engine="python")
+    except Exception as exc:  # noqa: BLE001 - pandas raises many types; each is a message for the user
+        raise ValueError(_explain(exc)) from None
+    values = np.asarray(result)
+    if values.dtype != bool or values.shape != (n,):
+        raise ValueError(f"{text!r} is not a condition: compare columns with < <= > >= == !=")
+    return values
+
+
+def _explain(exc: Exception) -> str:
+    message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    if isinstance(exc, SyntaxError):
+        return "incomplete or mistyped: write e.g. snr>10 and (flags==0 or mag<15)"
+    if isinstance(exc, TypeError) and ("str" in message or "not supported" in message):
+        return f"a text column can only be compared with == or != and a quoted value ({message})"
+    return message
 
 class CatalogueTable(ScrollView, can_focus=True):
     """Rows of a catalogue; ``s`` sorts by the highlighted column, arrows move."""
@@ -185,6 +243,7 @@ class CatalogueTable(ScrollView, can_focus=True):
         self.sort_reverse = False
         self._widths: dict[str, int] = {}
         self._mask: np.ndarray | None = None
+        self._empty_message = ""
 
     # ------------------------------------------------------------ model
     @property
@@ -210,8 +269,10 @@ class CatalogueTable(ScrollView, can_focus=True):
         self._update_virtual_size()
         self.refresh()
 
-    def apply_filter(self, mask: np.ndarray | None) -> None:
+    def apply_filter(self, mask: np.ndarray | None, empty_message: str = "") -> None:
+        """Show only the rows where ``mask`` is true; ``empty_message`` is shown when none are."""
         self._mask = mask
+        self._empty_message = empty_message
         self._rebuild_order()
         self._reset_cursor()
 
@@ -275,10 +336,15 @@ class CatalogueTable(ScrollView, can_focus=True):
     def current_column(self) -> str | None:
         return self.columns[self.cursor_col] if 0 <= self.cursor_col < len(self.columns) else None
 
+    @property
+    def body_height(self) -> int:
+        """Data rows that fit on screen: the height less the header and a horizontal scrollbar."""
+        return max(self.scrollable_content_region.height - 1, 0)
+
     def visible_rows(self) -> list[int]:
         """Catalogue indices of the rows on screen, top to bottom (for tests and copy)."""
         top = int(self.scroll_offset.y)
-        return [int(i) for i in self.order[top: top + max(self.size.height - 1, 0)]]
+        return [int(i) for i in self.order[top: top + self.body_height]]
 
     # ------------------------------------------------------------ rendering
     def render_line(self, y: int) -> Strip:
@@ -302,6 +368,9 @@ class CatalogueTable(ScrollView, can_focus=True):
         else:
             row = scroll_y + y - 1
             if row >= self.row_count:
+                if y == 1 and self.row_count == 0:
+                    text = self._empty_message or "no source matches the filter"
+                    return Strip([Segment(f" {text}".ljust(width)[:width], base)], width)
                 return Strip.blank(width, base)
             src = int(self.order[row])
             style = base
@@ -329,7 +398,8 @@ class CatalogueTable(ScrollView, can_focus=True):
         self.refresh()
 
     def _scroll_cursor_visible(self) -> None:
-        body = max(self.size.height - 1, 1)
+        # the horizontal scrollbar covers the last line of the widget: never count it as a row
+        body = max(self.body_height, 1)
         top = int(self.scroll_offset.y)
         if self.cursor_row < top:
             self.scroll_to(y=self.cursor_row, animate=False, immediate=True)
@@ -341,8 +411,8 @@ class CatalogueTable(ScrollView, can_focus=True):
             left = int(self.scroll_offset.x)
             if x0 < left:
                 self.scroll_to(x=x0, animate=False, immediate=True)
-            elif x1 > left + self.size.width:
-                self.scroll_to(x=x1 - self.size.width, animate=False, immediate=True)
+            elif x1 > left + self.scrollable_content_region.width:
+                self.scroll_to(x=x1 - self.scrollable_content_region.width, animate=False, immediate=True)
 
     def _move_to(self, row: int) -> None:
         if not self.row_count:
@@ -357,7 +427,7 @@ class CatalogueTable(ScrollView, can_focus=True):
         self._move_to(self.cursor_row + delta)
 
     def action_page(self, direction: int) -> None:
-        self._move_to(self.cursor_row + direction * max(self.size.height - 2, 1))
+        self._move_to(self.cursor_row + direction * max(self.body_height - 1, 1))
 
     def action_edge(self, direction: int) -> None:
         self._move_to(0 if direction < 0 else self.row_count - 1)
@@ -388,3 +458,4 @@ class CatalogueTable(ScrollView, can_focus=True):
 
     def on_resize(self) -> None:
         self._update_virtual_size()
+        self.call_after_refresh(self._scroll_cursor_visible)

@@ -17,7 +17,8 @@ class EventLog(RichLog):
     """
 
     def __init__(self, *, id=None, classes=None) -> None:  # noqa: A002
-        super().__init__(id=id, classes=classes, wrap=True, markup=False, highlight=False, max_lines=20000)
+        # min_width=1: RichLog renders at 78 columns at least by default, which clips a 40-column pane instead of wrapping
+        super().__init__(id=id, classes=classes, wrap=True, markup=False, highlight=False, max_lines=20000, min_width=1)
         self.records: list[tuple[str, str, str]] = []
         self.level = "INFO"
 

@@ -110,6 +110,10 @@ class SettingField(Vertical):
                 editor.value = to_text(value)
         self._show_error("")
 
+    def show_error(self, message: str) -> None:
+        """Show ``message`` under the field (a value the whole profile refuses); "" clears it."""
+        self._show_error(message)
+
     def _show_error(self, message: str) -> None:
         self.set_class(bool(message), "-invalid")
         self.query_one(".field-error", Static).update(message)

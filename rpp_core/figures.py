@@ -1,0 +1,284 @@
+"""PNG figures of a run, for reports and notes: the same figures as :mod:`rpp_core.plots`, plus a finder chart.
+
+Drawn with matplotlib's object API on the Agg canvas (no pyplot, no display,
+safe in a worker thread). Every figure is computed from the run's catalogue
+(columns of docs/catalogue.md) and its calibration; nothing is re-measured.
+
+==================  ===========================================================
+zp_fit.png          catalogue vs instrumental magnitude, the fitted zero point
+residuals_mag.png   calibration residual vs catalogue magnitude
+residuals_color.png calibration residual vs reference colour
+mag_hist.png        histogram of calibrated (else instrumental) magnitudes
+err_mag.png         magnitude error vs magnitude
+finder.png          the frame (zscale), detections, calibrators coloured by residual
+==================  ===========================================================
+
+Sizes: :data:`SIZE_PX` (800 x 600) for the plots, :data:`FINDER_PX` for the chart.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from .fsio import atomic_path
+from .plots import _col, _finite, clip_to_limits, robust_limits, value_with_error
+
+DPI = 100
+SIZE_PX = (800, 600)
+FINDER_PX = (900, 900)
+#: detections drawn on the finder chart at most (the brightest); more is a carpet, not a chart
+FINDER_MAX_SOURCES = 1500
+
+
+def _figure(size_px=SIZE_PX):
+    from matplotlib.figure import Figure
+
+    return Figure(figsize=(size_px[0] / DPI, size_px[1] / DPI), dpi=DPI)
+
+
+def _message(ax, text: str) -> None:
+    ax.text(0.5, 0.5, text, ha="center", va="center", transform=ax.transAxes, fontsize=12)
+    ax.set_xticks([])
+    ax.set_yticks([])
+
+
+def _calib_columns(table, meta):
+    label = meta.get("calibration_label", "")
+    used = _col(table, "calib_used") > 0
+    rej = _col(table, "calib_rejected") > 0
+    return label, used, rej
+
+
+def zp_fit(fig, table, meta: dict) -> None:
+    ax = fig.add_subplot()
+    label, used, rej = _calib_columns(table, meta)
+    mi, mr = _col(table, f"mag_{label}"), _col(table, "mag_ref")
+    zp = meta.get("zp")
+    if len(mi) == 0 or zp is None or not used.any():
+        _message(ax, "no zero point: the run is not calibrated")
+        return
+    x, y = _finite(mi[used], mr[used])
+    xr, yr = _finite(mi[rej], mr[rej])
+    # rejected under used: the used points are what the fit is made of
+    if len(xr):
+        ax.scatter(xr, yr, marker="x", color="tab:red", s=30, label=f"rejected ({len(xr)})", zorder=2)
+    ax.scatter(x, y, s=14, color="tab:blue", label=f"used ({len(x)})", zorder=3)
+    lo, hi = float(np.min(x)), float(np.max(x))
+    ax.plot([lo, hi], [lo + zp, hi + zp], color="tab:orange", lw=1.5, zorder=4,
+            label=f"ZP = {value_with_error(zp, meta.get('zp_err'))}")
+    ax.set_xlabel(f"instrumental magnitude ({label})")
+    ax.set_ylabel(f"catalogue {meta.get('band', '')} (mag)")
+    ax.set_title(f"Zero point, {meta.get('n_calibrators', len(x))} calibrators")
+    ax.legend(loc="upper left")
+    ax.grid(alpha=0.3)
+
+
+def _residuals(fig, table, meta: dict, xname: str, xlabel: str) -> None:
+    ax = fig.add_subplot()
+    label, used, rej = _calib_columns(table, meta)
+    x, res = _col(table, xname), _col(table, "calib_residual")
+    if len(res) == 0 or not used.any():
+        _message(ax, "no calibration residuals: the run is not calibrated")
+        return
+    a, b = _finite(x[used], res[used])
+    if len(a) == 0:
+        _message(ax, f"no calibrator has a {xlabel}")
+        return
+    limits = robust_limits(b)
+    ax.axhline(0.0, color="tab:orange", lw=1, zorder=1)
+    ar, br = _finite(x[rej], res[rej])
+    if len(ar):
+        clipped, outside = clip_to_limits(br, limits)
+        ax.scatter(ar[~outside], clipped[~outside], marker="x", color="tab:red", s=30, zorder=2,
+                   label=f"rejected ({len(ar)})")
+        if outside.any():
+            # off-scale points sit on the edge, as triangles pointing to where they are
+            up = br[outside] > limits[1]
+            ax.scatter(ar[outside][up], clipped[outside][up], marker="^", color="tab:red", s=40, zorder=2,
+                       clip_on=False, label=f"off scale ({int(outside.sum())}), drawn at the edge")
+            ax.scatter(ar[outside][~up], clipped[outside][~up], marker="v", color="tab:red", s=40, zorder=2,
+                       clip_on=False)
+    ax.scatter(a, b, s=14, color="tab:blue", zorder=3, label=f"used ({len(a)})")
+    ax.set_ylim(*limits)
+    rms = meta.get("zp_rms")
+    ax.set_title(f"Residuals vs {xlabel}" + (f" (rms {rms:.3f} mag)" if isinstance(rms, float) and np.isfinite(rms) else ""))
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel("catalogue − calibrated (mag)")
+    ax.legend(loc="best")
+    ax.grid(alpha=0.3)
+
+
+def residuals_mag(fig, table, meta: dict) -> None:
+    _residuals(fig, table, meta, "mag_ref", f"catalogue {meta.get('band', '')} (mag)")
+
+
+def residuals_color(fig, table, meta: dict) -> None:
+    _residuals(fig, table, meta, "ref_color", "reference colour (mag)")
+
+
+def _magnitudes(table, meta):
+    label = meta.get("calibration_label", "")
+    m, e = _col(table, f"mag_cal_{label}"), _col(table, f"magerr_cal_{label}")
+    if len(m) and np.isfinite(m).any():
+        return m, e, "calibrated"
+    return _col(table, f"mag_{label}"), _col(table, f"magerr_{label}"), "instrumental"
+
+
+def mag_hist(fig, table, meta: dict) -> None:
+    ax = fig.add_subplot()
+    m, _, what = _magnitudes(table, meta)
+    (m,) = _finite(m) if len(m) else (m,)
+    if len(m) == 0:
+        _message(ax, "no magnitudes")
+        return
+    ax.hist(m, bins=min(60, max(10, len(m) // 20)), color="tab:blue", alpha=0.8)
+    ax.set_xlabel(f"{what} magnitude" + (f" ({meta.get('band')})" if what == "calibrated" and meta.get("band") else ""))
+    ax.set_ylabel("sources")
+    ax.set_title(f"{len(m)} sources")
+    ax.grid(alpha=0.3)
+
+
+def err_mag(fig, table, meta: dict) -> None:
+    ax = fig.add_subplot()
+    m, e, what = _magnitudes(table, meta)
+    if len(m) == 0:
+        _message(ax, "no magnitudes")
+        return
+    m, e = _finite(m, e)
+    e_pos = e > 0
+    if not e_pos.any():
+        _message(ax, "no magnitude errors")
+        return
+    ax.scatter(m[e_pos], e[e_pos], s=4, color="tab:blue", alpha=0.6)
+    ax.set_yscale("log")
+    ax.set_xlabel(f"{what} magnitude")
+    ax.set_ylabel("magnitude error")
+    ax.set_title("Error vs magnitude")
+    ax.grid(alpha=0.3, which="both")
+
+
+FIGURES: dict[str, tuple[str, Callable]] = {
+    "zp_fit": ("Zero-point fit", zp_fit),
+    "residuals_mag": ("Residuals vs magnitude", residuals_mag),
+    "residuals_color": ("Residuals vs colour", residuals_color),
+    "mag_hist": ("Magnitude histogram", mag_hist),
+    "err_mag": ("Error vs magnitude", err_mag),
+}
+
+
+def _save(fig, path: Path) -> Path:
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    FigureCanvasAgg(fig)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=DPI)
+    return path
+
+
+def render(name: str, table, meta: dict, path: Path) -> Path:
+    """Write figure ``name`` of :data:`FIGURES` to ``path`` (PNG, :data:`SIZE_PX`), atomically."""
+    fig = _figure()
+    # fixed margins: tight_layout draws the figure once more only to measure it (a third of the time)
+    fig.subplots_adjust(left=0.11, right=0.97, bottom=0.1, top=0.93)
+    FIGURES[name][1](fig, table, meta)
+    return _save(fig, Path(path))
+
+
+# ---------------------------------------------------------------- finder chart
+
+def _shrink(data: np.ndarray, max_px: int) -> tuple[np.ndarray, int]:
+    """Block-mean the frame to at most ``max_px`` on its long side; the factor used."""
+    f = max(1, int(np.ceil(max(data.shape) / max_px)))
+    if f == 1:
+        return np.asarray(data, np.float32), 1
+    ny, nx = (data.shape[0] // f) * f, (data.shape[1] // f) * f
+    block = np.asarray(data[:ny, :nx], np.float32).reshape(ny // f, f, nx // f, f)
+    with np.errstate(invalid="ignore"):
+        return np.nanmean(block, axis=(1, 3)), f
+
+
+def _compass(ax, wcs, nx: int, ny: int) -> None:
+    """North and East arrows near the lower-left corner, from the WCS (skipped without one)."""
+    if wcs is None:
+        return
+    try:
+        from astropy.coordinates import SkyCoord
+        import astropy.units as u
+
+        # in the lower-left corner, clear of the field's centre where the target usually is
+        x0, y0 = 0.15 * nx, 0.15 * ny
+        centre = wcs.pixel_to_world(x0, y0)
+        length = 0.12 * min(nx, ny)
+        scale = np.mean(np.abs(np.diag(wcs.pixel_scale_matrix))) * 3600.0 if wcs.pixel_scale_matrix.size else 1.0
+        step = length * scale * u.arcsec
+        for label, pa in (("N", 0.0), ("E", 90.0)):
+            target = centre.directional_offset_by(pa * u.deg, step)
+            tx, ty = wcs.world_to_pixel(SkyCoord(target))
+            ax.annotate("", xy=(tx, ty), xytext=(x0, y0), arrowprops=dict(arrowstyle="->", color="yellow", lw=1.5))
+            ax.text(tx, ty, label, color="yellow", fontsize=12, ha="center", va="center")
+    except Exception:  # noqa: BLE001 - a compass is a nicety; a strange WCS must not fail the chart
+        return
+
+
+def finder_chart(data: np.ndarray, table, meta: dict, path: Path, wcs=None, title: str = "") -> Path:
+    """The frame (zscale) with detections (green circles), calibrators coloured by residual and rejected ones (x).
+
+    Pixel axes are 0-based (docs/catalogue.md), row 0 at the bottom; N/E arrows
+    come from ``wcs`` when given. Only the :data:`FINDER_MAX_SOURCES` brightest
+    detections are circled. Written as PNG of :data:`FINDER_PX`, atomically.
+    """
+    from astropy.visualization import ImageNormalize, ZScaleInterval
+
+    fig = _figure(FINDER_PX)
+    fig.subplots_adjust(left=0.09, right=0.9, bottom=0.07, top=0.95)  # room for the colour bar's labels
+    ax = fig.add_subplot()
+    ny, nx = data.shape
+    small, f = _shrink(data, 1200)
+    finite = small[np.isfinite(small)]
+    norm = ImageNormalize(finite if finite.size else np.zeros(1), interval=ZScaleInterval())
+    ax.imshow(small, origin="lower", cmap="gray_r", norm=norm, interpolation="nearest",
+              extent=(-0.5, small.shape[1] * f - 0.5, -0.5, small.shape[0] * f - 0.5))
+    x, y = _col(table, "x"), _col(table, "y")
+    label, used, rej = _calib_columns(table, meta)
+    if len(x):
+        m, _, _ = _magnitudes(table, meta)
+        plain = np.flatnonzero(~used & ~rej & np.isfinite(x) & np.isfinite(y))
+        n_plain = len(plain)
+        if len(m) and len(plain) > FINDER_MAX_SOURCES:
+            order = np.argsort(np.where(np.isfinite(m[plain]), m[plain], np.inf), kind="stable")
+            plain = plain[order[:FINDER_MAX_SOURCES]]
+        radius = max(6.0, 0.008 * max(nx, ny))
+        ax.scatter(x[plain], y[plain], s=radius ** 2 / 4, facecolors="none", edgecolors="tab:green", lw=0.6,
+                   label=f"detections ({n_plain})" if len(plain) == n_plain
+                   else f"detections (brightest {len(plain)} of {n_plain})")
+        if rej.any():
+            ax.scatter(x[rej], y[rej], marker="x", s=radius ** 2 / 3, color="tab:red", lw=1.0,
+                       label=f"rejected calibrators ({int(rej.sum())})")
+        if used.any():
+            res = _col(table, "calib_residual")
+            vmax = max(0.05, float(np.nanpercentile(np.abs(res[used]), 95))) if np.isfinite(res[used]).any() else 0.1
+            sc = ax.scatter(x[used], y[used], s=radius ** 2 / 2, c=res[used], cmap="coolwarm", vmin=-vmax, vmax=vmax,
+                            edgecolors="black", lw=0.5, label=f"calibrators ({int(used.sum())})")
+            fig.colorbar(sc, ax=ax, fraction=0.046, pad=0.02, label="calibration residual (mag)")
+    _compass(ax, wcs, nx, ny)
+    ax.set_xlim(-0.5, nx - 0.5)
+    ax.set_ylim(-0.5, ny - 0.5)
+    ax.set_xlabel("x (px, 0-based)")
+    ax.set_ylabel("y (px, 0-based)")
+    ax.set_title(title or "Finder chart")
+    if len(x):
+        ax.legend(loc="upper right", fontsize=8, framealpha=0.8)
+    return _save(fig, Path(path))
+
+
+def write_all(table, meta: dict, folder: Path, data: np.ndarray | None = None, wcs=None, title: str = "") -> dict[str, Path]:
+    """Every figure of :data:`FIGURES` and (with ``data``) the finder chart, as PNG files in ``folder``."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    files = {f"png_{name}": render(name, table, meta, folder / f"{name}.png") for name in FIGURES}
+    if data is not None:
+        files["png_finder"] = finder_chart(data, table, meta, folder / "finder.png", wcs=wcs, title=title)
+    return files

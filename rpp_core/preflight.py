@@ -1,0 +1,157 @@
+"""Checks before a run: what would make it fail late, found in a second instead of after the whole run.
+
+:func:`preflight` looks at the frame and the profile without processing
+anything: the frame exists; every local reference catalogue exists, is
+readable and holds the columns the profile names (by the same rules the
+calibration uses, :func:`rpp_core.catalogs.local.standardize`); service
+endpoints are URLs; astrometry.net has index files when the frame needs solving.
+
+Each finding is a :class:`Problem` naming the setting to change, so each
+interface can give the advice in its own words: the CLI says
+``--set calibration.ra_column=...``, the app names the Parameters field
+(:func:`Problem.advice`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import urlparse
+
+from .settings import Profile
+
+#: settings that are service endpoints (URLs), by section
+ENDPOINTS = ("gaia_tap", "simbad_tap", "vizier_tap", "skybot", "vsx", "astrocolibri", "vizier")
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One thing that would make the run fail or degrade.
+
+    ``setting``: the profile key to change (``section.name``), or ``"frame"``;
+    ``message``: what is wrong, naming the file, column or value;
+    ``fix``: what to do, without saying where (each interface adds that);
+    ``severity``: ``"error"`` stops the run, ``"warning"`` lets it go on degraded.
+    """
+
+    setting: str
+    message: str
+    fix: str
+    severity: str = "error"
+
+    def advice(self, interface: str = "cli") -> str:
+        """The whole sentence for ``interface``: ``"cli"`` (rpp run) or ``"app"`` (the Parameters screen)."""
+        if self.setting == "frame":
+            where = "pick another frame in Files (1)" if interface == "app" else "give an existing FITS file"
+            return f"{self.message}: {where}"
+        if self.setting == "calibration.catalog_files" and interface == "cli":
+            where = "--catalog FILE or --set calibration.catalog_files=FILE"
+        elif interface == "app":
+            section, _, name = self.setting.partition(".")
+            where = f"in Parameters (2) › {section.replace('_', ' ').capitalize()} › {name}"
+        else:
+            where = f"--set {self.setting}=..."
+        return f"{self.message}: {self.fix} ({where})"
+
+
+def _catalogue_problems(profile: Profile) -> list[Problem]:
+    from .catalogs import local
+    from .errors import CalibrationError
+
+    cal = profile.calibration
+    out: list[Problem] = []
+    for name in cal.catalog_files:
+        path = Path(name).expanduser()
+        if not path.exists():
+            out.append(Problem("calibration.catalog_files", f"reference catalogue {path} does not exist",
+                               "give the path of an existing file"))
+            continue
+        try:
+            table = local.read_table(path)
+        except CalibrationError as exc:
+            out.append(Problem("calibration.catalog_files", str(exc).split(";")[0],
+                               "use CSV with a header line, ECSV, FITS or VOTable"))
+            continue
+        columns = ", ".join(table.colnames[:20]) + (" …" if len(table.colnames) > 20 else "")
+        try:
+            # the calibration's own column rules on the first rows: the same names and aliases it accepts
+            local.standardize(table[:5], cal, str(path))
+        except CalibrationError as exc:
+            text = str(exc)
+            if "position columns" in text:
+                out.append(Problem("calibration.ra_column",
+                                   f"{path.name} has no RA/Dec columns {cal.ra_column!r}/{cal.dec_column!r} "
+                                   f"(its columns: {columns})", "name its RA and Dec columns (ra_column, dec_column)"))
+            elif "magnitude column" in text:
+                wanted = cal.mag_column or cal.band
+                setting = "calibration.mag_column" if cal.mag_column else "calibration.band"
+                out.append(Problem(setting, f"{path.name} has no magnitude column {wanted!r} (its columns: {columns})",
+                                   "name its magnitude column"))
+            elif "colour columns" in text:
+                out.append(Problem("calibration.color_columns",
+                                   f"{path.name} lacks the colour columns {cal.color_columns} (its columns: {columns})",
+                                   "name two of its magnitude columns, or leave color_columns empty"))
+            else:
+                out.append(Problem("calibration.catalog_files", text, "check the file"))
+        if cal.mag_err_column and cal.mag_err_column.lower() not in {c.lower() for c in table.colnames}:
+            out.append(Problem("calibration.mag_err_column",
+                               f"{path.name} has no column {cal.mag_err_column!r} (its columns: {columns})",
+                               "name its magnitude-error column, or leave it empty", "warning"))
+    if cal.catalog == "file" and not cal.catalog_files:
+        out.append(Problem("calibration.catalog_files", "calibration.catalog = 'file' but no catalogue file is given",
+                           "give a reference catalogue file"))
+    return out
+
+
+def _endpoint_problems(profile: Profile) -> list[Problem]:
+    out = []
+    for name in ENDPOINTS:
+        value = getattr(profile.services, name, None)
+        if value is None:
+            continue
+        url = urlparse(str(value).strip())
+        if url.scheme not in ("http", "https") or not url.netloc or " " in str(value).strip():
+            out.append(Problem(f"services.{name}", f"services.{name} = {value!r} is not a URL",
+                               "give an http(s):// address, e.g. the default"))
+    return out
+
+
+def _astrometry_problems(profile: Profile, has_wcs: bool | None) -> list[Problem]:
+    ast = profile.astrometry
+    if ast.solver != "astrometry.net" or ast.solve == "never":
+        return []
+    if ast.solve == "auto" and has_wcs is not False:
+        return []  # the header's WCS will do (or the frame is unreadable: the load stage says so)
+    from . import astrometry
+
+    dirs = astrometry.index_dirs_for(ast)
+    if astrometry.index_files(dirs):
+        return []
+    where = ", ".join(str(d) for d in dirs) or "no folder given"
+    return [Problem("astrometry.index_dirs", f"the frame needs plate solving but there are no astrometry.net index "
+                    f"files ({where})", "give a folder of index files (rpp index build makes them)", "warning")]
+
+
+def preflight(profile: Profile, frame: str | Path | None = None) -> list[Problem]:
+    """Problems found before running ``frame`` with ``profile`` (empty list: nothing found).
+
+    Reads the frame's header only (to know whether it has a WCS) and the local
+    reference catalogues; never touches the network.
+    """
+    problems: list[Problem] = []
+    has_wcs = None
+    if frame is not None:
+        path = Path(frame).expanduser()
+        if not path.exists():
+            problems.append(Problem("frame", f"frame {path} does not exist", ""))
+        else:
+            try:
+                from .image import header_summary
+
+                has_wcs = bool(header_summary(path).get("has_wcs"))
+            except Exception:  # noqa: BLE001 - an unreadable frame is the load stage's message to give
+                has_wcs = None
+    problems += _catalogue_problems(profile)
+    problems += _endpoint_problems(profile)
+    problems += _astrometry_problems(profile, has_wcs)
+    return problems

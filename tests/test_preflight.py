@@ -1,0 +1,111 @@
+"""Checks before a run: a missing reference file or column is reported at once, in the words of the interface."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from rpp_core import settings
+from rpp_core.preflight import preflight
+from rpp_core.synthetic import make_frame
+
+from .test_tui_support import tui_env, wait_for  # noqa: F401 - fixtures
+
+RPP = Path(sys.executable).with_name("rpp")
+
+
+@pytest.fixture
+def field(tmp_path):
+    """f.fits (256x256 with a WCS) and ref.ecsv, its reference catalogue (columns source_id, ra, dec, G, ...)."""
+    sf = make_frame(shape=(256, 256), n_stars=60)
+    sf.write(tmp_path / "f.fits")
+    sf.write_refcat(tmp_path / "ref.ecsv", format="ascii.ecsv")
+    return tmp_path
+
+
+def _profile(**changes):
+    return settings.Profile(name="check").replace(**{"services.offline": True, **changes})
+
+
+def test_a_good_profile_and_frame_have_no_problem(field):
+    assert preflight(_profile(**{"calibration.catalog_files": [str(field / "ref.ecsv")]}), field / "f.fits") == []
+
+
+def test_missing_frame_and_reference_file_are_named(field):
+    problems = preflight(_profile(**{"calibration.catalog_files": [str(field / "nope.ecsv")]}), field / "gone.fits")
+    assert [p.setting for p in problems] == ["frame", "calibration.catalog_files"]
+    assert "gone.fits does not exist" in problems[0].message
+    assert "nope.ecsv does not exist" in problems[1].message
+    assert "--catalog FILE" in problems[1].advice("cli")
+    assert "Parameters (2) › Calibration › catalog_files" in problems[1].advice("app")
+    assert "--catalog" not in problems[1].advice("app")
+
+
+def test_a_band_the_reference_file_lacks_is_found_with_its_columns_listed(field):
+    problems = preflight(_profile(**{"calibration.catalog_files": [str(field / "ref.ecsv")],
+                                     "calibration.band": "V"}), field / "f.fits")
+    assert len(problems) == 1 and problems[0].setting == "calibration.band"
+    assert "no magnitude column 'V'" in problems[0].message and "G" in problems[0].message
+    assert problems[0].advice("cli").endswith("(--set calibration.band=...)")
+
+
+def test_position_columns_follow_the_calibrations_own_rules(field):
+    # 'RAJ' is not in the file, but the calibration falls back to 'ra': no problem, as in a real run
+    assert preflight(_profile(**{"calibration.catalog_files": [str(field / "ref.ecsv")],
+                                 "calibration.ra_column": "RAJ"})) == []
+    from astropy.table import Table
+
+    t = Table.read(field / "ref.ecsv")
+    t.rename_columns(["ra", "dec"], ["alpha", "delta"])
+    t.write(field / "odd.ecsv")
+    problems = preflight(_profile(**{"calibration.catalog_files": [str(field / "odd.ecsv")]}))
+    assert [p.setting for p in problems] == ["calibration.ra_column"]
+    assert "alpha" in problems[0].message
+
+
+def test_an_endpoint_that_is_not_a_url_is_refused():
+    problems = preflight(_profile(**{"services.simbad_tap": "simbad.cds/tap"}))
+    assert [p.setting for p in problems] == ["services.simbad_tap"]
+
+
+def test_solving_without_index_files_is_a_warning(field, tmp_path):
+    empty = tmp_path / "no-index"
+    empty.mkdir()
+    prof = _profile(**{"astrometry.solve": "always", "astrometry.index_dirs": [str(empty)],
+                       "astrometry.use_system_indexes": False})
+    problems = preflight(prof, field / "f.fits")
+    assert [(p.setting, p.severity) for p in problems] == [("astrometry.index_dirs", "warning")]
+
+
+def test_rpp_run_stops_in_a_second_naming_the_option_not_after_the_run(field):
+    t0 = time.perf_counter()
+    proc = subprocess.run([str(RPP), "run", str(field / "f.fits"), "--catalog", str(field / "nope.ecsv"), "--offline",
+                           "--out", str(field / "runs")], capture_output=True, text=True, timeout=120)
+    elapsed = time.perf_counter() - t0
+    assert proc.returncode == 2, proc.stderr
+    assert "nope.ecsv does not exist" in proc.stderr and "--catalog FILE" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert not (field / "runs").exists()  # no run folder: nothing was started
+    print(f"rpp run refused in {elapsed:.2f} s")
+
+
+async def test_the_app_does_not_start_a_run_and_names_the_parameters_field(field, tui_env):
+    from rpp_tui.app import RppApp
+
+    app = RppApp(str(field / "f.fits"))
+    app.profile = _profile(**{"calibration.catalog_files": [str(field / "nope.ecsv")], "calibration.band": "G"})
+    async with app.run_test(size=(80, 24)) as pilot:
+        await pilot.pause(0.2)
+        await pilot.press("r")
+        await pilot.pause(0.2)
+        assert app.runner.jobs == []
+        assert app.query_one("#tabs").active == "run"
+        headline = str(app.query_one("#run-headline").content)
+        assert "nope.ecsv does not exist" in headline
+        assert "Parameters (2) › Calibration › catalog_files" in headline
+        assert "--catalog" not in headline
+        assert app.query_one("#run-headline").display

@@ -1,0 +1,137 @@
+"""Files for people: PNG figures and sky.html, checked as a reader would open them (image viewer, browser)."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+
+import numpy as np
+import pytest
+
+from rpp_core import figures, plots, results, skyview
+
+from .test_tui_support import synthetic_catalogue
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+@pytest.fixture(scope="module")
+def calibrated():
+    """The synthetic calibrated catalogue, its summary and frame; one rejected calibrator 1.07 mag off."""
+    cat, summary = synthetic_catalogue()
+    frame = summary.pop("frame_obj")
+    rejected = np.flatnonzero(np.asarray(cat["calib_rejected"]))
+    cat["calib_residual"][rejected[0]] = 1.07
+    return cat, summary, frame
+
+
+def test_residual_plot_limits_follow_the_used_points_not_one_outlier(calibrated):
+    cat, _, _ = calibrated
+    res = np.asarray(cat["calib_residual"])
+    used = np.asarray(cat["calib_used"])
+    lo, hi = plots.robust_limits(res[used])
+    assert lo <= res[used].min() and hi >= res[used].max()  # every used point on the plot
+    assert hi - lo < 0.2  # not stretched to the +1.07 mag outlier
+    clipped, outside = plots.clip_to_limits([1.07, 0.0], (lo, hi))
+    assert outside.tolist() == [True, False] and clipped[0] == hi  # the outlier sits on the edge
+
+
+def test_png_figures_open_at_their_stated_size(calibrated, tmp_path):
+    from PIL import Image
+
+    cat, summary, frame = calibrated
+    files = figures.write_all(cat, summary, tmp_path, data=frame.data, wcs=frame.wcs, title="synth.fits")
+    assert set(files) == {f"png_{n}" for n in figures.FIGURES} | {"png_finder"}
+    for key, path in files.items():
+        with Image.open(path) as img:
+            img.load()
+            assert img.format == "PNG"
+            assert img.size == (figures.FINDER_PX if key == "png_finder" else figures.SIZE_PX), key
+            # a figure, not a blank canvas: many distinct colours
+            assert len(img.convert("RGB").getcolors(1 << 20)) > 50, key
+    assert not list(tmp_path.glob(".*.part"))
+
+
+def test_png_figures_of_an_uncalibrated_run_say_so_instead_of_failing(calibrated, tmp_path):
+    cat, summary, _ = calibrated
+    bare = cat.copy()
+    for name in ("calib_used", "calib_rejected", "calib_residual", "mag_cal_ap2", "magerr_cal_ap2", "mag_ref"):
+        bare.remove_column(name)
+    files = figures.write_all(bare, {**summary, "zp": None}, tmp_path)
+    assert all(p.stat().st_size > 1000 for p in files.values())
+
+
+def test_ds9_regions_read_back_with_astropy_regions_at_the_catalogue_positions(calibrated, tmp_path):
+    from regions import Regions
+
+    cat, _, _ = calibrated
+    path = results.write_regions(cat, tmp_path / "regions.reg", radius_px=4.0)
+    shapes = Regions.read(path, format="ds9")
+    assert len(shapes) == len(cat)
+    x = np.array([s.center.x for s in shapes])
+    y = np.array([s.center.y for s in shapes])
+    assert np.allclose(x, cat["x"], atol=1e-6) and np.allclose(y, cat["y"], atol=1e-6)
+    colours = [s.visual.get("edgecolor", s.visual.get("color")) for s in shapes]  # regions reads color= as edge/face
+    assert colours.count("cyan") == int(np.sum(cat["calib_used"]))
+    assert colours.count("red") == int(np.sum(cat["calib_rejected"]))
+    assert colours.count("green") == len(cat) - colours.count("cyan") - colours.count("red")
+    assert [str(s.meta["text"]) for s in shapes[:3]] == [str(i) for i in cat["id"][:3]]
+
+
+def test_sky_page_holds_every_source_calibrators_coloured_and_the_esa_sky_link(calibrated):
+    cat, summary, frame = calibrated
+    data = skyview.page_data(cat, summary, skyview.field_of_view(frame.wcs, frame.data.shape))
+    assert data["n_shown"] == len(cat) == 200
+    assert data["center"]["ra"] == pytest.approx(float(np.mean(cat["ra"])), abs=0.01)
+    assert "sky.esa.int/esasky/?target=" in data["esasky"]
+    kinds = [s["kind"] for s in data["sources"]]
+    assert kinds.count("calibrator") == int(np.sum(cat["calib_used"]))
+    # objects identified by SIMBAD carry their name to the popup and the SIMBAD overlay
+    named = [s for s in data["sources"] if "SIMBAD" in s["ids"]]
+    assert len(named) == int(np.sum(np.asarray(cat["simbad_name"]) != "")) > 0
+
+
+def test_sky_page_keeps_calibrators_and_named_objects_when_a_big_field_is_cut(calibrated, monkeypatch):
+    cat, summary, _ = calibrated
+    monkeypatch.setattr(skyview, "MAX_ROWS", 80)
+    data = skyview.page_data(cat, summary)
+    assert data["n_shown"] == 80 and data["n_total"] == 200
+    kept = {s["id"] for s in data["sources"]}
+    must = set(np.asarray(cat["id"])[np.asarray(cat["calib_used"]) | np.asarray(cat["calib_rejected"])
+                                     | (np.asarray(cat["simbad_name"]) != "")])
+    assert must <= kept
+
+
+def _chromium(url: str, profile_dir) -> tuple[str, str]:
+    """The DOM after scripts ran and Chromium's log: headless, no network, a fresh profile."""
+    assert CHROMIUM, "chromium is not installed: run make system-deps (Debian package chromium)"
+    cmd = [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+           "--disable-component-update", "--disable-sync", "--no-first-run", f"--user-data-dir={profile_dir}",
+           # no name resolves: the page is opened as on an observatory machine without internet
+           "--host-resolver-rules=MAP * ~NOTFOUND", "--enable-logging=stderr", "--v=0",
+           "--virtual-time-budget=5000", "--dump-dom", url]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    return done.stdout, done.stderr
+
+
+def test_sky_html_offline_in_chromium_shows_the_table_with_every_row_and_no_script_error(calibrated, tmp_path):
+    cat, summary, frame = calibrated
+    page = skyview.write_sky_html(cat, {**summary, "title": "synth.fits"}, tmp_path / "sky.html",
+                                  wcs=frame.wcs, shape=frame.data.shape)
+    dom, log = _chromium(page.as_uri(), tmp_path / "chromium-profile")
+    status = re.search(r'<p id="status"[^>]*>(.*?)</p>', dom, re.S)
+    assert status and "could not be loaded" in status.group(1), dom[:2000]
+    assert 'class="offline"' in status.group(0)
+    assert 'id="aladin" style="display: none;"' in dom
+    rows = re.findall(r"<tr class=\"(calibrator|rejected|detection)\">", dom)
+    assert len(rows) == len(cat)
+    assert rows.count("calibrator") == int(np.sum(cat["calib_used"]))
+    assert "sky.esa.int/esasky" in dom
+    console = [ln for ln in log.splitlines() if "CONSOLE" in ln]
+    assert not [ln for ln in console if "Uncaught" in ln or "Error" in ln and "rpp" in ln], console
+    # the check can fail: a page with a script error is caught
+    bad = tmp_path / "bad.html"
+    bad.write_text("<html><body><script>nosuchfunction();</script></body></html>")
+    _, bad_log = _chromium(bad.as_uri(), tmp_path / "chromium-profile-2")
+    assert "Uncaught ReferenceError" in bad_log
