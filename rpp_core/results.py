@@ -37,6 +37,7 @@ import errno
 import os
 import shutil
 import threading
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable
 
@@ -230,26 +231,25 @@ def write_catalog(table: Table, run_dir: Path, formats: list[str], cancel: Calla
 
 
 def write_regions(table: Table, path: Path, radius_px: float) -> Path:
-    """DS9 region file in image coordinates, written with astropy's ``regions`` package.
+    """DS9 region file in image coordinates, exactly as astropy's ``regions`` package writes it.
 
-    Positions are the catalogue's 0-based ``x``, ``y``; ``regions`` writes them
-    1-based, as DS9 expects. Colours: green detection, cyan calibrator, red
-    rejected calibrator; the text of each circle is the source id.
+    Positions are the catalogue's 0-based ``x``, ``y``, written 1-based, as DS9
+    expects. Colours: green detection, cyan calibrator, red rejected
+    calibrator; the text of each circle is the source id. Formatted here with
+    one list comprehension: ``regions`` builds a ``CirclePixelRegion`` per
+    source, 0.8-1.4 s for 20,000 sources (0.03 s here); tests/test_views.py
+    reads the file back with ``regions`` and compares it with its own output.
     """
-    from regions import CirclePixelRegion, PixCoord, Regions
-
     used = np.asarray(table["calib_used"], bool) if "calib_used" in table.colnames else np.zeros(len(table), bool)
     rej = np.asarray(table["calib_rejected"], bool) if "calib_rejected" in table.colnames else np.zeros(len(table), bool)
     ids = np.asarray(table["id"]) if "id" in table.colnames else np.arange(1, len(table) + 1)
-    x, y = np.asarray(table["x"], float), np.asarray(table["y"], float)
-    shapes = []
-    for xi, yi, i, u_, r_ in zip(x, y, ids, used, rej):
-        color = "red" if r_ else ("cyan" if u_ else "green")
-        shapes.append(CirclePixelRegion(PixCoord(float(xi), float(yi)), float(radius_px),
-                                        meta={"text": str(i)}, visual={"color": color}))
-    with atomic_path(path) as tmp:
-        Regions(shapes).write(tmp, format="ds9", overwrite=True)
-    return path
+    colors = np.where(rej, "red", np.where(used, "cyan", "green")).tolist()
+    xs, ys = (np.asarray(table["x"], float) + 1).tolist(), (np.asarray(table["y"], float) + 1).tolist()
+    r = f"{float(radius_px):.8f}"
+    lines = ["# Region file format: DS9 astropy/regions", "image"]
+    lines += [f"circle({x:.8f},{y:.8f},{r}) # text={{{i}}} color={c}"
+              for x, y, i, c in zip(xs, ys, ids.tolist(), colors)]
+    return write_text(path, "\n".join(lines) + "\n")
 
 
 def write_header(header, path: Path) -> Path:
@@ -341,9 +341,15 @@ def write_outputs(catalogue: SourceCatalogue, summary: RunSummary, run_dir: Path
         "rpp_version": summary.rpp_version,
     })
     check()
-    files.update(write_views(cat, view_meta(summary), run_dir, data, wcs, Path(summary.frame).name, warn))
-    check()
-    files.update(write_catalog(cat, run_dir, formats, cancel))
+    with ThreadPoolExecutor(1, thread_name_prefix="rpp-views") as pool:
+        # the figures (matplotlib, mostly under the interpreter lock) are drawn while the catalogue is
+        # formatted (pyarrow, numpy: lock released): on two cores the 20,000-row outputs take 0.3-0.4 s less
+        views = pool.submit(write_views, cat, view_meta(summary), run_dir, data, wcs, Path(summary.frame).name, warn)
+        try:
+            files.update(write_catalog(cat, run_dir, formats, cancel))
+        finally:
+            drawn = views.result()  # also on cancel: nothing may write into the folder once we return
+    files.update(drawn)
     return files
 
 

@@ -218,19 +218,36 @@ def _run_with_refcat(capfd, field, tmp_path, name, change) -> SimpleNamespace:
     return _run(capfd, "run", field.fits, "--catalog", ref, "--out", tmp_path / "o", *FAST)
 
 
-def test_reference_magnitudes_written_as_text_exit_5_naming_file_and_column(field, tmp_path, capfd):
-    def text(t):
-        t["G"] = [f"{v:.2f} mag" for v in t["G"]]
-    res = _run_with_refcat(capfd, field, tmp_path, "text.csv", text)
-    assert res.code == 5
+# A reference file rpp run can check before the run is a usage error (2, `rpp run`'s preflight); where
+# nothing checks first (batch, watch, the app) the run degrades: calibration failed, exit 5.
+
+def _text_magnitudes(t):
+    t["G"] = [f"{v:.2f} mag" for v in t["G"]]
+
+
+def test_reference_magnitudes_written_as_text_exit_2_naming_file_and_column(field, tmp_path, capfd):
+    res = _run_with_refcat(capfd, field, tmp_path, "text.csv", _text_magnitudes)
+    assert res.code == 2
     _one_line_error(res.err, "text.csv", "'G'", "not numbers")
 
 
-def test_reference_declination_beyond_90_everywhere_exits_5_and_asks_for_the_unit(field, tmp_path, capfd):
+def test_reference_magnitudes_written_as_text_fail_calibration_with_exit_5_in_a_run(field, tmp_path):
+    from rpp_core import pipeline
+    from rpp_core.settings import Profile
+
+    ref = _refcat(field, tmp_path, "text.csv", _text_magnitudes)
+    profile = Profile().replace(**{"astrometry.solve": "never", "cosmic_rays.enabled": False,
+                                   "photometry.psf": False, "services.enabled": []})
+    result = asyncio.run(pipeline.run(field.fits, profile, out_dir=tmp_path / "o", catalog_files=[ref], offline=True))
+    assert result.exit_code == 5 and "text.csv" in result.message and "not numbers" in result.message
+    assert (result.run_dir / "catalog.ecsv").exists()
+
+
+def test_reference_declination_beyond_90_everywhere_exits_2_and_asks_for_the_unit(field, tmp_path, capfd):
     def beyond(t):
         t["dec"] = t["dec"] + 100.0
     res = _run_with_refcat(capfd, field, tmp_path, "dec.csv", beyond)
-    assert res.code == 5
+    assert res.code == 2
     _one_line_error(res.err, "dec.csv", "-90..90", "unit")
 
 
@@ -309,7 +326,7 @@ def test_all_nan_magnitude_column_is_reported_as_such_not_as_an_empty_field(fiel
     def empty(t):
         t["G"] = np.nan
     res = _run_with_refcat(capfd, field, tmp_path, "nan.csv", empty)
-    assert res.code == 5
+    assert res.code == 2
     line = _one_line_error(res.err, "nan.csv", "'G'", "no values")
     assert "no stars in the field" not in line
 
