@@ -552,3 +552,77 @@ def test_cancel_during_outputs_leaves_no_catalogue_and_a_cancelled_summary(field
     run = _only_run(tmp_path)
     assert sorted(p.name for p in run.iterdir()) == ["run.log", "summary.json"]
     assert json.loads((run / "summary.json").read_text())["status"] == "cancelled"
+
+
+# ---------------------------------------------------------------- signals: Ctrl-C and SIGTERM at any moment
+
+def _faulty_env(tmp_path: Path, **faults) -> dict:
+    env = dict(os.environ, RPP_CONFIG_DIR=str(tmp_path / "config"), RPP_CACHE_DIR=str(tmp_path / "cache"),
+               PYTHONPATH=os.pathsep.join([str(FAULTINJECT), os.environ.get("PYTHONPATH", "")]), **faults)
+    env.pop("RPP_DEBUG", None)
+    return env
+
+
+def _wait_for(path: Path, proc: subprocess.Popen, timeout: float = 180.0) -> None:
+    t_end = time.monotonic() + timeout
+    while not path.exists():
+        assert proc.poll() is None, f"rpp ended before {path.name}: {proc.communicate()}"
+        assert time.monotonic() < t_end, f"no {path.name} after {timeout} s"
+        time.sleep(0.02)
+
+
+def _send(proc: subprocess.Popen, signum: int) -> None:
+    """As a terminal does: Ctrl-C to the foreground process group; SIGTERM (kill, systemd) to the process."""
+    if signum == signal.SIGINT:
+        os.killpg(proc.pid, signum)
+    else:
+        os.kill(proc.pid, signum)
+
+
+WORDS = {signal.SIGINT: "interrupted (Ctrl-C)", signal.SIGTERM: "terminated (SIGTERM)"}
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+@pytest.mark.parametrize("delay", [0.0, 0.05, 0.2])
+def test_signal_while_rpp_starts_ends_it_with_one_line_and_exit_130(field, tmp_path, signum, delay):
+    """In the first moments (imports, argument parsing): no traceback, no run folder."""
+    started = tmp_path / "started"
+    proc = subprocess.Popen([sys.executable, "-m", "rpp_cli", "run", str(field.fits), "--out", str(tmp_path / "o"),
+                             *FAST], env=_faulty_env(tmp_path, RPP_FAULT_STARTED=str(started)),
+                            start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    _wait_for(started, proc)
+    time.sleep(delay)
+    _send(proc, signum)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    assert "Traceback" not in err and [ln for ln in err.splitlines() if ln.startswith("rpp:")] == [f"rpp: {WORDS[signum]}"]
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_signal_during_outputs_cancels_the_run_at_once(field, tmp_path, signum):
+    """The catalogue is being written to a disk that takes 30 s: the run stops long before, exit 130,
+    one line saying which signal, no catalogue, a cancelled summary."""
+    ready = tmp_path / "ready"
+    env = _faulty_env(tmp_path, RPP_FAULT_SLOW_REPLACE="catalog.csv", RPP_FAULT_SLOW_S="30", RPP_FAULT_READY=str(ready))
+    out_dir = tmp_path / "o"
+    proc = subprocess.Popen([sys.executable, "-m", "rpp_cli", "run", str(field.fits), "--catalog", str(field.ref),
+                             "--out", str(out_dir), *FAST], env=env, start_new_session=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        _wait_for(ready, proc)
+        t0 = time.monotonic()
+        _send(proc, signum)
+        out, err = proc.communicate(timeout=25)
+        waited = time.monotonic() - t0
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        if ready.exists():
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(int(ready.read_text()), signal.SIGKILL)
+    assert proc.returncode == 130 and waited < 20, (waited, err)
+    line = _one_line_error(err, "cancelled", WORDS[signum])
+    assert "Traceback" not in err, line
+    run = _only_run(out_dir)
+    assert not list(run.glob("catalog.*"))
+    assert json.loads((run / "summary.json").read_text())["status"] == "cancelled"
