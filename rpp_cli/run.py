@@ -103,20 +103,21 @@ def _run_frame(args, frame: str, catalogs: list[str]) -> int:
     import asyncio
     import signal
 
-    from rpp_core import pipeline
+    from rpp_core import runner
     from rpp_core.cleanup import apply_retention
 
     profile = profile_from_args(args)
     _check_before_run(profile, frame, catalogs)
     reporter = ConsoleReporter(quiet=args.quiet, verbose=args.verbose)
-    cancel = asyncio.Event()
+    request = runner.RunRequest(frame, profile, out_dir=args.out, catalog_files=tuple(catalogs), hdu=args.hdu,
+                                offline=True if args.offline else None, keep_catalog=False)
 
     async def main():
+        cancel = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, cancel.set)
-        return await pipeline.run(frame, profile, reporter, cancel, out_dir=args.out, catalog_files=catalogs,
-                                  hdu=args.hdu, offline=True if args.offline else None)
+        return await runner.run(request, reporter, cancel)
 
     result = asyncio.run(main())
     apply_retention(result.run_dir.parent, profile.output, keep=result.run_dir)

@@ -44,6 +44,7 @@ from . import locations
 from .batch import MAX_ATTEMPTS, FrameKey, FrameResult, Ledger, profile_hash, result_from_summary, write_night_report
 from .cleanup import apply_retention
 from .errors import Cancelled, RppError, UsageError
+from .events import RunStarted
 from .fitsnames import is_fits_name
 from .settings import Profile
 
@@ -217,7 +218,7 @@ class Watcher:
 
     async def process(self, path: Path, key: FrameKey, entry: dict | None) -> FrameResult | None:
         """Process one frame; None when cancelled (the frame stays to be done)."""
-        from . import pipeline
+        from . import runner
 
         attempts = int((entry or {}).get("attempts", 0)) + 1 if (entry or {}).get("status") == "started" else 1
         if attempts > MAX_ATTEMPTS:
@@ -231,14 +232,16 @@ class Watcher:
         run_dir = [""]
 
         def on_event(event) -> None:
-            if type(event).__name__ == "RunStarted":
+            if isinstance(event, RunStarted):
                 run_dir[0] = event.run_dir
             if self.on_event:
                 self.on_event(event)
 
         try:
-            result = await pipeline.run(path, self.profile, on_event, self._cancel, out_dir=self.out,
-                                        catalog_files=self.catalog_files, hdu=self.hdu, offline=self.offline)
+            request = runner.RunRequest(str(path), self.profile, out_dir=str(self.out), hdu=self.hdu,
+                                        catalog_files=tuple(self.catalog_files), offline=self.offline,
+                                        keep_catalog=False)
+            result = await runner.run(request, on_event, self._cancel)
             res = result_from_summary(path, result.summary, time.perf_counter() - t0)
             apply_retention(self.out, self.profile.output, keep=result.run_dir)
         except (Cancelled, asyncio.CancelledError):

@@ -1,12 +1,13 @@
 """The RPP terminal app: Files, Parameters, Run, Catalogue, Plots, Image, History.
 
-It drives :func:`rpp_core.pipeline.run` through the event contract of
+It drives runs through :mod:`rpp_core.runner` (each in a worker process) and the event contract of
 :mod:`rpp_core.events` and owns no science: every number shown comes from the
 core or from a run folder.
 """
 
 from __future__ import annotations
 
+import gc
 import os
 from pathlib import Path
 
@@ -80,6 +81,7 @@ class RppApp(App[int]):
             self.profile = settings.Profile()
         self.current_run: loaders.RunView | None = None
         self.runner = RunQueue(self._on_run_event, self._start_run_worker)
+        self._footer_busy = False  # what the footer last showed (see _on_run_event)
 
     # ------------------------------------------------------------ layout
     def compose(self) -> ComposeResult:
@@ -102,6 +104,7 @@ class RppApp(App[int]):
             self.selected_path = self._start_file
         if self._start_error:
             self.notify(self._start_error, severity="error", timeout=10)
+        self.call_after_refresh(_quiet_gc)
 
     def refresh_title(self) -> None:
         frame = display_path(self.selected_path) if self.selected_path else "no frame selected"
@@ -181,6 +184,7 @@ class RppApp(App[int]):
         if not check_before_run(self, path, self.profile):
             return
         busy = self.runner.current is not None
+        gc.freeze()  # what the session has built so far is never walked by a collection during the run
         job = self.runner.submit(path, self.profile)
         if busy:
             self.notify(f"run #{job.id} queued ({len(self.runner.waiting)} waiting)")
@@ -205,7 +209,12 @@ class RppApp(App[int]):
 
     def _on_run_event(self, job, event) -> None:
         run_pane: RunPane = self.pane("run")
-        self.refresh_bindings()  # x Cancel shows only while a run is going (check_action)
+        busy = bool(self.runner.busy)
+        if busy != self._footer_busy:
+            # x Cancel shows only while a run is going (check_action); the footer is
+            # rebuilt on each refresh, so only when that changes, not on every event
+            self._footer_busy = busy
+            self.refresh_bindings()
         if event is not None:
             run_pane.handle(job, event)
             return
@@ -281,6 +290,22 @@ class RppApp(App[int]):
                 self.exit(0)
 
         self.push_screen(Confirm("A run is going: cancel it and quit?"), done)
+
+
+def _quiet_gc() -> None:
+    """Keep full garbage collections off the keys.
+
+    Measured during a 2048^2 run: the app held 270,000 objects at start and
+    560,000 at the end (Textual's render caches, the log); each full
+    collection walked them all, 0.3-0.6 s of CPU, 33 times in 2.5 minutes, and
+    a key pressed then waited for it. Objects alive once the screen is built
+    (and again when a run starts) are frozen out of collection, and full
+    collections come 100x less often.
+    """
+    gc.collect()
+    gc.freeze()
+    gen0, gen1, _ = gc.get_threshold()
+    gc.set_threshold(gen0, gen1, 1000)
 
 
 def run_app(start_path: str | None = None, profile: str | None = None) -> int:

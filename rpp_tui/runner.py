@@ -1,8 +1,9 @@
-"""The run queue: one pipeline run at a time, the next waiting its turn.
+"""The run queue: one run at a time, the next waiting its turn.
 
-The pipeline is an async job on the app's event loop; its CPU-heavy stages
-run in threads (see :mod:`rpp_core.pipeline`), so awaiting it here keeps the
-UI responsive. Events reach ``on_event`` on the event-loop thread.
+Each run executes in a worker process through :mod:`rpp_core.runner`: a stage
+holding the interpreter lock there cannot freeze the app, and cancel stops
+the worker's whole process group at once. Events reach ``on_event`` on the
+app's event-loop thread.
 """
 
 from __future__ import annotations
@@ -84,7 +85,7 @@ class RunQueue:
             self.current = None
 
     async def _run(self, job: Job) -> None:
-        from rpp_core import pipeline
+        from rpp_core import runner
 
         self.current = job
         job.state = "running"
@@ -95,7 +96,9 @@ class RunQueue:
             self._on_event(job, event)
 
         try:
-            job.result = await pipeline.run(job.path, job.profile, on_event=forward, cancel=job.cancel)
+            # a lower CPU priority for the run: on a busy machine the screen is served first
+            request = runner.RunRequest(str(job.path), job.profile, nice=10)
+            job.result = await runner.run(request, forward, job.cancel)
             job.state = "finished"
             job.exit_code = job.result.exit_code
         except Cancelled as exc:

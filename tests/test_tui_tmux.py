@@ -55,8 +55,7 @@ class Tmux:
 @pytest.mark.slow
 @pytest.mark.parametrize("command", ["rpp", "rpp tui frames"])
 def test_rpp_starts_in_a_real_80x24_terminal_browses_shows_help_and_quits(frames, tui_env, command):
-    if not RPP.exists():
-        pytest.skip(f"{RPP} is not installed")
+    assert RPP.exists(), f"{RPP} is not installed: run make venv"
     env = {k: os.environ[k] for k in ("RPP_CONFIG_DIR", "RPP_CACHE_DIR", "RPP_WORKSPACE")}
     cwd = frames if command == "rpp" else tui_env
     session = Tmux(f"rpp-test-{os.getpid()}-{len(command)}", cwd, env, str(RPP) + command[3:])
@@ -86,8 +85,7 @@ def test_rpp_starts_in_a_real_80x24_terminal_browses_shows_help_and_quits(frames
 
 @pytest.mark.slow
 def test_rpp_runs_a_frame_in_a_real_terminal_and_shows_the_zero_point(frames, tui_env):
-    if not RPP.exists():
-        pytest.skip(f"{RPP} is not installed")
+    assert RPP.exists(), f"{RPP} is not installed: run make venv"
     from rpp_core import settings
 
     profile = settings.Profile(name="tmux").replace(**{

@@ -62,7 +62,10 @@ def run_solver_process(cmd: Sequence[str], deadline: float, cancel: CancelFn | N
     cancel = cancel or (lambda: False)
     try:
         proc = subprocess.Popen(list(cmd), cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                stdin=subprocess.DEVNULL, text=True, errors="replace", start_new_session=True)
+                                stdin=subprocess.DEVNULL, text=True, errors="replace",
+                                # a group of its own (killed as one on cancel or timeout), in the
+                                # session of the run, which the runner kills whole
+                                process_group=0)
     except OSError as exc:
         raise AstrometryError(f"cannot start {cmd[0]}: {exc}") from None
     log(f"{Path(cmd[0]).name} started, pid {proc.pid}, process group {proc.pid}")

@@ -4,13 +4,10 @@ from __future__ import annotations
 
 import concurrent.futures as cf
 import contextlib
-import multiprocessing
 import signal
 
 from ..errors import UsageError
-
-_PRELOAD = ["rpp_core.pipeline", "rpp_core.image", "rpp_core.preprocess", "rpp_core.detect",
-            "rpp_core.photometry", "rpp_core.astrometry", "rpp_core.calibrate", "rpp_core.results"]
+from ..runner import process_context
 
 
 def _worker_init() -> None:
@@ -30,12 +27,7 @@ def _worker_init() -> None:
 def local_executor(jobs: int) -> cf.ProcessPoolExecutor:
     # forkserver: workers fork from a clean server that imported the pipeline once, instead
     # of forking a parent with threads (unsafe) or re-importing astropy in each (spawn)
-    try:
-        ctx = multiprocessing.get_context("forkserver")
-        ctx.set_forkserver_preload(_PRELOAD)
-    except ValueError:
-        ctx = multiprocessing.get_context("spawn")
-    return cf.ProcessPoolExecutor(max_workers=jobs, mp_context=ctx, initializer=_worker_init)
+    return cf.ProcessPoolExecutor(max_workers=jobs, mp_context=process_context(), initializer=_worker_init)
 
 
 def terminate_local(executor) -> None:

@@ -17,7 +17,8 @@ from .. import locations
 from ..cleanup import apply_retention
 from ..errors import UsageError
 from ..fitsnames import FITS_EXTENSIONS
-from ..settings import Profile, load_secrets
+from ..runner import RunRequest
+from ..settings import Profile
 from .executors import connect_dask, local_executor, terminate_local
 from .fields import group_fields
 from .inputs import collect_frames, profile_hash
@@ -132,7 +133,7 @@ def run_batch(inputs: Iterable[str | os.PathLike], profile: Profile | None = Non
             ready.append(i)
 
     own_client = None
-    worker_dirs: dict = {}  # Dask workers find their own cache and keys
+    base = RunRequest("", profile, out_dir=str(out), catalog_files=tuple(catalog_files), hdu=hdu, offline=offline)
     if client is None and scheduler:
         client = own_client = connect_dask(scheduler)
     if client is not None:
@@ -143,7 +144,7 @@ def run_batch(inputs: Iterable[str | os.PathLike], profile: Profile | None = Non
         jobs = max(1, int(jobs or os.cpu_count() or 1))
         executor = local_executor(jobs)
         max_inflight = jobs
-        worker_dirs = {"cache_dir": str(locations.catalog_cache_dir()), "secrets": load_secrets()}
+        base = base.resolved()  # pool workers get this process's cache and keys (Dask workers use their own)
 
     inflight: dict[cf.Future, tuple[int, int]] = {}
     attempts: dict[int, int] = collections.Counter()
@@ -151,8 +152,7 @@ def run_batch(inputs: Iterable[str | os.PathLike], profile: Profile | None = Non
 
     def submit(i: int) -> None:
         attempts[i] += 1
-        fut = executor.submit(process_frame, str(frames[i]), profile, str(out), tuple(catalog_files), offline, hdu,
-                              **worker_dirs)
+        fut = executor.submit(process_frame, dataclasses.replace(base, path=str(frames[i])))
         inflight[fut] = (i, attempts[i])
 
     def finish(i: int, res: FrameResult) -> None:

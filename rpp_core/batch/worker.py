@@ -9,8 +9,9 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import RppError
+from ..events import RunStarted
 from ..products import RunSummary
-from ..settings import Profile
+from ..runner import RunRequest, execute
 
 
 @dataclasses.dataclass
@@ -106,32 +107,26 @@ def result_from_summary(path, summary: RunSummary, seconds: float) -> FrameResul
     )
 
 
-def process_frame(path: str, profile: Profile, out_dir: str, catalog_files=(), offline: bool | None = None,
-                  hdu: int | None = None, cache_dir: str | None = None, secrets: dict | None = None) -> dict:
-    """Run the pipeline on one frame and never raise: the worker task of ``rpp batch``.
+def process_frame(request: RunRequest) -> dict:
+    """One frame through :func:`rpp_core.runner.execute`, never raising: the task of ``rpp batch``.
 
-    Returns :meth:`FrameResult.to_dict` (plain data, cheap to send between
-    processes). ``cache_dir`` and ``secrets`` are the parent's catalogue cache
-    and API keys (local pool: a forkserver worker does not see later changes of
-    the parent's environment); None lets the worker find its own (Dask).
+    Pool workers and Dask tasks already are worker processes, so they run the
+    pipeline in-process through the runner's entry. Returns
+    :meth:`FrameResult.to_dict` (plain data, cheap to send between processes).
     """
     t0 = time.perf_counter()
     run_dir = [""]
 
     def on_event(event) -> None:
-        if type(event).__name__ == "RunStarted":
+        if isinstance(event, RunStarted):
             run_dir[0] = event.run_dir
 
     try:
-        from .. import pipeline
-
-        result = pipeline.run_sync(path, profile, on_event=on_event, out_dir=out_dir,
-                                   catalog_files=list(catalog_files), hdu=hdu, offline=offline,
-                                   cache_dir=cache_dir, secrets=secrets)
-        return result_from_summary(path, result.summary, time.perf_counter() - t0).to_dict()
+        result = execute(request, on_event)
+        return result_from_summary(request.path, result.summary, time.perf_counter() - t0).to_dict()
     except RppError as exc:
-        return FrameResult(str(path), "failed", str(exc), exc.exit_code, run_dir[0],
+        return FrameResult(request.path, "failed", str(exc), exc.exit_code, run_dir[0],
                            seconds=round(time.perf_counter() - t0, 3)).to_dict()
     except Exception as exc:  # a bug in one frame must not stop the night
-        return FrameResult(str(path), "failed", f"internal error: {type(exc).__name__}: {exc}", 1, run_dir[0],
+        return FrameResult(request.path, "failed", f"internal error: {type(exc).__name__}: {exc}", 1, run_dir[0],
                            seconds=round(time.perf_counter() - t0, 3)).to_dict()

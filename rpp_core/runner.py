@@ -1,0 +1,305 @@
+"""One runner for every run: the app, ``rpp run``, batch, watch and Dask all go through it.
+
+:func:`run` executes a :class:`RunRequest` in a worker process of its own and
+streams its :mod:`rpp_core.events` back over a pipe to the same ``on_event``
+contract as :func:`rpp_core.pipeline.run` (called on the caller's event-loop
+thread), then returns the :class:`~rpp_core.pipeline.RunResult` or raises the
+run's :class:`~rpp_core.errors.RppError`.
+
+Process model
+-------------
+- Workers fork from a forkserver that imported the pipeline once (about 10 ms
+  a run after the first, instead of re-importing astropy); each worker starts
+  a session of its own, and solver subprocesses (``solve-field``,
+  ``siril-cli``) stay in that session in process groups of their own.
+- Cancel: the worker is asked first (SIGTERM sets its cancel event: a stage
+  stops at its next check, the run log and a ``cancelled`` summary are
+  written); after :data:`CANCEL_GRACE_S` every process of its session is
+  killed, solvers included, and the runner writes the summary itself. A stage
+  holding the interpreter lock therefore delays a cancel by at most the grace.
+- A worker that dies (out of memory, a crash in a library) fails the run
+  (exit 1) with the signal named; a caller cancelled while waiting (the app
+  quitting) kills the session before it returns.
+- The worker has no environment of its own to rely on (a forkserver keeps the
+  one it started with): the request carries the workspace, the catalogue
+  cache and the API keys, resolved by the caller.
+
+Batch pool workers and Dask tasks already are worker processes: they call
+:func:`execute`, the same entry the runner's workers call.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import multiprocessing
+import os
+import signal
+import sys
+import threading
+import traceback
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+from . import events as ev
+from .errors import Cancelled, RppError
+from .settings import Profile
+
+#: modules a forkserver imports once, so that forked workers start at once
+PRELOAD = ["rpp_core.pipeline", "rpp_core.image", "rpp_core.preprocess", "rpp_core.detect", "rpp_core.photometry",
+           "rpp_core.astrometry", "rpp_core.calibrate", "rpp_core.results", "rpp_core.catalogs"]
+#: seconds a cancelled worker has to stop by itself before its session is killed
+CANCEL_GRACE_S = 0.5
+_STDERR_LOCK = threading.Lock()
+
+
+@dataclass(frozen=True)
+class RunRequest:
+    """Everything a worker needs to process one frame (plain data: it crosses a process boundary).
+
+    ``out_dir`` is the workspace receiving the run folder; ``cache_dir`` the
+    catalogue answer cache and ``secrets`` the API keys. :meth:`resolved` fills
+    the ones left None from this process's locations and secrets file (a Dask
+    task leaves them None so the worker machine uses its own).
+    ``keep_catalog`` False sends the result back without the catalogue table
+    (it is in the run folder): a caller that only prints the summary then
+    never imports astropy. ``nice`` lowers the worker's CPU priority: the app
+    asks for it, so that on a busy machine the screen gets the CPU before the run.
+    """
+
+    path: str
+    profile: Profile
+    out_dir: str | None = None
+    catalog_files: tuple[str, ...] = ()
+    hdu: int | None = None
+    offline: bool | None = None
+    cache_dir: str | None = None
+    secrets: dict | None = None
+    keep_catalog: bool = True
+    nice: int = 0
+
+    def resolved(self) -> "RunRequest":
+        """The request with workspace, cache and keys taken from this process where not given."""
+        from . import locations
+        from .errors import SettingsError
+        from .settings import load_secrets
+
+        secrets = self.secrets
+        if secrets is None:
+            try:
+                secrets = load_secrets()
+            except SettingsError:
+                secrets = None  # unreadable: the worker reads it again and warns in the run log
+        return dataclasses.replace(
+            self, path=str(Path(self.path).expanduser()),
+            out_dir=str(self.out_dir) if self.out_dir else str(locations.workspace_dir()),
+            cache_dir=str(self.cache_dir) if self.cache_dir else str(locations.catalog_cache_dir()), secrets=secrets)
+
+
+# ---------------------------------------------------------------- the entry (worker side)
+
+async def execute_async(request: RunRequest, on_event: Callable[[ev.Event], None] | None = None,
+                        cancel: asyncio.Event | None = None):
+    """Run the pipeline on ``request`` in this process: the one entry every worker uses."""
+    from . import pipeline
+
+    return await pipeline.run(request.path, request.profile, on_event, cancel, out_dir=request.out_dir,
+                              catalog_files=request.catalog_files, hdu=request.hdu, offline=request.offline,
+                              cache_dir=request.cache_dir, secrets=request.secrets)
+
+
+def execute(request: RunRequest, on_event: Callable[[ev.Event], None] | None = None):
+    """Blocking :func:`execute_async`, for batch pool workers and Dask tasks."""
+    return asyncio.run(execute_async(request, on_event))
+
+
+def _worker_main(request: RunRequest, conn) -> None:
+    """A runner worker: its own session, events and the outcome sent over ``conn``."""
+    os.setsid()
+    if request.nice:
+        os.nice(request.nice)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the caller's to decide on
+    with open(os.devnull, "w") as null:
+        # library chatter must not write over a terminal app: the run log has what matters
+        os.dup2(null.fileno(), 1)
+        os.dup2(null.fileno(), 2)
+
+    async def main():
+        cancel = asyncio.Event()
+        asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, cancel.set)
+
+        def send(event: ev.Event) -> None:
+            if isinstance(event, ev.RunFinished):
+                return  # the result follows once, below; the caller announces it
+            try:
+                conn.send(("event", event))
+            except (BrokenPipeError, OSError):
+                cancel.set()  # nobody is listening any more
+
+        return await execute_async(request, send, cancel)
+
+    try:
+        result = asyncio.run(main())
+        if not request.keep_catalog:
+            result = dataclasses.replace(result, catalog=None)
+        conn.send(("result", result))
+    except RppError as exc:
+        conn.send(("error", exc))
+    except BaseException as exc:  # noqa: BLE001 - anything else is a bug, reported as one line
+        conn.send(("error", RppError(f"internal error: {type(exc).__name__}: {exc} (a bug: please report it)\n"
+                                     + traceback.format_exc())))
+    finally:
+        conn.close()
+
+
+# ---------------------------------------------------------------- the runner (caller side)
+
+def process_context():
+    """The multiprocessing context of runner workers and batch pools (forkserver with the pipeline preloaded)."""
+    try:
+        ctx = multiprocessing.get_context("forkserver")
+        ctx.set_forkserver_preload(PRELOAD)
+    except ValueError:  # no forkserver on this platform
+        ctx = multiprocessing.get_context("spawn")
+    return ctx
+
+
+def _start(proc) -> None:
+    """``proc.start()``, with a real stderr: multiprocessing hands the descriptor of ``sys.stderr``
+    to its helper processes, and an app that captures it (Textual) has none to give."""
+    try:
+        usable = sys.stderr.fileno() >= 0
+    except (AttributeError, OSError, ValueError):
+        usable = False
+    if usable:
+        proc.start()
+        return
+    with _STDERR_LOCK:
+        saved = sys.stderr
+        sys.stderr = sys.__stderr__ or open(os.devnull, "w")
+        try:
+            proc.start()
+        finally:
+            sys.stderr = saved
+
+
+def _session_groups(sid: int) -> set[int]:
+    """Process groups of the processes in session ``sid`` (Linux /proc; the session's own group elsewhere)."""
+    groups = {sid}
+    proc = Path("/proc")
+    if not proc.is_dir():
+        return groups
+    for stat in proc.glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+            if int(fields[3]) == sid:  # state, ppid, pgrp, session
+                groups.add(int(fields[2]))
+    return groups
+
+
+def kill_session(sid: int) -> None:
+    """SIGKILL every process of the worker's session: the worker and its solver groups."""
+    for pgid in _session_groups(sid):
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(pgid, signal.SIGKILL)
+
+
+def _record_abandoned(run_dir: Path, request: RunRequest, status: str, err: RppError) -> None:
+    """What the worker could not write itself: no half-written files, a log line, the summary."""
+    from .products import RunSummary
+    from .results import RunLog, remove_partial_files
+
+    with contextlib.suppress(OSError):
+        remove_partial_files(run_dir)
+        log = RunLog(run_dir / "run.log")
+        log.write("ERROR", f"run {status}: {err}")
+        log.close()
+        if not (run_dir / "summary.json").exists():
+            RunSummary(frame=request.path, profile=request.profile.name, run_dir=str(run_dir), status=status,
+                       exit_code=err.exit_code, error=str(err)).write(run_dir / "summary.json")
+
+
+async def run(request: RunRequest, on_event: Callable[[ev.Event], None] | None = None,
+              cancel: asyncio.Event | None = None):
+    """Run ``request`` in a worker process; see the module docstring.
+
+    Returns the :class:`~rpp_core.pipeline.RunResult`; raises the run's
+    :class:`~rpp_core.errors.RppError` (:class:`~rpp_core.errors.Cancelled` on
+    cancel, within :data:`CANCEL_GRACE_S` plus a few ms).
+    """
+    request = request.resolved()
+    on_event = on_event or (lambda e: None)
+    cancel = cancel or asyncio.Event()
+    loop = asyncio.get_running_loop()
+    ctx = process_context()
+    receiver, sender = ctx.Pipe(duplex=False)
+    proc = ctx.Process(target=_worker_main, args=(request, sender), name="rpp-run", daemon=False)
+    await asyncio.to_thread(_start, proc)  # the first start launches the forkserver: not on the UI loop
+    sender.close()
+    outcome: asyncio.Future = loop.create_future()
+    run_dir: list[Path] = []
+
+    def deliver(kind: str, payload) -> None:  # on the event loop
+        if kind == "event":
+            if isinstance(payload, ev.RunStarted):
+                run_dir.append(Path(payload.run_dir))
+            try:
+                on_event(payload)
+            except Exception:  # a broken UI callback must not lose the run
+                pass
+        elif not outcome.done():
+            outcome.set_result((kind, payload))
+
+    def read() -> None:
+        # a thread, so that unpickling a big result never stalls the caller's event loop
+        while True:
+            try:
+                kind, payload = receiver.recv()
+            except (EOFError, OSError):
+                kind, payload = "died", None
+            with contextlib.suppress(RuntimeError):  # the loop is gone: nobody to tell
+                loop.call_soon_threadsafe(deliver, kind, payload)
+            if kind != "event":
+                return
+
+    reader = threading.Thread(target=read, name="rpp-run-events", daemon=True)
+    reader.start()
+    stopping = asyncio.ensure_future(cancel.wait())
+    try:
+        await asyncio.wait([outcome, stopping], return_when=asyncio.FIRST_COMPLETED)
+        if not outcome.done():  # cancelled: ask, then kill the session
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(proc.pid, signal.SIGTERM)
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(asyncio.shield(outcome), CANCEL_GRACE_S)
+            if not outcome.done():
+                kill_session(proc.pid)
+                outcome.set_result(("killed", None))
+        kind, payload = outcome.result()
+    except asyncio.CancelledError:
+        kill_session(proc.pid)  # the caller is going away (the app quits): take the run with it
+        raise
+    finally:
+        stopping.cancel()
+        await asyncio.to_thread(proc.join, 2.0)
+        await asyncio.to_thread(reader.join, 2.0)
+        receiver.close()
+    if kind == "result":
+        on_event(ev.RunFinished(result=payload))
+        return payload
+    if kind == "error":
+        raise payload
+    if kind == "killed":
+        err: RppError = Cancelled()
+        status = "cancelled"
+    else:
+        code = proc.exitcode
+        why = f"killed by signal {-code}" if code is not None and code < 0 else f"exit status {code}"
+        err, status = RppError(f"the worker process died ({why}): out of memory or a crash in a library"), "failed"
+    if run_dir:
+        await asyncio.to_thread(_record_abandoned, run_dir[0], request, status, err)
+    on_event(ev.RunFailed(stage="", message=str(err), exit_code=err.exit_code,
+                          run_dir=str(run_dir[0]) if run_dir else ""))
+    raise err

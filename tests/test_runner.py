@@ -1,0 +1,156 @@
+"""The runner: every run in a worker process of its own, events back over a pipe, cancel that stops it all."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import stat
+import time
+from pathlib import Path
+
+import pytest
+
+from rpp_core import events as ev
+from rpp_core import runner
+from rpp_core.errors import Cancelled
+from rpp_core.products import RunSummary
+from rpp_core.synthetic import make_frame
+
+from .conftest_pipeline_helpers import offline_profile
+
+
+@pytest.fixture(scope="module")
+def small(tmp_path_factory):
+    d = tmp_path_factory.mktemp("small")
+    fr = make_frame(shape=(256, 256), n_stars=60, seed=3, n_cosmics=5)
+    fr.write(d / "f.fits")
+    fr.write_refcat(d / "ref.ecsv")
+    return d
+
+
+def _alive_in_group(pgid: int) -> list[int]:
+    """Processes of group ``pgid`` that are still running (zombies count as gone)."""
+    alive = []
+    for path in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = path.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[2]) == pgid and fields[0] != "Z":
+            alive.append(int(path.parent.name))
+    return alive
+
+
+def test_a_run_in_a_worker_process_streams_the_same_events_and_returns_the_typed_result(small, tmp_path):
+    events: list[ev.Event] = []
+    request = runner.RunRequest(str(small / "f.fits"), offline_profile(), out_dir=str(tmp_path),
+                                catalog_files=(str(small / "ref.ecsv"),))
+    res = asyncio.run(runner.run(request, events.append))
+    assert isinstance(events[0], ev.RunStarted) and isinstance(events[-1], ev.RunFinished)
+    assert events[-1].result is res
+    started = [e.stage for e in events if isinstance(e, ev.StageStarted)]
+    assert started == sorted(started, key=ev.STAGE_NAMES.index) and "calibrate" in started
+    assert res.exit_code == 0 and res.summary.zp is not None and len(res.catalog) == res.summary.n_sources
+    # what came back over the pipe is what the worker wrote
+    on_disk = RunSummary.read(res.run_dir / "summary.json")
+    assert on_disk.zp == res.summary.zp and on_disk.status == "ok" and on_disk.calibration_label == "ap2"
+    # the workspace, cache and keys were resolved here: the worker used this test's workspace
+    assert res.run_dir.parent == tmp_path
+
+
+def test_a_failing_run_raises_its_error_from_the_worker(tmp_path):
+    bad = tmp_path / "notes.fits"
+    bad.write_text("not a FITS file\n" * 100)
+    events: list[ev.Event] = []
+    with pytest.raises(Exception) as info:
+        asyncio.run(runner.run(runner.RunRequest(str(bad), offline_profile(), out_dir=str(tmp_path / "o")), events.append))
+    assert info.value.exit_code == 3 and "notes.fits" in str(info.value)
+    assert isinstance(events[-1], ev.RunFailed) and events[-1].exit_code == 3
+
+
+@pytest.fixture(scope="module")
+def small_index(small, tmp_path_factory):
+    """Real index files for the small frame's field (1"/px, 4.3'), so the solver is worth starting."""
+    from rpp_core.astrometry import build_index
+
+    out = tmp_path_factory.mktemp("idx_small")
+    build_index(small / "ref.ecsv", out, field_width_arcmin=256 / 60.0, mag_col="G")
+    return out
+
+
+def _fake_solver(tmp_path: Path) -> Path:
+    """A solve-field that ignores SIGTERM and never finishes: a run sits in the astrometry stage."""
+    exe = tmp_path / "bin" / "solve-field"
+    exe.parent.mkdir()
+    exe.write_text("#!/bin/sh\ntrap '' TERM\nsleep 300 &\nwait\nwait\n")
+    exe.chmod(exe.stat().st_mode | stat.S_IEXEC)
+    return exe
+
+
+def test_cancel_stops_the_worker_and_solve_field_within_a_second(small, small_index, tmp_path):
+    exe = _fake_solver(tmp_path)
+    prof = offline_profile(**{"astrometry.solve": "always", "astrometry.solve_field": str(exe),
+                              "astrometry.index_dirs": [str(small_index)], "astrometry.use_system_indexes": False,
+                              "astrometry.timeout_s": 120, "cosmic_rays.enabled": False, "photometry.psf": False})
+    request = runner.RunRequest(str(small / "f.fits"), prof, out_dir=str(tmp_path / "runs"),
+                                catalog_files=(str(small / "ref.ecsv"),))
+    solver: dict[str, float] = {}
+
+    async def main():
+        cancel = asyncio.Event()
+
+        def on_event(e):
+            if isinstance(e, ev.LogLine) and e.message.startswith("solve-field started, pid"):
+                solver["pid"] = int(e.message.split("pid ")[1].split(",")[0])
+
+        task = asyncio.ensure_future(runner.run(request, on_event, cancel))
+        while "pid" not in solver:
+            assert not task.done(), task.exception()
+            await asyncio.sleep(0.05)
+        await asyncio.sleep(0.5)  # the solver is running, and ignores SIGTERM
+        assert _alive_in_group(int(solver["pid"]))
+        cancel.set()
+        t0 = time.perf_counter()
+        with pytest.raises(Cancelled):
+            await task
+        return time.perf_counter() - t0
+
+    seconds = asyncio.run(main())
+    print(f"cancel took {seconds * 1000:.0f} ms")
+    assert seconds < 1.0
+    assert _alive_in_group(int(solver["pid"])) == []  # solve-field and its sleep are gone
+    (run_dir,) = list((tmp_path / "runs").iterdir())
+    assert (run_dir / "run.log").exists() and not (run_dir / "catalog.csv").exists()
+    assert json.loads((run_dir / "summary.json").read_text())["status"] == "cancelled"
+    assert not list(run_dir.rglob("*.part"))
+
+
+def test_a_caller_that_goes_away_takes_its_run_with_it(small, small_index, tmp_path):
+    """The app quitting mid-run: the waiting coroutine is cancelled and the worker's session killed."""
+    exe = _fake_solver(tmp_path)
+    prof = offline_profile(**{"astrometry.solve": "always", "astrometry.solve_field": str(exe),
+                              "astrometry.index_dirs": [str(small_index)], "astrometry.use_system_indexes": False,
+                              "cosmic_rays.enabled": False, "photometry.psf": False})
+    request = runner.RunRequest(str(small / "f.fits"), prof, out_dir=str(tmp_path / "runs"),
+                                catalog_files=(str(small / "ref.ecsv"),))
+    solver: dict[str, int] = {}
+
+    async def main():
+        def on_event(e):
+            if isinstance(e, ev.LogLine) and e.message.startswith("solve-field started, pid"):
+                solver["pid"] = int(e.message.split("pid ")[1].split(",")[0])
+
+        task = asyncio.ensure_future(runner.run(request, on_event))
+        while "pid" not in solver:
+            await asyncio.sleep(0.05)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+    asyncio.run(main())
+    deadline = time.monotonic() + 1.0
+    while _alive_in_group(solver["pid"]) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert _alive_in_group(solver["pid"]) == []
+    assert os.getpgid(os.getpid()) != solver["pid"]
