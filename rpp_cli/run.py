@@ -105,6 +105,9 @@ def _run_frame(args, frame: str, catalogs: list[str]) -> int:
 
     from rpp_core import runner
     from rpp_core.cleanup import apply_retention
+    from rpp_core.errors import Cancelled
+
+    from . import signal_words
 
     profile = profile_from_args(args)
     _check_before_run(profile, frame, catalogs)
@@ -112,14 +115,32 @@ def _run_frame(args, frame: str, catalogs: list[str]) -> int:
     request = runner.RunRequest(frame, profile, out_dir=args.out, catalog_files=tuple(catalogs), hdu=args.hdu,
                                 offline=True if args.offline else None, keep_catalog=False)
 
+    received: list[int] = []
+
     async def main():
         cancel = asyncio.Event()
         loop = asyncio.get_running_loop()
+
+        def on_signal(signum: int) -> None:
+            received.append(signum)
+            cancel.set()
+
         for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, cancel.set)
+            loop.add_signal_handler(sig, on_signal, sig)
         return await runner.run(request, reporter, cancel)
 
-    result = asyncio.run(main())
+    # the loop puts SIG_DFL back when it closes: a SIGTERM while the summary prints would end rpp silently
+    handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        result = asyncio.run(main())
+    except Cancelled as exc:
+        if received:  # say which signal stopped the run, as everywhere else in rpp
+            raise Cancelled(f"{exc}: {signal_words(received[0])}") from None
+        raise
+    finally:
+        for sig, handler in handlers.items():
+            if handler is not None:
+                signal.signal(sig, handler)
     apply_retention(result.run_dir.parent, profile.output, keep=result.run_dir)
     if args.json:
         json.dump(result.summary.to_dict(), sys.stdout, indent=2)

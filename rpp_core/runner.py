@@ -209,7 +209,7 @@ def kill_session(sid: int) -> None:
 def _record_abandoned(run_dir: Path, request: RunRequest, status: str, err: RppError) -> None:
     """What the worker could not write itself: no half-written files, a log line, the summary."""
     from .products import RunSummary
-    from .results import RunLog, remove_partial_files
+    from .results import IN_PROGRESS, RunLog, remove_partial_files
 
     with contextlib.suppress(OSError):
         remove_partial_files(run_dir)
@@ -219,6 +219,8 @@ def _record_abandoned(run_dir: Path, request: RunRequest, status: str, err: RppE
         if not (run_dir / "summary.json").exists():
             RunSummary(frame=request.path, profile=request.profile.name, run_dir=str(run_dir), status=status,
                        exit_code=err.exit_code, error=str(err)).write(run_dir / "summary.json")
+        # the worker's lock died with it; with the summary in place the marker only misleads a reader
+        (run_dir / IN_PROGRESS).unlink(missing_ok=True)
 
 
 async def run(request: RunRequest, on_event: Callable[[ev.Event], None] | None = None,

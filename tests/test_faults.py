@@ -32,6 +32,7 @@ from astropy.table import Table
 
 from rpp_cli.main import main as rpp_main
 from rpp_core import results, settings
+from rpp_core.events import STAGE_NAMES
 
 
 def _rpp(capsys, *argv) -> tuple[int, str, str]:
@@ -598,31 +599,79 @@ def test_signal_while_rpp_starts_ends_it_with_one_line_and_exit_130(field, tmp_p
     assert "Traceback" not in err and [ln for ln in err.splitlines() if ln.startswith("rpp:")] == [f"rpp: {WORDS[signum]}"]
 
 
-@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
-def test_signal_during_outputs_cancels_the_run_at_once(field, tmp_path, signum):
-    """The catalogue is being written to a disk that takes 30 s: the run stops long before, exit 130,
-    one line saying which signal, no catalogue, a cancelled summary."""
-    ready = tmp_path / "ready"
-    env = _faulty_env(tmp_path, RPP_FAULT_SLOW_REPLACE="catalog.csv", RPP_FAULT_SLOW_S="30", RPP_FAULT_READY=str(ready))
-    out_dir = tmp_path / "o"
-    proc = subprocess.Popen([sys.executable, "-m", "rpp_cli", "run", str(field.fits), "--catalog", str(field.ref),
-                             "--out", str(out_dir), *FAST], env=env, start_new_session=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+def _signalled_run(proc: subprocess.Popen, ready: Path, signum: int) -> tuple[str, float]:
+    """Wait for the fault to be reached, send ``signum``, and return (stderr, seconds until rpp ended)."""
     try:
         _wait_for(ready, proc)
         t0 = time.monotonic()
         _send(proc, signum)
-        out, err = proc.communicate(timeout=25)
-        waited = time.monotonic() - t0
+        _, err = proc.communicate(timeout=25)
+        return err, time.monotonic() - t0
     finally:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, signal.SIGKILL)
-        if ready.exists():
-            with contextlib.suppress(ProcessLookupError):
+        if ready.exists():  # the worker, in a session of its own
+            with contextlib.suppress(ProcessLookupError, ValueError):
                 os.kill(int(ready.read_text()), signal.SIGKILL)
-    assert proc.returncode == 130 and waited < 20, (waited, err)
-    line = _one_line_error(err, "cancelled", WORDS[signum])
-    assert "Traceback" not in err, line
+
+
+def _assert_cancelled_cleanly(proc: subprocess.Popen, err: str, waited: float, signum: int, out_dir: Path) -> Path:
+    """Exit 130 soon after the signal, one line naming it, a cancelled summary and nothing else published."""
+    assert proc.returncode == 130 and waited < 20, (proc.returncode, waited, err)
+    _one_line_error(err, "cancelled", WORDS[signum])
     run = _only_run(out_dir)
-    assert not list(run.glob("catalog.*"))
+    assert sorted(p.name for p in run.iterdir()) == ["run.log", "summary.json"], sorted(run.rglob("*"))
     assert json.loads((run / "summary.json").read_text())["status"] == "cancelled"
+    assert results.run_state(run) == "finished"
+    return run
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+@pytest.mark.parametrize("file", ["catalog.csv", ".zip"])
+def test_signal_while_outputs_are_written_cancels_the_run_at_once(field, tmp_path, signum, file):
+    """The catalogue (or the ZIP) is being written to a disk that takes 30 s: the run stops long before,
+    exit 130, one line saying which signal, no catalogue, a cancelled summary."""
+    ready = tmp_path / "ready"
+    env = _faulty_env(tmp_path, RPP_FAULT_SLOW_REPLACE=file, RPP_FAULT_SLOW_S="30", RPP_FAULT_READY=str(ready))
+    out_dir = tmp_path / "o"
+    proc = subprocess.Popen([sys.executable, "-m", "rpp_cli", "run", str(field.fits), "--catalog", str(field.ref),
+                             "--out", str(out_dir), *FAST], env=env, start_new_session=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    err, waited = _signalled_run(proc, ready, signum)
+    _assert_cancelled_cleanly(proc, err, waited, signum, out_dir)
+
+
+#: every stage runs: cosmic rays, PSF, the header WCS checked against the reference, an (offline) service
+ALL_STAGES = ["--offline", "--set", "cosmic_rays.enabled=true", "--set", "photometry.psf=true",
+              "--set", "astrometry.solve=auto", "--set", "services.enabled=simbad"]
+STAGE_SIGNALS = [(stage, (signal.SIGINT, signal.SIGTERM)[i % 2]) for i, stage in enumerate(STAGE_NAMES)]
+
+
+def _stage_run(field, tmp_path, stage: str, signum: int, **faults) -> None:
+    from rpp_core.events import STAGE_LABELS
+
+    ready, out_dir = tmp_path / "ready", tmp_path / "o"
+    env = _faulty_env(tmp_path, RPP_FAULT_SLOW_STAGE=stage, RPP_FAULT_SLOW_S="60", RPP_FAULT_READY=str(ready), **faults)
+    proc = subprocess.Popen([sys.executable, "-m", "rpp_cli", "run", str(field.fits), "--catalog", str(field.ref),
+                             "--out", str(out_dir), *ALL_STAGES], env=env, start_new_session=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    err, waited = _signalled_run(proc, ready, signum)
+    run = _assert_cancelled_cleanly(proc, err, waited, signum, out_dir)
+    log = (run / "run.log").read_text()
+    assert f"{STAGE_LABELS[stage]}: started" in log and f"{STAGE_LABELS[stage]}: done" not in log, log
+    return log
+
+
+@pytest.mark.parametrize(("stage", "signum"), STAGE_SIGNALS, ids=[f"{s}-{sig.name}" for s, sig in STAGE_SIGNALS])
+def test_signal_during_each_stage_ends_the_run_with_exit_130_and_a_cancelled_folder(field, tmp_path, stage, signum):
+    """A stage that checks for a cancel (as rpp's do) stops there; the worker writes its own log and summary."""
+    log = _stage_run(field, tmp_path, stage, signum)
+    assert f"run cancelled in stage '{stage}'" in log
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+@pytest.mark.parametrize("stage", ["fwhm", "output"])
+def test_signal_during_a_stage_that_never_checks_still_ends_the_run_at_once(field, tmp_path, stage, signum):
+    """A stage stuck in a C library holds the worker: the runner kills it and writes the summary itself."""
+    log = _stage_run(field, tmp_path, stage, signum, RPP_FAULT_DEAF="1")
+    assert "run cancelled: run cancelled" in log, log  # written by the runner, not the worker

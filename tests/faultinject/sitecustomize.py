@@ -9,6 +9,12 @@ Inert unless one of these is set in the environment:
 ``RPP_FAULT_SLOW_REPLACE=SUFFIX`` with ``RPP_FAULT_SLOW_S=SECONDS``
     that ``os.replace`` happens SECONDS late (a slow disk), after writing the pid
     to ``RPP_FAULT_READY``: a signal sent then lands in the middle of the outputs.
+``RPP_FAULT_SLOW_STAGE=STAGE`` with ``RPP_FAULT_SLOW_S=SECONDS``
+    the pipeline stage STAGE (a name of ``rpp_core.events.STAGE_NAMES``) takes
+    SECONDS longer: once it has started, the process writes its pid to
+    ``RPP_FAULT_READY`` and works on, checking for a cancel every 20 ms as rpp's
+    stages do; with ``RPP_FAULT_DEAF=1`` it holds the event loop without
+    checking, as a stage deep in a C library does.
 ``RPP_FAULT_STARTED=PATH``
     the interpreter writes PATH as soon as it starts, before rpp imports anything.
 
@@ -24,17 +30,19 @@ if os.environ.get("RPP_FAULT_STARTED"):
 
 _HOLD = os.environ.get("RPP_FAULT_HOLD_REPLACE")
 _SLOW = os.environ.get("RPP_FAULT_SLOW_REPLACE")
+_STAGE = os.environ.get("RPP_FAULT_SLOW_STAGE")
+_replace = os.replace
+
+
+def _ready() -> None:
+    ready = os.environ["RPP_FAULT_READY"]
+    with open(ready + ".tmp", "w") as fh:
+        fh.write(str(os.getpid()))
+    _replace(ready + ".tmp", ready)
+
 
 if _HOLD or _SLOW:
     import time
-
-    _replace = os.replace
-
-    def _ready() -> None:
-        ready = os.environ["RPP_FAULT_READY"]
-        with open(ready + ".tmp", "w") as fh:
-            fh.write(str(os.getpid()))
-        _replace(ready + ".tmp", ready)
 
     def _faulty_replace(src, dst, *args, **kwargs):
         global _HOLD, _SLOW
@@ -50,3 +58,53 @@ if _HOLD or _SLOW:
         return _replace(src, dst, *args, **kwargs)
 
     os.replace = _faulty_replace
+
+
+if _STAGE:
+    import importlib.abc
+    import importlib.machinery
+    import sys
+
+    def _slow_down(pipeline) -> None:
+        import asyncio
+        import contextlib
+        import time
+
+        step = pipeline._Job.step
+        seconds, deaf = float(os.environ.get("RPP_FAULT_SLOW_S", "5")), bool(os.environ.get("RPP_FAULT_DEAF"))
+
+        @contextlib.asynccontextmanager
+        async def slow_step(self, name):
+            async with step(self, name) as figures:
+                if name == _STAGE:
+                    _ready()
+                    t_end = time.monotonic() + seconds
+                    while time.monotonic() < t_end:
+                        if deaf:
+                            time.sleep(0.02)
+                        else:
+                            self.check_cancel()
+                            await asyncio.sleep(0.02)
+                yield figures
+
+        pipeline._Job.step = slow_step
+
+    class _SlowStageFinder(importlib.abc.MetaPathFinder):
+        """Patches rpp_core.pipeline as it is imported (in the forkserver that preloads it, or in rpp)."""
+
+        def find_spec(self, name, path, target=None):
+            if name != "rpp_core.pipeline":
+                return None
+            spec = importlib.machinery.PathFinder.find_spec(name, path)
+            if spec is None:
+                return None
+            exec_module = spec.loader.exec_module
+
+            def exec_and_patch(module):
+                exec_module(module)
+                _slow_down(module)
+
+            spec.loader.exec_module = exec_and_patch
+            return spec
+
+    sys.meta_path.insert(0, _SlowStageFinder())
