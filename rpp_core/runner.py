@@ -83,17 +83,17 @@ class RunRequest:
     def resolved(self) -> "RunRequest":
         """The request with workspace, cache and keys taken from this process where not given."""
         from . import locations
-        from .errors import SettingsError
-        from .settings import load_secrets
+        from .settings import load_secrets_or_warning
 
-        secrets = self.secrets
+        secrets, profile = self.secrets, self.profile
         if secrets is None:
-            try:
-                secrets = load_secrets()
-            except SettingsError:
-                secrets = None  # unreadable: the worker reads it again and warns in the run log
+            # a forkserver worker keeps the environment it started with: the keys are read here, and a
+            # file that cannot be read becomes a warning of the run (the profile's notes are shown at load)
+            secrets, warning = load_secrets_or_warning()
+            if warning:
+                profile = dataclasses.replace(profile, notes=[*profile.notes, warning])
         return dataclasses.replace(
-            self, path=str(Path(self.path).expanduser()),
+            self, path=str(Path(self.path).expanduser()), profile=profile,
             out_dir=str(self.out_dir) if self.out_dir else str(locations.workspace_dir()),
             cache_dir=str(self.cache_dir) if self.cache_dir else str(locations.catalog_cache_dir()), secrets=secrets)
 

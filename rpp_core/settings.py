@@ -598,6 +598,19 @@ def load_secrets() -> dict[str, str]:
     return data
 
 
+def load_secrets_or_warning() -> tuple[dict[str, str], str | None]:
+    """:func:`load_secrets` for a run: a secrets file (or config folder) that cannot be read gives the
+    keys of the environment variables and a warning to show, never a failure."""
+    try:
+        return load_secrets(), None
+    except (SettingsError, OSError, UnicodeDecodeError, ValueError) as exc:
+        where = os.path.join(os.environ.get("RPP_CONFIG_DIR") or "the config folder", "secrets.toml")
+        reason = str(exc) if isinstance(exc, SettingsError) else f"{where} cannot be read ({type(exc).__name__}: {exc})"
+        return ({key: os.environ[env] for key, env in SECRET_ENV.items() if os.environ.get(env)},
+                f"API keys not loaded: {reason}; services that need a key (Astro-Colibri) are skipped this run. "
+                f"Fix or delete secrets.toml and store the key again: rpp secret set astrocolibri_uid")
+
+
 def save_secret(key: str, value: str) -> Path:
     """Store one API key in the secrets file with mode 0600."""
     path = locations.secrets_path()

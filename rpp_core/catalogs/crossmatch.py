@@ -20,7 +20,6 @@ radius above 10" are only listed at field level (status ``events``).
 from __future__ import annotations
 
 import asyncio
-import os
 import time
 from typing import Callable
 
@@ -30,8 +29,8 @@ from astropy.coordinates import SkyCoord
 from astropy.table import Table
 from astropy.time import Time
 
-from ..errors import Cancelled, ServiceError, SettingsError
-from ..settings import SECRET_ENV, ObservatorySettings, ServicesSettings, load_secrets
+from ..errors import Cancelled, ServiceError
+from ..settings import ObservatorySettings, ServicesSettings, load_secrets_or_warning
 from . import astrocolibri, gaia, simbad, skybot, vizier, vsx
 from .http import ServiceClient, ServiceSkipped, redact, run_cancellable, snap_cone
 from .sky import field_of_view  # noqa: F401 - re-exported: the cone of a frame, used with the services
@@ -151,15 +150,10 @@ def service_secrets(warn: Callable[[str], None] | None = None) -> dict:
     services needing a key (Astro-Colibri) are skipped; calibration and the
     other services run as usual.
     """
-    try:
-        return load_secrets()
-    except (SettingsError, OSError, UnicodeDecodeError, ValueError) as exc:
-        where = os.path.join(os.environ.get("RPP_CONFIG_DIR") or "the config folder", "secrets.toml")
-        reason = str(exc) if isinstance(exc, SettingsError) else f"{where} cannot be read ({type(exc).__name__}: {exc})"
-        (warn or (lambda message: None))(
-            f"API keys not loaded: {reason}; services that need a key (Astro-Colibri) are skipped this run. "
-            f"Fix or delete secrets.toml and store the key again: rpp secret set astrocolibri_uid")
-        return {key: os.environ[env] for key, env in SECRET_ENV.items() if os.environ.get(env)}
+    secrets, warning = load_secrets_or_warning()
+    if warning and warn:
+        warn(warning)
+    return secrets
 
 
 def open_client(settings: ServicesSettings, *, log: Callable[[str, str], None] | None = None,
