@@ -289,6 +289,13 @@ def test_unknown_service_in_a_profile_file_is_refused_at_load(field, tmp_path, c
     assert not (tmp_path / "o").exists()
 
 
+def test_unknown_service_given_on_the_command_line_is_refused_before_the_run(field, tmp_path, capfd):
+    res = _run(capfd, "run", field.fits, "--set", "services.enabled=gaia,nosuch", "--out", tmp_path / "o", "--offline")
+    assert res.code == 2
+    _one_line_error(res.err, "nosuch", "enabled")
+    assert not (tmp_path / "o").exists()
+
+
 @pytest.mark.parametrize("value", ["2026-13-45T25:61:00", "yesterday"])
 def test_unreadable_date_obs_is_warned_about_naming_keyword_and_value(field, tmp_path, capfd, value):
     path = _with_header(field, tmp_path, DATE_OBS=value)
