@@ -4,7 +4,8 @@
 anything: the frame exists; every local reference catalogue exists, is
 readable and holds the columns the profile names (by the same rules the
 calibration uses, :func:`rpp_core.catalogs.local.standardize`); service
-endpoints are URLs; astrometry.net has index files when the frame needs solving.
+endpoints are URLs; when the frame needs solving, astrometry.net has index files
+and one of them can solve it (the solve stage's own plan, from the header alone).
 
 Each finding is a :class:`Problem` naming the setting to change, so each
 interface can give the advice in its own words: the CLI says
@@ -117,20 +118,46 @@ def _endpoint_problems(profile: Profile) -> list[Problem]:
     return out
 
 
-def _astrometry_problems(profile: Profile, has_wcs: bool | None) -> list[Problem]:
+def _astrometry_problems(profile: Profile, facts: dict | None) -> list[Problem]:
+    """No index files, or none that can solve this frame (its size, scale hints and pointing).
+
+    ``facts``: :func:`rpp_core.image.header_summary` of the frame, or None when
+    the frame is unknown or unreadable (the load stage speaks for those).
+    """
     ast = profile.astrometry
     if ast.solver != "astrometry.net" or ast.solve == "never":
         return []
+    has_wcs = None if facts is None or facts.get("error") else bool(facts.get("has_wcs"))
     if ast.solve == "auto" and has_wcs is not False:
         return []  # the header's WCS will do (or the frame is unreadable: the load stage says so)
     from . import astrometry
 
     dirs = astrometry.index_dirs_for(ast)
-    if astrometry.index_files(dirs):
-        return []
+    files = astrometry.index_files(dirs)
     where = ", ".join(str(d) for d in dirs) or "no folder given"
-    return [Problem("astrometry.index_dirs", f"the frame needs plate solving but there are no astrometry.net index "
-                    f"files ({where})", "give a folder of index files (rpp index build makes them)", "warning")]
+    if not files:
+        return [Problem("astrometry.index_dirs", f"the frame needs plate solving but there are no astrometry.net "
+                        f"index files ({where})", "give a folder of index files (rpp index build makes them)",
+                        "warning")]
+    if facts is None or facts.get("header") is None or not facts.get("shape") or len(facts["shape"]) != 2 \
+            or (facts.get("n_images", 1) > 1 and "DETSEC" in facts["header"]):
+        return []  # amplifiers are assembled at load: the frame's size is not known from one header
+    from types import SimpleNamespace
+
+    from .image import header_metadata
+
+    shape = tuple(int(n) for n in facts["shape"])
+    # the same hints and plan the solve stage makes, from the header alone
+    meta = header_metadata(facts["header"], facts["wcs"], shape, profile.observatory)
+    frame = SimpleNamespace(header=facts["header"], wcs=facts["wcs"], wcs_status=facts.get("wcs_status") or "missing")
+    plan = astrometry.plan_astrometry_net(shape, astrometry.solve_hints(frame, meta),
+                                          astrometry.index_infos(files), ast)
+    if plan.attempts:
+        return []
+    why = "; ".join(plan.skipped) or "no index file fits"
+    return [Problem("astrometry.index_dirs", f"the frame needs plate solving but none of the {len(files)} index "
+                    f"files in {where} can solve it: {why}", plan.advice or "give a folder of index files that fit",
+                    "warning")]
 
 
 def preflight(profile: Profile, frame: str | Path | None = None) -> list[Problem]:
@@ -140,19 +167,16 @@ def preflight(profile: Profile, frame: str | Path | None = None) -> list[Problem
     reference catalogues; never touches the network.
     """
     problems: list[Problem] = []
-    has_wcs = None
+    facts = None
     if frame is not None:
         path = Path(frame).expanduser()
         if not path.exists():
             problems.append(Problem("frame", f"frame {path} does not exist", ""))
         else:
-            try:
-                from .image import header_summary
+            from .image import header_summary
 
-                has_wcs = bool(header_summary(path).get("has_wcs"))
-            except Exception:  # noqa: BLE001 - an unreadable frame is the load stage's message to give
-                has_wcs = None
+            facts = header_summary(path)  # never raises: an unreadable frame is the load stage's message
     problems += _catalogue_problems(profile)
     problems += _endpoint_problems(profile)
-    problems += _astrometry_problems(profile, has_wcs)
+    problems += _astrometry_problems(profile, facts)
     return problems

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import time
 from email.utils import formatdate
 from pathlib import Path
@@ -63,16 +64,37 @@ async def test_enrichment_service_trickling_its_answer_only_warns_and_the_others
 
 async def test_endless_gaia_answer_is_cut_at_the_size_limit_and_the_error_says_so(fault_proxy, catalog_servers, tmp_path):
     frame, epoch, id0, info, (ra, dec, r) = sky_field(catalog_servers)
-    fault_proxy.inject("gaia", "huge", mb=60)  # chunked: no Content-Length to refuse it by
+    fault_proxy.inject("gaia", "huge", mb=60, times=20)  # the cone and each of its parts: chunked, no Content-Length
     st = fault_proxy.settings(gaia_max_answer_mb=1.0, retries=2)
     t0 = time.monotonic()
     with pytest.raises(ServiceError, match=r"larger than 1 MB.*gaia_max_answer_mb"):
         await fetch_gaia_reference(ra, dec, r, epoch, "G", st)
-    assert time.monotonic() - t0 < 10.0
-    assert fault_proxy.sent["gaia"] < 10 * 1024 * 1024  # the client stopped reading long before 60 MB
-    assert fault_proxy.count("gaia") == 1  # the same answer again would be as large: not retried
+    assert time.monotonic() - t0 < 30.0  # reading 60 MB answers to their end would take minutes
+    # the cone, then its parts once (each too large again: no further split, none retried)
+    assert 2 <= fault_proxy.count("gaia") <= 20
+    # the client stopped reading each answer long before its 60 MB (what was sent fills the socket buffers)
+    assert fault_proxy.sent["gaia"] < fault_proxy.count("gaia") * 10 * 1024 * 1024
+    fault_proxy.faults["gaia"].clear()
+    n = fault_proxy.count("gaia")
     ref = await fetch_gaia_reference(ra, dec, r, epoch, "G", st)  # nothing was cached: asked again, now fine
-    assert len(ref) > 100 and fault_proxy.count("gaia") == 2
+    assert len(ref) > 100 and fault_proxy.count("gaia") == n + 1
+
+
+async def test_a_gaia_cone_too_large_for_the_limit_is_asked_again_in_parts_with_the_same_stars(
+        fault_proxy, catalog_servers, tmp_path, monkeypatch):
+    """A dense field: the one answer beyond gaia_max_answer_mb is asked again as cones of half the radius."""
+    frame, epoch, id0, info, (ra, dec, r) = sky_field(catalog_servers)
+    st = fault_proxy.settings(gaia_max_answer_mb=1.0)
+    whole = await fetch_gaia_reference(ra, dec, r, epoch, "G", st)
+    n0 = fault_proxy.count("gaia")
+    monkeypatch.setenv("RPP_CACHE_DIR", str(tmp_path / "another-cache"))  # the whole cone's answer is asked again
+    fault_proxy.inject("gaia", "huge", mb=60)
+    lines = []
+    parts = await fetch_gaia_reference(ra, dec, r, epoch, "G", st, log=lambda m, level="INFO": lines.append((level, m)))
+    said = [m for level, m in lines if level == "WARNING" and "too large" in m and "gaia_max_answer_mb" in m]
+    n_parts = int(re.search(r"asking again in (\d+) cones of", said[0]).group(1))
+    assert n_parts >= 7 and fault_proxy.count("gaia") - n0 == 1 + n_parts  # each part asked once
+    assert sorted(np.asarray(parts["ref_id"])) == sorted(np.asarray(whole["ref_id"])) and len(whole) > 100
 
 
 async def test_answer_announced_larger_than_the_limit_is_refused_without_reading_it(fault_proxy, catalog_servers):

@@ -109,3 +109,54 @@ async def test_the_app_does_not_start_a_run_and_names_the_parameters_field(field
         assert "Parameters (2) › Calibration › catalog_files" in headline
         assert "--catalog" not in headline
         assert app.query_one("#run-headline").display
+
+
+@pytest.fixture(scope="module")
+def field_indexes(tmp_path_factory):
+    """A frame (256x256 at 1"/px, a valid WCS), an index built for its field, and one of 22'-42' quads round it."""
+    import numpy as np
+    from astropy.table import Table
+
+    from rpp_core.astrometry import build_index
+
+    root = tmp_path_factory.mktemp("preflight_idx")
+    sf = make_frame(shape=(256, 256), n_stars=60)
+    sf.write(root / "f.fits")
+    sf.write_refcat(root / "ref.ecsv", format="ascii.ecsv")
+    fits_idx, wide_idx = root / "fits", root / "wide"
+    build_index(root / "ref.ecsv", fits_idx, field_width_arcmin=256 / 60.0, mag_col="G")
+    ra0, dec0 = sf.wcs.wcs.crval
+    rng = np.random.default_rng(3)
+    n = 6000
+    ra = ra0 + rng.uniform(-4, 4, n) / np.cos(np.radians(dec0))
+    dec = dec0 + rng.uniform(-4, 4, n)
+    build_index(Table({"ra": ra, "dec": dec, "mag": rng.uniform(6, 11, n)}), wide_idx, scales=[7, 8], name="wide")
+    return root, fits_idx, wide_idx
+
+
+def _solving(index_dir):
+    return _profile(**{"astrometry.solve": "always", "astrometry.index_dirs": [str(index_dir)],
+                       "astrometry.use_system_indexes": False})
+
+
+def test_an_index_that_fits_the_field_raises_nothing(field_indexes):
+    root, fits_idx, _ = field_indexes
+    assert preflight(_solving(fits_idx), root / "f.fits") == []
+
+
+def test_index_files_too_coarse_for_a_narrow_field_are_found_before_the_run_with_the_index_that_would_solve(
+        field_indexes):
+    """A 4' frame and only 22'-42' quads: said before starting, with `rpp index build` for the frame's field."""
+    root, _, wide_idx = field_indexes
+    problems = preflight(_solving(wide_idx), root / "f.fits")
+    assert [(p.setting, p.severity) for p in problems] == [("astrometry.index_dirs", "warning")]
+    text = problems[0].advice("cli")
+    assert "none of the 2 index files" in text and "hold quads of" in text
+    assert "rpp index build --field" in text and "--set astrometry.index_dirs=..." in text
+    assert "Parameters (2) › Astrometry › index_dirs" in problems[0].advice("app")
+
+
+def test_a_frame_whose_wcs_is_trusted_needs_no_index(field_indexes):
+    root, _, wide_idx = field_indexes
+    prof = _solving(wide_idx).replace(**{"astrometry.solve": "auto"})
+    assert preflight(prof, root / "f.fits") == []

@@ -14,7 +14,9 @@ grid) so each answer stays within what a TAP sync request returns; rows are
 de-duplicated by ``source_id``. Every query sends ``MAXREC = services.max_rows``;
 a tile whose answer was cut (``QUERY_STATUS = OVERFLOW`` or ``max_rows`` rows)
 is split again into tiles of half its radius, down to 1/8, and the run log
-says when an answer still had to be cut. Synthetic photometry (JKC ``U B V R I``,
+says when an answer still had to be cut. A tile whose answer is beyond the
+size limit (``services.gaia_max_answer_mb``) is split once the same way; a
+part still too large ends the query with the error that names the limit. Synthetic photometry (JKC ``U B V R I``,
 Vega; SDSS ``u g r i z``, AB) comes from ``gaiadr3.synthetic_photometry_gspc``
 in batches of ``services.gaia_batch_ids`` ids (``source_id IN (...)``), so
 there is no limit on the number of stars.
@@ -41,7 +43,7 @@ from astropy.time import Time
 
 from ..errors import Cancelled, ServiceError
 from ..settings import CalibrationSettings, ServicesSettings
-from .http import OfflineMiss, ServiceClient, column, require_columns, snap_cone
+from .http import AnswerTooLarge, OfflineMiss, ServiceClient, column, require_columns, snap_cone
 from .reference import reference_table
 
 SERVICE = "gaia"
@@ -65,6 +67,9 @@ ZP_ERR = {"G": 0.0027553202, "BP": 0.0027901700, "RP": 0.0037793818}
 GAIA_EPOCH = 2016.0
 #: an overflowing cone is split into cones of half its radius at most this many times
 MAX_SPLIT_DEPTH = 3
+#: a cone whose answer is beyond the size limit is split once: each part is then about a
+#: quarter of it, and a part still too large means the limit or the magnitude cut is wrong
+MAX_SIZE_SPLITS = 1
 #: gaiadr3.synthetic_photometry_gspc holds only sources brighter than this G
 GSPC_G_LIMIT = 17.65
 _MAG_PER_LN = 2.5 / np.log(10.0)
@@ -246,12 +251,22 @@ async def fetch_gaia_field(center_ra: float, center_dec: float, radius_deg: floa
     if len(centres) > 1:
         log(f"gaia: field radius {radius_deg:.3f} deg queried as {len(centres)} tiles of {tile_r:g} deg")
 
-    async def one(ra, dec, r, depth=0):
+    async def one(ra, dec, r, depth=0, size_splits=0):
         adql = cone_adql(ra, dec, r, settings.gaia_mag_limit)
         what = f"Gaia DR3 cone ra={ra:.5f} dec={dec:.5f} r={r:.4f} deg"
-        tab = await client.tap_sync(SERVICE, settings.gaia_tap, adql, cancel=cancel, describe=what,
-                                    maxrec=settings.max_rows, parse_table=lambda t: parse_gaia_source(t, what),
-                                    too_large_hint="lower services.gaia_tile_deg or services.gaia_mag_limit")
+        try:
+            tab = await client.tap_sync(SERVICE, settings.gaia_tap, adql, cancel=cancel, describe=what,
+                                        maxrec=settings.max_rows, parse_table=lambda t: parse_gaia_source(t, what),
+                                        too_large_hint="lower services.gaia_tile_deg or services.gaia_mag_limit")
+        except AnswerTooLarge as exc:
+            if size_splits >= MAX_SIZE_SPLITS:
+                raise
+            # a dense field: the same cone in smaller parts fits under the limit (none of this was cached)
+            subs = tile_centres(ra, dec, r, r / 2.0)
+            log(f"gaia: the answer for the cone ra={ra:.4f} dec={dec:.4f} r={r:.4f} deg was too large ({exc}); "
+                f"asking again in {len(subs)} cones of {r / 2:.4f} deg", "WARNING")
+            parts = await _gather_cancellable([one(a, d, r / 2.0, depth, size_splits + 1) for a, d in subs])
+            return [t for p in parts for t in p]
         if not tab.meta.get("overflow"):
             return [tab]
         if depth >= MAX_SPLIT_DEPTH:
@@ -262,7 +277,7 @@ async def fetch_gaia_field(center_ra: float, center_dec: float, radius_deg: floa
         subs = tile_centres(ra, dec, r, r / 2.0)
         log(f"gaia: the answer for the cone ra={ra:.4f} dec={dec:.4f} r={r:.4f} deg was cut at {len(tab)} rows "
             f"(services.max_rows = {settings.max_rows}): asking again in {len(subs)} cones of {r / 2:.4f} deg")
-        parts = await _gather_cancellable([one(a, d, r / 2.0, depth + 1) for a, d in subs])
+        parts = await _gather_cancellable([one(a, d, r / 2.0, depth + 1, size_splits) for a, d in subs])
         return [t for p in parts for t in p]
 
     parts = [t for p in await _gather_cancellable([one(ra, dec, tile_r) for ra, dec in centres]) for t in p]

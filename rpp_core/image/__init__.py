@@ -18,7 +18,7 @@ from .header import pixel_scale_from_wcs, repair_header, wcs_from_header
 from .keywords import parse_date
 from ..products import ExposureValues, Frame, ObservationMeta
 from .load import load_frame
-from .metadata import compute_airmass, exposure_values, read_metadata
+from .metadata import compute_airmass, exposure_values, header_metadata, read_metadata
 from .summary import header_summary
 
 __all__ = [
@@ -31,6 +31,7 @@ __all__ = [
     "load_frame",
     "parse_date",
     "pixel_scale_from_wcs",
+    "header_metadata",
     "read_metadata",
     "repair_header",
     "wcs_from_header",

@@ -247,13 +247,20 @@ def read_metadata(frame: Frame, observatory: ObservatorySettings) -> Observation
       file date) and pointing, else None.
     - object: OBJECT, OBJNAME.
     """
+    return header_metadata(frame.header, frame.wcs, frame.data.shape, observatory)
+
+
+def header_metadata(header: fits.Header, wcs: WCS | None, shape, observatory: ObservatorySettings) -> ObservationMeta:
+    """:func:`read_metadata` from a header alone (no pixels read): for checks before a run.
+
+    ``wcs``: the header's checked celestial WCS or None; ``shape``: (ny, nx) of the image.
+    """
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ErfaWarning)  # pre-1960 plates: 'dubious year' from ERFA
-        return _read_metadata(frame, observatory)
+        return _read_metadata(header, wcs, shape, observatory)
 
 
-def _read_metadata(frame: Frame, observatory: ObservatorySettings) -> ObservationMeta:
-    h = frame.header
+def _read_metadata(h: fits.Header, wcs: WCS | None, shape, observatory: ObservatorySettings) -> ObservationMeta:
     src: dict[str, Provenance] = {}
 
     exptime, src["exptime"] = read_exptime(h)
@@ -288,9 +295,9 @@ def _read_metadata(frame: Frame, observatory: ObservatorySettings) -> Observatio
         src["saturation"] += " (maximum data value, may lie below the true saturation)"
 
     site, src["site"] = _read_site(h, observatory)
-    ra, dec, src["ra"] = _read_pointing(h, frame.wcs, frame.data.shape)
+    ra, dec, src["ra"] = _read_pointing(h, wcs, shape)
     src["dec"] = src["ra"]
-    pixel_scale, src["pixel_scale"] = _read_pixel_scale(h, frame.wcs, observatory)
+    pixel_scale, src["pixel_scale"] = _read_pixel_scale(h, wcs, observatory)
 
     airmass = None
     k, v = first_key(h, ["AIRMASS", "SECZ"])

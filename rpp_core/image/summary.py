@@ -22,14 +22,17 @@ def header_summary(path) -> dict[str, Any]:
     image HDU or None), ``shape`` (numpy order), ``bitpix``, ``compressed``,
     ``object``, ``filter``, ``exptime`` (s), ``date_obs`` (string as in the
     header, normalised when odd), ``has_wcs`` (a usable celestial WCS),
-    ``wcs_status`` and ``error`` (None, or the one-line reason the file cannot
-    be used). Never raises for a bad file: the browser shows ``error``.
+    ``wcs_status``, ``header`` (the repaired header, primary keywords
+    inherited; None when unreadable), ``wcs`` (its checked celestial WCS or
+    None), ``n_images`` (image HDUs in the file) and ``error`` (None, or the
+    one-line reason the file cannot be used). Never raises for a bad file: the
+    browser shows ``error``.
     """
     path = Path(path)
     out: dict[str, Any] = {
         "path": str(path), "size_bytes": None, "n_hdus": 0, "hdu": None, "shape": None, "bitpix": None,
         "compressed": False, "object": None, "filter": None, "exptime": None, "date_obs": None,
-        "has_wcs": False, "wcs_status": None, "error": None,
+        "has_wcs": False, "wcs_status": None, "header": None, "wcs": None, "n_images": 0, "error": None,
     }
     try:
         comp = check_magic(path)
@@ -38,6 +41,7 @@ def header_summary(path) -> dict[str, Any]:
             warnings.simplefilter("ignore")
             with fits.open(path, memmap=not comp, lazy_load_hdus=True) as hdul:
                 out["n_hdus"] = len(hdul)
+                out["n_images"] = sum(1 for h in hdul if is_usable_image(h))
                 idx = next((i for i, h in enumerate(hdul) if is_usable_image(h)), None)
                 if idx is None:
                     out["error"] = f"no 2-D image HDU (HDUs: {describe_hdus(hdul)})"
@@ -67,9 +71,8 @@ def header_summary(path) -> dict[str, Any]:
                         iso += f"T{int(hh):02d}:{int(rest // 60):02d}:{rest % 60:04.1f}"
                 out["date_obs"] = iso or str(header[key]).strip()
                 break
-        _, _, _, status, _ = repair_and_check(header)
-        out["wcs_status"] = status
-        out["has_wcs"] = status == "ok"
+        header, _, wcs, status, _ = repair_and_check(header)
+        out.update(header=header, wcs=wcs if status == "ok" else None, wcs_status=status, has_wcs=status == "ok")
     except InputError as exc:
         out["error"] = str(exc).removeprefix(f"{path}: ")
     except Exception as exc:  # the browser must survive any file
