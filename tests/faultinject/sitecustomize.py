@@ -16,17 +16,16 @@ Inert unless one of these is set in the environment:
     stages do; with ``RPP_FAULT_DEAF=1`` it holds the event loop without
     checking, as a stage deep in a C library does.
 ``RPP_FAULT_STARTED=PATH``
-    the interpreter writes PATH as soon as it starts, before rpp imports anything.
+    PATH is written as soon as rpp's first line has run (the ``rpp_cli``
+    package, which takes the signals over first), before rpp imports anything
+    else: from there on a signal must end rpp with one line. (What comes
+    before, the interpreter reading that file, is Python's own start-up.)
 
 Every rpp file is put in place by ``os.replace`` (rpp_core.fsio), so the hooks
 hit whatever writes the file.
 """
 
 import os
-
-if os.environ.get("RPP_FAULT_STARTED"):
-    with open(os.environ["RPP_FAULT_STARTED"], "w") as _fh:
-        _fh.write(str(os.getpid()))
 
 _HOLD = os.environ.get("RPP_FAULT_HOLD_REPLACE")
 _SLOW = os.environ.get("RPP_FAULT_SLOW_REPLACE")
@@ -60,51 +59,67 @@ if _HOLD or _SLOW:
     os.replace = _faulty_replace
 
 
+_AFTER_IMPORT = {}  #: module name -> called with the module once it has been executed
+
+
+def _started(module) -> None:
+    with open(os.environ["RPP_FAULT_STARTED"], "w") as fh:
+        fh.write(str(os.getpid()))
+
+
+if os.environ.get("RPP_FAULT_STARTED"):
+    _AFTER_IMPORT["rpp_cli"] = _started
+
+
+def _slow_down(pipeline) -> None:
+    import asyncio
+    import contextlib
+    import time
+
+    step = pipeline._Job.step
+    seconds, deaf = float(os.environ.get("RPP_FAULT_SLOW_S", "5")), bool(os.environ.get("RPP_FAULT_DEAF"))
+
+    @contextlib.asynccontextmanager
+    async def slow_step(self, name):
+        async with step(self, name) as figures:
+            if name == _STAGE:
+                _ready()
+                t_end = time.monotonic() + seconds
+                while time.monotonic() < t_end:
+                    if deaf:
+                        time.sleep(0.02)
+                    else:
+                        self.check_cancel()
+                        await asyncio.sleep(0.02)
+            yield figures
+
+    pipeline._Job.step = slow_step
+
+
 if _STAGE:
+    _AFTER_IMPORT["rpp_core.pipeline"] = _slow_down
+
+if _AFTER_IMPORT:
     import importlib.abc
     import importlib.machinery
     import sys
 
-    def _slow_down(pipeline) -> None:
-        import asyncio
-        import contextlib
-        import time
-
-        step = pipeline._Job.step
-        seconds, deaf = float(os.environ.get("RPP_FAULT_SLOW_S", "5")), bool(os.environ.get("RPP_FAULT_DEAF"))
-
-        @contextlib.asynccontextmanager
-        async def slow_step(self, name):
-            async with step(self, name) as figures:
-                if name == _STAGE:
-                    _ready()
-                    t_end = time.monotonic() + seconds
-                    while time.monotonic() < t_end:
-                        if deaf:
-                            time.sleep(0.02)
-                        else:
-                            self.check_cancel()
-                            await asyncio.sleep(0.02)
-                yield figures
-
-        pipeline._Job.step = slow_step
-
-    class _SlowStageFinder(importlib.abc.MetaPathFinder):
-        """Patches rpp_core.pipeline as it is imported (in the forkserver that preloads it, or in rpp)."""
+    class _AfterImportFinder(importlib.abc.MetaPathFinder):
+        """Calls the hook of a module as it is imported (in rpp, or in the forkserver that preloads it)."""
 
         def find_spec(self, name, path, target=None):
-            if name != "rpp_core.pipeline":
+            if name not in _AFTER_IMPORT:
                 return None
             spec = importlib.machinery.PathFinder.find_spec(name, path)
             if spec is None:
                 return None
             exec_module = spec.loader.exec_module
 
-            def exec_and_patch(module):
+            def exec_and_hook(module):
                 exec_module(module)
-                _slow_down(module)
+                _AFTER_IMPORT[name](module)
 
-            spec.loader.exec_module = exec_and_patch
+            spec.loader.exec_module = exec_and_hook
             return spec
 
-    sys.meta_path.insert(0, _SlowStageFinder())
+    sys.meta_path.insert(0, _AfterImportFinder())
