@@ -123,6 +123,8 @@ def _worker_main(request: RunRequest, conn) -> None:
     if request.nice:
         os.nice(request.nice)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the caller's to decide on
+    early: list[int] = []  # a cancel that comes before the event loop is up must still cancel
+    signal.signal(signal.SIGTERM, lambda signum, frame: early.append(signum))
     with open(os.devnull, "w") as null:
         # library chatter must not write over a terminal app: the run log has what matters
         os.dup2(null.fileno(), 1)
@@ -131,6 +133,8 @@ def _worker_main(request: RunRequest, conn) -> None:
     async def main():
         cancel = asyncio.Event()
         asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, cancel.set)
+        if early:
+            cancel.set()
 
         def send(event: ev.Event) -> None:
             if isinstance(event, ev.RunFinished):
@@ -295,7 +299,8 @@ async def run(request: RunRequest, on_event: Callable[[ev.Event], None] | None =
         return payload
     if kind == "error":
         raise payload
-    if kind == "killed":
+    if kind == "killed" or (kind == "died" and cancel.is_set()):
+        # a worker ended by the cancel itself (SIGTERM before it could take it over) was cancelled, not lost
         err: RppError = Cancelled()
         status = "cancelled"
     else:
