@@ -52,6 +52,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -70,18 +71,62 @@ LITE = ["--set", "cosmic_rays.enabled=false", "--set", "photometry.psf=false", "
 
 # --------------------------------------------------------------------------- processes
 
+def _tree_sample(root: int, seen: dict) -> None:
+    """Record CPU seconds and VmHWM (MB) of ``root`` and all its descendants, from /proc, into ``seen[pid]``."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    tick = os.sysconf("SC_CLK_TCK")
+    todo = [root]
+    while todo:
+        pid = todo.pop()
+        todo.extend(children.get(pid, []))
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            hwm = next((int(ln.split()[1]) / 1024.0 for ln in Path(f"/proc/{pid}/status").read_text().splitlines()
+                        if ln.startswith("VmHWM:")), 0.0)
+        except (OSError, IndexError, ValueError):
+            continue
+        cpu = (int(fields[11]) + int(fields[12])) / tick  # utime, stime
+        old = seen.get(pid, (0.0, 0.0))
+        seen[pid] = (max(old[0], cpu), max(old[1], hwm))
+
+
 def run_proc(cmd: list[str], env: dict | None = None, cwd=None) -> dict:
-    """Run ``cmd`` to completion; wall time, exit code, output and this child's own peak RSS (os.wait4)."""
+    """Run ``cmd`` to completion; wall time, exit code, output, CPU time and peak RSS.
+
+    Since every ``rpp run`` executes in a worker process (rpp_core.runner: a forkserver's
+    child, which the command does not reap), ``os.wait4`` alone sees only the command's own
+    process: the process tree is sampled from /proc every 20 ms as well, and the CPU time
+    is the larger of the two totals (the samples miss each process's last 20 ms), the peak
+    RSS that of the largest process of the tree.
+    """
     with tempfile.TemporaryFile() as fo, tempfile.TemporaryFile() as fe:
         t0 = time.perf_counter()
         proc = subprocess.Popen(cmd, stdout=fo, stderr=fe, env=env, cwd=cwd)
+        seen: dict[int, tuple[float, float]] = {}
+        done = threading.Event()
+
+        def sample():
+            while not done.wait(0.02):
+                _tree_sample(proc.pid, seen)
+
+        sampler = threading.Thread(target=sample, daemon=True)
+        sampler.start()
         _, status, usage = os.wait4(proc.pid, 0)
         wall = time.perf_counter() - t0
+        done.set()
+        sampler.join()
         proc.returncode = os.waitstatus_to_exitcode(status)
         fo.seek(0)
         fe.seek(0)
-        return {"rc": proc.returncode, "wall_s": wall, "peak_rss_mb": usage.ru_maxrss / 1024.0,
-                "cpu_s": usage.ru_utime + usage.ru_stime,
+        cpu = max(usage.ru_utime + usage.ru_stime, sum(c for c, _ in seen.values()))
+        peak = max([usage.ru_maxrss / 1024.0] + [h for _, h in seen.values()])
+        return {"rc": proc.returncode, "wall_s": wall, "peak_rss_mb": peak, "cpu_s": cpu, "n_processes": len(seen),
                 "stdout": fo.read().decode(errors="replace"), "stderr": fe.read().decode(errors="replace")}
 
 

@@ -12,7 +12,7 @@ Candidates (each a median over its selected sources):
 ``sep_2rhalf``       twice ``sep_x.flux_radius`` (half-light radius; exact for a Gaussian)
 ``kernel_scan``      the Gaussian width that maximises each source's matched-filter S/N
 ``gauss_fit``        ``photutils.psf.fit_fwhm`` (the README's reference method)
-``moffat_fit``       rpp's own pixel-integrated Moffat fit (``rpp_core.detect._fit_moffat``)
+``moffat_fit``       rpp's own pixel-integrated Moffat fit (``rpp_core.detect._moffat_batch``)
 ``sex_fwhm_image``   SExtractor ``FWHM_IMAGE`` (from the yardstick's reference catalogue)
 ``sex_2rhalf``       twice SExtractor ``FLUX_RADIUS``
 
@@ -43,6 +43,7 @@ from scipy.spatial import cKDTree
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from rpp_core.detect import weighted_median  # noqa: E402
 from tests import realframes as R  # noqa: E402
 
 N_STARS = 40
@@ -125,19 +126,20 @@ def est_gauss_fit(sub, obj, idx, **_):
 
 
 def est_moffat(sub, obj, idx, rms=1.0, **_):
-    from rpp_core.detect import _fit_moffat
+    from rpp_core.detect import _moffat_batch
 
     guess = float(np.median(est_moments(sub, obj, idx)))
     half = int(np.clip(np.ceil(2.0 * guess), 4, 40))
     ny, nx = sub.shape
-    out = []
-    for i in idx:
-        ix, iy = int(round(float(obj["x"][i]))), int(round(float(obj["y"][i])))
-        r = None
-        if ix - half >= 0 and iy - half >= 0 and ix + half < nx and iy + half < ny:
-            r = _fit_moffat(sub[iy - half:iy + half + 1, ix - half:ix + half + 1].astype(np.float64), 1.0 / rms, half, guess)
-        out.append(np.nan if r is None else r[0])
-    return np.array(out)
+    out = np.full(len(idx), np.nan)
+    ix, iy = np.round(obj["x"][idx]).astype(int), np.round(obj["y"][idx]).astype(int)
+    inside = (ix - half >= 0) & (iy - half >= 0) & (ix + half < nx) & (iy + half < ny)
+    if inside.any():
+        off = np.arange(-half, half + 1)
+        stamps = sub[iy[inside, None, None] + off[None, :, None], ix[inside, None, None] + off[None, None, :]]
+        p, good = _moffat_batch(stamps, np.full(int(inside.sum()), 1.0 / rms), guess)
+        out[np.flatnonzero(inside)[good]] = p[good, 3]
+    return out
 
 
 ESTIMATORS = {"sep_moments": est_moments, "sep_2rhalf": est_2rhalf, "kernel_scan": est_kernel_scan,
@@ -152,14 +154,6 @@ def sextractor_estimates(case, ref) -> dict[str, float]:
         return {"sex_fwhm_image": np.nan, "sex_2rhalf": np.nan}
     return {"sex_fwhm_image": float(np.median(sex["fwhm_image"][good])),
             "sex_2rhalf": float(np.median(2 * sex["flux_radius"][good]))}
-
-
-def weighted_median(values, weights) -> float:
-    """The value below which half the total weight lies."""
-    order = np.argsort(values)
-    v, w = np.asarray(values, float)[order], np.asarray(weights, float)[order]
-    c = np.cumsum(w)
-    return float(v[np.searchsorted(c, 0.5 * c[-1])])
 
 
 def measure(case) -> dict[str, float]:

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import cProfile
 import os
 import pstats
@@ -165,12 +166,12 @@ def cmd_cprofile(args) -> None:
 
 def _load(frame):
     from rpp_core import image, preprocess
-    from rpp_core.settings import DetectionSettings
+    from rpp_core.settings import BackgroundSettings, DetectionSettings, MaskSettings
 
     det = DetectionSettings()
     fr = image.load_frame(Path(frame), None)
-    masks = preprocess.make_masks(fr.data, float(fr.header.get("SATURATE", 0)) or None, det)
-    bkg = preprocess.estimate_background(fr.data, masks.combined, det)
+    masks = preprocess.make_masks(fr.data, float(fr.header.get("SATURATE", 0)) or None, MaskSettings())
+    bkg = preprocess.estimate_background(fr.data, masks.combined, BackgroundSettings())
     sub = (fr.data - bkg.background).astype(np.float32)
     return fr, masks, bkg, sub, det
 
@@ -180,28 +181,29 @@ def cmd_fwhm(args) -> None:
 
     fr, masks, bkg, sub, det = _load(args.frame)
     counts = defaultdict(float)
-    orig_fit, orig_dao = detect._fit_moffat, detect._dao
+    orig_fit, orig_sep = detect._moffat_batch, detect._sep_sources
 
-    def fit(*a, **k):
+    def fit(stamps, *a, **k):
         t0 = time.perf_counter()
-        r = orig_fit(*a, **k)
-        counts["fits"] += 1
-        counts["fit_s"] += time.perf_counter() - t0
-        counts["ok"] += r is not None
-        counts[f"box_{a[2]}"] += 1
+        r = orig_fit(stamps, *a, **k)
+        kind = "gauss" if k.get("beta_fixed") else "moffat"
+        counts[f"{kind}_batches"] += 1
+        counts[f"{kind}_stars"] += len(stamps)
+        counts[f"{kind}_s"] += time.perf_counter() - t0
+        counts[f"box_{stamps.shape[1]}"] += 1
         return r
 
-    def dao(data, *a, **k):
+    def sep(data, *a, **k):
         t0 = time.perf_counter()
-        r = orig_dao(data, *a, **k)
-        counts["dao_calls"] += 1
-        counts["dao_s"] += time.perf_counter() - t0
-        counts[f"dao_{data.shape[0]}x{data.shape[1]}"] += 1
+        r = orig_sep(data, *a, **k)
+        counts["sep_calls"] += 1
+        counts["sep_s"] += time.perf_counter() - t0
+        counts[f"sep_{data.shape[0]}x{data.shape[1]}"] += 1
         return r
 
-    detect._fit_moffat, detect._dao = fit, dao
+    detect._moffat_batch, detect._sep_sources = fit, sep
     mask = masks.combined
-    if args.hide_centre:  # force the whole-frame fallback: no usable star in the central window
+    if args.hide_centre:  # force the whole-frame pass: no usable star in the central window
         mask = mask.copy()
         ny, nx = mask.shape
         h = detect._FWHM_WINDOW // 2
@@ -212,14 +214,14 @@ def cmd_fwhm(args) -> None:
         t0 = time.perf_counter()
         try:
             res = detect.measure_fwhm(sub, bkg.rms, mask, g, det)
-            what = f"fwhm {res.fwhm_px:.3f} px from {res.n_stars} stars (scatter {res.scatter_px:.3f})"
+            what = res.summary()
         except Exception as exc:  # a failed measurement is a result here
             what = f"failed: {exc}"
         dt = time.perf_counter() - t0
         print(f"guess {g:.2f} px: {dt:.2f} s, {what}")
         print("   " + ", ".join(f"{k} {v:.3g}" for k, v in sorted(counts.items())))
-        if counts["fits"]:
-            print(f"   {1e3 * counts['fit_s'] / counts['fits']:.1f} ms per Moffat fit")
+        if counts["moffat_stars"]:
+            print(f"   {1e3 * counts['moffat_s'] / counts['moffat_stars']:.2f} ms per star in the batched Moffat fit")
 
 
 # --------------------------------------------------------------------------- detection
@@ -235,8 +237,14 @@ def cmd_detect(args) -> None:
     found = {}
     t0 = time.perf_counter()
     tab = detect.find_stars(sub, bkg.rms, masks.combined, fwhm, det, masks.saturated)
-    print(f"find_stars (DAOStarFinder + saturated blobs + flags): {time.perf_counter() - t0:.2f} s, {len(tab)} sources")
+    print(f"find_stars (sep_x, rpp's default: filter, deblending, windowed centroids, saturated blobs, flags): "
+          f"{time.perf_counter() - t0:.2f} s, {len(tab)} sources")
     found["find_stars"] = (tab["x"], tab["y"])
+    t0 = time.perf_counter()
+    dao_tab = detect.find_stars(sub, bkg.rms, masks.combined, fwhm, dataclasses.replace(det, finder="daofind"),
+                                masks.saturated)
+    print(f"find_stars, detection.finder = daofind: {time.perf_counter() - t0:.2f} s, {len(dao_tab)} sources")
+    found["find_stars daofind"] = (dao_tab["x"], dao_tab["y"])
     t0 = time.perf_counter()
     raw = detect._dao(detect._finite(sub), bkg.rms, masks.combined, fwhm, det.threshold_sigma)
     print(f"  of which the DAOStarFinder call: {time.perf_counter() - t0:.2f} s ({0 if raw is None else len(raw)})")

@@ -6,8 +6,10 @@ catalogues the corpus has (M67 Gaia export and an index built from it with
 ``rpp index build``, Spitzer's GLIMPSE table), then scores what the run left against
 the truths of ``tests/realframes.py`` (its docstring defines every column):
 
-- ``exit``: rpp's exit code; ``FWHM`` rpp's FWHM, the reference and the difference
-  (``!`` outside the tolerance: 15 %, 25 % below 1.5 px; ``~`` not checked);
+- ``exit``: rpp's exit code; ``FWHM`` rpp's FWHM (Moffat), in brackets what a Gaussian
+  fit reads on the same stars (``G``), the reference (a Gaussian fit) and the difference
+  of the Gaussian-fit value to it (``!`` outside the tolerance: 15 %, 25 % below 1.5 px;
+  ``~`` not checked);
 - ``compl`` / ``purity``: detection completeness and purity against SExtractor at
   S/N > 20 (``found/reference``, ``pure/rpp``; ``!`` below 90 % where SExtractor has
   10 or more such sources); ``S/N``: median rpp S/N over SExtractor S/N for the same sources;
@@ -53,7 +55,9 @@ def row(case: R.FrameCase, s: R.Score) -> list[str]:
         ref = f"{case.fwhm_ref:.2f}" if case.fwhm_ref else "-"
         diff = "" if s.fwhm_error is None else f" {100 * s.fwhm_error:+.0f}%"
         flag = "~" if not case.fwhm_checked else _mark(s.fwhm_ok)
-        fwhm = f"{s.fwhm:.2f} / {ref}{diff}{flag}"
+        gauss = "" if s.fwhm_gauss is None else f" (G {s.fwhm_gauss:.2f})"
+        model = "" if s.fwhm_model_error is None else f", M {100 * s.fwhm_model_error:+.0f}%"
+        fwhm = f"{s.fwhm:.2f}{gauss} / {ref}{diff}{model}{flag}"
     d = s.detection
     judged = d.judged
     compl = "-" if d.completeness is None else f"{_pct(d.completeness)} {d.n_found}/{d.n_reference}"

@@ -85,11 +85,19 @@ def print_summary(result, stream=None) -> None:
         f"Sources     {s.n_sources or 0}",
         f"WCS         {s.wcs.status if s.wcs else 'n/a'}",
     ]
-    if s.zp is not None:
+    if s.zp is not None and str(s.calibration_source or "").startswith("header"):
+        lines.append(f"Zero point  {s.zp:.4f} mag from the {s.calibration_source} (no reference catalogue)")
+    elif s.zp is not None:
         lines += [
             f"Calibrators {s.n_calibrators} ({s.n_rejected} rejected) from {s.reference}",
             f"Zero point  {s.zp:.4f} ± {s.zp_err:.4f} mag ({s.band}, aperture {s.calibration_label})",
         ]
+        hz = s.header_zp or {}
+        if hz.get("zp") is not None:  # issue 9: the header's own zero point beside the fitted one
+            diff = hz.get("fitted_minus_header")
+            lines.append(f"Header ZP   {hz['zp']:.4f} mag from the {hz.get('source', 'header')}"
+                         + (f" (fitted - header {diff:+.3f}: the aperture's loss and the reference)"
+                            if diff is not None else ""))
     else:
         lines.append("Zero point  not calibrated")
     lines += [f"Airmass     {f(s.airmass)}", f"Time        {s.total_seconds or 0:.1f} s",
@@ -113,7 +121,8 @@ def _run_frame(args, frame: str, catalogs: list[str]) -> int:
     _check_before_run(profile, frame, catalogs)
     reporter = ConsoleReporter(quiet=args.quiet, verbose=args.verbose)
     request = runner.RunRequest(frame, profile, out_dir=args.out, catalog_files=tuple(catalogs), hdu=args.hdu,
-                                offline=True if args.offline else None, keep_catalog=False)
+                                offline=True if args.offline else None, keep_catalog=False,
+                                weight=getattr(args, "weight", None), mask=getattr(args, "mask", None))
 
     received: list[int] = []
 
@@ -196,6 +205,9 @@ def register(sub) -> None:
     p = sub.add_parser("run", help="process one frame")
     p.add_argument("frame", help="FITS file (.fits, .fit, .fts, .fz, .gz)")
     add_frame_options(p)
+    p.add_argument("--weight", metavar="FILE", help="inverse-variance weight map of the frame (default: a DECam-style "
+                   "_oow_ file beside an _ooi_ image)")
+    p.add_argument("--mask", metavar="FILE", help="bad-pixel mask of the frame, nonzero = bad (default: an _ood_ file)")
     _add_output_options(p)
     p.set_defaults(func=cmd_run)
 

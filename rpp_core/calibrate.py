@@ -269,5 +269,40 @@ def calibrate(catalogue: SourceCatalogue, reference: Table, settings: Calibratio
         extinction_k=settings.extinction_k, zp=main.zp, zp_err=main.zp_err, zp0=main.zp0, zp_rms=main.rms,
         n_calibrators=main.n_used, n_rejected=main.n_rejected, color_coef=main.color_coef,
         color_coef_err=main.color_coef_err, airmass=main.airmass, n_matched=len(i_src), by_aperture=fits,
-        skipped=skipped)
+        skipped=skipped, source=f"fit to {reference.meta.get('source') or 'the reference catalogue'}")
+    return catalogue.with_table(cat), calibration
+
+
+def header_calibration(catalogue: SourceCatalogue, zero_point, *, airmass: float | None = None
+                       ) -> tuple[SourceCatalogue, Calibration]:
+    """Calibrate with a zero point the header gives, when there is no reference catalogue (issue 9).
+
+    ``zero_point`` is an :class:`rpp_core.image.units.HeaderZeroPoint`, in rpp's
+    convention (``m_cal = m_inst + zp``). The same zero point serves every aperture
+    (and ``psf``): it is for pixel sums, so a small aperture's calibrated magnitude
+    misses the light outside it (no aperture correction). ``magerr_cal^2 = magerr^2 +
+    zp_err^2`` when the header gives an error (``zp_err`` NaN otherwise). The
+    :class:`~rpp_core.products.Calibration` has no calibrators, ``source`` names the
+    header keyword and ``reference_system`` its system when known.
+    """
+    apertures = catalogue.apertures
+    cat = catalogue.table.copy(copy_data=False)
+    zp = float(zero_point.zp)
+    zp_err = float(zero_point.zp_err) if zero_point.zp_err is not None else float("nan")
+    labels = list(apertures.labels) + (["psf"] if "psf_mag" in cat.colnames else [])
+    fits: dict[str, ZeroPointFit] = {}
+    for label in labels:
+        mcol, ecol = ("psf_mag", "psf_magerr") if label == "psf" else (f"mag_{label}", f"magerr_{label}")
+        cat[f"mag_cal_{label}"] = np.asarray(cat[mcol], float) + zp
+        cat[f"magerr_cal_{label}"] = np.hypot(np.asarray(cat[ecol], float), np.nan_to_num(zp_err))
+        fits[label] = ZeroPointFit(zp=zp, zp_err=zp_err, zp0=zp, n=0, rms=float("nan"))
+    n = len(cat)
+    cat["zp"] = np.full(n, zp)
+    cat["zp_err"] = np.full(n, zp_err)
+    x = float(airmass) if airmass is not None else float("nan")
+    calibration = Calibration(
+        label=apertures.calibration, band="", reference=zero_point.source, reference_system=zero_point.system,
+        match_radius_arcsec=float("nan"), extinction_k=0.0, zp=zp, zp_err=zp_err, zp0=zp, zp_rms=float("nan"),
+        n_calibrators=0, n_rejected=0, color_coef=0.0, color_coef_err=0.0, airmass=x, by_aperture=fits,
+        source=zero_point.source, header_zp=zero_point.to_dict())
     return catalogue.with_table(cat), calibration

@@ -63,6 +63,7 @@ class _Products:
     """What the run has made so far: the summary is built from it, also after a failure."""
 
     frame: Frame | None = None
+    weights: Any = None  # image.PixelWeights: weight map and mask that came with the frame
     meta: ObservationMeta | None = None
     exposure: ExposureValues | None = None
     image: MeasurableImage | None = None
@@ -190,9 +191,13 @@ def _fmt(v: Any) -> str:
 
 async def run(path, profile: Profile | None = None, on_event: Callable[[ev.Event], None] | None = None,
               cancel: asyncio.Event | None = None, *, out_dir=None, catalog_files=(), hdu: int | None = None,
-              offline: bool | None = None, cache_dir=None, secrets: dict | None = None) -> RunResult:
+              offline: bool | None = None, cache_dir=None, secrets: dict | None = None,
+              weight=None, mask=None) -> RunResult:
     """Process one frame in this process; see the module docstring. Raises RppError subclasses on failure.
 
+    ``weight`` (inverse-variance map) and ``mask`` (nonzero = bad) files go with the frame;
+    without them, companions named as the DECam community pipeline names them are used
+    (:func:`rpp_core.image.load_pixel_weights`).
     ``catalog_files`` add local reference catalogues to ``profile.calibration.catalog_files``;
     ``offline`` overrides ``profile.services.offline``. ``cache_dir`` (catalogue answers) and
     ``secrets`` (API keys) default to the user's (:mod:`rpp_core.locations`, ``secrets.toml``).
@@ -220,7 +225,7 @@ async def run(path, profile: Profile | None = None, on_event: Callable[[ev.Event
     with _library_warnings_to(log, job):
         try:
             try:
-                files = await _run_stages(job, path, profile, run_dir, hdu, made)
+                files = await _run_stages(job, path, profile, run_dir, hdu, made, (weight, mask))
                 status = "ok" if made.exit_code == 0 else "degraded"
                 summary = _summarize(made, job, path, profile, run_dir, status, made.exit_code, made.message or None,
                                      time.perf_counter() - t_start)
@@ -310,21 +315,22 @@ def run_sync(path, profile: Profile | None = None, **kwargs) -> RunResult:
     return asyncio.run(run(path, profile, **kwargs))
 
 
-async def _run_stages(job: _Job, path: Path, profile: Profile, run_dir: Path, hdu, made: _Products) -> dict[str, Path]:
+async def _run_stages(job: _Job, path: Path, profile: Profile, run_dir: Path, hdu, made: _Products,
+                      companions: tuple = (None, None)) -> dict[str, Path]:
     """The stages in order; each product lands in ``made``. Returns the output files (in the staging folder)."""
     staging = results.staging_dir(run_dir)
-    made.frame = await _load(job, path, hdu, staging)
-    made.meta, made.exposure, masks = await _metadata(job, made.frame, profile)
-    made.image, background = await _background(job, made.frame, masks, made.exposure, profile)
+    made.frame, made.weights = await _load(job, path, hdu, staging, companions, profile)
+    made.meta, made.exposure, masks = await _metadata(job, made.frame, made.weights, profile)
+    made.image, background = await _background(job, made.frame, masks, made.exposure, made.weights, profile)
     made.fwhm = await _fwhm(job, made.image, made.meta, profile)
     sources = await _detect(job, made.image, made.fwhm.fwhm_px, profile)
-    made.image, sources = await _cosmics(job, made.frame, made.image, background, masks, sources, made.fwhm.fwhm_px,
-                                         profile)
+    made.image, sources = await _cosmics(job, made.frame, made.image, background, masks, sources, made.fwhm, profile)
     made.catalogue = await _apertures(job, made.image, sources, made.fwhm.fwhm_px, profile)
-    made.catalogue, made.psf = await _psf(job, made.image, made.catalogue, profile, staging)
+    made.catalogue, made.psf = await _psf(job, made.image, made.catalogue, made.fwhm, profile, staging)
     made.wcs, refcat, ref_error = await _astrometry(job, profile, made.frame, made.meta, made.catalogue, staging)
     made.catalogue, made.pixel_scale = _sky_positions(job, made.frame, made.meta, made.wcs, made.catalogue)
     made.catalogue, made.calibration = await _calibration(job, made, profile, refcat, ref_error)
+    made.catalogue, made.calibration = _header_zero_point(job, made)
     made.catalogue, made.services = await _crossmatch_services(job, made, profile)
     async with job.step("output") as fig:
         summary = _summarize(made, job, path, profile, run_dir, "ok" if made.exit_code == 0 else "degraded",
@@ -339,7 +345,7 @@ async def _run_stages(job: _Job, path: Path, profile: Profile, run_dir: Path, hd
 
 # ---------------------------------------------------------------- the stages, one step each
 
-async def _load(job: _Job, path: Path, hdu, staging: Path) -> Frame:
+async def _load(job: _Job, path: Path, hdu, staging: Path, companions: tuple, profile: Profile):
     from . import image
 
     async with job.step("load") as fig:
@@ -348,25 +354,42 @@ async def _load(job: _Job, path: Path, hdu, staging: Path) -> Frame:
             job.log(note)
         for rep in frame.repairs:
             job.log(f"header repair: {rep}", "WARNING")
+        # issue 9: the weight map and mask that come with the frame
+        weight, mask = companions
+        weights = await asyncio.to_thread(image.load_pixel_weights, frame, weight or profile.masks.weight_file or None,
+                                          mask or profile.masks.mask_file or None, profile.masks.companions)
+        for note in weights.notes:
+            job.log(note)
         fig.update(shape=f"{frame.data.shape[1]}x{frame.data.shape[0]}", hdu=frame.hdu, wcs=frame.wcs_status)
     results.write_header(frame.header, staging / "header.txt")
-    return frame
+    return frame, weights
 
 
-async def _metadata(job: _Job, frame: Frame, profile: Profile):
+async def _metadata(job: _Job, frame: Frame, weights, profile: Profile):
     from . import image, preprocess
     from .image.keywords import unreadable_dates
 
     async with job.step("metadata") as fig:
-        meta = image.read_metadata(frame, profile.observatory)
+        meta = await asyncio.to_thread(image.read_metadata, frame, profile.observatory)  # measures the sky noise
         for why in unreadable_dates(frame.header):
             job.warn(why)
         for key, src in meta.sources.items():
-            job.log(f"{key}: {getattr(meta, key)!s} ({src})", "DEBUG")
+            if key not in ("units", "effective_gain", "zero_point"):  # these three get their own lines below
+                job.log(f"{key}: {getattr(meta, key)!s} ({src})", "DEBUG")
         exposure = image.exposure_values(meta)
         for why in exposure.assumed():
             job.warn(why)
+        # issue 9: what the pixel values are, the gain the errors use and the header's zero point, decided in image.units
+        job.log(f"units: {meta.units.text}")
+        if meta.effective_gain.source is not image.GainSource.ASSUMED:
+            job.log(f"effective gain: {meta.effective_gain.text}")
+        if exposure.exptime is not None and exposure.exptime_magnitudes is None:
+            job.log(str(exposure.sources["exptime_magnitudes"]))
+        if meta.zero_points.best is not None:
+            job.log(f"header zero point: {meta.zero_points.best.text} -> {meta.zero_points.best.zp:.4f} (rpp's convention)")
         masks = await asyncio.to_thread(preprocess.make_masks, frame.data, exposure.saturation, profile.masks)
+        if weights.bad is not None:
+            masks = dataclasses.replace(masks, combined=masks.combined | weights.bad)
         level = masks.saturation_level
         job.log(f"saturation level {level if level is not None else 'none'} ADU ({exposure.sources['saturation']})")
         fig.update(exptime=exposure.exptime, filter=meta.filter, airmass=meta.airmass, pixel_scale=meta.pixel_scale,
@@ -374,11 +397,15 @@ async def _metadata(job: _Job, frame: Frame, profile: Profile):
     return meta, exposure, masks
 
 
-async def _background(job: _Job, frame: Frame, masks, exposure: ExposureValues, profile: Profile):
-    from . import preprocess
+async def _background(job: _Job, frame: Frame, masks, exposure: ExposureValues, weights, profile: Profile):
+    from . import image as image_mod, preprocess
 
     async with job.step("background") as fig:
         bkg = await asyncio.to_thread(preprocess.estimate_background, frame.data, masks.combined, profile.background)
+        noise = image_mod.noise_map(weights, float(bkg.global_rms), ~masks.combined)
+        if noise is not None:  # the weight map is the noise for detection and errors
+            bkg = dataclasses.replace(bkg, rms=noise.rms)
+            job.log(f"noise map: {noise.source}")
         image = preprocess.measurable_image(frame.data, masks, bkg, exposure)
         fig.update(background=image.background, rms=image.background_rms)
     return image, bkg
@@ -389,17 +416,23 @@ async def _fwhm(job: _Job, image: MeasurableImage, meta: ObservationMeta, profil
 
     det = profile.detection
     async with job.step("fwhm") as fig:
-        guess = float(np.clip(det.seeing_arcsec / meta.pixel_scale if meta.pixel_scale else 3.0, 1.2, 30.0))
-        fw = await asyncio.to_thread(detect.measure_fwhm, image.data, image.rms, image.mask, guess, det,
+        # the header seeing is a hint to compare with, never a prior (issue 9): a 3x wrong one must not matter
+        hint = det.seeing_arcsec / meta.pixel_scale if meta.pixel_scale else None
+        fw = await asyncio.to_thread(detect.measure_fwhm, image.data, image.rms, image.mask, hint, det,
                                      progress=job.progress_cb("fwhm"), cancel=job.cancelled)
+        job.log(fw.summary())
         fig.update(fwhm_px=fw.fwhm_px, scatter_px=fw.scatter_px, n_stars=fw.n_stars)
     return fw
 
 
 async def _detect(job: _Job, image: MeasurableImage, fwhm: float, profile: Profile) -> Table:
-    from . import detect
+    from . import detect, photometry
 
     async with job.step("detect") as fig:
+        if fwhm < detect.UNDERSAMPLED_PX:
+            _, kf = detect.detection_kernel(fwhm)
+            job.log(f"undersampled stars (FWHM {fwhm:.2f} px): detection filter for {kf:.1f} px, apertures sized for "
+                    f"FWHM {photometry.aperture_fwhm(profile.photometry, fwhm):.2f} px (photometry.min_aperture_px)")
         sources = await asyncio.to_thread(
             detect.find_stars, image.data, image.rms, image.mask, fwhm, profile.detection, image.saturated,
             border_px=profile.masks.border_px, progress=job.progress_cb("detect"), cancel=job.cancelled)
@@ -407,20 +440,27 @@ async def _detect(job: _Job, image: MeasurableImage, fwhm: float, profile: Profi
     return sources
 
 
-async def _cosmics(job: _Job, frame: Frame, image: MeasurableImage, background, masks, sources: Table, fwhm: float,
+async def _cosmics(job: _Job, frame: Frame, image: MeasurableImage, background, masks, sources: Table, fw,
                    profile: Profile) -> tuple[MeasurableImage, Table]:
     from . import detect, photometry, preprocess
 
     cr, phot = profile.cosmic_rays, profile.photometry
+    plan = preprocess.cosmic_ray_plan(fw.fwhm_px, fw.peak_share)
     if not cr.enabled:
         job.skip("cosmics", "disabled in the profile")
+    elif not plan.run:
+        job.warn(plan.note, "cosmics")
+        job.skip("cosmics", "stars as sharp as cosmic-ray hits")
     else:
         async with job.step("cosmics") as fig:
+            if plan.note:
+                job.log(plan.note)
             # the largest radius any measurement uses: apertures and the PSF fit
-            radius = max(max(photometry.aperture_set(phot, fwhm).radii_px), phot.psf_fit_radius * fwhm if phot.psf else 0.0)
+            apertures = photometry.aperture_set(phot, fw.fwhm_px)
+            radius = max(max(apertures.radii_px), phot.psf_fit_radius * apertures.fwhm_px if phot.psf else 0.0)
             image, crmask = await asyncio.to_thread(
                 preprocess.clean_cosmic_rays, frame.data, image, background, masks, cr, sources["x"], sources["y"],
-                radius, progress=job.progress_cb("cosmics"), cancel=job.cancelled)
+                radius, progress=job.progress_cb("cosmics"), cancel=job.cancelled, star_share=plan.star_share)
             sources, dropped = detect.drop_cosmic_ray_peaks(sources, crmask)
             fig.update(n_cr_pixels=int(crmask.sum()), dropped_sources=dropped, scope=cr.scope)
     if len(sources) == 0:
@@ -442,7 +482,7 @@ async def _apertures(job: _Job, image: MeasurableImage, sources: Table, fwhm: fl
     return SourceCatalogue(table, apertures)
 
 
-async def _psf(job: _Job, image: MeasurableImage, catalogue: SourceCatalogue, profile: Profile, staging: Path):
+async def _psf(job: _Job, image: MeasurableImage, catalogue: SourceCatalogue, fw, profile: Profile, staging: Path):
     from . import photometry
 
     phot = profile.photometry
@@ -454,9 +494,11 @@ async def _psf(job: _Job, image: MeasurableImage, catalogue: SourceCatalogue, pr
         try:
             table, info = await asyncio.to_thread(
                 photometry.psf_photometry, image.data, image.rms, image.mask, catalogue.table,
-                catalogue.apertures.fwhm_px, image.gain, image.exptime, phot, progress=job.progress_cb("psf"),
-                cancel=job.cancelled, apertures=catalogue.apertures)
+                fw.fwhm_px, image.gain, image.exptime, phot, progress=job.progress_cb("psf"),
+                cancel=job.cancelled, apertures=catalogue.apertures, moffat_beta=fw.beta)
             catalogue = catalogue.with_table(table)
+            if info.model != "ePSF":
+                job.log(f"PSF fitted: {info.model}, not the ePSF decimated to image pixels")
             fig.update(n_fitted=int(info.n_fitted), apcorr=info.apcorr)
             if info.status != "ok":
                 job.warn(f"PSF photometry: {info.status}")
@@ -594,6 +636,28 @@ async def _crossmatch_services(job: _Job, made: _Products, profile: Profile) -> 
     return catalogue.with_table(table), statuses
 
 
+def _header_zero_point(job: _Job, made: _Products) -> tuple[SourceCatalogue, Calibration | None]:
+    """Issue 9: the header's zero point beside a fitted one, or the calibration when nothing was fitted."""
+    from . import calibrate
+
+    catalogue, cal = made.catalogue, made.calibration
+    header_zp = made.meta.zero_points.best if made.meta.zero_points is not None else None
+    if header_zp is None:
+        return catalogue, cal
+    if cal is not None:
+        diff = cal.zp - header_zp.zp
+        job.log(f"zero point: fitted {cal.zp:.4f}, {header_zp.source} {header_zp.zp:.4f} "
+                f"({header_zp.system or 'system unknown'}): difference {diff:+.4f} mag")
+        return catalogue, dataclasses.replace(cal, header_zp={**header_zp.to_dict(), "fitted_minus_header": diff})
+    catalogue, cal = calibrate.header_calibration(catalogue, header_zp, airmass=made.meta.airmass)
+    job.log(f"calibration source: {header_zp.source} (no fitted zero point): zp = {header_zp.zp:.4f}"
+            + (f" ± {header_zp.zp_err:.4f}" if header_zp.zp_err is not None else "")
+            + f" mag{f' ({header_zp.system})' if header_zp.system else ''}: {header_zp.text}")
+    job.warn(f"calibrated with the header zero point ({header_zp.source}), not against a reference catalogue",
+             "calibrate")
+    return catalogue, cal
+
+
 # ---------------------------------------------------------------- reference catalogues
 
 async def _reference_for_astrometry(job: _Job, profile: Profile, meta, frame, wcs) -> tuple[Table | None, str | None]:
@@ -675,15 +739,24 @@ def _summarize(made: _Products, job: _Job, path: Path, profile: Profile, run_dir
                   mjd=float(meta.date_obs.mjd) if meta.date_obs is not None else None,
                   filter=meta.filter, object=meta.object, airmass=meta.airmass, pixel_scale_arcsec=meta.pixel_scale,
                   pointing=(meta.ra, meta.dec), metadata_sources={k: str(v) for k, v in meta.sources.items()})
+    if made.frame is not None:
+        kw.update(pixels=made.frame.layout.to_dict() if made.frame.layout is not None else None,
+                  companions=made.weights.to_dict() if made.weights is not None else None)
+    if made.meta is not None and made.meta.units is not None:
+        kw.update(units=made.meta.units.kind.value, bunit=made.meta.units.bunit,
+                  gain_source=made.meta.effective_gain.source.value)
     if made.exposure is not None:
-        kw.update(exptime=made.exposure.exptime, gain=made.exposure.gain, read_noise=made.exposure.read_noise)
+        kw.update(exptime=made.exposure.exptime, gain=made.exposure.gain, read_noise=made.exposure.read_noise,
+                  exptime_magnitudes=made.exposure.exptime_magnitudes)
     if made.image is not None:
         kw.update(saturation=made.image.saturation, background=made.image.background,
                   background_rms=made.image.background_rms)
     if made.fwhm is not None:
         fw = made.fwhm
         kw.update(fwhm_px=float(fw.fwhm_px), fwhm_scatter_px=float(fw.scatter_px), fwhm_n_stars=int(fw.n_stars),
-                  fwhm_arcsec=fw.fwhm_px * made.meta.pixel_scale if made.meta.pixel_scale else None)
+                  fwhm_arcsec=fw.fwhm_px * made.meta.pixel_scale if made.meta.pixel_scale else None,
+                  fwhm_gauss_px=float(fw.gauss_fwhm_px), fwhm_first_pass_px=float(fw.first_pass_px),
+                  fwhm_beta=float(fw.beta), fwhm_method=fw.method)
     if made.catalogue is not None:
         kw["n_sources"] = len(made.catalogue)
         if made.catalogue.apertures is not None:
@@ -701,7 +774,8 @@ def _summarize(made: _Products, job: _Job, path: Path, profile: Profile, run_dir
                   match_radius_arcsec=cal.match_radius_arcsec, extinction_k=cal.extinction_k, zp=cal.zp,
                   zp_err=cal.zp_err, zp0=cal.zp0, zp_rms=cal.zp_rms, n_calibrators=cal.n_calibrators,
                   n_rejected=cal.n_rejected, color_coef=cal.color_coef, color_coef_err=cal.color_coef_err,
-                  airmass_used=cal.airmass, zp_by_aperture=dict(cal.by_aperture))
+                  airmass_used=cal.airmass, zp_by_aperture=dict(cal.by_aperture), calibration_source=cal.source,
+                  header_zp=cal.header_zp)
     return RunSummary(frame=str(path), profile=profile.name, run_dir=str(run_dir), rpp_version=__version__,
                       status=status, exit_code=exit_code, error=error, services=tuple(made.services),
                       timings=dict(job.timings), warnings=tuple(job.warnings), total_seconds=round(seconds, 3), **kw)

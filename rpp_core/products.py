@@ -41,6 +41,9 @@ if TYPE_CHECKING:
     from astropy.time import Time
     from astropy.wcs import WCS
 
+    from .image.raw import RawLayout
+    from .image.units import EffectiveGain, HeaderZeroPoints, ImageUnits
+
 
 # ---------------------------------------------------------------- provenance
 
@@ -100,6 +103,9 @@ class Frame:
         One line per header change.
     notes : list of str
         Other facts worth logging (cube plane used, compression, scaling...).
+    layout : RawLayout or None
+        For a raw frame, what the loader did (overscan, trim, amplifier mosaic) and
+        how the measured pixels map to the raw ones; None when the data are as stored.
     """
 
     path: Path
@@ -110,6 +116,7 @@ class Frame:
     wcs_status: str
     repairs: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    layout: RawLayout | None = None
 
 
 @dataclass(frozen=True)
@@ -126,7 +133,7 @@ class ObservationMeta:
         Exposure time, s.
     filter : str or None
     gain : float or None
-        e-/ADU, from the header or the profile (see :class:`ExposureValues` for the one every stage uses).
+        Detector e-/ADU, from the header (GAIN, EGAIN, CCDGAIN, amplifier mean) or the profile.
     read_noise : float or None
         e-.
     saturation : float or None
@@ -138,6 +145,13 @@ class ObservationMeta:
         arcsec/px (geometric mean of the two axes).
     airmass : float or None
     object : str or None
+    units : ImageUnits or None
+        What the pixel values are (counts, a rate, electrons, a flux density, a plate).
+    effective_gain : EffectiveGain or None
+        Electrons per image unit for the Poisson term (``value`` None: left out), with
+        its typed source (:func:`rpp_core.image.units.decide_gain`; :class:`ExposureValues` carries it on).
+    zero_points : HeaderZeroPoints or None
+        Zero points the header gives, in rpp's convention (``zero_points.best`` is the one to use).
     sources : mapping
         field -> :class:`Provenance`: where the value came from, or why it is None.
     """
@@ -154,6 +168,9 @@ class ObservationMeta:
     pixel_scale: float | None = None
     airmass: float | None = None
     object: str | None = None
+    units: ImageUnits | None = None
+    effective_gain: EffectiveGain | None = None
+    zero_points: HeaderZeroPoints | None = None
     sources: Mapping[str, Provenance] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
@@ -183,6 +200,8 @@ class ObservationMeta:
             "pixel_scale": self.pixel_scale,
             "airmass": self.airmass,
             "object": self.object,
+            "units": self.units.kind.value if self.units is not None else None,
+            "effective_gain": self.effective_gain.value if self.effective_gain is not None else None,
             "sources": {k: str(v) for k, v in self.sources.items()},
         }
 
@@ -192,17 +211,22 @@ class ExposureValues:
     """The gain, read noise, exposure time and saturation level every stage uses, with provenance.
 
     Made once by :func:`rpp_core.image.exposure_values` (the metadata policy):
-    ``gain`` is never None (1 e-/ADU assumed, said in ``sources``),
-    ``read_noise`` 0 e- when unknown, ``exptime`` None when unknown or not
-    positive (magnitudes are then per frame), ``saturation`` None when neither
-    header nor profile gives one (the mask stage then looks for a clipped plateau).
+    ``gain`` the effective gain, electrons per image unit, None when the Poisson
+    term is left out (plates, calibrated images with no gain; 1 e-/ADU assumed
+    only when nothing at all is known, said in ``sources``), ``read_noise`` 0 e-
+    when unknown, ``exptime`` None when unknown or not positive,
+    ``exptime_magnitudes`` what instrumental magnitudes divide by (EXPTIME for
+    counts and electrons; None for rates and physical units, or no EXPTIME),
+    ``saturation`` None when neither header nor profile gives one (the mask stage
+    then looks for a clipped plateau).
     """
 
-    gain: float
+    gain: float | None
     read_noise: float
     exptime: float | None
     saturation: float | None
     sources: Mapping[str, Provenance] = field(default_factory=dict)
+    exptime_magnitudes: float | None = None
 
     def assumed(self) -> list[Provenance]:
         """What a user should hear about: the values that stand in for a missing one."""
@@ -219,9 +243,11 @@ class MeasurableImage:
     that stage has run), ``rms`` the background RMS map (ADU), ``mask`` True
     where a pixel must not be used (NaN, saturated, border, cosmic rays),
     ``saturated`` the (dilated) saturated pixels, ``saturation`` the level
-    used (ADU, None = no saturation mask). ``gain`` e-/ADU, ``read_noise`` e-,
-    ``exptime`` s (None: magnitudes per frame). ``background`` and
-    ``background_rms`` are the global levels (ADU).
+    used (ADU, None = no saturation mask). ``rms`` is the weight map's noise
+    when the frame came with one. ``gain`` electrons per image unit (None: no
+    Poisson term), ``read_noise`` e-, ``exptime`` s, what instrumental magnitudes
+    divide by (None: not divided; :attr:`ExposureValues.exptime_magnitudes`).
+    ``background`` and ``background_rms`` are the global levels (ADU).
     """
 
     data: np.ndarray
@@ -229,7 +255,7 @@ class MeasurableImage:
     mask: np.ndarray
     saturated: np.ndarray
     saturation: float | None
-    gain: float
+    gain: float | None
     read_noise: float
     exptime: float | None
     background: float
@@ -334,6 +360,10 @@ class Calibration:
     ``psf``), ``skipped`` why an aperture has none. Magnitudes in the reference
     band ``band`` (system ``reference_system``); ``airmass`` the one used;
     ``n_matched`` sources matched with the reference within ``match_radius_arcsec``.
+    ``source`` says where the zero point came from: ``"fit to <reference>"``, or
+    the header's (``"header MAGZPT"``, ``"header BUNIT nanomaggy"``: no reference,
+    :func:`rpp_core.calibrate.header_calibration`); ``header_zp`` the header's zero
+    point when there is one (beside a fit: with ``fitted_minus_header``).
     """
 
     label: str
@@ -354,6 +384,12 @@ class Calibration:
     n_matched: int = 0
     by_aperture: Mapping[str, ZeroPointFit] = field(default_factory=dict)
     skipped: Mapping[str, str] = field(default_factory=dict)
+    source: str = ""
+    header_zp: Mapping[str, Any] | None = None
+
+    @property
+    def from_header(self) -> bool:
+        return self.source.startswith("header")
 
 
 # ---------------------------------------------------------------- the run summary
@@ -404,10 +440,16 @@ class RunSummary:
     airmass: float | None = None
     pixel_scale_arcsec: float | None = None
     gain: float | None = None
+    gain_source: str | None = None
+    units: str | None = None
+    bunit: str | None = None
+    exptime_magnitudes: float | None = None
     read_noise: float | None = None
     saturation: float | None = None
     pointing: tuple[float | None, float | None] | None = None
     metadata_sources: Mapping[str, str] = field(default_factory=dict)
+    pixels: Mapping[str, Any] | None = None
+    companions: Mapping[str, Any] | None = None
     # measurement
     background: float | None = None
     background_rms: float | None = None
@@ -415,6 +457,10 @@ class RunSummary:
     fwhm_scatter_px: float | None = None
     fwhm_n_stars: int | None = None
     fwhm_arcsec: float | None = None
+    fwhm_gauss_px: float | None = None       # a Gaussian fit on the same stars (photutils fit_fwhm's convention)
+    fwhm_first_pass_px: float | None = None  # the prior-free kernel scan
+    fwhm_beta: float | None = None
+    fwhm_method: str | None = None           # "moffat", or "kernel scan" when no star could be fitted
     n_sources: int | None = None
     apertures_px: Mapping[str, float] = field(default_factory=dict)
     calibration_label: str = ""
@@ -422,6 +468,8 @@ class RunSummary:
     wcs: WcsSolution | None = None
     # calibration (None when not calibrated)
     calibrated: bool = False
+    calibration_source: str | None = None
+    header_zp: Mapping[str, Any] | None = None
     band: str | None = None
     reference: str | None = None
     reference_system: str | None = None

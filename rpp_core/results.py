@@ -324,7 +324,8 @@ def write_outputs(catalogue: SourceCatalogue, summary: RunSummary, run_dir: Path
     between files: when it says yes, :class:`~rpp_core.errors.Cancelled` is raised.
 
     The catalogue's meta gets the frame, time, filter, exposure, airmass, FWHM,
-    zero point and calibration aperture from the summary (``pixel_origin`` 0).
+    zero point, calibration aperture and source, units, effective gain and what
+    the pixel coordinates refer to (``pixel_frame``) from the summary (``pixel_origin`` 0).
     """
     check = _canceller(cancel)
     cat = catalogue.table.copy(copy_data=False)
@@ -338,7 +339,9 @@ def write_outputs(catalogue: SourceCatalogue, summary: RunSummary, run_dir: Path
         "frame": summary.frame, "date_obs": summary.date_obs, "filter": summary.filter, "exptime": summary.exptime,
         "airmass": summary.airmass, "fwhm_px": summary.fwhm_px, "zp": summary.zp, "zp_err": summary.zp_err,
         "band": summary.band, "calibration_aperture": summary.calibration_label, "pixel_origin": 0,
-        "rpp_version": summary.rpp_version,
+        "rpp_version": summary.rpp_version, "calibration_source": summary.calibration_source,
+        "units": summary.units, "effective_gain": summary.gain, "gain_source": summary.gain_source,
+        "pixel_frame": (summary.pixels or {}).get("pixels", "the image as stored"),
     })
     check()
     with ThreadPoolExecutor(1, thread_name_prefix="rpp-views") as pool:

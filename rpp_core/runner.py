@@ -69,6 +69,8 @@ class RunRequest:
     (it is in the run folder): a caller that only prints the summary then
     never imports astropy. ``nice`` lowers the worker's CPU priority: the app
     asks for it, so that on a busy machine the screen gets the CPU before the run.
+    ``weight`` (inverse-variance map) and ``mask`` (nonzero = bad) are files that
+    go with the frame; None lets the pipeline look for DECam-style companions.
     """
 
     path: str
@@ -81,6 +83,8 @@ class RunRequest:
     secrets: dict | None = None
     keep_catalog: bool = True
     nice: int = 0
+    weight: str | None = None
+    mask: str | None = None
 
     def resolved(self) -> "RunRequest":
         """The request with workspace, cache and keys taken from this process where not given."""
@@ -96,6 +100,8 @@ class RunRequest:
                 profile = dataclasses.replace(profile, notes=[*profile.notes, warning])
         return dataclasses.replace(
             self, path=str(Path(self.path).expanduser()), profile=profile,
+            weight=str(Path(self.weight).expanduser()) if self.weight else None,
+            mask=str(Path(self.mask).expanduser()) if self.mask else None,
             out_dir=str(self.out_dir) if self.out_dir else str(locations.workspace_dir()),
             cache_dir=str(self.cache_dir) if self.cache_dir else str(locations.catalog_cache_dir()), secrets=secrets)
 
@@ -109,7 +115,8 @@ async def execute_async(request: RunRequest, on_event: Callable[[ev.Event], None
 
     return await pipeline.run(request.path, request.profile, on_event, cancel, out_dir=request.out_dir,
                               catalog_files=request.catalog_files, hdu=request.hdu, offline=request.offline,
-                              cache_dir=request.cache_dir, secrets=request.secrets)
+                              cache_dir=request.cache_dir, secrets=request.secrets,
+                              weight=request.weight, mask=request.mask)
 
 
 def execute(request: RunRequest, on_event: Callable[[ev.Event], None] | None = None):
@@ -123,8 +130,9 @@ def _worker_main(request: RunRequest, conn) -> None:
     if request.nice:
         os.nice(request.nice)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the caller's to decide on
-    early: list[int] = []  # a cancel that comes before the event loop is up must still cancel
-    signal.signal(signal.SIGTERM, lambda signum, frame: early.append(signum))
+    stop_asked: list[int] = []
+    # a cancel can come before the event loop takes SIGTERM over: kept, not fatal
+    signal.signal(signal.SIGTERM, lambda signum, frame: stop_asked.append(signum))
     with open(os.devnull, "w") as null:
         # library chatter must not write over a terminal app: the run log has what matters
         os.dup2(null.fileno(), 1)
@@ -133,7 +141,7 @@ def _worker_main(request: RunRequest, conn) -> None:
     async def main():
         cancel = asyncio.Event()
         asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, cancel.set)
-        if early:
+        if stop_asked:
             cancel.set()
 
         def send(event: ev.Event) -> None:
@@ -294,13 +302,14 @@ async def run(request: RunRequest, on_event: Callable[[ev.Event], None] | None =
         await asyncio.to_thread(proc.join, 2.0)
         await asyncio.to_thread(reader.join, 2.0)
         receiver.close()
+    if kind == "died" and cancel.is_set() and proc.exitcode is not None and proc.exitcode < 0:
+        kind = "killed"  # the cancel's own signal reached the worker before it could take it
     if kind == "result":
         on_event(ev.RunFinished(result=payload))
         return payload
     if kind == "error":
         raise payload
-    if kind == "killed" or (kind == "died" and cancel.is_set()):
-        # a worker ended by the cancel itself (SIGTERM before it could take it over) was cancelled, not lost
+    if kind == "killed":
         err: RppError = Cancelled()
         status = "cancelled"
     else:

@@ -67,11 +67,15 @@ class ObservatorySettings:
 
 @dataclass
 class MaskSettings:
-    """Pixels not to trust: the frame border and saturated pixels."""
+    """Pixels not to trust: the frame border, saturated pixels, and the weight map and mask of a frame."""
 
     border_px: int = _f(10, "mask the frame edge and ignore sources closer than this to it", "px", (0, 1000))
     saturation_fraction: float = _f(0.95, "pixels above this fraction of SATURATE are masked", "", (0.1, 1.0))
     saturation_dilate_px: int = _f(1, "grow the saturated-pixel mask by this many pixels", "px", (0, 20))
+    companions: bool = _f(True, "use a weight map and mask found beside the frame (DECam _oow_/_ood_ names, "
+                                "WTMAP/BPM keywords)")
+    weight_file: str = _f("", "inverse-variance weight map for every frame ('' = none, or one found beside it)")
+    mask_file: str = _f("", "bad-pixel mask for every frame, nonzero = bad, e.g. the camera's ('' = none or found)")
 
 
 @dataclass
@@ -84,8 +88,11 @@ class BackgroundSettings:
 
 @dataclass
 class DetectionSettings:
-    seeing_arcsec: float = _f(2.5, "expected seeing, first guess of the FWHM", "arcsec", (1.0, 6.0))
-    threshold_sigma: float = _f(5.0, "detection threshold in units of the background RMS map", "sigma", (1.5, 100.0))
+    seeing_arcsec: float = _f(2.5, "expected seeing: only compared with the measured FWHM in the log, never used to measure it", "arcsec", (1.0, 6.0))
+    threshold_sigma: float = _f(5.0, "detection threshold: peak amplitude of a star in units of the background RMS map", "sigma", (1.5, 100.0))
+    finder: Literal["sep", "daofind"] = _f("sep", "sep: SExtractor's filtered thresholding with deblending (fast); daofind: DAOStarFinder, adds sharpness and roundness columns")
+    deblend_method: Literal["threshold", "watershed"] = _f("threshold", "sep finder: SExtractor's multi-threshold deblending, or a watershed from every local maximum at least half a FWHM apart")
+    deblend_contrast: float = _f(0.0001, "sep finder: smallest flux fraction a peak needs to be split off as its own source (SExtractor DEBLEND_MINCONT, 0.005 there, merges the stars on the wings of saturated ones and the 4-5 px pairs of a crowded plate)", "", (1e-6, 1.0))
     fwhm_max_stars: int = _f(60, "isolated stars used to measure the FWHM", "", (5, 2000))
     max_sources: int = _f(0, "keep only the N brightest detections, 0 = all", "", (0, 10_000_000))
 
@@ -110,6 +117,7 @@ class PhotometrySettings:
     calibration_aperture: int = _f(1, "index in aperture_factors of the aperture used for the zero point "
                                       "(the fixed aperture when there is one)", "", (0, 9))
     fixed_aperture_px: float = _f(0.0, "extra aperture of fixed radius, 0 = none; when set it calibrates", "px", (0.0, 200.0))
+    min_aperture_px: float = _f(2.0, "smallest aperture radius: undersampled stars get apertures and annulus sized as for a FWHM of this over the smallest factor", "px", (0.0, 50.0))
     psf: bool = _f(True, "build an ePSF and run PSF photometry")
     psf_stars: int = _f(100, "isolated stars used to build the ePSF", "", (5, 1000))
     psf_oversampling: int = _f(2, "ePSF oversampling", "", (1, 4))

@@ -33,10 +33,18 @@ class SummaryFacts:
     band: str = ""
     airmass: float | None = None
     calibration_label: str = ""
+    calibration_source: str = ""
+    header_zp: float | None = None  # the header's zero point beside a fitted one (issue 9)
+    header_zp_source: str = ""
 
     @property
     def calibrated(self) -> bool:
         return self.zp is not None
+
+    @property
+    def from_header(self) -> bool:
+        """Calibrated with the header's zero point (no reference catalogue), not a fit."""
+        return self.calibration_source.startswith("header")
 
 
 def _get(summary: Any, key: str, default: Any = None) -> Any:
@@ -75,4 +83,7 @@ def facts(summary: Any) -> SummaryFacts:
         band=str(_get(summary, "band") or ""),
         airmass=_num(_get(summary, "airmass")),
         calibration_label=str(_get(summary, "calibration_label") or ""),
+        calibration_source=str(_get(summary, "calibration_source") or ""),
+        header_zp=_num((_get(summary, "header_zp") or {}).get("zp")),
+        header_zp_source=str((_get(summary, "header_zp") or {}).get("source") or ""),
     )

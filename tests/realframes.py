@@ -15,9 +15,16 @@ One :class:`FrameCase` per frame of ``tests/data/real`` and ``tests/data/images`
   ``saao1m_raw`` the same method on its three stars (8.5 px: the README's "about 2.3 px"
   is the width of its cosmic rays). Tolerance :data:`FWHM_TOL` (15 %),
   :data:`FWHM_TOL_UNDERSAMPLED` (25 %) below 1.5 px; not checked on the two plates whose
-  star sizes grow with brightness (M67, HorseHead). A Gaussian fitted to a Moffat star
-  reads its FWHM 10-17 % wide (synthetic stars, beta 2.5-4), so a correct Moffat FWHM
-  sits 5-15 % below these references.
+  star sizes grow with brightness (M67, HorseHead). The references are Gaussian fits, and
+  a Gaussian fitted to a Moffat star reads its FWHM 7-30 % wide (more for low beta and
+  undersampled stars), so rpp's FWHM (``fwhm_px``, the FWHM of the Moffat profile it
+  fits, exact on synthetic stars) sits 5-25 % below them. rpp also reports what a
+  Gaussian fit reads on the same stars (``fwhm_gauss_px``): the check compares that
+  with the reference, like with like (docs/real-frames-diagnosis.md, "FWHM definition").
+  So that the FWHM rpp *uses* is judged too, not only its side measurement, the check
+  also asks the Moffat profile rpp reports (``fwhm_px``, ``fwhm_beta``) to read as the
+  reference when measured the reference's way (:func:`moffat_read_as_gaussian`: the
+  README method on noise-free stars of that profile), within the same tolerance.
 * ``zp_image``: zero point for pixel sums in *image units over the whole exposure*,
   ``m = zp_image - 2.5 log10(sum of pixel values)``. rpp's instrumental magnitudes are
   per second (``-2.5 log10(flux / exptime_used)``), so its zero point is converted with
@@ -860,9 +867,9 @@ class Score:
     exit_code: int
     message: str
     seconds: float
-    fwhm: float | None
+    fwhm: float | None            # rpp's FWHM (Moffat profile)
     fwhm_ref: float | None
-    fwhm_error: float | None      # relative, (rpp - ref) / ref
+    fwhm_error: float | None      # relative, (rpp's Gaussian-fit FWHM - ref) / ref
     fwhm_ok: bool | None
     detection: Detection
     astrometry: Astrometry
@@ -870,6 +877,9 @@ class Score:
     zp_truth: float | None
     zp_ok: bool | None
     one_line: bool | None          # frames expected to fail: an exit code and exactly one "rpp:" line
+    fwhm_gauss: float | None = None  # what a Gaussian fit reads on rpp's FWHM stars (the references' method)
+    fwhm_model: float | None = None  # the reference method on noise-free stars of rpp's Moffat (fwhm_px, beta)
+    fwhm_model_error: float | None = None  # relative, (fwhm_model - ref) / ref
 
     @property
     def zp_error(self) -> float | None:
@@ -894,10 +904,20 @@ def score(case: FrameCase, run: RppRun, ref: ReferenceImage | None, sex: Table |
     """Score one run of ``case`` against its truths; ``ref``/``sex`` None skips the detection part."""
     summ = run.summary or {}
     fwhm = summ.get("fwhm_px")
-    err = ok = None
-    if fwhm is not None and case.fwhm_ref:
-        err = (float(fwhm) - case.fwhm_ref) / case.fwhm_ref
+    # the references are Gaussian fits: compare what a Gaussian fit reads on rpp's stars (module docstring)
+    compared = summ.get("fwhm_gauss_px", fwhm)
+    err = ok = model = model_err = None
+    if compared is not None and case.fwhm_ref:
+        err = (float(compared) - case.fwhm_ref) / case.fwhm_ref
         ok = abs(err) <= case.fwhm_tol if case.fwhm_checked else None
+        if fwhm is not None and summ.get("fwhm_beta"):
+            # and the profile rpp uses, read the reference's way, must give the reference too
+            model = moffat_read_as_gaussian(float(fwhm), float(summ["fwhm_beta"]))
+            model_err = (model - case.fwhm_ref) / case.fwhm_ref
+            if ok is not None:
+                ok = ok and abs(model_err) <= case.fwhm_tol
+        elif ok is not None:
+            ok = False  # a run that reports no Moffat beta cannot show that its FWHM reads as the reference
     det = detection_scores(case, ref, sex, run) if ref is not None and sex is not None else Detection(note="no reference")
     zp = zero_point_image(run)
     zp_ok = None if case.zp_image is None else (zp is not None and abs(zp - case.zp_image) <= case.zp_tol)
@@ -906,7 +926,37 @@ def score(case: FrameCase, run: RppRun, ref: ReferenceImage | None, sex: Table |
         lines = [ln for ln in run.stderr.splitlines() if ln.startswith("rpp: ")]
         one_line = run.exit_code != 0 and len(lines) == 1 and "\n" not in lines[0] and len(lines[0]) < 400
     return Score(case.name, run.exit_code, run.message, run.seconds, fwhm, case.fwhm_ref, err, ok, det,
-                 astrometry_scores(case, run), zp, case.zp_image, zp_ok, one_line)
+                 astrometry_scores(case, run), zp, case.zp_image, zp_ok, one_line,
+                 None if summ.get("fwhm_gauss_px") is None else float(summ["fwhm_gauss_px"]), model, model_err)
+
+
+def moffat_read_as_gaussian(fwhm: float, beta: float, n_stars: int = 30, seed: int = 1) -> float:
+    """What the README's FWHM method (:func:`reference_fwhm`'s Gaussian fit) reads on a Moffat profile.
+
+    ``n_stars`` noise-free, pixel-integrated (7x oversampled) Moffat stars of FWHM ``fwhm``
+    px and index ``beta`` at random sub-pixel positions, each fitted with
+    ``photutils.psf.fit_fwhm`` in the reference's box (``2 ceil(1.5 F) + 1`` px, sized on
+    the result once more); returns the median, in px. Independent of rpp's own Gaussian fit.
+    """
+    from photutils.psf import fit_fwhm
+
+    from rpp_core.synthetic import render_moffat
+
+    step = int(2 * np.ceil(4.0 * fwhm) + 9)
+    side = int(np.ceil(np.sqrt(n_stars)))
+    rng = np.random.default_rng(seed)
+    gx, gy = np.meshgrid(np.arange(side), np.arange(side))
+    x = (gx.ravel()[:n_stars] + 0.5) * step + rng.uniform(-0.5, 0.5, n_stars)
+    y = (gy.ravel()[:n_stars] + 0.5) * step + rng.uniform(-0.5, 0.5, n_stars)
+    img = render_moffat((side * step, side * step), x, y, np.full(n_stars, 1.0e4), fwhm, beta, half=step // 2,
+                       oversample=7)
+    guess = fwhm
+    for _ in range(2):
+        box = max(int(2 * np.ceil(1.5 * guess) + 1), 5)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            guess = float(np.median(fit_fwhm(img, xypos=np.c_[x, y], fwhm=guess, fit_shape=box)))
+    return guess
 
 
 # ---------------------------------------------------------------- the yardstick on known truth

@@ -100,3 +100,33 @@ def test_profile_commands_round_trip(env):
     shown = rpp(["profile", "show", "night1"], env).stdout
     assert "threshold_sigma = 4.0" in shown
     assert rpp(["profile", "list"], env).stdout.strip() == "night1"
+
+
+def test_a_weight_file_that_does_not_exist_is_one_line_naming_it(env, tmp_path):
+    make_frame(shape=(128, 128), n_stars=10, n_cosmics=0).write(tmp_path / "f.fits")
+    proc = rpp(["run", tmp_path / "f.fits", *OFFLINE, "--weight", tmp_path / "nope.fits"], env)
+    assert_one_line_error(proc, 3, "nope.fits", "no such weight file")
+
+
+def test_a_header_zero_point_calibrates_offline_and_the_summary_says_so(env, tmp_path):
+    fr = make_frame(shape=(256, 256), n_stars=40, n_cosmics=0, n_saturated=0, seed=3)
+    fr.header["MAGZPT"] = (24.56, "zero point per second")
+    fr.write(tmp_path / "f.fits")
+    proc = rpp(["run", tmp_path / "f.fits", *OFFLINE], env)
+    assert proc.returncode == 0, proc.stderr
+    assert "Zero point  24.5600 mag from the header MAGZPT (no reference catalogue)" in proc.stdout
+
+
+def test_the_header_zero_point_is_printed_beside_the_fitted_one(env, tmp_path):
+    fr = make_frame(shape=(256, 256), n_stars=60, n_cosmics=0, n_saturated=0, seed=3)
+    fr.header["MAGZPT"] = (24.56, "zero point per second")
+    fr.write(tmp_path / "f.fits")
+    fr.write_refcat(tmp_path / "ref.ecsv")
+    proc = rpp(["run", tmp_path / "f.fits", *OFFLINE, "--catalog", tmp_path / "ref.ecsv"], env)
+    assert proc.returncode == 0, proc.stderr
+    fitted = next(line for line in proc.stdout.splitlines() if line.startswith("Zero point  "))
+    header = next(line for line in proc.stdout.splitlines() if line.startswith("Header ZP   "))
+    assert "24.5600 mag from the header MAGZPT (fitted - header " in header
+    # the difference printed is the two zero points' difference
+    diff = float(header.split("fitted - header ")[1].split(":")[0])
+    assert diff == pytest.approx(float(fitted.split()[2]) - 24.56, abs=0.001)

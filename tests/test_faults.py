@@ -341,8 +341,6 @@ def test_all_nan_magnitude_column_is_reported_as_such_not_as_an_empty_field(fiel
 
 # ---------------------------------------------------------------- a negative pedestal
 
-@pytest.mark.xfail(strict=True, reason="issue 14 item 8 is open: the cosmic-ray stage (owned by the detection "
-                   "work) flags ~14k pixels of a frame offset by -5000 ADU; remove this mark with the fix")
 def test_frame_offset_by_minus_5000_adu_is_calibrated_as_without_the_offset(field, tmp_path, capfd):
     """Cosmic rays on: the zero point of the offset frame is that of the original frame."""
     offset = tmp_path / "pedestal.fits"

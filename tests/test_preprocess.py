@@ -9,7 +9,7 @@ from scipy import ndimage as ndi
 from rpp_core.errors import Cancelled, InputError
 from rpp_core.preprocess import (Background, Masks, estimate_background, make_masks, remove_cosmics,
                                  remove_cosmics_near)
-from rpp_core.settings import BackgroundSettings, CosmicRaySettings, MaskSettings
+from rpp_core.settings import BackgroundSettings, CosmicRaySettings, DetectionSettings, MaskSettings
 from rpp_core.synthetic import make_frame, moffat_alpha
 
 SEED = 7
@@ -28,8 +28,7 @@ def masks(frame):
 @pytest.fixture(scope="module")
 def cleaned(frame, masks):
     p = frame.params
-    return remove_cosmics(frame.data, masks.nan | masks.saturated, p["gain"], p["read_noise"], p["saturation"],
-                          CosmicRaySettings())
+    return remove_cosmics(frame.data, masks.nan | masks.saturated, p["gain"], p["saturation"], CosmicRaySettings())
 
 
 def _sky_map(frame):
@@ -75,11 +74,11 @@ def test_tiled_cosmic_ray_cleaning_equals_one_piece_and_reports_progress(frame, 
     p = frame.params
     sub = frame.data[:512, :512]
     m = (masks.nan | masks.saturated)[:512, :512]
-    ref_img, ref_mask = remove_cosmics(sub, m, p["gain"], p["read_noise"], p["saturation"], CosmicRaySettings(tile_px=0))
+    ref_img, ref_mask = remove_cosmics(sub, m, p["gain"], p["saturation"], CosmicRaySettings(tile_px=0))
     seen = []
     for workers in (1, 2):
         seen.clear()
-        img, crm = remove_cosmics(sub, m, p["gain"], p["read_noise"], p["saturation"],
+        img, crm = remove_cosmics(sub, m, p["gain"], p["saturation"],
                                   CosmicRaySettings(tile_px=128, workers=workers), progress=lambda d, t: seen.append((d, t)))
         assert np.array_equal(crm, ref_mask)
         assert np.array_equal(img, ref_img)
@@ -96,7 +95,7 @@ def test_cosmic_ray_removal_stops_when_cancelled(frame, workers):
         return len(calls) > 2
 
     with pytest.raises(Cancelled):
-        remove_cosmics(frame.data, None, p["gain"], p["read_noise"], p["saturation"],
+        remove_cosmics(frame.data, None, p["gain"], p["saturation"],
                        CosmicRaySettings(tile_px=256, workers=workers), cancel=cancel)
     assert len(calls) == 3  # stopped at the first check after cancel turned true
 
@@ -104,7 +103,7 @@ def test_cosmic_ray_removal_stops_when_cancelled(frame, workers):
 def test_cosmic_rays_found_without_gain_or_read_noise_in_the_header(frame):
     sub = frame.data[:512, :512]
     truth_cr = frame.params["cosmic_mask"][:512, :512]
-    _, crm = remove_cosmics(sub, sub >= 0.95 * frame.params["saturation"], None, None, None, CosmicRaySettings())
+    _, crm = remove_cosmics(sub, sub >= 0.95 * frame.params["saturation"], None, None, CosmicRaySettings())
     assert (crm & truth_cr).sum() / truth_cr.sum() >= 0.9
     # astroscrappy flags the core of a star cut by the array edge: leave out the 10 px border
     false_px = (crm & ~ndi.binary_dilation(truth_cr, iterations=2))[10:-10, 10:-10]
@@ -114,7 +113,7 @@ def test_cosmic_rays_found_without_gain_or_read_noise_in_the_header(frame):
 def test_nan_pixels_survive_cosmic_ray_cleaning_as_nan(frame):
     sub = frame.data[:256, :256].copy()
     sub[100:110, 50:60] = np.nan
-    img, crm = remove_cosmics(sub, None, 1.5, 5.0, 60000.0, CosmicRaySettings())
+    img, crm = remove_cosmics(sub, None, 1.5, 60000.0, CosmicRaySettings())
     assert np.isnan(img[100:110, 50:60]).all()
     assert not crm[100:110, 50:60].any()
     assert np.isfinite(img[:90]).all()
@@ -208,7 +207,7 @@ def test_cosmic_rays_round_sources_match_the_whole_frame_result_there(frame, mas
     progress = []
     near_clean, near_mask = remove_cosmics_near(
         frame.data, masks.nan | masks.saturated, np.asarray(t["x"]), np.asarray(t["y"]), radius,
-        p["gain"], p["read_noise"], p["saturation"], CosmicRaySettings(), chunk=150,
+        p["gain"], p["saturation"], CosmicRaySettings(), chunk=150,
         progress=lambda d, n: progress.append((d, n)))
     assert progress[-1] == (3, 3)
     ny, nx = frame.data.shape
@@ -236,5 +235,59 @@ def test_cosmic_rays_round_sources_match_the_whole_frame_result_there(frame, mas
 def test_cosmic_rays_round_sources_stop_when_cancelled(frame, masks):
     t = frame.truth
     with pytest.raises(Cancelled):
-        remove_cosmics_near(frame.data, masks.combined, np.asarray(t["x"]), np.asarray(t["y"]), 8.0, 1.5, 5.0,
+        remove_cosmics_near(frame.data, masks.combined, np.asarray(t["x"]), np.asarray(t["y"]), 8.0, 1.5,
                             60000, CosmicRaySettings(), cancel=lambda: True)
+
+
+# ---------------------------------------------------------------- background-relative signal, sharp stars
+
+
+def test_a_frame_offset_by_minus_5000_adu_gives_the_same_cosmic_rays(frame, masks, cleaned):
+    """Issue 14: the hits are found on the signal above the background, whatever the pedestal."""
+    p = frame.params
+    low = frame.data - np.float32(5000.0)
+    img, crm = remove_cosmics(low, masks.nan | masks.saturated, p["gain"], p["saturation"] - 5000.0, CosmicRaySettings())
+    ref_img, ref_mask = cleaned
+    assert (crm != ref_mask).sum() <= 0.02 * ref_mask.sum(), f"{crm.sum()} vs {ref_mask.sum()} pixels"
+    assert np.allclose(img[crm & ref_mask] + 5000.0, ref_img[crm & ref_mask], atol=1.0)
+
+
+def test_cosmic_ray_plan_skips_when_stars_are_as_sharp_as_hits_and_checks_shapes_below_2_5_px():
+    from rpp_core.preprocess import cosmic_ray_plan
+
+    skip = cosmic_ray_plan(0.78, 0.74)  # the binned SDSS frame
+    assert not skip.run and "as sharp as cosmic-ray hits" in skip.note
+    sharp = cosmic_ray_plan(1.4, 0.33)
+    assert sharp.run and sharp.star_share == pytest.approx(1.25 * 0.33) and "sharp stars" in sharp.note
+    normal = cosmic_ray_plan(3.5, 0.16)
+    assert normal.run and normal.star_share is None and normal.note == ""
+
+
+def test_undersampled_frame_keeps_its_stars_through_cosmic_ray_cleaning():
+    """FWHM 1.3 px: astroscrappy alone takes star cores for hits; with the shape test the stars stay, the hits go."""
+    from rpp_core.detect import measure_fwhm
+    from rpp_core.preprocess import cosmic_ray_plan
+
+    fr = make_frame(shape=(768, 768), n_stars=400, fwhm=1.3, n_cosmics=100, n_saturated=0, seed=SEED)
+    p = fr.params
+    settings = DetectionSettings()
+    m = make_masks(fr.data, p["saturation"], MaskSettings())
+    bkg = estimate_background(fr.data, m.combined, BackgroundSettings())
+    fw = measure_fwhm(fr.data - bkg.background, bkg.rms, m.combined, None, settings)
+    plan = cosmic_ray_plan(fw.fwhm_px, fw.peak_share)
+    assert plan.run and plan.star_share is not None
+    t = fr.truth
+    ix, iy = np.round(np.asarray(t["x"])).astype(int), np.round(np.asarray(t["y"])).astype(int)
+    hits = p["cosmic_mask"]
+    near_hit = ndi.binary_dilation(hits, iterations=2)[iy, ix]
+    out = {}
+    for share in (None, plan.star_share):
+        _, crm = remove_cosmics(fr.data, m.nan | m.saturated, p["gain"], p["saturation"], CosmicRaySettings(),
+                                background=bkg.background, rms=bkg.rms, star_share=share)
+        eaten = crm[iy, ix] & ~near_hit
+        out[share] = (eaten.sum(), (crm & hits).sum() / hits.sum())
+    eaten_raw, _ = out[None]
+    eaten, recall = out[plan.star_share]
+    assert eaten_raw > 0.1 * len(t)  # what astroscrappy does to undersampled stars on its own
+    assert eaten <= 0.01 * len(t), f"{eaten} of {len(t)} star centres still flagged"
+    assert recall >= 0.6, f"hit recall {recall:.2f}"  # multi-pixel tracks shaped like stars are let through

@@ -154,3 +154,41 @@ def test_a_caller_that_goes_away_takes_its_run_with_it(small, small_index, tmp_p
         time.sleep(0.05)
     assert _alive_in_group(solver["pid"]) == []
     assert os.getpgid(os.getpid()) != solver["pid"]
+
+
+def test_a_mask_file_named_in_the_request_is_used_by_the_worker(small, tmp_path):
+    """The worker masks what the caller's mask file says: a relative path resolved where the caller stands."""
+    import numpy as np
+    from astropy.io import fits
+
+    bad = np.zeros((256, 256), np.uint8)
+    bad[:, :128] = 1  # the left half of the frame is bad
+    fits.PrimaryHDU(bad).writeto(tmp_path / "half.mask.fits")
+    old = os.getcwd()
+    os.chdir(tmp_path)
+    try:
+        request = runner.RunRequest(str(small / "f.fits"), offline_profile(), out_dir=str(tmp_path / "runs"),
+                                    mask="half.mask.fits")
+        res = asyncio.run(runner.run(request))
+    finally:
+        os.chdir(old)
+    assert res.exit_code == 0
+    assert "half.mask.fits" in res.summary.companions["mask"] and res.summary.companions["n_bad"] == 128 * 256
+    cat = res.catalog
+    unsaturated = (np.asarray(cat["flags"]) & 2) == 0  # a saturated star is kept, flagged, wherever it is
+    assert unsaturated.sum() > 10 and (np.asarray(cat["x"])[unsaturated] > 120).all()
+    assert ((np.asarray(cat["flags"])[np.asarray(cat["x"]) < 128] & 1) == 1).all()
+    # an uncalibrated run still gets its figures and sky view
+    assert not [w for w in res.warnings if "not written" in w]
+    assert (res.run_dir / "sky.html").exists() and (res.run_dir / "plots" / "finder.png").exists()
+
+
+@pytest.mark.parametrize("delay_s", [0.0, 0.005, 0.02])
+async def test_a_cancel_as_the_worker_starts_is_a_cancel_not_a_crash(small, tmp_path, delay_s):
+    """SIGTERM reaching the worker before its event loop takes the signal over still reads as 'cancelled'."""
+    cancel = asyncio.Event()
+    request = runner.RunRequest(str(small / "f.fits"), offline_profile(**{"cosmic_rays.enabled": False}),
+                                out_dir=str(tmp_path / "runs"), catalog_files=(str(small / "ref.ecsv"),))
+    asyncio.get_running_loop().call_later(delay_s, cancel.set)
+    with pytest.raises(Cancelled):
+        await runner.run(request, None, cancel)

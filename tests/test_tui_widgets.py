@@ -668,3 +668,16 @@ def test_a_tiny_zero_point_error_shows_its_digits_and_a_cancel_says_so_once():
     assert "24.519 ± 0.012" in format_summary({**summary, "zp_err": 0.012}, "runs/x")
     assert failure_headline("cancelled", "run cancelled", "fwhm") == "Run cancelled in stage fwhm"
     assert failure_headline("failed", "no stars", "detect") == "Run failed in stage detect: no stars"
+
+
+def test_the_header_zero_point_is_shown_beside_a_fitted_one_and_not_twice_when_it_is_the_calibration():
+    from rpp_tui.screens.run import format_summary
+
+    fitted = {"zp": 24.519, "zp_err": 0.004, "band": "G", "n_calibrators": 40, "calibration_source": "fit to Gaia DR3",
+              "header_zp": {"zp": 24.842, "source": "header MAGZPT", "fitted_minus_header": -0.323}}
+    text = format_summary(fitted, "runs/x")
+    assert "Header ZP    24.8420 (MAGZPT)" in text and "24.5190 ± 0.0040" in text
+    from_header = {**fitted, "zp": 24.842, "zp_err": None, "calibration_source": "header MAGZPT",
+                   "header_zp": {"zp": 24.842, "source": "header MAGZPT"}}
+    text = format_summary(from_header, "runs/x")
+    assert "Header ZP" not in text and "Calibration  header MAGZPT (no reference)" in text

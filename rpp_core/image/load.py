@@ -5,7 +5,8 @@ a cube is sliced from the memmap before the conversion, so only that plane is
 read). ``.fits.gz`` is decompressed by astropy in memory; tile-compressed
 ``.fz`` (CompImageHDU) is decompressed by astropy. Keywords of the primary
 header missing from an image extension are inherited (INHERIT convention,
-unless ``INHERIT = F``).
+unless ``INHERIT = F``). Raw frames are corrected here (:mod:`.raw`): overscan
+subtracted and trimmed, or amplifier extensions assembled into one image.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from ..errors import InputError
 from ..products import Frame
 from .header import STRUCTURAL_KEYS, WCS_PRIMARY_KEY, repair_and_check, salvage_cards
 from .keywords import one_line, parse_float
+from .raw import amplifier_extensions, assemble_amplifiers, subtract_overscan_and_trim
 
 try:  # cfitsio's errors on a damaged compressed tile derive from Exception only
     from astropy.io.fits.hdu.compressed._compression import CfitsioException
@@ -221,58 +223,34 @@ def load_frame(path, hdu: int | str | None = None) -> Frame:
             # the SIMPLE card was there, so a failure here is a cut or damaged file
             raise InputError(f"{path}: truncated or corrupt FITS file ({one_line(exc)})") from None
     trunc = [w for w in caught if "truncat" in str(w.message).lower()]
+    layout = None
     try:
-        idx = _select_hdu(hdul, hdu, path)
-        h = hdul[idx]
-        # copy and salvage first: fileinfo() below renders the header, which makes astropy
-        # silently turn unparsable cards into text
-        header = h.header.copy()
-        pre_repairs: list[str] = []
-        salvage_cards(header, pre_repairs)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", VerifyWarning)  # fileinfo() re-verifies the original cards
-            check_complete(hdul, idx, path, comp)
-        if trunc:
-            # the size check above passed: only the final padding or a later HDU is missing
-            notes.append(f"file shorter than its FITS layout but HDU {idx} is complete: {one_line(trunc[0].message)}")
-        try:
-            raw = h.data
-        except (OSError, ValueError, EOFError, TypeError, IndexError, CfitsioException) as exc:
-            raise InputError(_unreadable(path, idx, exc)) from None
-        if raw is None:
-            raise InputError(f"{path}: HDU {idx} has no pixel data")
-        if raw.ndim > 2:
-            lead = raw.shape[:-2]
-            raw = raw[(0,) * len(lead)]
-            notes.append(
-                f"{len(lead) + 2}-D data {'x'.join(map(str, h.data.shape[::-1]))}: using the first plane"
-                f" ({'x'.join(map(str, raw.shape[::-1]))})"
-            )
-        try:
-            data = np.array(raw, dtype=np.float32)  # the one conversion; from a memmap this reads the plane once
-        except (OSError, ValueError, EOFError, CfitsioException) as exc:
-            raise InputError(_unreadable(path, idx, exc)) from None
-        if isinstance(h, fits.CompImageHDU):
-            method = getattr(h, "compression_type", None) or "unknown method"
-            notes.append(f"tile-compressed HDU ({method}) decompressed")
-        if comp:
-            notes.append(f"{comp}-compressed file decompressed in memory")
-        bscale = parse_float(header.get("BSCALE", 1.0)) or 1.0
-        bzero = parse_float(header.get("BZERO", 0.0)) or 0.0
-        if np.issubdtype(raw.dtype, np.integer):
-            blank = header.get("BLANK")
-            if isinstance(blank, int) and not isinstance(blank, bool):
-                bad = raw == blank
-                if bad.any():
-                    data[bad] = np.nan
-                    notes.append(f"{int(bad.sum())} BLANK pixel(s) set to NaN")
-            if bscale != 1.0 or bzero != 0.0:
-                notes.append(f"{raw.dtype.name} data scaled with BSCALE={bscale:g} BZERO={bzero:g} to float32")
-        if bscale != 1.0:
-            data *= np.float32(bscale)
-        if bzero != 0.0:
-            data += np.float32(bzero)
-        header = inherit_primary(hdul, idx, header, notes)
+        amps = amplifier_extensions(hdul) if hdu is None and not is_usable_image(hdul[0]) else None
+        if amps:
+            for a in amps:
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore", VerifyWarning)
+                    check_complete(hdul, a.hdu, path, comp)
+            primary = hdul[0].header.copy()
+            pre_repairs: list[str] = []
+            salvage_cards(primary, pre_repairs)
+            try:
+                data, header, layout, amp_notes = assemble_amplifiers(hdul, amps, primary)
+            except (OSError, ValueError, EOFError, TypeError, IndexError) as exc:
+                raise InputError(_unreadable(path, amps[0].hdu, exc)) from None
+            idx = amps[0].hdu
+            notes.extend(amp_notes)
+        else:
+            idx = _select_hdu(hdul, hdu, path)
+            data, header, pre_repairs = _read_plane(hdul, idx, path, comp, trunc, notes)
+            corrected = subtract_overscan_and_trim(data, header, idx)
+            if corrected is not None:
+                data, header, layout = corrected
+                amp = layout.amplifiers[0]
+                notes.append(f"raw frame: overscan {amp.biassec} {amp.overscan_mode} median {amp.overscan:.2f} ADU "
+                             f"subtracted, cut to {amp.datasec} ({data.shape[1]}x{data.shape[0]} px)")
+        if layout is not None:
+            notes.append(layout.text)
     finally:
         hdul.close()
 
@@ -288,7 +266,62 @@ def load_frame(path, hdu: int | str | None = None) -> Frame:
     header, repairs, wcs, status, wnotes = repair_and_check(header)
     repairs = pre_repairs + repairs
     notes.extend(wnotes)
-    return Frame(path=path, hdu=idx, data=data, header=header, wcs=wcs, wcs_status=status, repairs=repairs, notes=notes)
+    return Frame(path=path, hdu=idx, data=data, header=header, wcs=wcs, wcs_status=status, repairs=repairs, notes=notes,
+                 layout=layout)
+
+
+def _read_plane(hdul, idx: int, path: Path, comp: str, trunc: list, notes: list[str]) -> tuple[np.ndarray, fits.Header, list[str]]:
+    """float32 physical values of HDU ``idx`` (first plane of a cube), its salvaged header with the primary's keywords."""
+    h = hdul[idx]
+    # copy and salvage first: fileinfo() below renders the header, which makes astropy
+    # silently turn unparsable cards into text
+    header = h.header.copy()
+    pre_repairs: list[str] = []
+    salvage_cards(header, pre_repairs)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", VerifyWarning)  # fileinfo() re-verifies the original cards
+        check_complete(hdul, idx, path, comp)
+    if trunc:
+        # the size check above passed: only the final padding or a later HDU is missing
+        notes.append(f"file shorter than its FITS layout but HDU {idx} is complete: {one_line(trunc[0].message)}")
+    try:
+        raw = h.data
+    except (OSError, ValueError, EOFError, TypeError, IndexError, CfitsioException) as exc:
+        raise InputError(_unreadable(path, idx, exc)) from None
+    if raw is None:
+        raise InputError(f"{path}: HDU {idx} has no pixel data")
+    if raw.ndim > 2:
+        lead = raw.shape[:-2]
+        raw = raw[(0,) * len(lead)]
+        notes.append(
+            f"{len(lead) + 2}-D data {'x'.join(map(str, h.data.shape[::-1]))}: using the first plane"
+            f" ({'x'.join(map(str, raw.shape[::-1]))})"
+        )
+    try:
+        data = np.array(raw, dtype=np.float32)  # the one conversion; from a memmap this reads the plane once
+    except (OSError, ValueError, EOFError, CfitsioException) as exc:
+        raise InputError(_unreadable(path, idx, exc)) from None
+    if isinstance(h, fits.CompImageHDU):
+        method = getattr(h, "compression_type", None) or "unknown method"
+        notes.append(f"tile-compressed HDU ({method}) decompressed")
+    if comp:
+        notes.append(f"{comp}-compressed file decompressed in memory")
+    bscale = parse_float(header.get("BSCALE", 1.0)) or 1.0
+    bzero = parse_float(header.get("BZERO", 0.0)) or 0.0
+    if np.issubdtype(raw.dtype, np.integer):
+        blank = header.get("BLANK")
+        if isinstance(blank, int) and not isinstance(blank, bool):
+            bad = raw == blank
+            if bad.any():
+                data[bad] = np.nan
+                notes.append(f"{int(bad.sum())} BLANK pixel(s) set to NaN")
+        if bscale != 1.0 or bzero != 0.0:
+            notes.append(f"{raw.dtype.name} data scaled with BSCALE={bscale:g} BZERO={bzero:g} to float32")
+    if bscale != 1.0:
+        data *= np.float32(bscale)
+    if bzero != 0.0:
+        data += np.float32(bzero)
+    return data, inherit_primary(hdul, idx, header, notes), pre_repairs
 
 
 def _unreadable(path: Path, idx: int, exc: Exception) -> str:

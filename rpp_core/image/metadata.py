@@ -1,4 +1,5 @@
-"""Observation metadata: time, exposure, filter, gain, saturation, site, pointing, scale, airmass.
+"""Observation metadata: time, exposure, filter, gain, saturation, site, pointing, scale, airmass,
+and what the pixel values mean (units, effective gain, header zero points: :mod:`.units`).
 
 Each value comes with where it came from (``ObservationMeta.sources``), or why
 it is missing. Nothing here downloads anything: IERS tables are used as
@@ -23,6 +24,7 @@ from ..products import ExposureValues, Frame, ObservationMeta, Origin, Provenanc
 from ..settings import ObservatorySettings
 from .header import pixel_scale_from_wcs
 from .keywords import TIME_KEYS, first_key, parse_angle, parse_date, parse_float, parse_text, parse_time_of_day
+from .units import GainSource, classify_units, decide_gain, header_gain, header_zero_points, sky_noise
 
 
 def _header(text: str) -> Provenance:
@@ -87,9 +89,13 @@ def _read_time(header: fits.Header) -> tuple[Time | None, Provenance, bool]:
     return None, _missing("not in header (DATE-AVG, DATE-OBS, TIME-OBS/UT, DATE-BEG, MJD-OBS, JD, DATE)"), False
 
 
+#: exposure-time keywords, first hit wins (EXP_TIME: UKIDSS/CASU; EXPOSED, TEXPTIME, EXPTIM: other writers)
+EXPTIME_KEYS = ("EXPTIME", "EXPOSURE", "EXP_TIME", "ITIME", "EXPOSED", "TEXPTIME", "EXPTIM")
+
+
 def read_exptime(header: fits.Header) -> tuple[float | None, Provenance]:
-    """EXPTIME, then EXPOSURE, then ITIME (s; a comment saying minutes or ms converts)."""
-    for k in ("EXPTIME", "EXPOSURE", "ITIME"):
+    """:data:`EXPTIME_KEYS` in order (s; a comment saying minutes or ms converts)."""
+    for k in EXPTIME_KEYS:
         if k not in header:
             continue
         v = parse_float(header[k])
@@ -101,7 +107,7 @@ def read_exptime(header: fits.Header) -> tuple[float | None, Provenance]:
         if re.search(r"\b(ms|msec|millisec\w*)\b", comment):
             return v / 1000.0, _header(f"header {k} (ms per comment, /1000)")
         return v, _header(f"header {k}")
-    return None, _missing("not in header (EXPTIME, EXPOSURE, ITIME)")
+    return None, _missing(f"not in header ({', '.join(EXPTIME_KEYS)})")
 
 
 def _read_site(header: fits.Header, obs: ObservatorySettings) -> tuple[EarthLocation | None, Provenance]:
@@ -232,35 +238,47 @@ def read_metadata(frame: Frame, observatory: ObservatorySettings) -> Observation
     - date_obs: see :func:`_read_time` (DATE-AVG, DATE-OBS [+TIME-OBS/UT],
       DATE-BEG, MJD-OBS, JD, DATE); a start time is moved to mid-exposure by
       + exptime/2 when the exposure time is known.
-    - exptime: EXPTIME, EXPOSURE, ITIME (seconds; comments saying minutes/ms
+    - exptime: :data:`EXPTIME_KEYS` (seconds; comments saying minutes/ms
       are honoured, e.g. DSS 'EXPOSURE = 50 / Exposure time minutes').
     - filter: FILTER, FILTNAME, BAND.
-    - gain: GAIN, EGAIN, CCDGAIN (> 0), else profile ``observatory.gain`` if > 0.
+    - gain: GAIN, EGAIN, CCDGAIN (> 0), else the mean of GAINA/GAINB...
+      (:func:`.units.header_gain`), else profile ``observatory.gain`` if > 0.
     - read_noise: RDNOISE, READNOIS, RON (>= 0), else profile if > 0.
-    - saturation: SATURATE, SATLEVEL, DATAMAX, else profile if > 0, else None
+    - saturation: SATURATE, SATLEVEL, DATAMAX, else profile if > 0, else None; per-amplifier
+      levels (SATURATA, SATURATB...: DECam) replace it when lower
       (estimating it from the data is the detection stage's business).
     - site: :func:`_read_site`.
     - ra/dec: :func:`_read_pointing`.
     - pixel_scale: :func:`_read_pixel_scale`.
-    - airmass: AIRMASS (or SECZ) if 1 <= X <= 40, else computed with
+    - airmass: AIRMASS (or SECZ) if 1 <= X <= 40, else the mean of AMSTART
+      and AMEND (UKIRT, ESO), else computed with
       :func:`compute_airmass` from site, time (a real time of day, not the
       file date) and pointing, else None.
     - object: OBJECT, OBJNAME.
+    - units, effective_gain, zero_points: :func:`.units.classify_units`,
+      :func:`.units.decide_gain` (the sky noise measured on ``frame.data``),
+      :func:`.units.header_zero_points`.
     """
-    return header_metadata(frame.header, frame.wcs, frame.data.shape, observatory)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ErfaWarning)  # pre-1960 plates: 'dubious year' from ERFA
+        return _read_metadata(frame.header, frame.wcs, frame.data.shape, observatory, data=frame.data,
+                              bias_removed=frame.layout is not None)
 
 
 def header_metadata(header: fits.Header, wcs: WCS | None, shape, observatory: ObservatorySettings) -> ObservationMeta:
     """:func:`read_metadata` from a header alone (no pixels read): for checks before a run.
 
     ``wcs``: the header's checked celestial WCS or None; ``shape``: (ny, nx) of the image.
+    With no pixels there is no sky to measure a gain from: a frame that needs one reads
+    as "1 e-/ADU assumed" here and gets its measured gain in the run.
     """
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ErfaWarning)  # pre-1960 plates: 'dubious year' from ERFA
         return _read_metadata(header, wcs, shape, observatory)
 
 
-def _read_metadata(h: fits.Header, wcs: WCS | None, shape, observatory: ObservatorySettings) -> ObservationMeta:
+def _read_metadata(h: fits.Header, wcs: WCS | None, shape, observatory: ObservatorySettings, *,
+                   data=None, bias_removed: bool = False) -> ObservationMeta:
     src: dict[str, Provenance] = {}
 
     exptime, src["exptime"] = read_exptime(h)
@@ -286,13 +304,25 @@ def _read_metadata(h: fits.Header, wcs: WCS | None, shape, observatory: Observat
             return float(prof_value), Provenance(f"profile observatory.{prof_name}", Origin.PROFILE)
         return None, _missing(f"not in header ({', '.join(keys)}) nor in the profile")
 
-    gain, src["gain"] = header_or_profile(["GAIN", "EGAIN", "CCDGAIN"], observatory.gain, "gain", lambda x: x > 0)
+    gain, why = header_gain(h)
+    if gain is not None:
+        src["gain"] = _header(why)
+    elif observatory.gain > 0:
+        gain, src["gain"] = float(observatory.gain), Provenance(f"profile observatory.gain ({why})", Origin.PROFILE)
+    else:
+        src["gain"] = _missing(f"{why} nor in the profile")
     read_noise, src["read_noise"] = header_or_profile(
         ["RDNOISE", "READNOIS", "RON"], observatory.read_noise, "read_noise", lambda x: x >= 0)
     saturation, src["saturation"] = header_or_profile(
         ["SATURATE", "SATLEVEL", "DATAMAX"], observatory.saturation, "saturation", lambda x: x > 0)
     if src["saturation"] == "header DATAMAX":
         src["saturation"] += " (maximum data value, may lie below the true saturation)"
+    amp_sat = {k: parse_float(h[k]) for k in h if _AMP_SATURATION.fullmatch(k)}
+    amp_sat = {k: v for k, v in amp_sat.items() if v is not None and v > 0}
+    if amp_sat and (src["saturation"].origin is not Origin.HEADER or min(amp_sat.values()) < saturation):
+        # DECam-style SATURATE is the highest amplifier's level: the first amplifier to saturate sets the frame's
+        k = min(amp_sat, key=amp_sat.get)
+        saturation, src["saturation"] = amp_sat[k], _header(f"header {k} (the lowest amplifier level)")
 
     site, src["site"] = _read_site(h, observatory)
     ra, dec, src["ra"] = _read_pointing(h, wcs, shape)
@@ -301,8 +331,11 @@ def _read_metadata(h: fits.Header, wcs: WCS | None, shape, observatory: Observat
 
     airmass = None
     k, v = first_key(h, ["AIRMASS", "SECZ"])
+    start, end = parse_float(h.get("AMSTART")), parse_float(h.get("AMEND"))
     if k and 1.0 <= v <= 40.0:
         airmass, src["airmass"] = v, _header(f"header {k}")
+    elif start is not None and end is not None and 1.0 <= start <= 40.0 and 1.0 <= end <= 40.0:
+        airmass, src["airmass"] = (start + end) / 2.0, _header("header AMSTART/AMEND mean")
     else:
         why = f"header {k} = {v:g} implausible; " if k else ""
         if site is None:
@@ -322,23 +355,47 @@ def _read_metadata(h: fits.Header, wcs: WCS | None, shape, observatory: Observat
 
     k, obj = first_key(h, ["OBJECT", "OBJNAME"], bool, parse=parse_text)
     src["object"] = _header(f"header {k}") if k else _missing("not in header (OBJECT, OBJNAME)")
+
+    units = classify_units(h)
+    src["units"] = _header(units.text)
+    effective = decide_gain(h, units, exptime, observatory.gain, sky_noise(data) if data is not None else None,
+                            read_noise or 0.0, bias_removed=bias_removed)
+    src["effective_gain"] = Provenance(effective.text, _GAIN_ORIGIN[effective.source])
+    zero_points = header_zero_points(h, units, exptime, airmass, pixel_scale)
+    best = zero_points.best
+    src["zero_point"] = (_header(best.text) if best is not None
+                         else _missing("; ".join(zero_points.rejected) or "no zero point in the header"))
     return ObservationMeta(date_obs=t, exptime=exptime, filter=filt, gain=gain, read_noise=read_noise,
                            saturation=saturation, site=site, ra=ra, dec=dec, pixel_scale=pixel_scale,
-                           airmass=airmass, object=obj, sources=src)
+                           airmass=airmass, object=obj, units=units, effective_gain=effective,
+                           zero_points=zero_points, sources=src)
+
+
+#: how a gain decision reads as a provenance (a gain left out is no value: MISSING)
+_AMP_SATURATION = re.compile(r"SATURAT[A-H]")
+_GAIN_ORIGIN = {GainSource.HEADER: Origin.HEADER, GainSource.ELECTRONS: Origin.HEADER, GainSource.PROFILE: Origin.PROFILE,
+                GainSource.SKY: Origin.COMPUTED, GainSource.ASSUMED: Origin.ASSUMED, GainSource.LEFT_OUT: Origin.MISSING}
 
 
 def exposure_values(meta: ObservationMeta) -> ExposureValues:
     """The gain, read noise, exposure time and saturation every stage uses: the one place they are decided.
 
-    - gain: the header's GAIN/EGAIN/CCDGAIN, else the profile's ``observatory.gain``
-      (both in :func:`read_metadata`), else 1 e-/ADU assumed (Poisson errors may be wrong);
+    - gain: the effective gain, electrons per image unit, that
+      :func:`.units.decide_gain` chose in :func:`read_metadata` from the units, the
+      header's GAIN/EGAIN/CCDGAIN/GAINA-B, the profile's ``observatory.gain`` or the
+      sky; None (no Poisson term) for plates and calibrated images without a gain;
+      1 e-/ADU assumed only when nothing is known;
     - read noise: header RDNOISE/READNOIS/RON, else the profile, else 0 e-;
-    - exposure time: EXPTIME/EXPOSURE/ITIME when positive, else None (magnitudes per frame);
+    - exposure time: :data:`EXPTIME_KEYS` when positive, else None; what magnitudes
+      divide by: the exposure time for counts and electrons, None for count rates
+      and physical units (never divided twice) or without one;
     - saturation: header SATURATE/SATLEVEL/DATAMAX, else the profile, else None (the
       mask stage then takes a clipped plateau at the frame maximum as saturated).
     """
     src = dict(meta.sources)
-    if meta.gain:
+    if meta.effective_gain is not None:
+        gain, src["gain"] = meta.effective_gain.value, src["effective_gain"]
+    elif meta.gain:  # metadata made by hand, not by read_metadata: the detector gain as it is
         gain = float(meta.gain)
     else:
         gain = 1.0
@@ -346,10 +403,16 @@ def exposure_values(meta: ObservationMeta) -> ExposureValues:
                                  "wrong); set observatory.gain", Origin.ASSUMED)
     read_noise = float(meta.read_noise or 0.0)  # unknown: the sky noise dominates anyway
     exptime = meta.exptime if meta.exptime and meta.exptime > 0 else None
-    if exptime is None:
+    divide = meta.units is None or meta.units.divide_by_exptime
+    exptime_magnitudes = exptime if divide else None
+    if exptime is None and divide:
         src["exptime"] = Provenance("no EXPTIME: instrumental magnitudes are per frame, not per second", Origin.ASSUMED)
+    if divide:
+        src["exptime_magnitudes"] = src["exptime"]
+    else:
+        src["exptime_magnitudes"] = _header(f"instrumental magnitudes not divided by EXPTIME: {meta.units.text}")
     saturation = float(meta.saturation) if meta.saturation and meta.saturation > 0 else None
     if saturation is None:
         src["saturation"] = _missing("none given: the frame maximum if it is a clipped plateau")
-    keep = ("gain", "read_noise", "exptime", "saturation")
-    return ExposureValues(gain, read_noise, exptime, saturation, {k: src[k] for k in keep})
+    keep = ("gain", "read_noise", "exptime", "exptime_magnitudes", "saturation")
+    return ExposureValues(gain, read_noise, exptime, saturation, {k: src[k] for k in keep}, exptime_magnitudes)

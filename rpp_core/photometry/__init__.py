@@ -6,11 +6,12 @@ the flag bits and the measurements behind the choices made here are in
 docs/photometry.md.
 """
 
-from .aperture import aperture_labels, aperture_photometry, aperture_set
+from .aperture import aperture_fwhm, aperture_labels, aperture_photometry, aperture_set
 from .psf import PsfInfo, build_epsf, psf_photometry, select_psf_stars
 
 __all__ = [
     "PsfInfo",
+    "aperture_fwhm",
     "aperture_labels",
     "aperture_photometry",
     "aperture_set",

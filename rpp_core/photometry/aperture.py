@@ -36,13 +36,27 @@ def aperture_labels(settings: PhotometrySettings) -> list[str]:
     return labels
 
 
+def aperture_fwhm(settings: PhotometrySettings, fwhm_px: float) -> float:
+    """The FWHM (px) that sizes apertures, annulus and PSF stamps: the stellar FWHM, but never
+    below ``min_aperture_px / min(aperture_factors)``.
+
+    Undersampled stars (FWHM ~1 px) would otherwise get apertures of 1-2 px, where the
+    centroid error and the pixel grid change the enclosed light from star to star.
+    """
+    floor = settings.min_aperture_px / min(float(f) for f in settings.aperture_factors) if settings.aperture_factors else 0.0
+    return max(float(fwhm_px), floor)
+
+
 def aperture_set(settings: PhotometrySettings, fwhm_px: float) -> ApertureSet:
     """The apertures of a run and the one that calibrates: decided here and nowhere else.
 
-    Radii are ``aperture_factors`` x FWHM plus ``fixed_aperture_px``; the
-    calibration aperture is the fixed one when it is set (an observer fixes a
-    radius to calibrate on it), else ``aperture_factors[calibration_aperture]``.
+    Radii are ``aperture_factors`` x :func:`aperture_fwhm` (the stellar FWHM, or the
+    floor for undersampled stars) plus ``fixed_aperture_px``; the calibration aperture
+    is the fixed one when it is set (an observer fixes a radius to calibrate on it),
+    else ``aperture_factors[calibration_aperture]``. ``ApertureSet.fwhm_px`` is the
+    FWHM the radii scale with.
     """
+    fwhm_px = aperture_fwhm(settings, fwhm_px)
     labels = aperture_labels(settings)
     radii = [float(f) * fwhm_px for f in settings.aperture_factors]
     if settings.fixed_aperture_px > 0:
@@ -173,9 +187,8 @@ def _mirror_repair(data, mask, x, y, rmax):
             rs, vs = rr[sel], cut[sel].astype(float)
             A = np.c_[np.ones(len(rs)), rs**2]
             coef, *_ = np.linalg.lstsq(A, np.log(vs), rcond=None)
-            val = math.exp(coef[0] + coef[1] * rp**2)
-            # never beyond the range of what was seen round it: a bad fit must not invent flux
-            val = min(val, 1.5 * vs.max())
+            # never beyond the range of what was seen round it: a bad fit must not invent flux (nor overflow)
+            val = math.exp(min(coef[0] + coef[1] * rp**2, math.log(1.5 * vs.max())))
             cut[cy, cx] = val
             m[cy, cx] = False
             repaired = True
@@ -242,7 +255,7 @@ def aperture_photometry(
     rms : background RMS map (ADU) or a scalar.
     mask : bool array, True = bad pixel (excluded and flagged 1), or None.
     sources : table with ``x``, ``y`` (0-based px); ``flags`` (bit 4 = border) is honoured.
-    fwhm_px : FWHM (px) that scales the apertures and the annulus.
+    fwhm_px : stellar FWHM (px); the apertures and the annulus scale with :func:`aperture_fwhm`.
     gain : e-/ADU for the Poisson term, None or <= 0 to leave it out.
     exptime : s; None means 1.
     settings : :class:`~rpp_core.settings.PhotometrySettings`.
@@ -256,7 +269,8 @@ def aperture_photometry(
     Table
         A copy of ``sources`` with, per aperture label L: ``flux_L``, ``fluxerr_L`` (ADU),
         ``mag_L``, ``magerr_L`` (instrumental mag), ``snr_L``, ``flag_L``, ``bkg_L``
-        (local annulus level, ADU/px). ``meta["apertures"]`` maps L to its radius (px).
+        (local annulus level, ADU/px). ``meta["apertures"]`` maps L to its radius (px),
+        ``meta["aperture_fwhm_px"]`` is the FWHM they were sized with.
         Rows whose calibration-aperture SNR is below ``settings.min_snr`` are dropped.
 
     Examples
@@ -347,6 +361,7 @@ def aperture_photometry(
     tab.meta["annulus_px"] = [float(rin), float(rout)]
     tab.meta["calibration_aperture"] = calib
     tab.meta["fwhm_px"] = float(fwhm_px)
+    tab.meta["aperture_fwhm_px"] = float(apertures.fwhm_px)
     tab.meta["exptime_used"] = 1.0 if exptime is None or not exptime > 0 else float(exptime)
     for lab in labels:
         r = radii[lab]

@@ -22,7 +22,13 @@ from ..flags import FLAG_ANNULUS, FLAG_CROWDED, FLAG_EDGE, FLAG_MASKED, FLAG_NON
 from ..progress import CancelFn, ProgressFn, check_cancel, report
 from ..settings import PhotometrySettings
 from ..products import ApertureSet
-from .aperture import CHUNK, aperture_photometry, aperture_set, clean_inputs, magnitudes
+from .aperture import CHUNK, aperture_fwhm, aperture_photometry, aperture_set, clean_inputs, magnitudes
+
+#: below this FWHM (px) the decimated ePSF cannot be shifted by interpolation (docs/photometry.md): the
+#: stars are fitted with the intrinsic Moffat measured by the FWHM stage instead
+UNDERSAMPLED_PX = 1.5
+#: sampling (image px) of that Moffat for sep_x, which integrates it over the image pixels
+_MOFFAT_SAMPLING = 0.2
 
 
 @dataclass
@@ -49,6 +55,8 @@ class PsfInfo:
         ``mag_largest = mag_label + correction``; label "psf" gives it for the raw PSF mag.
     largest_aperture : label of the largest aperture.
     build_s, fit_s : wall time of the ePSF build and of the PSF fits (s).
+    model : what was fitted: "ePSF" (decimated to image pixels) or, for undersampled
+        stars, "Moffat" (the intrinsic profile of the FWHM stage, integrated over pixels).
     normalisation : one line saying what psf_flux measures.
     """
 
@@ -72,6 +80,7 @@ class PsfInfo:
     largest_aperture: str = ""
     build_s: float = 0.0
     fit_s: float = 0.0
+    model: str = "ePSF"
     normalisation: str = "ePSF normalised to unit sum over its stamp: psf_flux = flux inside the stamp"
 
     @property
@@ -192,6 +201,16 @@ def build_epsf(data_sub, mask, x, y, fwhm_px, settings: PhotometrySettings, ids=
     return epsf, np.ascontiguousarray(dec, dtype=np.float32), n_used
 
 
+def moffat_image(fwhm_px: float, beta: float, half_px: int) -> np.ndarray:
+    """An intrinsic (not pixel-integrated) circular Moffat sampled every :data:`_MOFFAT_SAMPLING` px
+    out to ``half_px`` image pixels, unit sum, float32: a PSF for ``sep_x.PSF(..., sampling=0.2)``."""
+    n = int(round(half_px / _MOFFAT_SAMPLING))
+    g = np.arange(-n, n + 1) * _MOFFAT_SAMPLING
+    alpha2 = (fwhm_px / (2.0 * math.sqrt(2.0 ** (1.0 / beta) - 1.0))) ** 2
+    img = (1.0 + (g[:, None] ** 2 + g[None, :] ** 2) / alpha2) ** (-beta)
+    return np.ascontiguousarray(img / img.sum(), dtype=np.float32)
+
+
 def _robust_offset(delta):
     delta = np.asarray(delta, float)
     delta = delta[np.isfinite(delta)]
@@ -219,12 +238,20 @@ def psf_photometry(
     cancel: CancelFn | None = None,
     *,
     apertures: ApertureSet | None = None,
+    moffat_beta: float | None = None,
 ) -> tuple[Table, PsfInfo]:
     """Build an ePSF and fit it to the sources with sep_x; aperture-correct the magnitudes.
 
     Parameters
     ----------
     data_sub, rms, mask, fwhm_px, gain, exptime, settings : as :func:`aperture_photometry`.
+    moffat_beta : beta of the Moffat the FWHM stage fitted (FWHM ``fwhm_px``). For
+        undersampled stars (``fwhm_px`` < :data:`UNDERSAMPLED_PX`) that intrinsic profile is
+        what sep_x fits (it integrates it over the pixels): the ePSF decimated to image
+        pixels cannot be shifted by interpolation there. On synthetic stars of FWHM 1.0 px
+        the flux scatter was 2.9 % with the ePSF and 0.9 % with the Moffat (1.0 % and
+        0.8 % at 1.4 px); on the binned SDSS frame the PSF-aperture scatter 0.083 and
+        0.053 mag. The ePSF is still built (psf.fits).
     sources : output of :func:`aperture_photometry` (if its columns are missing it is run
         first, without a saturation mask).
     progress, cancel : ``progress(done, total)``: 1 after the ePSF build, then one step per
@@ -253,6 +280,9 @@ def psf_photometry(
     tab = Table(sources, copy=True)
     n = len(tab)
     info = PsfInfo(oversampling=int(settings.psf_oversampling), fwhm_px=float(fwhm_px), apcorr_aperture=calib)
+    star_fwhm = float(fwhm_px)
+    # stamps, isolation and fit radius are sized like the apertures: never below photometry.min_aperture_px
+    fwhm_px = aperture_fwhm(settings, fwhm_px)
     x = np.asarray(tab["x"], float)
     y = np.asarray(tab["y"], float)
     cal_flag = np.asarray(tab[f"flag_{calib}"], np.int64)
@@ -328,6 +358,10 @@ def psf_photometry(
     info.star_ids = ids[stars].tolist()
     info.build_s = time.perf_counter() - t0
     psf = sep_x.PSF(epsf_fit, sampling=1.0, fwhm=float(fwhm_px))
+    if star_fwhm < UNDERSAMPLED_PX and moffat_beta is not None and np.isfinite(moffat_beta) and moffat_beta > 1:
+        psf = sep_x.PSF(moffat_image(star_fwhm, float(moffat_beta), info.stamp_px // 2), sampling=_MOFFAT_SAMPLING,
+                        fwhm=star_fwhm)
+        info.model = f"Moffat FWHM {star_fwhm:.2f} px, beta {moffat_beta:.2f} (undersampled stars)"
 
     # ---- fits of the psf_max_fit brightest, in horizontal strips (progress/cancel)
     t0 = time.perf_counter()

@@ -37,8 +37,11 @@ def format_summary(summary, run_dir: Path | str | None) -> str:
     lines = [
         f"FWHM         {num(f.fwhm_px, '.2f')} px",
         f"Sources      {num(f.n_sources, 'd')}",
-        f"Calibrators  {num(f.n_calibrators, 'd')}",
+        f"Calibrators  {num(f.n_calibrators, 'd')}" if not f.from_header
+        else f"Calibration  {f.calibration_source} (no reference)",
         f"{'ZP ' + f.band:<13}{zp}",
+        *([f"Header ZP    {f.header_zp:.4f} ({f.header_zp_source.removeprefix('header ')})"]
+          if f.header_zp is not None and not f.from_header else []),
         f"Airmass      {num(f.airmass, '.3f')}",
         f"Output       {display_path(run_dir or f.run_dir or '')}",
     ]
@@ -52,7 +55,9 @@ def short_summary(summary) -> str:
     if f.fwhm_px is not None:
         parts.append(f"FWHM {f.fwhm_px:.2f} px")
     parts.append(f"{f.n_sources or 0} sources")
-    if f.calibrated:
+    if f.calibrated and f.from_header:
+        parts.append(f"ZP {value_with_error(f.zp, f.zp_err)} from the {f.calibration_source}")
+    elif f.calibrated:
         parts.append(f"{f.n_calibrators or 0} calibrators, ZP {value_with_error(f.zp, f.zp_err)}")
     else:
         parts.append("not calibrated")
