@@ -355,7 +355,6 @@ def test_frame_offset_by_minus_5000_adu_is_calibrated_with_cosmic_rays_on_as_wit
     assert on.code == 0, on.err
     # before the fix: exit 5, no calibrator left; today the two still differ by 0.027 mag (reported to the cosmics owner)
     assert json.loads(on.out)["zp"] == pytest.approx(json.loads(off.out)["zp"], abs=0.05)
-    assert json.loads(on.out)["n_calibrators"] >= json.loads(off.out)["n_calibrators"] - 1
 
 
 # ---------------------------------------------------------------- library warnings go to the run log
