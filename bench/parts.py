@@ -9,6 +9,7 @@ Catalogues the parent evaluates against truth are written into ``out`` as
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import time
 from pathlib import Path
@@ -267,6 +268,22 @@ def part_stdpipe(args) -> dict:
 
 # --------------------------------------------------------------------------- outputs of a 20,000-row catalogue
 
+def _frame_of_run(run_dir: Path):
+    """The frame (data, WCS) a run folder was made from, for the finder chart; (None, None) if it is gone."""
+    import json
+
+    from astropy.io import fits
+    from astropy.wcs import WCS
+
+    try:
+        frame = json.loads((run_dir / "summary.json").read_text())["frame"]
+        with fits.open(frame) as hdul:
+            hdu = next(h for h in hdul if h.data is not None and h.data.ndim == 2)
+            return np.asarray(hdu.data, np.float32), WCS(hdu.header)
+    except (OSError, KeyError, ValueError, StopIteration):
+        return None, None
+
+
 def part_outputs(args) -> dict:
     """Every catalogue format, the plots, the regions and the ZIP of a 20,000-row catalogue.
 
@@ -287,39 +304,61 @@ def part_outputs(args) -> dict:
     cat["x"] = np.asarray(cat["x"]) + rng.normal(0, 0.3, len(cat))
     cat["y"] = np.asarray(cat["y"]) + rng.normal(0, 0.3, len(cat))
     label = cat.meta.get("calibration_aperture") or "ap2"
-    meta = {"calibration_label": label, "zp": cat.meta.get("zp"), "zp_err": cat.meta.get("zp_err"),
-            "n_calibrators": int(np.sum(np.asarray(cat["calib_used"]))) if "calib_used" in cat.colnames else 0,
-            "band": cat.meta.get("band", ""), "zp_rms": 0.02}
+    from rpp_core.products import RunSummary, SourceCatalogue
+
+    # as a run calls it: write_outputs (text plots, regions, PNG figures and sky.html beside the catalogue
+    # formats), each part timed through the module functions it calls
+    summary = RunSummary(frame="outputs20k.fits", calibration_label=label, zp=cat.meta.get("zp"),
+                         zp_err=cat.meta.get("zp_err"), band=cat.meta.get("band", ""), zp_rms=0.02, fwhm_px=3.0,
+                         n_calibrators=int(np.sum(np.asarray(cat["calib_used"]))) if "calib_used" in cat.colnames else 0)
+    # a run's worker forks from a process that imported these (rpp_core.runner.PRELOAD): not part of Outputs
+    import importlib
+
+    from rpp_core.runner import PRELOAD
+
+    t_imports = time.perf_counter()
+    for module in PRELOAD:
+        with contextlib.suppress(ImportError):
+            importlib.import_module(module)
+    t_imports = time.perf_counter() - t_imports
     run_dir = results.make_run_dir(out / "runs", "outputs20k.fits")
+    staging = results.staging_dir(run_dir)  # as a run does: made in staging, zipped, published
     t = {}
+    cpu0 = time.process_time()
     formats = list(results.CATALOG_FORMATS)
-    writer = results.atomic_write_table
+    from rpp_core import catalog_files
 
-    def timed_writer(table, path, fmt):  # the time of each format inside write_catalog
-        t0 = time.perf_counter()
-        try:
-            return writer(table, path, fmt)
-        finally:
-            t[f"format_{Path(path).suffix.lstrip('.')}"] = time.perf_counter() - t0
+    def timed(module, name, key=None):
+        real = getattr(module, name)
 
-    results.atomic_write_table = timed_writer
+        def wrapper(*a, **kw):
+            t0 = time.perf_counter()
+            try:
+                return real(*a, **kw)
+            finally:
+                k = key(*a) if key else name
+                t[k] = t.get(k, 0.0) + time.perf_counter() - t0
+        setattr(module, name, wrapper)
+        return real
+
+    saved = [(catalog_files, "write", timed(catalog_files, "write", key=lambda table, path, fmt: f"format_{fmt}"))]
+    saved += [(results, n, timed(results, n)) for n in ("write_plots", "write_regions", "write_views", "write_catalog")]
+    data, wcs = _frame_of_run(Path(args.run_dir))
     t0 = time.perf_counter()
-    results.write_catalog(cat, run_dir, formats)
-    t["write_catalog_all"] = time.perf_counter() - t0
-    results.atomic_write_table = writer
-    t0 = time.perf_counter()
-    results.write_plots(cat, meta, run_dir)
-    t["plots"] = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    results.write_regions(cat, run_dir / "regions.reg", radius_px=6.0)
-    t["regions"] = time.perf_counter() - t0
+    results.write_outputs(SourceCatalogue(cat), summary, staging, formats, data=data, wcs=wcs)
+    t["write_outputs"] = time.perf_counter() - t0
+    for module, name, real in saved:
+        setattr(module, name, real)
     t0 = time.perf_counter()
     results.make_zip(run_dir)
     t["zip"] = time.perf_counter() - t0
-    total = t["write_catalog_all"] + t["plots"] + t["regions"] + t["zip"]
+    t0 = time.perf_counter()
+    results.publish(run_dir, {})
+    t["publish"] = time.perf_counter() - t0
+    total = t["write_outputs"] + t["zip"] + t["publish"]
     sizes = {p.name: p.stat().st_size for p in run_dir.iterdir() if p.is_file()}
-    return {"timings": t, "total_s": total, "rows": len(cat), "columns": len(cat.colnames), "formats": formats,
-            "bytes": sizes}
+    return {"timings": t, "total_s": total, "preloaded_imports_s": t_imports, "cpu_s": time.process_time() - cpu0, "rows": len(cat),
+            "columns": len(cat.colnames), "formats": formats, "bytes": sizes}
 
 
 PARTS = {"make": part_make, "rpp": part_rpp, "baseline": part_baseline, "sep": part_sep, "stdpipe": part_stdpipe,

@@ -1,7 +1,5 @@
 """``python -m rpp_cli``: the same as the ``rpp`` console script."""
 
-import sys
+from . import entry
 
-from .main import main
-
-sys.exit(main())
+entry()

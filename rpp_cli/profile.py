@@ -13,8 +13,12 @@ def cmd_profile(args) -> int:
     from rpp_core import locations, settings
 
     action = args.action
+    if action in ("new", "set", "delete", "rename") and args.name is not None:
+        # commands that write or delete take names only; a path is for reading (show, --base, --profile)
+        settings.check_profile_name(args.name)
     if args.name and action in ("show", "set", "rename"):
-        for note in settings.load_profile(args.name).notes:
+        loaded = settings.load_profile(args.name) if action == "show" else settings.load_named_profile(args.name)
+        for note in loaded.notes:
             print(f"rpp: note: {note}", file=sys.stderr)
     if action == "list":
         names = settings.list_profiles()
@@ -34,12 +38,12 @@ def cmd_profile(args) -> int:
     elif action == "set":
         if not args.name or not args.set:
             raise UsageError("rpp profile set NAME --set section.key=value [...]")
-        print(settings.save_profile(apply_sets(settings.load_profile(args.name), args.set)))
+        print(settings.save_profile(apply_sets(settings.load_named_profile(args.name), args.set)))
     elif action == "delete":
         settings.delete_profile(args.name)
         print(f"deleted profile {args.name}")
     elif action == "rename":
-        print(settings.rename_profile(args.name, args.new_name))
+        print(settings.rename_profile(args.name, args.new_name or ""))
     return 0
 
 

@@ -15,11 +15,11 @@ from .options import add_frame_options, profile_from_args
 class ConsoleReporter:
     """Turns pipeline events into progress lines on a terminal (or plain lines in a log)."""
 
-    def __init__(self, stream=sys.stderr, quiet: bool = False, verbose: bool = False) -> None:
-        self.stream = stream
+    def __init__(self, stream=None, quiet: bool = False, verbose: bool = False) -> None:
+        self.stream = stream or sys.stderr  # looked up now, not at import: a caller may have redirected it
         self.quiet = quiet
         self.verbose = verbose
-        self.tty = stream.isatty()
+        self.tty = self.stream.isatty()
         self._progress_shown = False
 
     def _line(self, text: str) -> None:
@@ -71,7 +71,8 @@ def _short(v) -> str:
     return str(v)
 
 
-def print_summary(result, stream=sys.stdout) -> None:
+def print_summary(result, stream=None) -> None:
+    stream = stream or sys.stdout
     s = result.summary
 
     def f(value, fmt="{:.3f}", unit=""):
@@ -112,6 +113,9 @@ def _run_frame(args, frame: str, catalogs: list[str]) -> int:
 
     from rpp_core import runner
     from rpp_core.cleanup import apply_retention
+    from rpp_core.errors import Cancelled
+
+    from . import signal_words
 
     runner.warm_up()  # the worker's imports run beside the checks below
     profile = profile_from_args(args)
@@ -121,14 +125,32 @@ def _run_frame(args, frame: str, catalogs: list[str]) -> int:
                                 offline=True if args.offline else None, keep_catalog=False,
                                 weight=getattr(args, "weight", None), mask=getattr(args, "mask", None))
 
+    received: list[int] = []
+
     async def main():
         cancel = asyncio.Event()
         loop = asyncio.get_running_loop()
+
+        def on_signal(signum: int) -> None:
+            received.append(signum)
+            cancel.set()
+
         for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, cancel.set)
+            loop.add_signal_handler(sig, on_signal, sig)
         return await runner.run(request, reporter, cancel)
 
-    result = asyncio.run(main())
+    # the loop puts SIG_DFL back when it closes: a SIGTERM while the summary prints would end rpp silently
+    handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        result = asyncio.run(main())
+    except Cancelled as exc:
+        if received:  # say which signal stopped the run, as everywhere else in rpp
+            raise Cancelled(f"{exc}: {signal_words(received[0])}") from None
+        raise
+    finally:
+        for sig, handler in handlers.items():
+            if handler is not None:
+                signal.signal(sig, handler)
     apply_retention(result.run_dir.parent, profile.output, keep=result.run_dir)
     if args.json:
         json.dump(result.summary.to_dict(), sys.stdout, indent=2)

@@ -12,9 +12,13 @@ Rules
 - size: when the runs together exceed the bound, the oldest are removed
   until the rest fit. Sizes count every file in the folder (``du``-like,
   apparent size), in powers of 1024 (``10G`` = 10 GiB, ``max_total_gb`` in GiB).
-- a run younger than :data:`ACTIVE_GRACE_S` that has a ``run.log`` but no
-  ``summary.json`` may still be running in another process (batch workers,
-  ``rpp watch``): the size rule never removes it.
+- a run in progress (its ``.in-progress`` marker held by a live process, see
+  :func:`rpp_core.results.run_state`) is never removed, by any rule; nor is a
+  run younger than :data:`ACTIVE_GRACE_S` with a ``run.log``, no summary and no
+  marker (written by an older rpp, which had none).
+- a run without summary whose marker nobody holds was interrupted (killed,
+  power cut): it is an ordinary old run for both rules, and ``interrupted=True``
+  (``rpp clean --interrupted``) removes it whatever its age.
 - removal first renames the folder to a hidden name, atomically, so two
   processes applying retention at once never both delete (or half-delete) it.
 """
@@ -28,7 +32,7 @@ import time
 from pathlib import Path
 
 from . import locations
-from .results import is_run_dir, remove_run
+from .results import IN_PROGRESS, is_run_dir, remove_run, run_state
 from .errors import UsageError
 
 #: seconds during which an unfinished run (run.log, no summary.json) counts as running
@@ -46,6 +50,11 @@ class RunFolder:
     mtime: float  # POSIX s of the newest marker file
     size: int  # bytes, all files inside
     finished: bool  # has summary.json
+    state: str = ""  # "finished", "running" or "interrupted" (results.run_state); "" = from `finished`
+    marked: bool = False  # has an .in-progress marker (held or stale)
+
+    def __post_init__(self) -> None:
+        self.state = self.state or ("finished" if self.finished else "interrupted")
 
     @property
     def age_s(self) -> float:
@@ -106,28 +115,38 @@ def find_runs(workspace: str | os.PathLike) -> list[RunFolder]:
     for entry in ws.iterdir():
         if entry.name.startswith(".") or entry.is_symlink() or not is_run_dir(entry):
             continue
-        times = [p.stat().st_mtime for p in (entry / "summary.json", entry / "run.log") if p.exists()]
+        times = [p.stat().st_mtime for p in (entry / "summary.json", entry / "run.log", entry / IN_PROGRESS)
+                 if p.exists()]
         if not times:
             continue
-        runs.append(RunFolder(entry, max(times), _folder_size(entry), (entry / "summary.json").exists()))
+        state = run_state(entry)
+        runs.append(RunFolder(entry, max(times), _folder_size(entry), state == "finished", state,
+                              (entry / IN_PROGRESS).exists()))
     runs.sort(key=lambda r: (r.mtime, r.path.name))
     return runs
 
 
+def _maybe_running(run: RunFolder, now: float) -> bool:
+    return run.state == "running" or (not run.finished and not run.marked and now - run.mtime < ACTIVE_GRACE_S)
+
+
 def select(runs: list[RunFolder], older_than_s: float | None = None, max_bytes: int | None = None,
-           now: float | None = None, protect=()) -> list[Removal]:
+           now: float | None = None, protect=(), interrupted: bool = False) -> list[Removal]:
     """Which runs the age and size rules remove (pure: nothing is touched).
 
     ``runs`` oldest first, as :func:`find_runs` gives. ``protect`` is a set of
-    paths never removed (the run that just finished).
+    paths never removed (the run that just finished); runs in progress are
+    never removed either. ``interrupted`` adds every interrupted run.
     """
     now = time.time() if now is None else now
     protected = {Path(p).resolve() for p in protect}
     chosen: list[Removal] = []
     keep: list[RunFolder] = []
     for run in runs:
-        if run.path.resolve() in protected:
+        if run.path.resolve() in protected or _maybe_running(run, now):
             keep.append(run)
+        elif interrupted and run.state == "interrupted":
+            chosen.append(Removal(run, "interrupted"))
         elif older_than_s is not None and now - run.mtime > older_than_s:
             chosen.append(Removal(run, "age"))
         else:
@@ -137,9 +156,7 @@ def select(runs: list[RunFolder], older_than_s: float | None = None, max_bytes: 
         for run in keep:  # oldest first
             if total <= max_bytes:
                 break
-            if run.path.resolve() in protected:
-                continue
-            if not run.finished and now - run.mtime < ACTIVE_GRACE_S:
+            if run.path.resolve() in protected or _maybe_running(run, now):
                 continue
             chosen.append(Removal(run, "size"))
             total -= run.size
@@ -155,7 +172,7 @@ def _remove(path: Path) -> bool:
 
 def clean(workspace: str | os.PathLike | None = None, older_than: str | float | None = None,
           max_size: str | int | None = None, dry_run: bool = False, protect=(),
-          now: float | None = None) -> list[Removal]:
+          now: float | None = None, interrupted: bool = False) -> list[Removal]:
     """Remove run folders older than ``older_than`` and the oldest beyond ``max_size``.
 
     Parameters
@@ -165,6 +182,7 @@ def clean(workspace: str | os.PathLike | None = None, older_than: str | float | 
     max_size : "10G"-style text or bytes; None = no size rule
     dry_run : only report what would go
     protect : run folders never removed
+    interrupted : also remove every interrupted run (no summary, nobody running it), whatever its age
 
     Returns
     -------
@@ -173,7 +191,7 @@ def clean(workspace: str | os.PathLike | None = None, older_than: str | float | 
     ws = Path(workspace) if workspace is not None else locations.workspace_dir()
     age_s = parse_age(older_than) if isinstance(older_than, str) else older_than
     max_bytes = parse_size(max_size) if isinstance(max_size, str) else max_size
-    removals = select(find_runs(ws), age_s, max_bytes, now=now, protect=protect)
+    removals = select(find_runs(ws), age_s, max_bytes, now=now, protect=protect, interrupted=interrupted)
     if not dry_run:
         for r in removals:
             r.removed = _remove(r.run.path)

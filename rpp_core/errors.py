@@ -14,6 +14,7 @@ code   meaning
 5      calibration failed (no reference catalogue, no calibrators)
 6      astrometry failed where a WCS is required
 7      catalogue service failure that the run could not survive
+8      the results cannot be written (disk full, folder read-only)
 130    cancelled (Ctrl-C / SIGTERM)
 =====  ==========================================================
 """
@@ -55,6 +56,12 @@ class AstrometryError(RppError):
 
 class ServiceError(RppError):
     exit_code = 7
+
+
+class OutputError(RppError):
+    """The run folder cannot be written: disk full, read-only or not ours."""
+
+    exit_code = 8
 
 
 class Cancelled(RppError):

@@ -19,9 +19,10 @@ import platformdirs
 APP = "rpp"
 
 
-def _dir(env: str, default: str) -> Path:
+def _dir(env: str, default: str, create: bool = True) -> Path:
     path = Path(os.environ.get(env) or default).expanduser()
-    path.mkdir(parents=True, exist_ok=True)
+    if create:
+        path.mkdir(parents=True, exist_ok=True)
     return path
 
 
@@ -39,13 +40,17 @@ def secrets_path() -> Path:
     return config_dir() / "secrets.toml"
 
 
-def cache_dir() -> Path:
-    return _dir("RPP_CACHE_DIR", platformdirs.user_cache_dir(APP))
+def cache_dir(create: bool = True) -> Path:
+    return _dir("RPP_CACHE_DIR", platformdirs.user_cache_dir(APP), create)
 
 
 def catalog_cache_dir() -> Path:
-    """Where catalogue answers are kept (``<cache>/catalogs``), created on first write."""
-    return cache_dir() / "catalogs"
+    """Where catalogue answers are kept (``<cache>/catalogs``), created on first write.
+
+    Only named here: a cache folder that cannot be made must not stop a run
+    (the cache says so in a warning and the run goes on without it).
+    """
+    return cache_dir(create=False) / "catalogs"
 
 
 def index_dir(create: bool = True) -> Path:

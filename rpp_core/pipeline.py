@@ -212,7 +212,8 @@ async def run(path, profile: Profile | None = None, on_event: Callable[[ev.Event
     cancel = cancel or asyncio.Event()
     path = Path(path)
     run_dir = results.make_run_dir(out_dir or locations.workspace_dir(), path)
-    log = results.RunLog(run_dir / "run.log")
+    marker = results.RunMarker(run_dir)  # held until the summary is in place: retention leaves the run alone
+    log = results.RunLog(run_dir / results.RUN_LOG)
     job = _Job(on_event, cancel, log, cache_dir, secrets)
     job.emit(ev.RunStarted(path=str(path), profile=profile.name, run_dir=str(run_dir)))
     job.log(f"rpp {__version__}: frame {path}, profile {profile.name!r}, run folder {run_dir}")
@@ -220,47 +221,93 @@ async def run(path, profile: Profile | None = None, on_event: Callable[[ev.Event
         job.warn(note, "load")
     t_start = time.perf_counter()
     made = _Products()
-    try:
+    # library warnings go to the run log, also those of the failure path (the summary formats dates)
+    with _library_warnings_to(log, job):
         try:
-            files = await _run_stages(job, path, profile, run_dir, hdu, made, (weight, mask))
-        finally:
+            try:
+                files = await _run_stages(job, path, profile, run_dir, hdu, made, (weight, mask))
+                status = "ok" if made.exit_code == 0 else "degraded"
+                summary = _summarize(made, job, path, profile, run_dir, status, made.exit_code, made.message or None,
+                                     time.perf_counter() - t_start)
+                staging = results.staging_dir(run_dir)
+                files["summary"] = summary.write(staging / results.SUMMARY)
+                job.log(f"run finished in {summary.total_seconds:.1f} s: {run_dir}")
+                if profile.output.zip:
+                    job.check_cancel()
+                    files["zip"] = await asyncio.to_thread(results.make_zip, run_dir, job.cancelled)
+                # the summary is published last: from here on the folder reads as complete
+                files = results.publish(run_dir, files)
+                files["log"] = run_dir / results.RUN_LOG
+            finally:
+                with contextlib.suppress(Exception):
+                    await job.close()
+        except BaseException as exc:
+            if isinstance(exc, (Cancelled, asyncio.CancelledError)):
+                err, status = (exc if isinstance(exc, Cancelled) else Cancelled()), "cancelled"
+            elif isinstance(exc, RppError):
+                err, status = exc, "failed"
+            elif isinstance(exc, OSError) and exc.errno in results.DISK_ERRNOS:
+                err, status = results.output_error(exc, run_dir), "failed"
+            else:
+                err = RppError(f"internal error in stage {job.stage!r}: {type(exc).__name__}: {exc} (a bug: please report it with run.log)")
+                log.write("ERROR", traceback.format_exc(), job.stage)
+                status = "failed"
+            with contextlib.suppress(OSError):
+                results.remove_partial_files(run_dir)
+            summary = _summarize(made, job, path, profile, run_dir, status, err.exit_code, str(err),
+                                 time.perf_counter() - t_start)
+            job.log(f"run {status} in stage {job.stage!r}: {err}", "ERROR")
             with contextlib.suppress(Exception):
-                await job.close()
-    except BaseException as exc:
-        if isinstance(exc, (Cancelled, asyncio.CancelledError)):
-            err, status = (exc if isinstance(exc, Cancelled) else Cancelled()), "cancelled"
-        elif isinstance(exc, RppError):
-            err, status = exc, "failed"
-        else:
-            err = RppError(f"internal error in stage {job.stage!r}: {type(exc).__name__}: {exc} (a bug: please report it with run.log)")
-            log.write("ERROR", traceback.format_exc(), job.stage)
-            status = "failed"
-        results.remove_partial_files(run_dir)
-        summary = _summarize(made, job, path, profile, run_dir, status, err.exit_code, str(err),
-                             time.perf_counter() - t_start)
-        with contextlib.suppress(Exception):
-            summary.write(run_dir / "summary.json")
-        job.log(f"run {status} in stage {job.stage!r}: {err}", "ERROR")
-        job.emit(ev.RunFailed(stage=job.stage, message=str(err), exit_code=err.exit_code, run_dir=str(run_dir)))
-        log.close()
-        if isinstance(exc, asyncio.CancelledError):
-            raise
-        if err is exc:
-            raise
-        raise err from exc
-    status = "ok" if made.exit_code == 0 else "degraded"
-    summary = _summarize(made, job, path, profile, run_dir, status, made.exit_code, made.message or None,
-                         time.perf_counter() - t_start)
-    files["summary"] = summary.write(run_dir / "summary.json")
-    files["log"] = run_dir / "run.log"
-    job.log(f"run finished in {summary.total_seconds:.1f} s: {run_dir}")
+                summary.write(run_dir / results.SUMMARY)
+            marker.release()
+            log.close()
+            job.emit(ev.RunFailed(stage=job.stage, message=str(err), exit_code=err.exit_code, run_dir=str(run_dir)))
+            if isinstance(exc, asyncio.CancelledError):
+                raise
+            if err is exc:
+                raise
+            raise err from exc
+    marker.release()
     log.close()
-    if profile.output.zip:
-        files["zip"] = await asyncio.to_thread(results.make_zip, run_dir)
     result = RunResult(run_dir=run_dir, catalog=made.catalogue.table, summary=summary, files=files,
                        warnings=list(job.warnings), exit_code=made.exit_code, message=made.message)
     job.emit(ev.RunFinished(result=result))
     return result
+
+
+@contextlib.contextmanager
+def _library_warnings_to(log: results.RunLog, job: _Job):
+    """Warnings raised by libraries during the run (ERFA's "dubious year", astropy's header fixes) go to
+    the run log, each once per place; the terminal and the app show only rpp's own lines."""
+    import logging
+    import warnings
+
+    from astropy import log as astropy_log
+
+    seen: set[tuple] = set()
+
+    def show(message, category, filename, lineno, file=None, line=None):
+        if (category, str(message)) not in seen:  # once per run: a per-row warning must not flood the log
+            seen.add((category, str(message)))
+            log.write("WARNING", f"{category.__name__}: {message} ({Path(filename).name}:{lineno})", job.stage)
+
+    class ToRunLog(logging.Handler):
+        def emit(self, record):
+            log.write(record.levelname, f"astropy: {record.getMessage()}", job.stage)
+
+    handlers, handler = list(astropy_log.handlers), ToRunLog()
+    with warnings.catch_warnings():
+        warnings.simplefilter("always")
+        warnings.showwarning = show
+        for h in handlers:
+            astropy_log.removeHandler(h)
+        astropy_log.addHandler(handler)
+        try:
+            yield
+        finally:
+            astropy_log.removeHandler(handler)
+            for h in handlers:
+                astropy_log.addHandler(h)
 
 
 def run_sync(path, profile: Profile | None = None, **kwargs) -> RunResult:
@@ -270,16 +317,17 @@ def run_sync(path, profile: Profile | None = None, **kwargs) -> RunResult:
 
 async def _run_stages(job: _Job, path: Path, profile: Profile, run_dir: Path, hdu, made: _Products,
                       companions: tuple = (None, None)) -> dict[str, Path]:
-    """The stages in order; each product lands in ``made``. Returns the output files."""
-    made.frame, made.weights = await _load(job, path, hdu, run_dir, companions, profile)
+    """The stages in order; each product lands in ``made``. Returns the output files (in the staging folder)."""
+    staging = results.staging_dir(run_dir)
+    made.frame, made.weights = await _load(job, path, hdu, staging, companions, profile)
     made.meta, made.exposure, masks = await _metadata(job, made.frame, made.weights, profile)
     made.image, background = await _background(job, made.frame, masks, made.exposure, made.weights, profile)
     made.fwhm = await _fwhm(job, made.image, made.meta, profile)
     sources = await _detect(job, made.image, made.fwhm.fwhm_px, profile)
     made.image, sources = await _cosmics(job, made.frame, made.image, background, masks, sources, made.fwhm, profile)
     made.catalogue = await _apertures(job, made.image, sources, made.fwhm.fwhm_px, profile)
-    made.catalogue, made.psf = await _psf(job, made.image, made.catalogue, made.fwhm, profile, run_dir)
-    made.wcs, refcat, ref_error = await _astrometry(job, profile, made.frame, made.meta, made.catalogue, run_dir)
+    made.catalogue, made.psf = await _psf(job, made.image, made.catalogue, made.fwhm, profile, staging)
+    made.wcs, refcat, ref_error = await _astrometry(job, profile, made.frame, made.meta, made.catalogue, staging)
     made.catalogue, made.pixel_scale = _sky_positions(job, made.frame, made.meta, made.wcs, made.catalogue)
     made.catalogue, made.calibration = await _calibration(job, made, profile, refcat, ref_error)
     made.catalogue, made.calibration = _header_zero_point(job, made)
@@ -288,16 +336,16 @@ async def _run_stages(job: _Job, path: Path, profile: Profile, run_dir: Path, hd
         summary = _summarize(made, job, path, profile, run_dir, "ok" if made.exit_code == 0 else "degraded",
                              made.exit_code, made.message or None, 0.0)
         files = await asyncio.to_thread(
-            functools.partial(results.write_outputs, made.catalogue, summary, run_dir, profile.output.formats,
+            functools.partial(results.write_outputs, made.catalogue, summary, staging, profile.output.formats,
                               data=made.frame.data, wcs=made.wcs.wcs if made.wcs is not None else None,
-                              warn=lambda m: job.loop.call_soon_threadsafe(job.warn, m)))
+                              warn=lambda m: job.loop.call_soon_threadsafe(job.warn, m), cancel=job.cancelled))
         fig["files"] = len(files)
     return files
 
 
 # ---------------------------------------------------------------- the stages, one step each
 
-async def _load(job: _Job, path: Path, hdu, run_dir: Path, companions: tuple, profile: Profile):
+async def _load(job: _Job, path: Path, hdu, staging: Path, companions: tuple, profile: Profile):
     from . import image
 
     async with job.step("load") as fig:
@@ -313,15 +361,18 @@ async def _load(job: _Job, path: Path, hdu, run_dir: Path, companions: tuple, pr
         for note in weights.notes:
             job.log(note)
         fig.update(shape=f"{frame.data.shape[1]}x{frame.data.shape[0]}", hdu=frame.hdu, wcs=frame.wcs_status)
-    results.write_header(frame.header, run_dir / "header.txt")
+    results.write_header(frame.header, staging / "header.txt")
     return frame, weights
 
 
 async def _metadata(job: _Job, frame: Frame, weights, profile: Profile):
     from . import image, preprocess
+    from .image.keywords import unreadable_dates
 
     async with job.step("metadata") as fig:
         meta = await asyncio.to_thread(image.read_metadata, frame, profile.observatory)  # measures the sky noise
+        for why in unreadable_dates(frame.header):
+            job.warn(why)
         for key, src in meta.sources.items():
             if key not in ("units", "effective_gain", "zero_point"):  # these three get their own lines below
                 job.log(f"{key}: {getattr(meta, key)!s} ({src})", "DEBUG")
@@ -431,7 +482,7 @@ async def _apertures(job: _Job, image: MeasurableImage, sources: Table, fwhm: fl
     return SourceCatalogue(table, apertures)
 
 
-async def _psf(job: _Job, image: MeasurableImage, catalogue: SourceCatalogue, fw, profile: Profile, run_dir: Path):
+async def _psf(job: _Job, image: MeasurableImage, catalogue: SourceCatalogue, fw, profile: Profile, staging: Path):
     from . import photometry
 
     phot = profile.photometry
@@ -456,12 +507,12 @@ async def _psf(job: _Job, image: MeasurableImage, catalogue: SourceCatalogue, fw
         except RppError as exc:
             job.warn(f"PSF photometry skipped: {exc}")
     if info is not None:
-        results.write_psf(info, run_dir / "psf.fits")
+        results.write_psf(info, staging / "psf.fits")
     return catalogue, info
 
 
 async def _astrometry(job: _Job, profile: Profile, frame: Frame, meta: ObservationMeta, catalogue: SourceCatalogue,
-                      run_dir: Path) -> tuple[WcsSolution, Table | None, str | None]:
+                      staging: Path) -> tuple[WcsSolution, Table | None, str | None]:
     """Decide, solve and/or refine. Returns (the WCS solution, reference table or None, reference error)."""
     from . import astrometry
 
@@ -490,8 +541,8 @@ async def _astrometry(job: _Job, profile: Profile, frame: Frame, meta: Observati
                     ref_error = str(exc)
     if solution.wcs is not None and solution.wcs is not frame.wcs:
         # the solved WCS goes into the header dump and a .wcs file; the originals are in the log
-        astrometry.write_wcs_file(solution.wcs, frame.data.shape, run_dir / "frame.wcs")
-        results.write_header(astrometry.header_with_wcs(frame.header, solution.wcs), run_dir / "header.txt")
+        astrometry.write_wcs_file(solution.wcs, frame.data.shape, staging / "frame.wcs")
+        results.write_header(astrometry.header_with_wcs(frame.header, solution.wcs), staging / "header.txt")
     if solution.wcs is None:
         why = "no FITS WCS in the header" if frame.wcs_status == "missing" else f"WCS {frame.wcs_status}"
         job.warn(f"{why} and no plate solution: the catalogue has pixel positions only, no calibration "
@@ -633,12 +684,14 @@ async def _local_reference(job: _Job, profile: Profile) -> Table:
         from .catalogs.local import load_reference
 
         job.local_reference = await asyncio.to_thread(load_reference, profile.calibration.catalog_files, profile.calibration)
+        for note in job.local_reference.meta.get("notes", []):  # rows skipped, values treated as unknown
+            job.warn(note)
     return job.local_reference
 
 
 async def _reference_catalog(job: _Job, profile: Profile, meta, frame, wcs) -> Table | None:
     """Local files first when configured, else Gaia DR3 (from the cache only when offline)."""
-    from .catalogs.crossmatch import field_of_view
+    from .catalogs.sky import field_of_view
 
     cal = profile.calibration
     ra0, dec0, radius = field_of_view(wcs, frame.data.shape)

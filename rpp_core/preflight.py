@@ -75,15 +75,16 @@ def _catalogue_problems(profile: Profile) -> list[Problem]:
             continue
         columns = ", ".join(table.colnames[:20]) + (" …" if len(table.colnames) > 20 else "")
         try:
-            # the calibration's own column rules on the first rows: the same names and aliases it accepts
-            local.standardize(table[:5], cal, str(path))
+            # the calibration's own rules, names and aliases it accepts, on every row: the values count too
+            # (a text or empty magnitude column, Dec beyond 90), and checking them costs less than the reading
+            local.standardize(table, cal, str(path))
         except CalibrationError as exc:
             text = str(exc)
             if "position columns" in text:
                 out.append(Problem("calibration.ra_column",
                                    f"{path.name} has no RA/Dec columns {cal.ra_column!r}/{cal.dec_column!r} "
                                    f"(its columns: {columns})", "name its RA and Dec columns (ra_column, dec_column)"))
-            elif "magnitude column" in text:
+            elif "no magnitude column" in text:
                 wanted = cal.mag_column or cal.band
                 setting = "calibration.mag_column" if cal.mag_column else "calibration.band"
                 out.append(Problem(setting, f"{path.name} has no magnitude column {wanted!r} (its columns: {columns})",

@@ -46,7 +46,7 @@ def _f(default, help: str, unit: str = "", range=None):  # noqa: A002
 
 
 Service = Literal["gaia", "simbad", "skybot", "vsx", "milliquas", "10pc", "astrocolibri"]
-CatalogFormat = Literal["csv", "ecsv", "votable", "fits"]
+CatalogFormat = Literal["csv", "ecsv", "votable", "fits", "parquet"]
 
 
 @dataclass
@@ -207,7 +207,8 @@ class ServicesSettings:
 
 @dataclass
 class OutputSettings:
-    formats: list[CatalogFormat] = _f(["csv", "ecsv", "votable", "fits"], "catalogue formats")
+    formats: list[CatalogFormat] = _f(["csv", "ecsv", "votable", "fits", "parquet"],
+                                      "catalogue formats (CSV and ECSV are always written)")
     zip: bool = _f(True, "pack the run folder into a ZIP")
     keep_days: float = _f(0.0, "delete runs older than this after each run, 0 = keep", "days", (0.0, 36500.0))
     max_total_gb: float = _f(0.0, "delete oldest runs beyond this total size, 0 = no bound", "GB", (0.0, 100000.0))
@@ -465,14 +466,26 @@ def validate(profile: Profile, source: str = "profile") -> None:
         raise SettingsError(f"{source} [calibration] mag_max ({cal.mag_max}) must be fainter than mag_min ({cal.mag_min})")
     if cal.color_columns and len(cal.color_columns) != 2:
         raise SettingsError(f"{source} [calibration] color_columns must name two columns, got {cal.color_columns}")
-    if not re.fullmatch(r"[A-Za-z0-9_.\-]+", profile.name):
-        raise SettingsError(f"profile name {profile.name!r}: use letters, digits, '.', '_' and '-' only")
+    check_profile_name(profile.name)
 
 
 # ---------------------------------------------------------------- storage
 
+#: a profile name is a file stem in the profiles folder: no separators, no "..", not hidden
+_PROFILE_NAME = re.compile(r"[A-Za-z0-9_\-][A-Za-z0-9_.\-]*")
+
+
+def check_profile_name(name: str) -> str:
+    """``name`` if it is a plain profile name; :class:`SettingsError` for anything reaching outside the folder."""
+    if not isinstance(name, str) or not _PROFILE_NAME.fullmatch(name):
+        raise SettingsError(f"profile name {name!r}: use letters, digits, '.', '_' and '-' only, not starting with "
+                            "'.' (a name, not a path: profiles live in `rpp profile path`)")
+    return name
+
+
 def profile_path(name: str) -> Path:
-    return locations.profiles_dir() / f"{name}.toml"
+    """``<config>/profiles/<name>.toml``; the name is checked, so the path never leaves the folder."""
+    return locations.profiles_dir() / f"{check_profile_name(name)}.toml"
 
 
 def list_profiles() -> list[str]:
@@ -502,6 +515,8 @@ def load_profile(name_or_path: str | os.PathLike | None = None) -> Profile:
     if text_path.suffix == ".toml" or text_path.exists():
         path = text_path
     else:
+        if not _PROFILE_NAME.fullmatch(str(name_or_path)):
+            raise SettingsError(f"profile file {text_path} does not exist")
         path = profile_path(str(name_or_path))
         if not path.exists():
             if str(name_or_path) == "default":
@@ -511,7 +526,7 @@ def load_profile(name_or_path: str | os.PathLike | None = None) -> Profile:
                 f"known profiles: {', '.join(list_profiles()) or 'none'} (create one with `rpp profile new NAME`)")
     if not path.exists():
         raise SettingsError(f"profile file {path} does not exist")
-    profile = loads(path.read_text(), str(path))
+    profile = loads(_read_text(path, "profile"), str(path))
     if profile.name == "default" and path.stem != "default":
         profile.name = path.stem
     return profile
@@ -525,6 +540,17 @@ def save_profile(profile: Profile, path: str | os.PathLike | None = None) -> Pat
     return target
 
 
+def load_named_profile(name: str) -> Profile:
+    """The profile saved under ``name`` in the profiles folder (never a path; ``default`` may be unsaved)."""
+    path = profile_path(name)
+    if not path.exists() and name == "default":
+        return Profile()
+    if not path.exists():
+        raise SettingsError(f"profile {name!r} not found in {locations.profiles_dir()}; "
+                            f"known profiles: {', '.join(list_profiles()) or 'none'}")
+    return load_profile(path)
+
+
 def delete_profile(name: str) -> None:
     path = profile_path(name)
     if not path.exists():
@@ -533,10 +559,14 @@ def delete_profile(name: str) -> None:
 
 
 def rename_profile(old: str, new: str) -> Path:
-    profile = load_profile(old)
+    """Rename a saved profile; both are names in the profiles folder, and ``new`` must be free."""
+    source, target = profile_path(old), profile_path(new)
+    if target.exists():
+        raise SettingsError(f"profile {new!r} exists ({target}): delete it first or choose another name")
+    profile = load_named_profile(old)
     profile.name = new
-    target = save_profile(profile)
-    profile_path(old).unlink()
+    save_profile(profile)
+    source.unlink()
     return target
 
 
@@ -545,27 +575,54 @@ def rename_profile(old: str, new: str) -> Path:
 SECRET_ENV = {"astrocolibri_uid": "ASTROCOLIBRI_UID"}
 
 
+def _read_text(path: Path, what: str) -> str:
+    """A settings file's text; :class:`SettingsError` naming it when it is unreadable or not UTF-8 text."""
+    try:
+        return path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise SettingsError(f"{path}: not a text {what} file (byte 0x{exc.object[exc.start]:02x} at offset "
+                            f"{exc.start} is not UTF-8); fix the file or delete it") from None
+    except OSError as exc:
+        raise SettingsError(f"{path}: cannot read the {what} file ({exc.strerror}); check its permissions") from None
+
+
+def _secrets_file() -> dict[str, Any]:
+    """What ``secrets.toml`` holds ({} without one); :class:`SettingsError` when it is damaged."""
+    path = locations.secrets_path()
+    if not path.exists():
+        return {}
+    try:
+        return tomllib.loads(_read_text(path, "secrets"))
+    except tomllib.TOMLDecodeError:
+        raise SettingsError(f"{path}: not valid TOML; fix or delete it and enter the keys again") from None
+
+
 def load_secrets() -> dict[str, str]:
     """API keys from ``secrets.toml`` (0600), overridden by environment variables."""
-    path = locations.secrets_path()
-    data: dict[str, str] = {}
-    if path.exists():
-        try:
-            data = {k: str(v) for k, v in tomllib.loads(path.read_text()).items()}
-        except tomllib.TOMLDecodeError:
-            raise SettingsError(f"{path}: not valid TOML; fix or delete it and enter the keys again") from None
+    data = {k: str(v) for k, v in _secrets_file().items()}
     for key, env in SECRET_ENV.items():
         if os.environ.get(env):
             data[key] = os.environ[env]
     return data
 
 
+def load_secrets_or_warning() -> tuple[dict[str, str], str | None]:
+    """:func:`load_secrets` for a run: a secrets file (or config folder) that cannot be read gives the
+    keys of the environment variables and a warning to show, never a failure."""
+    try:
+        return load_secrets(), None
+    except (SettingsError, OSError, UnicodeDecodeError, ValueError) as exc:
+        where = os.path.join(os.environ.get("RPP_CONFIG_DIR") or "the config folder", "secrets.toml")
+        reason = str(exc) if isinstance(exc, SettingsError) else f"{where} cannot be read ({type(exc).__name__}: {exc})"
+        return ({key: os.environ[env] for key, env in SECRET_ENV.items() if os.environ.get(env)},
+                f"API keys not loaded: {reason}; services that need a key (Astro-Colibri) are skipped this run. "
+                f"Fix or delete secrets.toml and store the key again: rpp secret set astrocolibri_uid")
+
+
 def save_secret(key: str, value: str) -> Path:
     """Store one API key in the secrets file with mode 0600."""
     path = locations.secrets_path()
-    data = {}
-    if path.exists():
-        data = tomllib.loads(path.read_text())
+    data = _secrets_file()  # a damaged file is refused, not overwritten: it may hold other keys
     if value:
         data[key] = value
     else:

@@ -312,3 +312,44 @@ async def test_skybot_204_no_content_is_an_empty_field(fault_proxy, catalog_serv
     out, status, rec = await _crossmatch(catalog_servers, fault_proxy.settings(enabled=["skybot"], retries=2))
     assert rec.warnings == [] and status["skybot"]["status"] == "ok" and status["skybot"]["n_field"] == 0
     assert fault_proxy.count("skybot") == 1
+
+
+@pytest.mark.parametrize("fault", ["corrupt secrets.toml", "cache folder not writable", "config folder cannot be made"])
+def test_rpp_run_with_a_local_fault_on_the_enrichment_side_still_writes_the_calibrated_catalogue(
+        fault_proxy, catalog_servers, tmp_path, monkeypatch, capfd, fault):
+    """As the observer meets it: ``rpp run`` (the caller resolves keys and cache, the worker runs), exit 0,
+    the calibrated catalogue written, a warning line saying what was wrong."""
+    import json
+
+    from rpp_cli.main import main as rpp_main
+    from rpp_core import settings
+
+    frame = catalog_servers.sky.info("main")[1]
+    path = tmp_path / "main.fits"
+    frame.write(path)
+    if fault == "corrupt secrets.toml":
+        config = tmp_path / "config"
+        config.mkdir()
+        (config / "secrets.toml").write_bytes(b"astrocolibri_uid = \"unterminated\n\xff\xfe[[[")
+        monkeypatch.setenv("RPP_CONFIG_DIR", str(config))
+        said = "secrets.toml"
+    elif fault == "cache folder not writable":
+        monkeypatch.setenv("RPP_CACHE_DIR", str(_unwritable_dir(tmp_path / "ro")))
+        said = "cache"
+    else:
+        (tmp_path / "plainfile").write_text("x")
+        monkeypatch.setenv("RPP_CONFIG_DIR", str(tmp_path / "plainfile" / "config"))
+        monkeypatch.setenv("RPP_CACHE_DIR", str(tmp_path / "plainfile" / "cache"))
+        said = "plainfile"
+    prof = _pipeline_profile(fault_proxy.settings(), **{"services.enabled": ["gaia", "astrocolibri", "simbad"]})
+    (tmp_path / "night.toml").write_text(settings.dumps(prof))
+    code = rpp_main(["run", str(path), "--profile", str(tmp_path / "night.toml"), "--out", str(tmp_path / "runs"),
+                     "--json"])
+    out = capfd.readouterr()
+    assert code == 0, out.err
+    summary = json.loads(out.out)
+    assert summary["zp"] is not None and summary["status"] == "ok"
+    (run,) = [p for p in (tmp_path / "runs").iterdir() if p.is_dir()]
+    assert (run / "catalog.csv").exists() and (run / "catalog.fits").exists()
+    assert any(ln.startswith("warning [") and said in ln for ln in out.err.splitlines()), out.err
+    assert not [ln for ln in out.err.splitlines() if ln.startswith("rpp:")], out.err

@@ -79,6 +79,19 @@ def test_ds9_regions_read_back_with_astropy_regions_at_the_catalogue_positions(c
     assert [str(s.meta["text"]) for s in shapes[:3]] == [str(i) for i in cat["id"][:3]]
 
 
+def test_ds9_regions_are_the_text_astropy_regions_writes(calibrated, tmp_path):
+    from regions import CirclePixelRegion, PixCoord, Regions
+
+    cat, _, _ = calibrated
+    ours = results.write_regions(cat, tmp_path / "ours.reg", radius_px=4.0).read_text()
+    used, rej = np.asarray(cat["calib_used"], bool), np.asarray(cat["calib_rejected"], bool)
+    shapes = [CirclePixelRegion(PixCoord(float(x), float(y)), 4.0, meta={"text": str(i)},
+                                visual={"color": "red" if r else ("cyan" if u else "green")})
+              for x, y, i, u, r in zip(cat["x"], cat["y"], cat["id"], used, rej)]
+    Regions(shapes).write(tmp_path / "theirs.reg", format="ds9")
+    assert ours == (tmp_path / "theirs.reg").read_text()
+
+
 def test_sky_page_holds_every_source_calibrators_coloured_and_the_esa_sky_link(calibrated):
     cat, summary, frame = calibrated
     data = skyview.page_data(cat, summary, skyview.field_of_view(frame.wcs, frame.data.shape))

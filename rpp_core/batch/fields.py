@@ -14,9 +14,13 @@ FIELD_RADIUS_DEG = 0.25
 def pointing(path: Path) -> tuple[float, float] | str | None:
     """Pointing (deg) from the primary/first image header, else OBJECT, else None."""
     try:
+        import warnings
+
         from astropy.io import fits
 
-        with fits.open(path, lazy_load_hdus=True) as hdul:
+        # a damaged frame is its own run's to report (exit 3); here it only has no pointing
+        with warnings.catch_warnings(), fits.open(path, lazy_load_hdus=True) as hdul:
+            warnings.simplefilter("ignore")
             header = None
             for hdu in hdul:
                 if hdu.header.get("NAXIS", 0) >= 2 or "CRVAL1" in hdu.header or "RA" in hdu.header:

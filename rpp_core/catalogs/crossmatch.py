@@ -20,21 +20,20 @@ radius above 10" are only listed at field level (status ``events``).
 from __future__ import annotations
 
 import asyncio
-import os
 import time
 from typing import Callable
 
 import numpy as np
 from astropy import units as u
 from astropy.coordinates import SkyCoord
-from astropy.wcs.utils import pixel_to_skycoord
 from astropy.table import Table
 from astropy.time import Time
 
-from ..errors import Cancelled, ServiceError, SettingsError
-from ..settings import SECRET_ENV, ObservatorySettings, ServicesSettings, load_secrets
+from ..errors import Cancelled, ServiceError
+from ..settings import ObservatorySettings, ServicesSettings, load_secrets_or_warning
 from . import astrocolibri, gaia, simbad, skybot, vizier, vsx
 from .http import ServiceClient, ServiceSkipped, redact, run_cancellable, snap_cone
+from .sky import field_of_view  # noqa: F401 - re-exported: the cone of a frame, used with the services
 
 #: service name in ``services.enabled`` -> column prefix
 PREFIXES = {"gaia": "gaia_", "simbad": "simbad_", "skybot": "skybot_", "vsx": "vsx_", "milliquas": "milliquas_",
@@ -71,24 +70,6 @@ def _empty_value(typ):
 
 
 # ---------------------------------------------------------------- pure helpers
-
-def field_of_view(wcs, shape, margin: float = 0.02) -> tuple[float, float, float]:
-    """Centre (ICRS ra, dec, deg) and radius (deg) of the circle through the frame corners.
-
-    ``shape`` is (ny, nx). ``margin`` enlarges the radius by that fraction, so
-    stars on the edges are in every catalogue answer. Not capped: a wide field
-    gives a wide cone.
-    """
-    ny, nx = shape[:2]
-    cx, cy = (nx - 1) / 2.0, (ny - 1) / 2.0
-    xs = np.array([cx, -0.5, nx - 0.5, -0.5, nx - 0.5, cx, cx, -0.5, nx - 0.5])
-    ys = np.array([cy, -0.5, -0.5, ny - 0.5, ny - 0.5, -0.5, ny - 0.5, cy, cy])
-    # ICRS whatever the WCS frame: a galactic mosaic must give RA/Dec cones
-    c = pixel_to_skycoord(xs, ys, wcs, origin=0, mode="all").icrs
-    ra, dec = c.ra.deg, c.dec.deg
-    radius = float(np.max(c[0].separation(c[1:]).deg)) * (1.0 + margin)
-    return float(ra[0]), float(dec[0]), radius
-
 
 def match_radius(fwhm_arcsec: float, astrometric_rms_arcsec: float = 0.0, r_min_arcsec: float = 1.0) -> float:
     """Cross-match radius (arcsec): ``max(r_min, hypot(FWHM / 2, 3 * sigma_astrometry))``."""
@@ -169,15 +150,10 @@ def service_secrets(warn: Callable[[str], None] | None = None) -> dict:
     services needing a key (Astro-Colibri) are skipped; calibration and the
     other services run as usual.
     """
-    try:
-        return load_secrets()
-    except (SettingsError, OSError, UnicodeDecodeError, ValueError) as exc:
-        where = os.path.join(os.environ.get("RPP_CONFIG_DIR") or "the config folder", "secrets.toml")
-        reason = str(exc) if isinstance(exc, SettingsError) else f"{where} cannot be read ({type(exc).__name__}: {exc})"
-        (warn or (lambda message: None))(
-            f"API keys not loaded: {reason}; services that need a key (Astro-Colibri) are skipped this run. "
-            f"Fix or delete secrets.toml and store the key again: rpp secret set astrocolibri_uid")
-        return {key: os.environ[env] for key, env in SECRET_ENV.items() if os.environ.get(env)}
+    secrets, warning = load_secrets_or_warning()
+    if warning and warn:
+        warn(warning)
+    return secrets
 
 
 def open_client(settings: ServicesSettings, *, log: Callable[[str, str], None] | None = None,

@@ -101,23 +101,31 @@ def from_columns(table: Table, *, ra_column: str | None = "ra", dec_column: str 
     (``G``: ``phot_g_mean_mag``, ``Gmag``...), else without a band the usual
     names (``mag``, ``Vmag``...) or any column with "mag" in its name.
     """
+    notes: list[str] = []
     ra_name = _find(table, ra_column or "ra", _RA_NAMES)
     dec_name = _find(table, dec_column or "dec", _DEC_NAMES)
     if ra_name and dec_name:
         ra_col, dec_col = table[ra_name], table[dec_name]
         if ra_col.dtype.kind in "US":  # sexagesimal strings
-            coord = SkyCoord(ra_col, dec_col, unit=(u.hourangle, u.deg))
+            try:
+                coord = SkyCoord(ra_col, dec_col, unit=(u.hourangle, u.deg))
+            except ValueError as exc:
+                raise CalibrationError(f"{source}: columns {ra_name!r}/{dec_name!r} are neither degrees nor "
+                                       f"sexagesimal ({exc}); fix the file") from None
             ra, dec = coord.ra.deg, coord.dec.deg
         else:
-            ra, dec = as_float(ra_col), as_float(dec_col)
+            ra, dec = _angle_deg(ra_col, ra_name, source, notes), _angle_deg(dec_col, dec_name, source, notes)
     elif _find(table, "l", ["GLON"]) and _find(table, "b", ["GLAT"]):
-        gal = SkyCoord(l=as_float(table[_find(table, "l", ["GLON"])]) * u.deg,
-                       b=as_float(table[_find(table, "b", ["GLAT"])]) * u.deg, frame="galactic")
+        l_name, b_name = _find(table, "l", ["GLON"]), _find(table, "b", ["GLAT"])
+        lon, lat = _angle_deg(table[l_name], l_name, source, notes), _angle_deg(table[b_name], b_name, source, notes)
+        dec_name, lat = b_name, _latitudes(lat, b_name, source, notes)
+        gal = SkyCoord(l=lon * u.deg, b=lat * u.deg, frame="galactic")
         ra, dec = gal.icrs.ra.deg, gal.icrs.dec.deg
     else:
         raise CalibrationError(
             f"{source}: no position columns: looked for {ra_column!r}/{dec_column!r} "
             f"(or l/b); columns are {table.colnames[:30]}; set calibration.ra_column / dec_column")
+    dec = _latitudes(dec, dec_name, source, notes)
 
     if band:
         mag_name = _find(table, mag_column or band, _MAG_ALIASES.get(band, []) + [f"{band}mag", f"mag_{band}"])
@@ -129,10 +137,19 @@ def from_columns(table: Table, *, ra_column: str | None = "ra", dec_column: str 
         raise CalibrationError(
             f"{source}: no magnitude column for band {band!r} (looked for {mag_column or band!r}); "
             f"columns are {table.colnames[:30]}; set calibration.band or calibration.mag_column")
+    mag = _numbers(table[mag_name], mag_name, source, notes, "magnitude")
+    if len(mag) and not np.isfinite(mag).any():
+        raise CalibrationError(
+            f"{source}: magnitude column {mag_name!r} has no values (all {len(mag)} rows empty or NaN): "
+            "choose a filled column with calibration.band or calibration.mag_column")
     err_name = _find(table, mag_err_column or "", [f"{mag_name}_err", f"e_{mag_name}", f"{mag_name}err",
                                                    f"{mag_name}_error", f"d{mag_name}", f"{band}_err", f"e_{band}mag"])
-    mag_err = as_float(table[err_name]) if err_name else np.zeros(len(table))
-    mag_err = np.where(np.isfinite(mag_err), mag_err, 0.0)
+    mag_err = _numbers(table[err_name], err_name, source, notes, "magnitude error") if err_name else np.zeros(len(table))
+    negative = mag_err < 0
+    if negative.any():
+        notes.append(f"{source}: {int(negative.sum())} negative value(s) in the error column {err_name!r} "
+                     "(e.g. {:g}): treated as unknown".format(float(mag_err[negative][0])))
+    mag_err = np.where(np.isfinite(mag_err) & ~negative, mag_err, 0.0)
 
     color = None
     if color_columns:
@@ -149,9 +166,59 @@ def from_columns(table: Table, *, ra_column: str | None = "ra", dec_column: str 
 
     id_name = _find(table, "", _ID_NAMES)
     ref_id = np.asarray(table[id_name]).astype(str) if id_name else None
-    return reference_table(ra, dec, as_float(table[mag_name]), mag_err=mag_err, color=color, ref_id=ref_id,
+    return reference_table(ra, dec, mag, mag_err=mag_err, color=color, ref_id=ref_id,
                            band=band or mag_name, system=table.meta.get("system", "as in file"), source=source,
-                           mag_column=mag_name)
+                           mag_column=mag_name, notes=notes)
+
+
+def _numbers(col, name: str, source: str, notes: list[str], what: str) -> np.ndarray:
+    """A column as floats (masked -> NaN); text that is not a number -> NaN with a note, or an error if all is."""
+    try:
+        return as_float(col)
+    except (TypeError, ValueError):
+        pass
+    texts = np.ma.filled(np.ma.asarray(col).astype(str), "").tolist()
+    values = np.full(len(texts), np.nan)
+    bad = []
+    for i, text in enumerate(texts):
+        try:
+            values[i] = float(text) if text.strip() else np.nan
+        except ValueError:
+            bad.append(text)
+    if bad and not np.isfinite(values).any():
+        raise CalibrationError(f"{source}: {what} column {name!r} holds text, not numbers (e.g. '{bad[0]}'); "
+                               "fix the file or name the right column in the profile ([calibration])")
+    if bad:
+        notes.append(f"{source}: {len(bad)} row(s) of column {name!r} are not numbers (e.g. '{bad[0]}'): skipped")
+    return values
+
+
+def _angle_deg(col, name: str, source: str, notes: list[str]) -> np.ndarray:
+    """Degrees from a position column, honouring the unit declared in the file (deg, hourangle, rad, arcsec...)."""
+    values = _numbers(col, name, source, notes, "position")
+    unit = getattr(col, "unit", None)
+    if unit is None:
+        return values
+    try:
+        if unit.physical_type == "time":  # RA written in "h": hours of right ascension
+            return values * unit.to(u.hour) * 15.0
+        return values * unit.to(u.deg)
+    except (u.UnitsError, ValueError, AttributeError):
+        raise CalibrationError(f"{source}: column {name!r} has unit {unit}, not an angle: give positions in deg, "
+                               "hourangle or rad (or fix the unit in the file)") from None
+
+
+def _latitudes(dec: np.ndarray, name: str, source: str, notes: list[str]) -> np.ndarray:
+    """Dec (or b) in deg with values beyond +-90 deg set to NaN (dropped later); an error if none is valid."""
+    outside = np.abs(dec) > 90.0  # NaN compares False: left for the row filter
+    if not outside.any():
+        return dec
+    example = float(dec[outside][0])
+    if outside.all():
+        raise CalibrationError(f"{source}: every value of column {name!r} is outside -90..90 deg (e.g. {example:g}): "
+                               "declare the column's unit in the file (e.g. rad) or fix the values")
+    notes.append(f"{source}: {int(outside.sum())} row(s) with {name} outside -90..90 deg (e.g. {example:g}): skipped")
+    return np.where(outside, np.nan, dec)
 
 
 def read_reference(source: Table | str | Path, *, ra_column: str | None = None, dec_column: str | None = None,
@@ -182,6 +249,7 @@ def load_reference(paths: Iterable[str | Path], settings: CalibrationSettings,
         raise CalibrationError("no local reference catalogue given (calibration.catalog_files or --catalog)")
     ref = vstack(tables, metadata_conflicts="silent") if len(tables) > 1 else tables[0]
     ref.meta["source"] = ", ".join(str(p) for p in paths)
+    ref.meta["notes"] = [note for t in tables for note in t.meta.get("notes", [])]
     if center is not None and radius_deg is not None:
         ref = cone_cut(ref, center, radius_deg)
     return ref

@@ -133,3 +133,20 @@ def one_line(obj: Any) -> str:
     # wcslib prefixes every message with its C source location: keep the message only
     text = re.sub(r"ERROR \d+ in \w+\(\) at line \d+ of file \S+?:\s*", "", text)
     return text if len(text) <= 200 else text[:197] + "..."
+
+
+#: keywords holding an observation (or file) date, in the order :mod:`.metadata` tries them
+DATE_KEYS = ("DATE-AVG", "DATE-OBS", "DATE-BEG", "DATE")
+
+
+def unreadable_dates(header: fits.Header) -> list[str]:
+    """One message per date keyword present but not a date (``2026-13-45``, ``yesterday``): it is ignored."""
+    out = []
+    for key in DATE_KEYS:
+        value = header.get(key)
+        if value is None or (isinstance(value, str) and not value.strip()):
+            continue
+        if parse_date(value, file_date=key == "DATE") is None:
+            out.append(f"header {key} = {str(value)!r} is not a date (YYYY-MM-DD[Thh:mm:ss]): ignored; "
+                       "fix the keyword for airmass, epochs and asteroids")
+    return out

@@ -27,6 +27,12 @@ from .header import STRUCTURAL_KEYS, WCS_PRIMARY_KEY, repair_and_check, salvage_
 from .keywords import one_line, parse_float
 from .raw import amplifier_extensions, assemble_amplifiers, subtract_overscan_and_trim
 
+try:  # cfitsio's errors on a damaged compressed tile derive from Exception only
+    from astropy.io.fits.hdu.compressed._compression import CfitsioException
+except ImportError:  # pragma: no cover - another astropy layout
+    class CfitsioException(Exception):
+        pass
+
 
 def check_magic(path: Path) -> str:
     """Return the compression ('', 'gzip', 'bzip2'); raise InputError when not FITS."""
@@ -280,7 +286,7 @@ def _read_plane(hdul, idx: int, path: Path, comp: str, trunc: list, notes: list[
         notes.append(f"file shorter than its FITS layout but HDU {idx} is complete: {one_line(trunc[0].message)}")
     try:
         raw = h.data
-    except (OSError, ValueError, EOFError, TypeError, IndexError) as exc:
+    except (OSError, ValueError, EOFError, TypeError, IndexError, CfitsioException) as exc:
         raise InputError(_unreadable(path, idx, exc)) from None
     if raw is None:
         raise InputError(f"{path}: HDU {idx} has no pixel data")
@@ -293,7 +299,7 @@ def _read_plane(hdul, idx: int, path: Path, comp: str, trunc: list, notes: list[
         )
     try:
         data = np.array(raw, dtype=np.float32)  # the one conversion; from a memmap this reads the plane once
-    except (OSError, ValueError, EOFError) as exc:
+    except (OSError, ValueError, EOFError, CfitsioException) as exc:
         raise InputError(_unreadable(path, idx, exc)) from None
     if isinstance(h, fits.CompImageHDU):
         method = getattr(h, "compression_type", None) or "unknown method"

@@ -19,7 +19,7 @@ from ..paths import display_path
 def _run_row(run) -> tuple:
     from rpp_core import cleanup
 
-    summary, status = None, "unfinished"
+    summary, status = None, run.state  # "running", or "interrupted": killed before its summary
     if run.finished:
         try:
             summary = RunSummary.read(run.path / "summary.json")
