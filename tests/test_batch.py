@@ -21,6 +21,7 @@ from rpp_core.errors import UsageError
 from rpp_core.synthetic import make_frame
 
 from .conftest_pipeline_helpers import offline_profile
+from .proctable import processes
 
 # one field observed four times: seeing and transparency change through the night
 NIGHT = [  # (time, fwhm px, zp0)
@@ -274,15 +275,7 @@ def test_a_night_on_one_field_asks_the_catalogue_service_once(frame_catalog_serv
 
 
 def _children(pid: int) -> list[int]:
-    out = []
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if int(fields[1]) == pid:
-            out.append(int(stat.parent.name))
-    return out
+    return [p.pid for p in processes() if p.ppid == pid]
 
 
 @pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="needs /proc to find the worker processes")

@@ -18,6 +18,7 @@ from rpp_core.products import RunSummary
 from rpp_core.synthetic import make_frame
 
 from .conftest_pipeline_helpers import offline_profile
+from .proctable import processes
 
 
 @pytest.fixture(scope="module")
@@ -31,15 +32,7 @@ def small(tmp_path_factory):
 
 def _alive_in_group(pgid: int) -> list[int]:
     """Processes of group ``pgid`` that are still running (zombies count as gone)."""
-    alive = []
-    for path in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = path.read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if int(fields[2]) == pgid and fields[0] != "Z":
-            alive.append(int(path.parent.name))
-    return alive
+    return [p.pid for p in processes() if p.pgid == pgid and p.state != "Z"]
 
 
 def test_a_run_in_a_worker_process_streams_the_same_events_and_returns_the_typed_result(small, tmp_path):
