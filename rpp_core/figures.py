@@ -161,12 +161,13 @@ def err_mag(fig, table, meta: dict) -> None:
     ax.grid(alpha=0.3, which="both")
 
 
-FIGURES: dict[str, tuple[str, Callable]] = {
-    "zp_fit": ("Zero-point fit", zp_fit),
-    "residuals_mag": ("Residuals vs magnitude", residuals_mag),
-    "residuals_color": ("Residuals vs colour", residuals_color),
-    "mag_hist": ("Magnitude histogram", mag_hist),
-    "err_mag": ("Error vs magnitude", err_mag),
+#: the figures of :data:`rpp_core.plots.FIGURES` (names and titles there), drawn with matplotlib
+FIGURES: dict[str, Callable] = {
+    "zp_fit": zp_fit,
+    "residuals_mag": residuals_mag,
+    "residuals_color": residuals_color,
+    "mag_hist": mag_hist,
+    "err_mag": err_mag,
 }
 
 
@@ -184,7 +185,7 @@ def render(name: str, table, meta: dict, path: Path) -> Path:
     fig = _figure()
     # fixed margins: tight_layout draws the figure once more only to measure it (a third of the time)
     fig.subplots_adjust(left=0.11, right=0.97, bottom=0.1, top=0.93)
-    FIGURES[name][1](fig, table, meta)
+    FIGURES[name](fig, table, meta)
     return _save(fig, Path(path))
 
 

@@ -148,3 +148,9 @@ def test_sky_html_offline_in_chromium_shows_the_table_with_every_row_and_no_scri
     bad.write_text("<html><body><script>nosuchfunction();</script></body></html>")
     _, bad_log = _chromium(bad.as_uri(), tmp_path / "chromium-profile-2")
     assert "Uncaught ReferenceError" in bad_log
+
+
+def test_the_png_figures_are_the_text_plots_figures():
+    from rpp_core import plots
+
+    assert list(figures.FIGURES) == list(plots.FIGURES)
