@@ -318,14 +318,19 @@ def run_sync(path, profile: Profile | None = None, **kwargs) -> RunResult:
 async def _run_stages(job: _Job, path: Path, profile: Profile, run_dir: Path, hdu, made: _Products,
                       companions: tuple = (None, None)) -> dict[str, Path]:
     """The stages in order; each product lands in ``made``. Returns the output files (in the staging folder)."""
+    from . import photometry
+
     staging = results.staging_dir(run_dir)
     made.frame, made.weights = await _load(job, path, hdu, staging, companions, profile)
     made.meta, made.exposure, masks = await _metadata(job, made.frame, made.weights, profile)
     made.image, background = await _background(job, made.frame, masks, made.exposure, made.weights, profile)
     made.fwhm = await _fwhm(job, made.image, made.meta, profile)
     sources = await _detect(job, made.image, made.fwhm.fwhm_px, profile)
-    made.image, sources = await _cosmics(job, made.frame, made.image, background, masks, sources, made.fwhm, profile)
-    made.catalogue = await _apertures(job, made.image, sources, made.fwhm.fwhm_px, profile)
+    # the apertures, decided once: cosmic-ray cleaning spares them, photometry measures in them
+    apertures = photometry.aperture_set(profile.photometry, made.fwhm.fwhm_px)
+    made.image, sources = await _cosmics(job, made.frame, made.image, background, masks, sources, made.fwhm,
+                                         apertures, profile)
+    made.catalogue = await _apertures(job, made.image, sources, made.fwhm.fwhm_px, apertures, profile)
     made.catalogue, made.psf = await _psf(job, made.image, made.catalogue, made.fwhm, profile, staging)
     made.wcs, refcat, ref_error = await _astrometry(job, profile, made.frame, made.meta, made.catalogue, staging)
     made.catalogue, made.pixel_scale = _sky_positions(job, made.frame, made.meta, made.wcs, made.catalogue)
@@ -441,8 +446,8 @@ async def _detect(job: _Job, image: MeasurableImage, fwhm: float, profile: Profi
 
 
 async def _cosmics(job: _Job, frame: Frame, image: MeasurableImage, background, masks, sources: Table, fw,
-                   profile: Profile) -> tuple[MeasurableImage, Table]:
-    from . import detect, photometry, preprocess
+                   apertures, profile: Profile) -> tuple[MeasurableImage, Table]:
+    from . import detect, preprocess
 
     cr, phot = profile.cosmic_rays, profile.photometry
     plan = preprocess.cosmic_ray_plan(fw.fwhm_px, fw.peak_share)
@@ -456,7 +461,6 @@ async def _cosmics(job: _Job, frame: Frame, image: MeasurableImage, background, 
             if plan.note:
                 job.log(plan.note)
             # the largest radius any measurement uses: apertures and the PSF fit
-            apertures = photometry.aperture_set(phot, fw.fwhm_px)
             radius = max(max(apertures.radii_px), phot.psf_fit_radius * apertures.fwhm_px if phot.psf else 0.0)
             image, crmask = await asyncio.to_thread(
                 preprocess.clean_cosmic_rays, frame.data, image, background, masks, cr, sources["x"], sources["y"],
@@ -468,12 +472,12 @@ async def _cosmics(job: _Job, frame: Frame, image: MeasurableImage, background, 
     return image, sources
 
 
-async def _apertures(job: _Job, image: MeasurableImage, sources: Table, fwhm: float, profile: Profile) -> SourceCatalogue:
+async def _apertures(job: _Job, image: MeasurableImage, sources: Table, fwhm: float, apertures,
+                     profile: Profile) -> SourceCatalogue:
     from . import photometry
 
     phot = profile.photometry
     async with job.step("aperture") as fig:
-        apertures = photometry.aperture_set(phot, fwhm)
         table = await asyncio.to_thread(
             photometry.aperture_photometry, image.data, image.rms, image.mask, sources, fwhm, image.gain,
             image.exptime, phot, image.saturated, progress=job.progress_cb("aperture"), cancel=job.cancelled,
