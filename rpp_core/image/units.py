@@ -73,10 +73,6 @@ class ImageUnits:
     text: str
 
     @property
-    def per_second(self) -> bool:
-        return self.kind in (UnitKind.COUNT_RATE, UnitKind.ELECTRON_RATE)
-
-    @property
     def divide_by_exptime(self) -> bool:
         """Instrumental magnitudes divide the flux by EXPTIME (values grow with the exposure)."""
         return self.kind in (UnitKind.COUNTS, UnitKind.ELECTRONS, UnitKind.PHOTOGRAPHIC, UnitKind.OTHER)
@@ -195,14 +191,12 @@ class GainSource(enum.Enum):
 class EffectiveGain:
     """The gain the Poisson term uses (:func:`decide_gain`): electrons per image unit, or None (left out).
 
-    ``detector_gain`` is the e-/ADU the header or profile gave (None if none),
-    ``source`` the typed origin and ``text`` the sentence for the log.
+    ``source`` is the typed origin and ``text`` the sentence for the log.
     """
 
     value: float | None
     source: GainSource
     text: str
-    detector_gain: float | None = None
 
 
 _GAIN_KEYS = ("GAIN", "EGAIN", "CCDGAIN")
@@ -330,17 +324,17 @@ def decide_gain(header: fits.Header, units: ImageUnits, exptime: float | None, p
         if units.kind is UnitKind.COUNT_RATE:
             if t is None:
                 return EffectiveGain(None, GainSource.LEFT_OUT, f"Poisson term left out: {units.text} and {gsrc} "
-                                     f"{g:g} e-/ADU but no exposure time to turn the rate into counts", g)
+                                     f"{g:g} e-/ADU but no exposure time to turn the rate into counts")
             return EffectiveGain(g * t, source, f"{gsrc} {g:g} e-/ADU x EXPTIME {t:g} s = {g * t:.4g} e- per ADU/s "
-                                 f"({units.text})", g)
+                                 f"({units.text})")
         if units.calibrated:
             text = (f"{gsrc} {g:g} taken as electrons per {units.bunit} (as SExtractor's GAIN_KEY would); "
                     f"if it is the raw e-/ADU the effective gain is larger and the Poisson term smaller")
             conv = parse_float(header.get("FLUXCONV"))
             if conv and conv > 0 and t is not None:
                 text += f" (GAIN x EXPTIME / FLUXCONV = {g * t / conv:.4g})"
-            return EffectiveGain(g, source, text, g)
-        return EffectiveGain(g, source, f"{gsrc} {g:g} e-/ADU ({units.text})", g)
+            return EffectiveGain(g, source, text)
+        return EffectiveGain(g, source, f"{gsrc} {g:g} e-/ADU ({units.text})")
     if units.calibrated:
         return EffectiveGain(None, GainSource.LEFT_OUT,
                              f"Poisson term left out: {units.text} and {gsrc}: errors from the background RMS only "
