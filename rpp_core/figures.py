@@ -24,7 +24,7 @@ from typing import Callable
 import numpy as np
 
 from .fsio import atomic_path
-from .plots import _col, _is_set, _finite, clip_to_limits, robust_limits, value_with_error
+from .plots import _col, flagged_rows, _finite, clip_to_limits, robust_limits, value_with_error
 
 DPI = 100
 SIZE_PX = (800, 600)
@@ -47,8 +47,8 @@ def _message(ax, text: str) -> None:
 
 def _calib_columns(table, meta):
     label = meta.get("calibration_label", "")
-    used = _is_set(table, "calib_used")
-    rej = _is_set(table, "calib_rejected")
+    used = flagged_rows(table, "calib_used")
+    rej = flagged_rows(table, "calib_rejected")
     return label, used, rej
 
 

@@ -27,7 +27,7 @@ def _col(table, name) -> np.ndarray:
     return np.asarray(np.ma.filled(np.ma.asarray(table[name]).astype(float), np.nan))
 
 
-def _is_set(table, name) -> np.ndarray:
+def flagged_rows(table, name) -> np.ndarray:
     """A per-row boolean column (``calib_used``...), all False when the column is absent (an uncalibrated run)."""
     if name not in table.colnames:
         return np.zeros(len(table), bool)
@@ -99,8 +99,8 @@ def zp_fit(plt, table, summary: RunSummary) -> None:
     """Reference magnitude vs instrumental magnitude, the fitted line, rejected points marked."""
     label = summary.calibration_label
     mi, mr = _col(table, f"mag_{label}"), _col(table, "mag_ref")
-    used = _is_set(table, "calib_used")
-    rej = _is_set(table, "calib_rejected")
+    used = flagged_rows(table, "calib_used")
+    rej = flagged_rows(table, "calib_rejected")
     zp = summary.zp
     if len(mi) == 0 or zp is None:
         plt.title("no zero point: run not calibrated")
@@ -134,8 +134,8 @@ def residuals_color(plt, table, summary: RunSummary) -> None:
 def _residuals(plt, table, summary: RunSummary, xname, xlabel) -> None:
     x = _col(table, xname)
     res = _col(table, "calib_residual")
-    used = _is_set(table, "calib_used")
-    rej = _is_set(table, "calib_rejected")
+    used = flagged_rows(table, "calib_used")
+    rej = flagged_rows(table, "calib_rejected")
     if len(res) == 0:
         plt.title("no calibration residuals")
         return

@@ -240,8 +240,7 @@ def write_regions(table: Table, path: Path, radius_px: float) -> Path:
     source, 0.8-1.4 s for 20,000 sources (0.03 s here); tests/test_views.py
     reads the file back with ``regions`` and compares it with its own output.
     """
-    used = np.asarray(table["calib_used"], bool) if "calib_used" in table.colnames else np.zeros(len(table), bool)
-    rej = np.asarray(table["calib_rejected"], bool) if "calib_rejected" in table.colnames else np.zeros(len(table), bool)
+    used, rej = plots.flagged_rows(table, "calib_used"), plots.flagged_rows(table, "calib_rejected")
     ids = np.asarray(table["id"]) if "id" in table.colnames else np.arange(1, len(table) + 1)
     colors = np.where(rej, "red", np.where(used, "cyan", "green")).tolist()
     xs, ys = (np.asarray(table["x"], float) + 1).tolist(), (np.asarray(table["y"], float) + 1).tolist()

@@ -26,7 +26,7 @@ from urllib.parse import quote
 import numpy as np
 
 from .fsio import write_text
-from .plots import _col, _is_set, value_with_error
+from .plots import _col, flagged_rows, value_with_error
 
 ALADIN_JS = "https://aladin.cds.unistra.fr/AladinLite/api/v3/latest/aladin.js"
 SURVEY = "P/DSS2/color"
@@ -95,7 +95,7 @@ def page_data(table, meta: dict, fov: tuple[float, float, float] | None = None) 
     if len(mag) == 0 or not np.isfinite(mag).any():
         mag, mag_kind = _col(table, f"mag_{label}"), "instrumental"
     snr, flags = _col(table, f"snr_{label}"), _col(table, "flags")
-    used, rej = _is_set(table, "calib_used"), _is_set(table, "calib_rejected")
+    used, rej = flagged_rows(table, "calib_used"), flagged_rows(table, "calib_rejected")
     res = _col(table, "calib_residual")
     ids = _col(table, "id") if "id" in table.colnames else np.arange(1, len(table) + 1)
     x, y = _col(table, "x"), _col(table, "y")
