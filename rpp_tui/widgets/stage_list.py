@@ -39,9 +39,11 @@ class StageRow(Horizontal):
         yield Static("", classes="stage-info")
 
     def set_state(self, state: str, info: str | None = None) -> None:
-        self.remove_class(f"-{self.state}")
-        self.state = state
-        self.add_class(f"-{state}")
+        if state != self.state:
+            # one restyle of the row, not two: each class change re-applies the stylesheet to its widgets
+            self.remove_class(f"-{self.state}", update=False)
+            self.state = state
+            self.add_class(f"-{state}")
         self.query_one(".stage-name", Static).update(f"{ICONS[state]} {self.label}")
         bar = self.query_one(ProgressBar)
         if state == "done":
