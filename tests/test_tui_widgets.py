@@ -196,6 +196,8 @@ async def test_history_opens_a_run_and_deletes_it_after_confirmation(run_folder,
 async def test_catalogue_view_exports_only_the_filtered_rows_and_chosen_columns(run_folder, tui_env):
     app = RppApp(str(tui_env))
     async with app.run_test(size=(100, 30)) as pilot:
+        # start-up done (the Files tree has the focus), so it cannot take the screen back from the run
+        await wait_for(pilot, lambda: app.focused is not None, 10)
         app.open_run(run_folder)
         await wait_for(pilot, lambda: app.current_run is not None, 30)
         table = app.query_one(CatalogueTable)
