@@ -561,7 +561,8 @@ def _find_sep(data, rms, search, fwhm_px, settings: DetectionSettings) -> dict:
     x, y = np.asarray(obj["x"], float), np.asarray(obj["y"], float)
     if len(x):
         sig = np.full(len(x), kf / _SQRT8LN2)
-        xw, yw, fl = sep_x.winpos(data, x, y, sig, mask=search)
+        # subpix 5 as the apertures: on frame A the same error to truth as sep's default 11 (0.0345 px rms), a third of the time (0.12 s)
+        xw, yw, fl = sep_x.winpos(data, x, y, sig, mask=search, subpix=5)
         ok = (fl == 0) & np.isfinite(xw) & np.isfinite(yw) & (np.hypot(xw - x, yw - y) < 0.5 * kf + 0.5)
         x, y = np.where(ok, xw, x), np.where(ok, yw, y)
     return {"x": x, "y": y, "peak": np.asarray(obj["peak"], float), "flux": np.asarray(obj["flux"], float),
@@ -629,7 +630,7 @@ def find_stars(
     Notes
     -----
     4096x4096, 6,000 stars, CPU time on the 2-core machine: sep 0.9 s with the 7 x 7
-    filter (0.25 s of it the windowed centroids); DAOStarFinder 1.0-1.6 s with
+    filter (0.1 s of it the windowed centroids); DAOStarFinder 1.0-1.6 s with
     ``min_separation=0`` (docs/performance-profile.md).
     """
     check_cancel(cancel)
