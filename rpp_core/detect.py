@@ -107,13 +107,26 @@ def _sep_sources(data, rms, mask, threshold, kernel=None, minarea=5, deblend_con
 
     if kernel is None:
         kernel = sep_x.default_kernel
-    # the pixel stack bounds the pixels of one object: a bright plate star or nebula needs more than the default
-    sep_x.set_extract_pixstack(max(sep_x.get_extract_pixstack(), min(data.size, 5_000_000)))
     sep_x.set_sub_object_limit(max(sep_x.get_sub_object_limit(), 4096))
     m = None if mask is None else np.ascontiguousarray(mask, dtype=bool)
-    return sep_x.extract(np.ascontiguousarray(data, np.float32), float(threshold), err=np.ascontiguousarray(rms, np.float32),
-                         mask=m, minarea=int(minarea), filter_kernel=kernel, filter_type="conv",
-                         deblend_cont=deblend_cont, **deblend)
+    args = (np.ascontiguousarray(data, np.float32), float(threshold))
+    kwargs = dict(err=np.ascontiguousarray(rms, np.float32), mask=m, minarea=int(minarea), filter_kernel=kernel,
+                  filter_type="conv", deblend_cont=deblend_cont, **deblend)
+    # The pixel stack bounds the pixels above threshold at once; sep allocates all of it at every
+    # call (about 46 bytes a pixel: 5 M pixels raised a 4k run's peak by 215 MB). A bright plate star or
+    # a nebula can need more than 1 M: the call is made again with the larger stack when sep says so.
+    sep_x.set_extract_pixstack(min(data.size, _PIXSTACK))
+    try:
+        return sep_x.extract(*args, **kwargs)
+    except Exception as exc:  # sep raises a bare Exception
+        if "pixel buffer full" not in str(exc) or data.size <= _PIXSTACK:
+            raise
+    sep_x.set_extract_pixstack(min(data.size, _PIXSTACK_MAX))
+    return sep_x.extract(*args, **kwargs)
+
+
+#: sep's pixel stack (pixels above threshold at once): the first try, and the retry's
+_PIXSTACK, _PIXSTACK_MAX = 1_000_000, 5_000_000
 
 
 def _peak_share(data: np.ndarray, x, y) -> np.ndarray:
