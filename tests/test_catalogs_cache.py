@@ -106,6 +106,18 @@ async def test_cache_stays_within_its_size_bound_dropping_the_least_recently_use
     assert cache_info(st, tmp_path)[1].answers < 26 and size < 2.0 * 1024 * 1024
 
 
+async def test_looking_up_a_service_never_asked_leaves_no_empty_store(tmp_path):
+    """An offline run that finds nothing must not create the service's store: the next run could no
+    longer tell, from the folder alone, that there is nothing to read (and skip the HTTP client)."""
+    store = AnswerCache(tmp_path, ServicesSettings())
+    assert await store.get("gaia", "k") == []
+    assert not cache.has_answers("gaia", tmp_path) and not list(tmp_path.glob("gaia.db*"))
+    await store.put("gaia", "k", b"answer", "a cone")
+    assert [b for _, b in await store.get("gaia", "k")] == [b"answer"]
+    await store.aclose()
+    assert cache.has_answers("gaia", tmp_path)
+
+
 async def test_cache_clear_forgets_one_service_or_all(sky_server, tmp_path):
     st = sky_server.settings(enabled=["skybot", "simbad"])
     await _crossmatch(sky_server, st)

@@ -114,6 +114,8 @@ class AnswerCache:
     async def get(self, service: str, key: str) -> list[tuple[uuid.UUID, bytes]]:
         """The unexpired answers stored under ``key`` (usually one), newest storage first."""
         out = []
+        if service not in self._stores and not has_answers(service, self.root):
+            return out  # opening a store creates it: an empty one would make has_answers say yes to the next run
         for entry in await self._store(service).get_entries(key):
             try:
                 body = b"".join([chunk async for chunk in entry.response.stream])
