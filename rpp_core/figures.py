@@ -360,11 +360,16 @@ def finder_chart(data: np.ndarray, table, meta: dict, path: Path, wcs=None, titl
     return _save(fig, Path(path))
 
 
-def write_all(table, meta: dict, folder: Path, data: np.ndarray | None = None, wcs=None, title: str = "") -> dict[str, Path]:
-    """Every figure of :data:`FIGURES` and (with ``data``) the finder chart, as PNG files in ``folder``."""
+def write_all(table, meta: dict, folder: Path, data: np.ndarray | None = None, wcs=None, title: str = "",
+              only=None) -> dict[str, Path]:
+    """Every figure of :data:`FIGURES` and (with ``data``) the finder chart, as PNG files in ``folder``.
+
+    ``only``: the names to draw (of :data:`FIGURES` and ``"finder"``), all when None.
+    """
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    files = {f"png_{name}": render(name, table, meta, folder / f"{name}.png") for name in FIGURES}
-    if data is not None:
+    files = {f"png_{name}": render(name, table, meta, folder / f"{name}.png") for name in FIGURES
+             if only is None or name in only}
+    if data is not None and (only is None or "finder" in only):
         files["png_finder"] = finder_chart(data, table, meta, folder / "finder.png", wcs=wcs, title=title)
     return files

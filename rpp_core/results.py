@@ -223,12 +223,13 @@ def write_views(table: Table, meta: dict, run_dir: Path, data=None, wcs=None, ti
 
 
 def write_figures(table: Table, meta: dict, run_dir: Path, data=None, wcs=None, title: str = "",
-                  warn=None) -> dict[str, Path]:
-    """The PNG figures of :func:`write_views` (``plots/*.png``, the finder chart with ``data``)."""
+                  warn=None, only=None) -> dict[str, Path]:
+    """The PNG figures of :func:`write_views` (``plots/*.png``, the finder chart with ``data``);
+    ``only`` as in :func:`rpp_core.figures.write_all`."""
     from . import figures
 
     try:
-        return figures.write_all(table, meta, run_dir / "plots", data=data, wcs=wcs, title=title)
+        return figures.write_all(table, meta, run_dir / "plots", data=data, wcs=wcs, title=title, only=only)
     except Exception as exc:  # noqa: BLE001 - matplotlib edge cases must not cost the catalogue
         if warn:
             warn(f"PNG figures not written: {type(exc).__name__}: {exc}")
@@ -281,16 +282,23 @@ def write_outputs(catalogue: SourceCatalogue, summary: RunSummary, run_dir: Path
     check = _canceller(cancel)
     cat = catalogue.table.copy(copy_data=False)
     title, meta = Path(summary.frame).name, view_meta(summary)
-    # the PNG figures (matplotlib: ~0.6 s of CPU for 20,000 rows, nearly all of it under the interpreter
-    # lock) are drawn in a forked process while this one does the rest: in a thread they shared one lock
-    # with the writers, and the two ran one after the other
-    figures = _FiguresProcess(cat, meta, run_dir, data, wcs, title, warn)
+    # the PNG figures (matplotlib: 0.5-0.7 s of CPU however few the rows, nearly all of it under the
+    # interpreter lock) are drawn by forked processes while this one does the rest: in a thread they shared
+    # one lock with the writers and the two ran one after the other
+    drawers = [_FiguresProcess(cat, meta, run_dir, data, wcs, title, warn, only=group) for group in FIGURE_GROUPS]
     try:
         files = _write_the_rest(catalogue, cat, summary, run_dir, formats, check, cancel, (meta, data, wcs, title, warn))
-        files.update(figures.result(check))
+        for drawer in drawers:
+            files.update(drawer.result(check))
     finally:
-        figures.stop()  # on a cancel or an error: nothing may write into the folder once we return
+        for drawer in drawers:
+            drawer.stop()  # on a cancel or an error: nothing may write into the folder once we return
     return files
+
+
+#: the PNG figures, in two processes of about equal work (the finder chart costs about three plots): with
+#: the writers in this one, a small catalogue's outputs keep two cores busy instead of one
+FIGURE_GROUPS = (("finder", "mag_hist"), ("zp_fit", "residuals_mag", "residuals_color", "err_mag"))
 
 
 def _write_the_rest(catalogue: SourceCatalogue, cat: Table, summary: RunSummary, run_dir: Path, formats: list[str], check, cancel,
@@ -328,18 +336,18 @@ class _FiguresProcess:
     when the parent gives up first.
     """
 
-    def __init__(self, *args) -> None:
+    def __init__(self, *args, only=None) -> None:
         self._pid = 0
-        self._args = args
+        self._args, self._only = args, only
         self._files: dict[str, Path] | None = None
         if not hasattr(os, "fork"):  # pragma: no cover - every platform rpp runs on has it
-            self._files = write_figures(*args)
+            self._files = write_figures(*args, only=only)
             return
         read, write = os.pipe()
         pid = os.fork()  # beside other threads (the run's event loop): the child uses none of them nor their locks
         if pid == 0:  # the child
             os.close(read)
-            _figures_child(write, args)
+            _figures_child(write, args, only)
         os.close(write)
         self._pid, self._read = pid, read
 
@@ -398,13 +406,18 @@ def _wait_status(status: int) -> str:
     return f"exit status {os.waitstatus_to_exitcode(status)}"
 
 
-def _figures_child(fd: int, args: tuple) -> None:
+def _figures_child(fd: int, args: tuple, only) -> None:
     """The forked child of :class:`_FiguresProcess`: draw, send ``(files, warnings)`` pickled on ``fd``, leave."""
     code = 1
     try:
+        import gc
         import pickle
         import signal
         import warnings
+
+        # the parent's objects out of the collector's sight: a full collection here would touch every one of
+        # them and so copy most of the parent's heap into this process (copy-on-write), for nothing
+        gc.freeze()
 
         with contextlib.suppress(ValueError):  # the parent's handlers would talk to the parent's event loop
             for sig in (signal.SIGINT, signal.SIGTERM):
@@ -413,7 +426,7 @@ def _figures_child(fd: int, args: tuple) -> None:
         messages: list[str] = []
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("default")
-            files = write_figures(*args[:-1], warn=messages.append)
+            files = write_figures(*args[:-1], warn=messages.append, only=only)
         found = [(str(w.message), w.category, w.filename, w.lineno) for w in caught]
         try:
             data = pickle.dumps((files, messages, found))
