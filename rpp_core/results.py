@@ -344,10 +344,11 @@ class _FiguresProcess:
             self._files = write_figures(*args, only=only)
             return
         read, write = os.pipe()
+        parent = os.getpid()
         pid = os.fork()  # beside other threads (the run's event loop): the child uses none of them nor their locks
         if pid == 0:  # the child
             os.close(read)
-            _figures_child(write, args, only)
+            _figures_child(write, args, only, parent)
         os.close(write)
         self._pid, self._read = pid, read
 
@@ -406,7 +407,21 @@ def _wait_status(status: int) -> str:
     return f"exit status {os.waitstatus_to_exitcode(status)}"
 
 
-def _figures_child(fd: int, args: tuple, only) -> None:
+def _die_with(parent: int) -> None:
+    """Linux: this process is killed when its parent dies (killed with the run, it must not draw on)."""
+    import signal
+    import sys
+
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        with contextlib.suppress(OSError, AttributeError):
+            ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL, 0, 0, 0)  # PR_SET_PDEATHSIG
+    if os.getppid() != parent:  # the parent died before that took effect
+        os._exit(1)
+
+
+def _figures_child(fd: int, args: tuple, only, parent: int) -> None:
     """The forked child of :class:`_FiguresProcess`: draw, send ``(files, warnings)`` pickled on ``fd``, leave."""
     code = 1
     try:
@@ -415,6 +430,10 @@ def _figures_child(fd: int, args: tuple, only) -> None:
         import signal
         import warnings
 
+        from .rundir import drop_marker_copies
+
+        _die_with(parent)
+        drop_marker_copies()  # the run's .in-progress lock is the parent's alone
         # the parent's objects out of the collector's sight: a full collection here would touch every one of
         # them and so copy most of the parent's heap into this process (copy-on-write), for nothing
         gc.freeze()
