@@ -128,19 +128,13 @@ def select_psf_stars(tab: Table, fwhm_px: float, shape, settings: PhotometrySett
     tree = cKDTree(np.c_[x[all_i], y[all_i]])
     fl_all = np.where(np.isfinite(flux), flux, np.inf)  # unknown flux: assume bright
     r_far = half * math.sqrt(2.0)
-    keep = []
-    for i, nb in zip(idx, tree.query_ball_point(np.c_[x[idx], y[idx]], r_far)):
-        nb = all_i[nb]
-        nb = nb[nb != i]
-        if len(nb) == 0:
-            keep.append(i)
-            continue
-        d = np.hypot(x[nb] - x[i], y[nb] - y[i])
-        near, frac = (2.0, 0.3) if relaxed else (3.0, 0.1)
-        if np.any(d < near * fwhm_px) or np.any(fl_all[nb] > frac * flux[i]):
-            continue
-        keep.append(i)
-    keep = np.array(keep, dtype=np.intp)
+    near, frac = (2.0, 0.3) if relaxed else (3.0, 0.1)
+    # every (candidate, neighbour) pair at once: a loop over candidates cost 15-50 ms on 6,000 sources
+    pairs = cKDTree(np.c_[x[idx], y[idx]]).sparse_distance_matrix(tree, r_far, output_type="ndarray")
+    ci, nj, d = pairs["i"], pairs["j"], pairs["v"]
+    nb = all_i[nj]
+    spoil = (nb != idx[ci]) & ((d < near * fwhm_px) | (fl_all[nb] > frac * flux[idx[ci]]))
+    keep = idx[np.bincount(ci[spoil], minlength=len(idx)) == 0]
     keep = keep[np.argsort(-snr[keep], kind="stable")]
     return keep if n_max is None else keep[:n_max]
 
@@ -509,9 +503,9 @@ def psf_photometry(
     if mask is not None and len(stars):
         # A masked pixel anywhere in the stamp makes photutils fill it by 2-D cubic
         # interpolation, 0.5 s per star (measured): prefer stars with clean stamps.
-        h = _stamp_half(fwhm_px, settings)
-        clean = np.array([not mask[int(round(y[i])) - h : int(round(y[i])) + h + 1,
-                                   int(round(x[i])) - h : int(round(x[i])) + h + 1].any() for i in stars])
+        off = np.arange(-_stamp_half(fwhm_px, settings), _stamp_half(fwhm_px, settings) + 1)
+        sy, sx = np.floor(y[stars] + 0.5).astype(np.intp), np.floor(x[stars] + 0.5).astype(np.intp)
+        clean = ~mask[(sy[:, None] + off)[:, :, None], (sx[:, None] + off)[:, None, :]].any(axis=(1, 2))
         if clean.sum() >= 5:
             stars = stars[clean]
     stars = stars[: int(settings.psf_stars)]
