@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import importlib
 import json
 import os
 import stat
@@ -185,3 +186,18 @@ async def test_a_cancel_as_the_worker_starts_is_a_cancel_not_a_crash(small, tmp_
     asyncio.get_running_loop().call_later(delay_s, cancel.set)
     with pytest.raises(Cancelled):
         await runner.run(request, None, cancel)
+
+
+def test_a_one_shot_forkserver_imports_only_what_the_profile_uses():
+    """rpp run starts its worker's imports before its checks: without solving or services they
+    leave out astrometry.net planning and the HTTP client; the app's shared server has them all."""
+    from rpp_core.settings import Profile
+
+    lite = Profile(name="t").replace(**{"astrometry.solve": "never", "services.offline": True, "cosmic_rays.enabled": False})
+    mods = runner.preload_for(lite)
+    assert "rpp_core.pipeline" in mods and "rpp_core.image.load" in mods
+    assert not {"rpp_core.astrometry", "rpp_core.catalogs.gaia", "astroscrappy"} & set(mods)
+    full = runner.preload_for(Profile(name="t").replace(**{"astrometry.solve": "auto", "services.offline": False}))
+    assert {"rpp_core.astrometry", "rpp_core.catalogs.gaia"} <= set(full) <= set(runner.PRELOAD)
+    for name in runner.PRELOAD:  # every name imports (a renamed module would make the server die at start)
+        importlib.import_module(name)
