@@ -321,7 +321,7 @@ def build_epsf(data_sub, mask, x, y, fwhm_px, settings: PhotometrySettings):
 def _refit_stars(epsf, o, c, stamps, good, cx, cy, flux, use, fwhm_px, n_iter=6):
     """Least-squares flux and centre of each star over its central (2 _FIT_HALF + 1)^2 px, masked pixels
     left out. A star whose fit fails (non-finite, flux <= 0, centre moved over a FWHM) keeps its old
-    values and is left out of the next stack."""
+    values and is left out of the stack from then on."""
     n, size, _ = stamps.shape
     gy, gx = np.gradient(epsf)
     x0, y0 = cx.copy(), cy.copy()
