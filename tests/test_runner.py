@@ -201,3 +201,18 @@ def test_a_one_shot_forkserver_imports_only_what_the_profile_uses():
     assert {"rpp_core.astrometry", "rpp_core.catalogs.gaia"} <= set(full) <= set(runner.PRELOAD)
     for name in runner.PRELOAD:  # every name imports (a renamed module would make the server die at start)
         importlib.import_module(name)
+
+
+def test_workers_import_numpy_without_huge_page_advice(tmp_path):
+    """A worker's first touch of each frame-sized array must not wait for the kernel to compact
+    memory into huge pages (seconds of system time on a fragmented machine)."""
+    import subprocess
+    import sys
+
+    out = tmp_path / "env"
+    code = ("import os\nfrom rpp_core import runner\n"
+            "p = runner.process_context().Process(target=os.system, args=('echo $NUMPY_MADVISE_HUGEPAGE > %s',))\n"
+            "p.start(); p.join()\n" % out)
+    env = {k: v for k, v in os.environ.items() if k != "NUMPY_MADVISE_HUGEPAGE"}
+    subprocess.run([sys.executable, "-c", code], env=env, check=True, timeout=120)
+    assert out.read_text().strip() == "0"
