@@ -10,7 +10,7 @@ Usage::
 ``photometry.psf_photometry`` (background-subtracted frame, RMS, mask, the
 aperture table, FWHM, settings...). ``time`` calls the stage on them several
 times and prints its CPU time (``time.process_time``: the cores are shared, so
-wall time says little), the ePSB build and fit wall times, and with ``--truth``
+wall time says little), the ePSF build and fit wall times, and with ``--truth``
 the median and MAD scatter of psf_flux / truth for bright isolated unsaturated
 stars, computed as ``bench/bench.py`` does (``Truth.evaluate``, PSF row).
 """
