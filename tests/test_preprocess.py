@@ -209,7 +209,7 @@ def test_cosmic_rays_round_sources_match_the_whole_frame_result_there(frame, mas
         frame.data, masks.nan | masks.saturated, np.asarray(t["x"]), np.asarray(t["y"]), radius,
         p["gain"], p["saturation"], CosmicRaySettings(), chunk=150,
         progress=lambda d, n: progress.append((d, n)))
-    assert progress[-1] == (3, 3)
+    assert len(progress) >= 2 and progress[-1][0] == progress[-1][1] and sorted(progress) == progress
     ny, nx = frame.data.shape
     yy, xx = np.mgrid[0:ny, 0:nx]
     near = np.zeros((ny, nx), bool)
