@@ -408,34 +408,40 @@ def _sepmed(a: np.ndarray, k: int) -> np.ndarray:
 def _lplus(a: np.ndarray) -> np.ndarray:
     """astroscrappy's L+ (Laplacian of the 2x sub-sampled image, clipped at 0, re-binned), valid part only.
 
-    Each of a pixel's four sub-pixels sees itself twice and one horizontal and one vertical neighbour.
+    Each of a pixel's four sub-pixels sees itself twice and one horizontal and one vertical
+    neighbour; the float32 operations are astroscrappy's, in its order.
     """
-    c2 = 2 * a[..., 1:-1, 1:-1]
+    c = a[..., 1:-1, 1:-1]
+    c4 = c * np.float32(4)
     left, right, up, down = a[..., 1:-1, :-2], a[..., 1:-1, 2:], a[..., :-2, 1:-1], a[..., 2:, 1:-1]
     zero = np.float32(0)
-    out = np.maximum(c2 - left - up, zero)
-    for h, v in ((left, down), (right, down), (right, up)):
-        out += np.maximum(c2 - h - v, zero)
-    return out * np.float32(0.25)
+    out = np.maximum(c4 - c - left - c - up, zero)  # top-left sub-pixel
+    out += np.maximum(c4 - c - left - down - c, zero)  # bottom-left
+    out += np.maximum(c4 - right - c - down - c, zero)  # bottom-right
+    out += np.maximum(c4 - right - c - c - up, zero)  # top-right
+    return out / np.float32(4)
 
 
-def _lplus_bound(a: np.ndarray, out: np.ndarray) -> np.ndarray:
-    """An upper bound of :func:`_lplus` in 5 array operations (into ``out``): its largest sub-pixel term."""
+def _dilate3(m: np.ndarray) -> np.ndarray:
+    """3 x 3 dilation of the last two axes, valid part only (1 px shorter each side)."""
+    ny, nx = m.shape[-2] - 2, m.shape[-1] - 2
+    out = m[..., 1:1 + ny, 1:1 + nx].copy()
+    for dy in range(3):
+        for dx in range(3):
+            out |= m[..., dy:dy + ny, dx:dx + nx]
+    return out
+
+
+def _lplus_bound(a: np.ndarray, out: np.ndarray, tmp: np.ndarray) -> np.ndarray:
+    """An upper bound of :func:`_lplus` (its largest sub-pixel term) into ``out``; ``tmp`` same shape."""
     np.multiply(a[1:-1, 1:-1], np.float32(2), out=out)
-    tmp = np.minimum(a[1:-1, :-2], a[1:-1, 2:])
-    out -= tmp
-    np.minimum(a[:-2, 1:-1], a[2:, 1:-1], out=tmp)
-    out -= tmp
+    out -= np.minimum(a[1:-1, :-2], a[1:-1, 2:], out=tmp)
+    out -= np.minimum(a[:-2, 1:-1], a[2:, 1:-1], out=tmp)
     return out
 
 
 #: side (px) of the cells in which candidate pixels are tested and astroscrappy run
 _CELL = 8
-#: context round a window's kept part: a flag depends on the L.A.Cosmic values within 2 px of it, and
-#: those on the data within 6 px, so 8 px of context make the kept flags those of a whole-frame run
-#: (a cleaned value, a mean over the unflagged pixels within 2 px, may differ when another hit lies
-#: just outside the window)
-_WINDOW_MARGIN = 8
 #: frame padding (px): cells and their context never leave the padded array
 _PAD = 3 * _CELL
 #: relative slack of the numpy pre-test against astroscrappy's float32 arithmetic
@@ -473,6 +479,106 @@ def _cover_seeds(sy: np.ndarray, sx: np.ndarray) -> tuple[np.ndarray, np.ndarray
             for dx in (-1, 0, 1):
                 pending.discard((y + dy, x + dx))
     return np.array(cy, int), np.array(cx, int)
+
+
+def _saturated_stars(sig_p: np.ndarray, satlevel: float) -> np.ndarray | None:
+    """astroscrappy's saturated-star mask (``update_mask``): pixels at ``satlevel`` whose 7 x 7 separable
+    median exceeds a tenth of it, grown twice by its 5 x 5 cornerless footprint; None when there are none."""
+    yy, xx = np.nonzero(sig_p >= satlevel)
+    if yy.size == 0:
+        return None
+    off = np.arange(-3, 4)
+    med = _sepmed(sig_p[yy[:, None, None] + off[None, :, None], xx[:, None, None] + off[None, None, :]], 7)[:, 0, 0]
+    yy, xx = yy[med > satlevel / 10], xx[med > satlevel / 10]
+    foot = [(dy, dx) for dy in range(-2, 3) for dx in range(-2, 3) if abs(dy) + abs(dx) < 4]
+    grown = {(a + b, c + d) for a, c in foot for b, d in foot}
+    out = np.zeros(sig_p.shape, bool)
+    ny, nx = out.shape
+    for dy, dx in grown:
+        out[np.clip(yy + dy, 0, ny - 1), np.clip(xx + dx, 0, nx - 1)] = True
+    return out
+
+
+def _lacosmic_first_pass(sig_p, inmask_p, sat_p, var_of, cy, cx, settings: CosmicRaySettings):
+    """astroscrappy's first L.A.Cosmic iteration on the 7 x 7 px round each centre (padded indices).
+
+    Returns the flags (n, 7, 7) and the bad-pixel mask astroscrappy cleans round (n, 11, 11, centre
+    +- 5). Same float32 arithmetic and order as astroscrappy 1.3 (``sepmed=True``, ``fsmode='median'``):
+    its L+, separable medians (the same comparator networks), noise, fine structure and the two
+    growth steps; the window (centre +- 11) holds everything the 7 x 7 flags depend on.
+    """
+    off = np.arange(-11, 12)
+    iy = cy[:, None, None] + off[None, :, None]
+    ix = cx[:, None, None] + off[None, None, :]
+    iy, ix = np.broadcast_arrays(iy, ix)
+    d = sig_p[iy, ix]
+    noise = np.sqrt(np.maximum(_sepmed(var_of(iy, ix), 7), np.float32(1e-5)))  # +- 8
+    s = _lplus(d[:, 2:-2, 2:-2]) / (np.float32(2) * noise)  # +- 8
+    sp = s[:, 3:-3, 3:-3] - _sepmed(s, 7)  # +- 5
+    m5 = _sepmed(d, 5)  # +- 9
+    f = np.maximum((m5[:, 4:-4, 4:-4] - _sepmed(m5, 9)) / noise[:, 3:-3, 3:-3], np.float32(0.01))  # +- 5
+    bad = _dilate3(inmask_p[iy[:, 5:-5, 5:-5], ix[:, 5:-5, 5:-5]])  # +- 5
+    if sat_p is not None:
+        bad |= sat_p[iy[:, 6:-6, 6:-6], ix[:, 6:-6, 6:-6]]
+    good = ~bad
+    sigclip = np.float32(settings.sigclip)
+    low = np.float32(settings.sigfrac) * sigclip
+    seeds = good & (sp > sigclip) & (sp / f > np.float32(settings.objlim))
+    grown = _dilate3(seeds) & good[:, 1:-1, 1:-1] & (sp[:, 1:-1, 1:-1] > sigclip)  # +- 4
+    flags = _dilate3(grown) & good[:, 2:-2, 2:-2] & (sp[:, 2:-2, 2:-2] > low)  # +- 3
+    return flags, bad
+
+
+def _first_pass_cleaned(sig_p, inmask_p, var_of, cy, cx, satlevel, settings: CosmicRaySettings):
+    """:func:`_lacosmic_first_pass` flags and the flagged pixels' values cleaned as astroscrappy's
+    ``meanmask`` does: the mean of the unflagged, unmasked pixels within 2 px (float64 sum)."""
+    flags, bad = _lacosmic_first_pass(sig_p, inmask_p, _saturated_stars(sig_p, satlevel), var_of, cy, cx, settings)
+    clean = np.zeros(flags.shape, np.float32)
+    w, a, b = np.nonzero(flags)
+    if w.size == 0:
+        return flags, clean
+    py, px = cy[w] + a - 3, cx[w] + b - 3
+    width = sig_p.shape[1]
+    flagged = np.unique(py * width + px)
+    total = np.zeros(w.size)
+    count = np.zeros(w.size)
+    for dy in range(-2, 3):
+        for dx in range(-2, 3):
+            use = ~(bad[w, a + 2 + dy, b + 2 + dx] | np.isin((py + dy) * width + px + dx, flagged))
+            total += np.where(use, sig_p[py + dy, px + dx], 0.0)
+            count += use
+    # no usable pixel round it: astroscrappy's "background level", the median of the good signal (~0 here)
+    good = sig_p[::4, ::4][~inmask_p[::4, ::4]]
+    level = float(np.median(good)) if good.size else 0.0
+    clean[w, a, b] = np.where(count > 0, total / np.maximum(count, 1), level)
+    return flags, clean
+
+
+def _scrappy_windows(sig_p, inmask_p, var_of, cy, cx, kwargs):
+    """astroscrappy itself (any ``niter``) on a mosaic of the windows centre +- 11 px: flags and cleaned
+    values on the 7 x 7 px round each centre (padded indices), as :func:`_first_pass_cleaned` gives."""
+    import astroscrappy
+
+    m = len(cy)
+    size = 23
+    off = np.arange(-11, 12)
+    iy = cy[:, None, None] + off[None, :, None]
+    ix = cx[:, None, None] + off[None, None, :]
+    iy, ix = np.broadcast_arrays(iy, ix)
+    cols = int(np.ceil(np.sqrt(m)))
+    rows = (m + cols - 1) // cols
+    pad = rows * cols - m
+
+    def mosaic(a, value):
+        a = np.concatenate([a, np.full((pad, size, size), value, a.dtype)]) if pad else a
+        return a.reshape(rows, cols, size, size).transpose(0, 2, 1, 3).reshape(rows * size, cols * size)
+
+    def unmosaic(a):
+        return a.reshape(rows, size, cols, size).transpose(0, 2, 1, 3).reshape(rows * cols, size, size)[:m, 8:15, 8:15]
+
+    mos_cr, mos_clean = astroscrappy.detect_cosmics(mosaic(sig_p[iy, ix], 0.0), inmask=mosaic(inmask_p[iy, ix], True),
+                                                    invar=mosaic(var_of(iy, ix), 1.0), **kwargs)
+    return unmosaic(mos_cr).astype(bool), unmosaic(mos_clean)
 
 
 def remove_cosmics_near(
@@ -521,8 +627,6 @@ def remove_cosmics_near(
     cleaned : float32 copy of ``data`` with flagged pixels replaced (meanmask)
     crmask : bool array, ``True`` on cosmic-ray pixels (only near sources)
     """
-    import astroscrappy
-
     data = np.asarray(data, dtype=np.float32)
     crmask = np.zeros(data.shape, bool)
     cleaned = data.copy()
@@ -571,24 +675,33 @@ def remove_cosmics_near(
     near &= ~inmask_p
 
     # (1) L+ above 2 sigclip x the lowest noise anywhere: a bound astroscrappy's s can only fall below
-    finite = rms[np.isfinite(rms) & (rms > 0)]
-    var_lo = min(float(np.min(finite)) ** 2 if finite.size else 1.0, float(fill))
+    r_lo = float(np.min(rms))
+    if not (np.isfinite(r_lo) and r_lo > 0):  # invalid RMS pixels get the fill variance
+        finite = rms[np.isfinite(rms) & (rms > 0)]
+        r_lo = float(np.min(finite)) if finite.size else 1.0
+    var_lo = min(r_lo**2, float(fill))
     slack = 1 - _PRETEST_SLACK
-    lp = np.zeros(sig_p.shape, np.float32)
-    _lplus_bound(sig_p, lp[1:-1, 1:-1])
-    cand = (lp > 2 * settings.sigclip * np.sqrt(max(var_lo, 1e-5)) * slack) & near
+    thr = 2 * settings.sigclip * np.sqrt(max(var_lo, 1e-5)) * slack
     # within 3 px of the frame's edge the noise median also sees the padding's variance (1)
     thr_edge = 2 * settings.sigclip * np.sqrt(max(min(var_lo, 1.0), 1e-5)) * slack
-    for band in ((slice(P, P + 3), slice(None)), (slice(P + ny - 3, P + ny), slice(None)),
-                 (slice(None), slice(P, P + 3)), (slice(None), slice(P + nx - 3, P + nx))):
-        cand[band] |= near[band] & (lp[band] > thr_edge)
-    del lp
+    cand = near  # narrowed in place, in blocks of rows: no whole-frame temporaries
+    rows = 64
+    buf = np.empty((2, rows, sig_p.shape[1] - 2), np.float32)
+    for y0 in range(1, sig_p.shape[0] - 1, rows):
+        y1 = min(y0 + rows, sig_p.shape[0] - 1)
+        lp = _lplus_bound(sig_p[y0 - 1:y1 + 1], buf[0, :y1 - y0], buf[1, :y1 - y0])
+        test = lp > thr
+        test[:, [P - 1, P, P + 1, P + nx - 4, P + nx - 3, P + nx - 2]] |= lp[:, [P - 1, P, P + 1, P + nx - 4, P + nx - 3, P + nx - 2]] > thr_edge
+        edge_rows = [i for i, y in enumerate(range(y0, y1)) if P <= y < P + 3 or P + ny - 3 <= y < P + ny]
+        if edge_rows:
+            test[edge_rows] |= lp[edge_rows] > thr_edge
+        cand[y0:y1, 1:-1] &= test
+    cand[0] = cand[-1] = False
+    cand[:, 0] = cand[:, -1] = False
     cy, cx = np.nonzero(cand)
     # the exact L+ of those pixels against the same thresholds
     lpc = _lplus(np.stack([sig_p[cy + dy, cx + dx] for dy in (-1, 0, 1) for dx in (-1, 0, 1)], -1).reshape(-1, 3, 3))
-    thr = np.where((cy < P + 3) | (cy >= P + ny - 3) | (cx < P + 3) | (cx >= P + nx - 3), thr_edge,
-                   2 * settings.sigclip * np.sqrt(max(var_lo, 1e-5)) * slack)
-    ok = lpc[:, 0, 0] > thr
+    ok = lpc[:, 0, 0] > np.where((cy < P + 3) | (cy >= P + ny - 3) | (cx < P + 3) | (cx >= P + nx - 3), thr_edge, thr)
     cand[cy[~ok], cx[~ok]] = False
     cy, cx = cy[ok], cx[ok]
     cells = np.unique((cy // C) * (sig_p.shape[1] // C + 1) + cx // C)
@@ -609,52 +722,45 @@ def remove_cosmics_near(
         ix = cell_x[k:k + chunk, None, None] + off[None, None, :]
         iy, ix = np.broadcast_arrays(iy, ix)
         s_ = sig_p[iy, ix]
+        m5 = _sepmed(s_, 5)  # cell +- 4
+        fine = m5[:, 4:-4, 4:-4] - _sepmed(m5, 9)  # the fine structure f times the noise
+        # sp <= s = L+ / (2 noise) and f >= fine / noise: sp / f <= L+ / (2 fine), whatever the noise; this
+        # drops the stars' cores before the costlier noise median
+        seed = cand[iy[:, h:-h, h:-h], ix[:, h:-h, h:-h]]
+        seed &= (fine <= 0) | (_lplus(s_[:, 5:-5, 5:-5]) > 2 * settings.objlim * fine * slack)
+        busy = seed.any(axis=(1, 2))
+        iy, ix, s_, seed = iy[busy], ix[busy], s_[busy], seed[busy]
         noise = np.sqrt(np.maximum(_sepmed(_variance_at(sig_p, rms, inmask_p, iy, ix, gain, fill), 7), 1e-5))
         s = _lplus(s_[:, 2:-2, 2:-2]) / (2 * noise)  # cell +- 3
         sp = s[:, 3:-3, 3:-3] - _sepmed(s, 7)
-        m5 = _sepmed(s_, 5)  # cell +- 4
-        f = np.maximum((m5[:, 4:-4, 4:-4] - _sepmed(m5, 9)) / noise[:, 3:-3, 3:-3], 0.01)
-        seed = (sp > settings.sigclip * (1 - _PRETEST_SLACK)) & (sp / f > settings.objlim * (1 - _PRETEST_SLACK))
-        seed &= cand[iy[:, h:-h, h:-h], ix[:, h:-h, h:-h]]
+        f = np.maximum(fine[busy] / noise[:, 3:-3, 3:-3], 0.01)
+        seed &= (sp > settings.sigclip * slack) & (sp / f > settings.objlim * slack)
         seeds_y.append(iy[:, h:-h, h:-h][seed])
         seeds_x.append(ix[:, h:-h, h:-h][seed])
     if progress:
         progress(steps - 1, steps)
 
-    # (3) astroscrappy on a mosaic of windows, each round up to 3 x 3 seeds: its flags within 2 px of them
-    # (3 px of the window's centre) are the whole-frame run's, with 8 px of context for the filters
+    # (3) astroscrappy's first iteration on windows, each round up to 3 x 3 seeds: the flags within 2 px of
+    # the seeds (3 px of the window's centre) depend only on the data within 11 px of the centre
     sy, sx = _cover_seeds(np.concatenate(seeds_y) if seeds_y else np.zeros(0, int),
                           np.concatenate(seeds_x) if seeds_x else np.zeros(0, int))
-    m = len(sy)
-    if m:
-        size = 2 * (3 + _WINDOW_MARGIN) + 1
-        off = np.arange(-(3 + _WINDOW_MARGIN), 3 + _WINDOW_MARGIN + 1)
-        iy = sy[:, None, None] + off[None, :, None]
-        ix = sx[:, None, None] + off[None, None, :]
-        iy, ix = np.broadcast_arrays(iy, ix)
-        stamps, smask = sig_p[iy, ix], inmask_p[iy, ix]
-        svar = _variance_at(sig_p, rms, inmask_p, iy, ix, gain, fill)
-        cols = int(np.ceil(np.sqrt(m)))
-        rows = (m + cols - 1) // cols
-        pad = rows * cols - m
-
-        def mosaic(a, value):
-            a = np.concatenate([a, np.full((pad, size, size), value, a.dtype)]) if pad else a
-            return a.reshape(rows, cols, size, size).transpose(0, 2, 1, 3).reshape(rows * size, cols * size)
-
-        def unmosaic(a):
-            return a.reshape(rows, size, cols, size).transpose(0, 2, 1, 3).reshape(rows * cols, size, size)[:m]
-
+    if len(sy):
         check_cancel(cancel)
-        mos_cr, mos_clean = astroscrappy.detect_cosmics(mosaic(stamps, 0.0), inmask=mosaic(smask, True),
-                                                        invar=mosaic(svar, 1.0), **kwargs)
-        kept = slice(_WINDOW_MARGIN, _WINDOW_MARGIN + 7)
-        kiy, kix = iy[:, kept, kept], ix[:, kept, kept]
-        hit = unmosaic(mos_cr)[:, kept, kept].astype(bool) & keep[kiy, kix]
+        def var_of(iy, ix):
+            return _variance_at(sig_p, rms, inmask_p, iy, ix, gain, fill)
+
+        if settings.niter == 1:
+            flags, clean = _first_pass_cleaned(sig_p, inmask_p, var_of, sy, sx, kwargs["satlevel"], settings)
+        else:
+            flags, clean = _scrappy_windows(sig_p, inmask_p, var_of, sy, sx, kwargs)
+        d = np.arange(-3, 4)
+        kiy = np.broadcast_to(sy[:, None, None] + d[None, :, None], flags.shape)
+        kix = np.broadcast_to(sx[:, None, None] + d[None, None, :], flags.shape)
+        hit = flags & keep[kiy, kix]
         if hit.any():
             yy, xx = kiy[hit] - P, kix[hit] - P
             crmask[yy, xx] = True
-            cleaned[yy, xx] = unmosaic(mos_clean)[:, kept, kept][hit] + background[yy, xx]
+            cleaned[yy, xx] = clean[hit] + background[yy, xx]
     if progress:
         progress(steps, steps)
     crmask &= ~nan
