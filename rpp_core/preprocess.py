@@ -555,16 +555,27 @@ def _first_pass_cleaned(sig_p, inmask_p, var_of, cy, cx, satlevel, settings: Cos
 
 
 def _scrappy_windows(sig_p, inmask_p, var_of, cy, cx, kwargs):
-    """astroscrappy itself (any ``niter``) on a mosaic of the windows centre +- 11 px: flags and cleaned
-    values on the 7 x 7 px round each centre (padded indices), as :func:`_first_pass_cleaned` gives."""
+    """astroscrappy itself (``niter`` > 1) on a mosaic of windows round the centres (padded indices):
+    flags and cleaned values on the ``2 k + 1`` px square round each centre, ``k = 3 + 8 (niter - 1)``.
+
+    Each iteration after the first cleans the flagged pixels and looks again: the L.A.Cosmic values
+    change within 6 px of a cleaned pixel and a flag reaches 2 px from a seed, so the flags can grow by
+    8 px per iteration, and the context each needs by as much.
+    """
     import astroscrappy
 
-    m = len(cy)
-    size = 23
-    off = np.arange(-11, 12)
+    k = 3 + 8 * (kwargs["niter"] - 1)
+    h = k + 8 * kwargs["niter"]
+    m, size = len(cy), 2 * h + 1
+    off = np.arange(-h, h + 1)
     iy = cy[:, None, None] + off[None, :, None]
     ix = cx[:, None, None] + off[None, None, :]
     iy, ix = np.broadcast_arrays(iy, ix)
+    # beyond the padding (many iterations, a source at the edge): masked, as the padding is
+    outside = (iy < 0) | (iy >= sig_p.shape[0]) | (ix < 0) | (ix >= sig_p.shape[1])
+    iy, ix = np.clip(iy, 0, sig_p.shape[0] - 1), np.clip(ix, 0, sig_p.shape[1] - 1)
+    data, bad, var = sig_p[iy, ix], inmask_p[iy, ix] | outside, var_of(iy, ix)
+    data[outside], var[outside] = 0.0, 1.0
     cols = int(np.ceil(np.sqrt(m)))
     rows = (m + cols - 1) // cols
     pad = rows * cols - m
@@ -574,10 +585,11 @@ def _scrappy_windows(sig_p, inmask_p, var_of, cy, cx, kwargs):
         return a.reshape(rows, cols, size, size).transpose(0, 2, 1, 3).reshape(rows * size, cols * size)
 
     def unmosaic(a):
-        return a.reshape(rows, size, cols, size).transpose(0, 2, 1, 3).reshape(rows * cols, size, size)[:m, 8:15, 8:15]
+        a = a.reshape(rows, size, cols, size).transpose(0, 2, 1, 3).reshape(rows * cols, size, size)
+        return a[:m, h - k:h + k + 1, h - k:h + k + 1]
 
-    mos_cr, mos_clean = astroscrappy.detect_cosmics(mosaic(sig_p[iy, ix], 0.0), inmask=mosaic(inmask_p[iy, ix], True),
-                                                    invar=mosaic(var_of(iy, ix), 1.0), **kwargs)
+    mos_cr, mos_clean = astroscrappy.detect_cosmics(mosaic(data, 0.0), inmask=mosaic(bad, True),
+                                                    invar=mosaic(var, 1.0), **kwargs)
     return unmosaic(mos_cr).astype(bool), unmosaic(mos_clean)
 
 
@@ -753,7 +765,7 @@ def remove_cosmics_near(
             flags, clean = _first_pass_cleaned(sig_p, inmask_p, var_of, sy, sx, kwargs["satlevel"], settings)
         else:
             flags, clean = _scrappy_windows(sig_p, inmask_p, var_of, sy, sx, kwargs)
-        d = np.arange(-3, 4)
+        d = np.arange(flags.shape[1]) - flags.shape[1] // 2
         kiy = np.broadcast_to(sy[:, None, None] + d[None, :, None], flags.shape)
         kix = np.broadcast_to(sx[:, None, None] + d[None, None, :], flags.shape)
         hit = flags & keep[kiy, kix]
