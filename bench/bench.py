@@ -495,7 +495,8 @@ def main() -> int:
         res[f"sep_{tag}"] = part("sep", args, env, frame=frame.name, fwhm=fwhm, tag=tag)
     if not args.skip_stdpipe:
         res["stdpipe_B"] = part("stdpipe", args, env, frame="frame_b.fits", tag="B")
-    res["rpp_full"] = part("rpp", args, env)
+    # in-process, with the environment rpp_core.runner gives its workers (numpy without huge-page advice)
+    res["rpp_full"] = part("rpp", args, dict(env, NUMPY_MADVISE_HUGEPAGE=env.get("NUMPY_MADVISE_HUGEPAGE", "0")))
     if not args.skip_baseline:
         res["baseline"] = part("baseline", args, env)
     res["help"] = time_help(env)

@@ -117,8 +117,9 @@ def _run_frame(args, frame: str, catalogs: list[str]) -> int:
 
     from . import signal_words
 
-    runner.warm_up()  # the worker's imports run beside the checks below
     profile = profile_from_args(args)
+    # the worker's imports (what this profile uses) run beside the checks below
+    runner.warm_up(profile.replace(**{"services.offline": True}) if args.offline else profile)
     _check_before_run(profile, frame, catalogs)
     reporter = ConsoleReporter(quiet=args.quiet, verbose=args.verbose)
     request = runner.RunRequest(frame, profile, out_dir=args.out, catalog_files=tuple(catalogs), hdu=args.hdu,

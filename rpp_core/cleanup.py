@@ -1,7 +1,7 @@
 """Removal of old run folders by age and by total size (``rpp clean``, ``output.keep_days``).
 
 Only *run folders* are ever removed: direct sub-folders of the workspace that
-hold ``summary.json`` or ``run.log`` (see :func:`rpp_core.results.is_run_dir`).
+hold ``summary.json`` or ``run.log`` (see :func:`rpp_core.rundir.is_run_dir`).
 Anything else in the workspace (the ledger, files the user put there, folders
 without those markers, symbolic links) is left alone.
 
@@ -13,7 +13,7 @@ Rules
   until the rest fit. Sizes count every file in the folder (``du``-like,
   apparent size), in powers of 1024 (``10G`` = 10 GiB, ``max_total_gb`` in GiB).
 - a run in progress (its ``.in-progress`` marker held by a live process, see
-  :func:`rpp_core.results.run_state`) is never removed, by any rule; nor is a
+  :func:`rpp_core.rundir.run_state`) is never removed, by any rule; nor is a
   run younger than :data:`ACTIVE_GRACE_S` with a ``run.log``, no summary and no
   marker (written by an older rpp, which had none).
 - a run without summary whose marker nobody holds was interrupted (killed,
@@ -32,7 +32,7 @@ import time
 from pathlib import Path
 
 from . import locations
-from .results import IN_PROGRESS, is_run_dir, remove_run, run_state
+from .rundir import IN_PROGRESS, is_run_dir, remove_run, run_state
 from .errors import UsageError
 
 #: seconds during which an unfinished run (run.log, no summary.json) counts as running

@@ -711,6 +711,11 @@ async def _reference_catalog(job: _Job, profile: Profile, meta, frame, wcs) -> T
     if cal.catalog == "file":
         raise CalibrationError("calibration.catalog = 'file' but no catalogue file given (--catalog FILE)")
     if profile.services.offline:
+        from .catalogs.cache import cache_root, has_answers
+
+        if not has_answers("gaia", job.cache_dir):
+            job.log(f"offline: no cached Gaia answer for this field (no Gaia answers in {cache_root(job.cache_dir)})")
+            return None
         try:
             return await _gaia(job, profile, meta, ra0, dec0, radius)
         except (ServiceError, CalibrationError) as exc:

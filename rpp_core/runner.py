@@ -47,11 +47,33 @@ from . import events as ev
 from .errors import Cancelled, RppError
 from .settings import Profile
 
-#: modules a forkserver imports once, so that forked workers start at once
-#: (matplotlib and pyarrow too: their imports, 0.5 and 0.3 s, were paid in every run's Outputs)
-PRELOAD = ["rpp_core.pipeline", "rpp_core.image", "rpp_core.preprocess", "rpp_core.detect", "rpp_core.photometry",
-           "rpp_core.astrometry", "rpp_core.calibrate", "rpp_core.results", "rpp_core.catalogs",
-           "rpp_core.figures", "matplotlib.figure", "matplotlib.backends.backend_agg", "pyarrow.csv", "pyarrow.parquet"]
+#: modules a forkserver imports once, so that forked workers start at once (matplotlib and
+#: pyarrow too: their imports, 0.5 and 0.3 s, were paid in every run's Outputs).
+#: ``rpp_core.image`` exports lazily: its stage modules are named.
+CORE_PRELOAD = ["rpp_core.pipeline", "rpp_core.image.load", "rpp_core.image.metadata", "rpp_core.image.companions",
+                "rpp_core.preprocess", "rpp_core.detect", "rpp_core.photometry", "rpp_core.calibrate",
+                "rpp_core.results", "rpp_core.figures", "matplotlib.figure", "matplotlib.backends.backend_agg",
+                "pyarrow.csv", "pyarrow.parquet"]
+#: what only some profiles use: the stage that needs one imports it (see :func:`preload_for`)
+OPTIONAL_PRELOAD = {"astrometry": ["rpp_core.astrometry"], "services": ["rpp_core.catalogs.gaia", "rpp_core.catalogs.crossmatch"],
+                    "cosmic_rays": ["astroscrappy"]}
+#: everything, for a forkserver that serves many runs (the app, batch, watch)
+PRELOAD = CORE_PRELOAD + [m for mods in OPTIONAL_PRELOAD.values() for m in mods]
+
+
+def preload_for(profile: Profile) -> list[str]:
+    """The modules a run of ``profile`` will use, for a forkserver that serves one run (``rpp run``):
+    no astrometry.net planning when solving is off, no HTTP client offline (0.1-0.3 s each)."""
+    mods = list(CORE_PRELOAD)
+    if profile.astrometry.solve != "never":
+        mods += OPTIONAL_PRELOAD["astrometry"]
+    if not profile.services.offline:
+        mods += OPTIONAL_PRELOAD["services"]
+    if profile.cosmic_rays.enabled:
+        mods += OPTIONAL_PRELOAD["cosmic_rays"]
+    return mods
+
+
 #: seconds a cancelled worker has to stop by itself before its session is killed
 CANCEL_GRACE_S = 0.5
 _STDERR_LOCK = threading.Lock()
@@ -170,11 +192,20 @@ def _worker_main(request: RunRequest, conn) -> None:
 
 # ---------------------------------------------------------------- the runner (caller side)
 
-def process_context():
-    """The multiprocessing context of runner workers and batch pools (forkserver with the pipeline preloaded)."""
+def process_context(preload: list[str] | None = None):
+    """The multiprocessing context of runner workers and batch pools (forkserver with the pipeline preloaded).
+
+    ``preload`` (default :data:`PRELOAD`) counts only when this call starts the server.
+
+    Workers import numpy without its transparent-huge-page advice (NUMPY_MADVISE_HUGEPAGE=0,
+    unless the user set it): on a machine whose memory is fragmented the kernel compacts
+    memory at the first touch of each advised array, and a 4k run spent 0.75-1.5 s of
+    system time there (background 1.0-1.2 s against 0.4 s with plain pages; CPU of the
+    whole run 6.5-7.5 s against 5.8-6.6 s, three runs each)."""
+    os.environ.setdefault("NUMPY_MADVISE_HUGEPAGE", "0")  # inherited by the server when it starts
     try:
         ctx = multiprocessing.get_context("forkserver")
-        ctx.set_forkserver_preload(PRELOAD)
+        ctx.set_forkserver_preload(PRELOAD if preload is None else preload)
     except ValueError:  # no forkserver on this platform
         ctx = multiprocessing.get_context("spawn")
     return ctx
@@ -205,10 +236,11 @@ def _start(proc) -> None:
         proc.start()
 
 
-def warm_up() -> None:
+def warm_up(profile: Profile | None = None) -> None:
     """Start the forkserver now, without waiting for it: it imports the pipeline (about 1.4 s of
-    CPU) while the caller does its own checks, so a one-shot ``rpp run`` overlaps the two."""
-    if process_context().get_start_method() != "forkserver":
+    CPU) while the caller does its own checks, so a one-shot ``rpp run`` overlaps the two.
+    ``profile``: the one run it will serve (only what that run uses is imported)."""
+    if process_context(None if profile is None else preload_for(profile)).get_start_method() != "forkserver":
         return
     from multiprocessing import forkserver
 

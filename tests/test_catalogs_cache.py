@@ -106,6 +106,20 @@ async def test_cache_stays_within_its_size_bound_dropping_the_least_recently_use
     assert cache_info(st, tmp_path)[1].answers < 26 and size < 2.0 * 1024 * 1024
 
 
+async def test_an_offline_run_knows_from_the_folder_whether_a_service_has_answers(tmp_path, clock):
+    """A lookup in a service never asked creates no store, and a store whose answers all expired
+    holds none: an offline run then skips the HTTP client (and its imports) altogether."""
+    store = AnswerCache(tmp_path, ServicesSettings(cache_days=1.0))
+    assert await store.get("gaia", "k") == []
+    assert not cache.has_answers("gaia", tmp_path) and not list(tmp_path.glob("gaia.db*"))
+    await store.put("gaia", "k", b"answer", "a cone")
+    assert [b for _, b in await store.get("gaia", "k")] == [b"answer"]
+    assert cache.has_answers("gaia", tmp_path)
+    clock.offset = 2 * 86400.0
+    assert not cache.has_answers("gaia", tmp_path)
+    await store.aclose()
+
+
 async def test_cache_clear_forgets_one_service_or_all(sky_server, tmp_path):
     st = sky_server.settings(enabled=["skybot", "simbad"])
     await _crossmatch(sky_server, st)

@@ -339,3 +339,24 @@ def test_stars_on_the_wings_of_saturated_stars_are_deblended_and_watershed_finds
     sextractor, default, watershed = found.values()
     assert default >= 0.8 * inside.sum() and default > sextractor, found
     assert watershed >= default, found
+
+
+def test_an_object_over_a_million_pixels_above_threshold_is_detected_with_the_stars_round_it():
+    """A nebula or a bright plate star's halo can hold more pixels above threshold than the first
+    pixel stack (1 M, kept small because sep allocates all of it at every call): the pass is made
+    again with a larger one, and the stars are found."""
+    from rpp_core import detect
+
+    ny = nx = 1300
+    yy, xx = np.mgrid[0:ny, 0:nx]
+    rng = np.random.default_rng(3)
+    data = 200.0 * np.exp(-0.5 * ((xx - 650) ** 2 + (yy - 650) ** 2) / 500.0**2)  # ~1.2 M px above 5 sigma
+    stars = rng.uniform(60, 1240, (40, 2))
+    for x0, y0 in stars:
+        data += 3000.0 * np.exp(-0.5 * ((xx - x0) ** 2 + (yy - y0) ** 2) / 1.5**2)
+    data = (data + rng.normal(0.0, 5.0, data.shape)).astype(np.float32)
+    rms = np.full(data.shape, 5.0, np.float32)
+    assert (data > 5 * 5.0 * 3).sum() > detect._PIXSTACK  # more than the first stack, even on the filtered image
+    tab = find_stars(data, rms, None, 3.5, DetectionSettings(), border_px=10)
+    d, _ = cKDTree(np.c_[tab["x"], tab["y"]]).query(stars)
+    assert (d < 1.0).sum() >= 38

@@ -364,3 +364,28 @@ def test_undersampled_psf_photometry_fits_the_measured_moffat_and_keeps_fluxes_w
     ok = _bright(out) & (out["psf_flag"] == 0)
     ratio = np.asarray(out["psf_flux"])[ok] / np.asarray(sf.truth["flux"])[ok]
     assert ok.sum() > 100 and _mad(ratio) < 0.015, _mad(ratio)
+
+
+def test_annulus_clipping_agrees_with_astropy_sigma_clipped_stats():
+    """The local background's clipped median and spread are astropy's, on annuli longer than numpy's
+    600-value fast path, with star wings, NaN pixels and an annulus with no pixel at all."""
+    import warnings
+
+    from astropy.stats import sigma_clipped_stats
+
+    from rpp_core.photometry.aperture import clipped_rows
+
+    rng = np.random.default_rng(5)
+    v = rng.normal(1000.0, 12.0, (300, 770)).astype(np.float32)
+    v[:, :40] += rng.exponential(300.0, (300, 40)).astype(np.float32)  # a neighbour's wing in the annulus
+    v[rng.random(v.shape) < 0.1] = np.nan
+    v[7] = np.nan
+    v[8, 3:] = np.nan  # three pixels left
+    med, std, n = clipped_rows(v, 3.0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        _, ref_med, ref_std = sigma_clipped_stats(v, axis=1, sigma=3.0, maxiters=10)
+    assert np.array_equal(np.isnan(med), np.isnan(ref_med)) and np.isnan(med[7])
+    np.testing.assert_allclose(med, ref_med, atol=1e-3)
+    np.testing.assert_allclose(std, ref_std, rtol=1e-4, atol=1e-4)
+    assert n[7] == 0 and n[8] <= 3 and (n[10:] > 500).all()

@@ -7,6 +7,7 @@ import json
 import re
 import time
 import zipfile
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -336,3 +337,26 @@ def test_fwhm_log_line_says_which_estimate_was_used_and_what_became_of_the_heade
     assert f"FWHM {res.summary.fwhm_px:.2f} px from" in line and "kernel scan" in line
     assert "header seeing" in line  # 2.5" at 1"/px against 3.5 px: agrees or ignored, but said
     assert res.summary.fwhm_gauss_px > res.summary.fwhm_px
+
+
+def test_offline_run_without_cached_answers_never_loads_the_http_client(tmp_path):
+    """Offline with an empty answer cache, the reference stage knows there is nothing to read
+    without importing httpx (0.2-0.3 s of every offline run), and says why it has no catalogue."""
+    import subprocess
+    import sys
+
+    make_frame(shape=(256, 256), n_stars=60, seed=3).write(tmp_path / "f.fits")
+    code = (
+        "import asyncio, sys\n"
+        "from rpp_core import pipeline\n"
+        "from tests.conftest_pipeline_helpers import offline_profile\n"
+        f"res = asyncio.run(pipeline.run({str(tmp_path / 'f.fits')!r}, offline_profile(), out_dir={str(tmp_path / 'runs')!r}))\n"
+        "print(res.summary.n_sources, 'httpx' in sys.modules, 'hishel' in sys.modules)\n"
+        "print(open(res.run_dir / 'run.log').read())\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         cwd=str(Path(__file__).resolve().parent.parent)).stdout
+    first, log = out.split("\n", 1)
+    n, httpx_loaded, hishel_loaded = first.split()
+    assert int(n) > 20
+    assert (httpx_loaded, hishel_loaded) == ("False", "False")
+    assert "offline: no cached Gaia answer" in log and str(tmp_path / "cache") in log

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import importlib
 import json
 import os
 import stat
@@ -185,3 +186,33 @@ async def test_a_cancel_as_the_worker_starts_is_a_cancel_not_a_crash(small, tmp_
     asyncio.get_running_loop().call_later(delay_s, cancel.set)
     with pytest.raises(Cancelled):
         await runner.run(request, None, cancel)
+
+
+def test_a_one_shot_forkserver_imports_only_what_the_profile_uses():
+    """rpp run starts its worker's imports before its checks: without solving or services they
+    leave out astrometry.net planning and the HTTP client; the app's shared server has them all."""
+    from rpp_core.settings import Profile
+
+    lite = Profile(name="t").replace(**{"astrometry.solve": "never", "services.offline": True, "cosmic_rays.enabled": False})
+    mods = runner.preload_for(lite)
+    assert "rpp_core.pipeline" in mods and "rpp_core.image.load" in mods
+    assert not {"rpp_core.astrometry", "rpp_core.catalogs.gaia", "astroscrappy"} & set(mods)
+    full = runner.preload_for(Profile(name="t").replace(**{"astrometry.solve": "auto", "services.offline": False}))
+    assert {"rpp_core.astrometry", "rpp_core.catalogs.gaia"} <= set(full) <= set(runner.PRELOAD)
+    for name in runner.PRELOAD:  # every name imports (a renamed module would make the server die at start)
+        importlib.import_module(name)
+
+
+def test_workers_import_numpy_without_huge_page_advice(tmp_path):
+    """A worker's first touch of each frame-sized array must not wait for the kernel to compact
+    memory into huge pages (seconds of system time on a fragmented machine)."""
+    import subprocess
+    import sys
+
+    out = tmp_path / "env"
+    code = ("import os\nfrom rpp_core import runner\n"
+            "p = runner.process_context().Process(target=os.system, args=('echo $NUMPY_MADVISE_HUGEPAGE > %s',))\n"
+            "p.start(); p.join()\n" % out)
+    env = {k: v for k, v in os.environ.items() if k != "NUMPY_MADVISE_HUGEPAGE"}
+    subprocess.run([sys.executable, "-c", code], env=env, check=True, timeout=120)
+    assert out.read_text().strip() == "0"

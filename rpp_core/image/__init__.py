@@ -17,15 +17,30 @@ fallbacks), :mod:`.units` (units, effective gain, header zero points),
 :mod:`.keywords` (keyword value parsers).
 """
 
-from .companions import NoiseMap, PixelWeights, load_pixel_weights, noise_map
-from .header import pixel_scale_from_wcs, repair_header, wcs_from_header
-from .keywords import parse_date
-from ..products import ExposureValues, Frame, ObservationMeta
-from .load import load_frame
-from .metadata import compute_airmass, exposure_values, header_metadata, read_metadata
-from .raw import RawLayout
-from .summary import header_summary
-from .units import EffectiveGain, GainSource, HeaderZeroPoint, HeaderZeroPoints, ImageUnits, UnitKind
+import importlib
+
+#: public name -> the submodule defining it; imported on first use (PEP 562), so that
+#: ``from rpp_core.image import header_summary`` (the file browser, preflight) does not
+#: import scipy.ndimage and astropy.coordinates with the loader and metadata modules
+_WHERE = {
+    "NoiseMap": ".companions", "PixelWeights": ".companions", "load_pixel_weights": ".companions",
+    "noise_map": ".companions", "pixel_scale_from_wcs": ".header", "repair_header": ".header",
+    "wcs_from_header": ".header", "parse_date": ".keywords", "ExposureValues": "..products",
+    "Frame": "..products", "ObservationMeta": "..products", "load_frame": ".load",
+    "compute_airmass": ".metadata", "exposure_values": ".metadata", "header_metadata": ".metadata",
+    "read_metadata": ".metadata", "RawLayout": ".raw", "header_summary": ".summary",
+    "EffectiveGain": ".units", "GainSource": ".units", "HeaderZeroPoint": ".units",
+    "HeaderZeroPoints": ".units", "ImageUnits": ".units", "UnitKind": ".units",
+}
+
+
+def __getattr__(name: str):
+    if name not in _WHERE:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(_WHERE[name], __name__), name)
+    globals()[name] = value
+    return value
+
 
 __all__ = [
     "EffectiveGain",

@@ -11,9 +11,9 @@ from __future__ import annotations
 import math
 import re
 import warnings
+from typing import TYPE_CHECKING
 
 from astropy import units as u
-from astropy.coordinates import AltAz, EarthLocation, SkyCoord
 from astropy.io import fits
 from astropy.time import Time
 from astropy.utils import iers
@@ -25,6 +25,9 @@ from ..settings import ObservatorySettings
 from .header import pixel_scale_from_wcs
 from .keywords import TIME_KEYS, first_key, parse_angle, parse_date, parse_float, parse_text, parse_time_of_day
 from .units import GainSource, classify_units, decide_gain, header_gain, header_zero_points, sky_noise
+
+if TYPE_CHECKING:
+    from astropy.coordinates import EarthLocation
 
 
 def _header(text: str) -> Provenance:
@@ -117,6 +120,8 @@ def _read_site(header: fits.Header, obs: ObservatorySettings) -> tuple[EarthLoca
     Longitudes are east positive (degrees or sexagesimal, 'W' suffix = west).
     A missing height is taken as 0 m (said in the source).
     """
+    from astropy.coordinates import EarthLocation  # here: header reads (the browser, preflight) need no coordinates
+
     for klat, klon, kel in (("SITELAT", "SITELONG", "SITEELEV"), ("LAT-OBS", "LONG-OBS", "ALT-OBS"),
                             ("OBSGEO-B", "OBSGEO-L", "OBSGEO-H")):
         if klat in header and klon in header:
@@ -146,6 +151,8 @@ def _read_pointing(header: fits.Header, wcs: WCS | None, shape) -> tuple[float |
     lie far outside the frame (mosaic cut-outs) and CRVAL may be galactic.
     An EQUINOX of 1950 makes RA/DEC FK4 B1950 and they are converted to ICRS.
     """
+    from astropy.coordinates import SkyCoord  # here: header reads (the browser, preflight) need no coordinates
+
     for kra, kdec in (("RA", "DEC"), ("OBJCTRA", "OBJCTDEC")):
         if kra in header and kdec in header:
             vra = header[kra]
@@ -212,6 +219,8 @@ def compute_airmass(site: EarthLocation, time: Time, ra: float, dec: float) -> t
     alt_deg : float
         Altitude in degrees.
     """
+    from astropy.coordinates import AltAz, SkyCoord  # here: header reads (the browser, preflight) need no coordinates
+
     coord = SkyCoord(ra * u.deg, dec * u.deg, frame="icrs")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")

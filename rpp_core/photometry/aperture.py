@@ -9,11 +9,9 @@ instrumental: ``mag = -2.5 log10(flux / exptime)``, ``magerr = 1.0857 fluxerr / 
 from __future__ import annotations
 
 import math
-import warnings
 
 import numpy as np
 import sep_x
-from astropy.stats import sigma_clipped_stats
 from astropy.table import Table
 from scipy.spatial import cKDTree
 
@@ -85,6 +83,46 @@ def magnitudes(flux, fluxerr, exptime):
     return mag, magerr
 
 
+def clipped_rows(v: np.ndarray, sigma: float, maxiters: int = 10):
+    """Per row of ``v`` (n, m; NaN = no pixel): sigma-clipped median, standard deviation (ddof 0)
+    and number of values kept, as astropy's ``sigma_clipped_stats(v, axis=1, sigma=sigma)``.
+
+    Why not astropy: on rows longer than 600 values (the 4-6 FWHM annulus holds 770 pixels at
+    FWHM 3.5) numpy's ``nanmedian`` behind it loops over the rows in Python: 0.6 s for 6,500
+    sources on a 4k frame, against 0.17 s here. The clipped set of a sorted row is a
+    contiguous range, so one sort (NaN last) and two cumulative sums give every iteration's
+    median, mean and std by indexing; values agree with astropy's to 2e-5 ADU.
+    """
+    n, m = v.shape
+    a = np.sort(v, axis=1)
+    hi = np.count_nonzero(np.isfinite(a), axis=1)
+    lo = np.zeros(n, np.intp)
+    rows = np.arange(n)
+    ref = a[rows, np.maximum(hi - 1, 0) // 2].astype(np.float64)  # a level within the row: the float64 sums stay exact
+    ref[hi == 0] = 0.0
+    d = a - ref[:, None].astype(np.float32)
+    c1 = np.zeros((n, m + 1))
+    np.cumsum(np.nan_to_num(d), axis=1, out=c1[:, 1:])
+    c2 = np.zeros((n, m + 1))
+    np.cumsum(np.nan_to_num(d.astype(np.float64) ** 2), axis=1, out=c2[:, 1:])
+    for it in range(maxiters + 1):
+        k = np.maximum(hi - lo, 1)
+        med = 0.5 * (d[rows, np.minimum(lo + (k - 1) // 2, m - 1)].astype(np.float64) + d[rows, np.minimum(lo + k // 2, m - 1)])
+        mean = (c1[rows, hi] - c1[rows, lo]) / k
+        std = np.sqrt(np.maximum((c2[rows, hi] - c2[rows, lo]) / k - mean * mean, 0.0))
+        if it == maxiters:
+            break
+        with np.errstate(invalid="ignore"):  # NaN compare False: they stay beyond hi
+            new_lo = np.maximum(lo, np.count_nonzero(d < (med - sigma * std)[:, None].astype(np.float32), axis=1))
+            new_hi = np.minimum(hi, np.count_nonzero(d <= (med + sigma * std)[:, None].astype(np.float32), axis=1))
+        new_hi = np.maximum(new_hi, new_lo)
+        if np.array_equal(new_lo, lo) and np.array_equal(new_hi, hi):
+            break
+        lo, hi = new_lo, new_hi
+    empty = hi <= lo
+    return np.where(empty, np.nan, med + ref), np.where(empty, np.nan, std), hi - lo
+
+
 def _annulus_stats(data, mask, x, y, rin, rout, sigma, progress_cb=None, cancel=None):
     """Sigma-clipped median, std and pixel count of the annulus round each source.
 
@@ -95,10 +133,8 @@ def _annulus_stats(data, mask, x, y, rin, rout, sigma, progress_cb=None, cancel=
     # Why not a library call: sep_x.sum_circle(bkgann=...) and sum_circann give a
     # (clipped) mean only, and sep_x.stats_circann (median, unclipped) took 1.6 s for
     # 6,000 sources on a 4k frame. Gathering the annulus pixels into an
-    # (n_sources, n_pixels) array with fancy indexing (0.14 s) and running astropy
-    # sigma_clipped_stats(axis=1) on it (0.22 s) gives the clipped median in 0.36 s;
-    # a hand-written sort + cumulative-sum clipper measured 0.30 s for the same
-    # array, not worth owning.
+    # (n_sources, n_pixels) array with fancy indexing (0.14 s) and clipping each row
+    # (:func:`clipped_rows`) gives the clipped median.
     R = int(math.ceil(rout))
     dy, dx = np.mgrid[-R : R + 1, -R : R + 1]
     d = np.hypot(dx, dy)
@@ -125,14 +161,10 @@ def _annulus_stats(data, mask, x, y, rin, rout, sigma, progress_cb=None, cancel=
         if mask is not None:
             bad |= mask[Y, X]
         v[bad] = np.nan
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            _, m, sd = sigma_clipped_stats(v, axis=1, sigma=sigma, maxiters=10)
-        m = np.asarray(m, dtype=float)
-        sd = np.asarray(sd, dtype=float)
-        with np.errstate(invalid="ignore"):
-            kept = np.abs(v - m[:, None]) <= sigma * sd[:, None]
-        med[s], std[s], cnt[s] = m, sd, kept.sum(axis=1)
+        m, sd, _ = clipped_rows(v, sigma)
+        with np.errstate(invalid="ignore"):  # the pixels the final level and spread accept (NaN: none)
+            cnt[s] = np.count_nonzero(np.abs(v - m[:, None]) <= sigma * sd[:, None], axis=1)
+        med[s], std[s] = m, sd
         if progress_cb is not None:
             progress_cb(s.stop)
     return med, std, cnt, nominal
@@ -352,10 +384,17 @@ def aperture_photometry(
     sat_flags = {}
     if saturated_mask is not None:
         sat = np.ascontiguousarray(saturated_mask, dtype=bool)
-        if sat.any():
+        sy, sx = np.nonzero(sat)
+        if sx.size:
+            # sep decides which apertures touch a saturated pixel, asked only for the sources with one
+            # within reach (a pixel's corner is 0.71 px from its centre): 4 whole passes cost 0.15 s on 4k
+            dist, _ = cKDTree(np.c_[sx, sy]).query(np.c_[xs, ys], distance_upper_bound=rmax + 1.0)
+            near = np.flatnonzero(ok & (dist <= rmax + 1.0))
             for lab in labels:
-                _, _, f = sep_x.sum_circle(data, xs, ys, radii[lab], mask=sat, subpix=SUBPIX)
-                sat_flags[lab] = (np.asarray(f) & sep_x.APER_HASMASKED) > 0
+                sat_flags[lab] = np.zeros(n, bool)
+                if near.size:
+                    _, _, f = sep_x.sum_circle(data, xs[near], ys[near], radii[lab], mask=sat, subpix=SUBPIX)
+                    sat_flags[lab][near] = (np.asarray(f) & sep_x.APER_HASMASKED) > 0
 
     tab.meta["apertures"] = {lab: radii[lab] for lab in labels}
     tab.meta["annulus_px"] = [float(rin), float(rout)]

@@ -1,0 +1,106 @@
+"""A run folder's state on disk: staging, the in-progress marker, finished or interrupted, removal.
+
+Kept apart from :mod:`rpp_core.results` (the writers, which import astropy.table and
+plotext) so that ``rpp clean``, retention after a run and the app's History can
+tell and remove runs without importing them. Names in :mod:`rpp_core.results`'s
+docstring: ``.staging/``, ``.in-progress``, ``run.log``, ``summary.json``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+from pathlib import Path
+
+STAGING = ".staging"  #: outputs are made here and published at the end
+IN_PROGRESS = ".in-progress"  #: held locked by the process running the run
+#: what a finished run folder holds besides its outputs; all that a failed one keeps
+RUN_LOG, SUMMARY = "run.log", "summary.json"
+
+
+def staging_dir(run_dir: Path) -> Path:
+    """Where a run makes its files until :func:`publish` (created on first use)."""
+    path = Path(run_dir) / STAGING
+    path.mkdir(exist_ok=True)
+    return path
+
+
+class RunMarker:
+    """``.in-progress`` in a run folder, held with ``flock`` while the run is alive.
+
+    The kernel drops the lock when the process dies however it dies, so a
+    marker nobody holds means an interrupted run; the file also says which
+    process and host held it, for a human looking at the folder.
+    """
+
+    def __init__(self, run_dir: Path) -> None:
+        import fcntl
+        import socket
+
+        self.path = Path(run_dir) / IN_PROGRESS
+        self._fd: int | None = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        with contextlib.suppress(OSError):  # a full disk: the lock itself is what counts
+            os.write(self._fd, f"pid {os.getpid()} on {socket.gethostname()}\n".encode())
+
+    def release(self) -> None:
+        """The run is over (its summary is in place): drop the marker."""
+        if self._fd is not None:
+            with contextlib.suppress(OSError):
+                self.path.unlink()
+            os.close(self._fd)
+            self._fd = None
+
+
+def is_running(run_dir: Path) -> bool:
+    """True while a process holds the run's ``.in-progress`` marker."""
+    import fcntl
+
+    try:
+        fd = os.open(Path(run_dir) / IN_PROGRESS, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        return False
+    except BlockingIOError:
+        return True
+    except OSError:  # a file system without locks: trust the marker
+        return True
+    finally:
+        os.close(fd)
+
+
+def run_state(run_dir: Path) -> str:
+    """``"finished"`` (summary.json in place), ``"running"`` or ``"interrupted"`` (neither: killed or crashed)."""
+    run_dir = Path(run_dir)
+    if (run_dir / SUMMARY).exists():
+        return "finished"
+    return "running" if is_running(run_dir) else "interrupted"
+
+
+def is_run_dir(path: Path) -> bool:
+    return path.is_dir() and any((path / m).exists() for m in (SUMMARY, RUN_LOG, IN_PROGRESS))
+
+
+def remove_run(path: Path) -> bool:
+    """Delete a run folder; False if another process removed it first.
+
+    The folder is first renamed to a hidden name, atomically, so two processes
+    (``rpp clean``, retention after a run, the app) never both delete it or
+    leave it half-deleted under its real name. Refuses anything that is not a
+    run folder (ValueError).
+    """
+    path = Path(path)
+    if path.is_symlink() or not is_run_dir(path):
+        raise ValueError(f"{path} is not an rpp run folder (no summary.json or run.log): not deleting it")
+    if run_state(path) == "running":
+        raise ValueError(f"{path} is a run in progress: not deleting it")
+    hidden = path.with_name(f".{path.name}.deleting-{os.getpid()}")
+    try:
+        os.rename(path, hidden)
+    except FileNotFoundError:
+        return False
+    shutil.rmtree(hidden, ignore_errors=True)
+    return True
