@@ -61,7 +61,8 @@ def run_stage(inp: dict, scope: str = "sources", radius: float | None = None):
     masks = preprocess.Masks(nan=inp["nan"], saturated=inp["saturated"], border=np.zeros_like(inp["nan"]),
                              combined=inp["combined"], saturation_level=float(inp["saturation"]))
     bkg = preprocess.Background(background=inp["background"], rms=inp["rms"], global_bkg=0.0, global_rms=1.0)
-    exposure = ExposureValues(gain=float(inp["gain"]), read_noise=5.0, exptime=60.0, saturation=float(inp["saturation"]), exptime_magnitudes=60.0)
+    exposure = ExposureValues(gain=float(inp["gain"]), read_noise=5.0, exptime=60.0,
+                              saturation=float(inp["saturation"]), exptime_magnitudes=60.0)
     image = preprocess.measurable_image(inp["data"], masks, bkg, exposure)
     plan = preprocess.cosmic_ray_plan(float(inp["fwhm"]), float(inp["peak_share"]))
     radius = 3.0 * float(inp["fwhm"]) if radius is None else radius

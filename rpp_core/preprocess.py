@@ -440,9 +440,9 @@ def _lplus_bound(a: np.ndarray, out: np.ndarray, tmp: np.ndarray) -> np.ndarray:
     return out
 
 
-#: side (px) of the cells in which candidate pixels are tested and astroscrappy run
+#: side (px) of the cells in which candidate pixels are tested
 _CELL = 8
-#: frame padding (px): cells and their context never leave the padded array
+#: frame padding (px): cells, windows (+- 11 px) and their context never leave the padded array
 _PAD = 3 * _CELL
 #: relative slack of the numpy pre-test against astroscrappy's float32 arithmetic
 _PRETEST_SLACK = 0.05
@@ -703,11 +703,12 @@ def remove_cosmics_near(
     cand = near  # narrowed in place, in blocks of rows: no whole-frame temporaries
     rows = 64
     buf = np.empty((2, rows, sig_p.shape[1] - 2), np.float32)
+    edge_cols = [P - 1, P, P + 1, P + nx - 4, P + nx - 3, P + nx - 2]  # frame columns 0-2, nx-3..nx-1 in lp
     for y0 in range(1, sig_p.shape[0] - 1, rows):
         y1 = min(y0 + rows, sig_p.shape[0] - 1)
         lp = _lplus_bound(sig_p[y0 - 1:y1 + 1], buf[0, :y1 - y0], buf[1, :y1 - y0])
         test = lp > thr
-        test[:, [P - 1, P, P + 1, P + nx - 4, P + nx - 3, P + nx - 2]] |= lp[:, [P - 1, P, P + 1, P + nx - 4, P + nx - 3, P + nx - 2]] > thr_edge
+        test[:, edge_cols] |= lp[:, edge_cols] > thr_edge
         edge_rows = [i for i, y in enumerate(range(y0, y1)) if P <= y < P + 3 or P + ny - 3 <= y < P + ny]
         if edge_rows:
             test[edge_rows] |= lp[edge_rows] > thr_edge
@@ -762,6 +763,7 @@ def remove_cosmics_near(
                           np.concatenate(seeds_x) if seeds_x else np.zeros(0, int))
     if len(sy):
         check_cancel(cancel)
+
         def var_of(iy, ix):
             return _variance_at(sig_p, rms, inmask_p, iy, ix, gain, fill)
 
