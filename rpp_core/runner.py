@@ -231,8 +231,31 @@ def _real_stderr():
             sys.stderr = saved
 
 
-def _start(proc) -> None:
+@contextlib.contextmanager
+def _spawning():
+    """Around anything that may start the forkserver: a real stderr and, in the main thread,
+    SIGINT ignored so that the server starts with it ignored (an ignored signal stays ignored
+    across exec; the signal mask does not reach it). Ctrl-C goes to the whole foreground
+    process group: a server still starting Python or importing its preload printed a
+    KeyboardInterrupt traceback under rpp's one line. Its workers ignore SIGINT anyway (the
+    caller decides). A Ctrl-C meanwhile is held (blocked) and delivered to the caller's
+    handler when this ends. Other threads cannot change handlers: the CLI starts the server
+    from its main thread (:func:`warm_up`) before any run; the app gets no SIGINT for Ctrl-C."""
     with _real_stderr():
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+        mask = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+        handler = signal.signal(signal.SIGINT, signal.SIG_IGN)
+        try:
+            yield
+        finally:
+            signal.signal(signal.SIGINT, handler)
+            signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+
+
+def _start(proc) -> None:
+    with _spawning():
         proc.start()
 
 
@@ -244,7 +267,7 @@ def warm_up(profile: Profile | None = None) -> None:
         return
     from multiprocessing import forkserver
 
-    with _real_stderr():
+    with _spawning():
         forkserver.ensure_running()  # spawns the server and returns; the server imports PRELOAD by itself
 
 

@@ -231,6 +231,69 @@ def test_psf_fluxes_of_bright_stars_within_1_percent_of_truth(psf_result, field)
     assert abs(e.sum() - 1) < 1e-5
 
 
+def _true_epsf(fwhm, beta, n_grid, o):
+    """The injected Moffat as an ePSF on an ``n_grid``^2 grid oversampled ``o`` times (photutils convention:
+    the value at offset (dx, dy) / o from the centre is the flux fraction in an image pixel that far
+    from the star), with sum o**2, rendered as make_frame renders its stars."""
+    c = (n_grid - 1) // 2
+    half = c // o + 1
+    m = 2 * half + 1
+    out = np.zeros((n_grid, n_grid))
+    for py in range(-(o // 2), o - o // 2):
+        for px in range(-(o // 2), o - o // 2):
+            img = render_moffat((m, m), [half - px / o], [half - py / o], [1.0], fwhm, beta)
+            g = c + o * (np.arange(m) - half)
+            gy, gx = g + py, g + px
+            iy, ix = (gy >= 0) & (gy < n_grid), (gx >= 0) & (gx < n_grid)
+            out[np.ix_(gy[iy], gx[ix])] = img[np.ix_(iy, ix)]
+    return out * o * o / out.sum()
+
+
+def _epsf_errors(info, fwhm, beta):
+    """Largest |ePSF - truth| over the truth's peak, for the oversampled ePSF and the one sep_x fits."""
+    o = info.oversampling
+    true_over = _true_epsf(fwhm, beta, info.epsf.shape[0], o)
+    n = info.epsf_fit.shape[0]
+    true_fit = render_moffat((n, n), [n // 2], [n // 2], [1.0], fwhm, beta)
+    true_fit /= true_fit.sum()
+    return (np.abs(info.epsf - true_over).max() / true_over.max(),
+            np.abs(info.epsf_fit - true_fit).max() / true_fit.max())
+
+
+def test_epsf_matches_the_injected_moffat_at_every_sub_pixel_phase(psf_result):
+    """The ePSF built from ~100 stars of the 1k frame (FWHM 3.5 px, beta 3, centroids off by 0.05 px rms)
+    against the injected PSF: 1.2 % of the peak at worst over the oversampled grid, 0.9 % for the
+    image-pixel ePSF sep_x fits (photutils EPSFBuilder, which it replaced: 1.3 % and 1.3 %)."""
+    _, info, _ = psf_result
+    assert info.oversampling == 2 and info.epsf.shape == (75, 75) and info.n_stars >= 90
+    assert abs(info.epsf.sum() - 4.0) < 1e-9
+    over, fit = _epsf_errors(info, FWHM, BETA)
+    print(f"ePSF - truth: oversampled {over:.4f}, image-pixel {fit:.4f} of the peak")
+    assert over < 0.025 and fit < 0.015
+
+
+def test_epsf_from_centroids_off_by_0_15_px_is_as_sharp_as_the_stars_and_psf_fluxes_match_truth():
+    """The builder refits each ePSF star's centre: start from positions 0.15 px rms off (a poor centroider)
+    on a FWHM 2.5 px, beta 2.5 frame and the ePSF is still within 1.7 % (oversampled) and 0.9 % (image
+    pixels) of the injected one (photutils EPSFBuilder: 2.1 % and 1.3 %); PSF fluxes match truth x the
+    Moffat's flux inside the stamp within 0.5 % (measured 1.0005 +- 0.53 %)."""
+    fwhm, beta = 2.5, 2.5
+    sf = make_frame(shape=(768, 768), n_stars=300, seed=21, fwhm=fwhm, beta=beta)
+    data, rms, mask, sat, src = _prepare(sf, pos_noise=0.15, seed=1)
+    p, st = sf.params, PhotometrySettings()
+    tab = ph.aperture_photometry(data, rms, mask, src, fwhm, p["gain"], p["exptime"], st, saturated_mask=sat)
+    out, info = ph.psf_photometry(data, rms, mask, tab, fwhm, p["gain"], p["exptime"], st)
+    over, fit = _epsf_errors(info, fwhm, beta)
+    n = info.stamp_px
+    in_stamp = render_moffat((n, n), [n // 2], [n // 2], [1.0], fwhm, beta).sum()
+    ok = _bright(out) & np.asarray(out["psf_flag"] == 0)
+    ratio = np.asarray(out["psf_flux"])[ok] / (np.asarray(sf.truth["flux"])[ok] * in_stamp)
+    print(f"ePSF - truth: oversampled {over:.4f}, image-pixel {fit:.4f}; PSF flux / truth in stamp "
+          f"{np.median(ratio):.4f} +- {_mad(ratio):.4f} over {ok.sum()} stars")
+    assert over < 0.025 and fit < 0.025
+    assert ok.sum() > 80 and abs(np.median(ratio) - 1) < 0.005 and _mad(ratio) < 0.01
+
+
 def test_aperture_correction_puts_psf_mags_on_calibration_aperture_scale(psf_result):
     tab, info, _ = psf_result
     ok = _bright(tab) & np.asarray(tab["psf_flag"] == 0)

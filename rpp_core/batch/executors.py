@@ -7,7 +7,7 @@ import contextlib
 import signal
 
 from ..errors import UsageError
-from ..runner import process_context
+from ..runner import process_context, warm_up
 
 
 def _worker_init() -> None:
@@ -27,6 +27,7 @@ def _worker_init() -> None:
 def local_executor(jobs: int) -> cf.ProcessPoolExecutor:
     # forkserver: workers fork from a clean server that imported the pipeline once, instead
     # of forking a parent with threads (unsafe) or re-importing astropy in each (spawn)
+    warm_up()  # the server starts here, shielded from Ctrl-C, rather than inside the pool
     return cf.ProcessPoolExecutor(max_workers=jobs, mp_context=process_context(), initializer=_worker_init)
 
 
