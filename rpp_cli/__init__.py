@@ -21,7 +21,41 @@ def entry() -> None:
     _leave_on_signals()
     from .main import main
 
-    sys.exit(main(own_signals=True))
+    code = main(own_signals=True)
+    _leave(code)
+    sys.exit(code)
+
+
+def _leave(code: int) -> None:
+    """End the process now that the command is done, without the interpreter's teardown.
+
+    Measured on ``rpp demo``: the process exited 0.5-0.6 s after its summary
+    (freeing ~900 modules: astropy, numpy, the pipeline's preflight), and a
+    pipe reading rpp's output saw its end ~1 s later still, when the runner's
+    forkserver (which holds the same stdout and stderr) had torn down its own
+    interpreter. So the forkserver is ended here, the ``atexit`` handlers run,
+    the streams are flushed and the process leaves with ``os._exit``. Returns
+    (and the caller exits the usual way) when another non-daemon thread is
+    still alive: its work is not ours to cut short.
+    """
+    import atexit
+    import os
+    import sys
+    import threading
+
+    if any(t is not threading.main_thread() and t.is_alive() and not t.daemon for t in threading.enumerate()):
+        return
+    runner = sys.modules.get("rpp_core.runner")
+    if runner is not None:
+        runner.end_forkserver()
+    atexit._run_exitfuncs()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            if stream is not None:
+                stream.flush()
+        except (OSError, ValueError):  # a closed pipe (rpp run | head): nothing left to tell anyone
+            pass
+    os._exit(code)
 
 
 def _leave_on_signals() -> None:

@@ -26,9 +26,11 @@ Every file is written atomically (:mod:`rpp_core.fsio`).
 from __future__ import annotations
 
 import base64
+import errno
 import io
 import json
 import math
+import os
 import warnings
 from pathlib import Path
 from typing import Any
@@ -264,7 +266,14 @@ def write_fits(table: Table, path: Path) -> None:
     with warnings.catch_warnings():
         # long meta keys become HIERARCH cards: expected, not worth a warning
         warnings.simplefilter("ignore", VerifyWarning)
-        flat.write(path, format="fits", overwrite=True)
+        try:
+            flat.write(path, format="fits", overwrite=True)
+        except OSError as exc:
+            # a full disk reaches astropy as numpy's "N requested and M written" (no errno); astropy checks the
+            # free space and says so in the text only: given its errno back, the run says "disk full" (exit 8)
+            if exc.errno is None and str(exc).startswith("Not enough space on disk"):
+                raise OSError(errno.ENOSPC, f"{os.strerror(errno.ENOSPC)} ({exc})", str(path)) from exc
+            raise
 
 
 def write_parquet(table: Table, path: Path) -> None:

@@ -39,6 +39,27 @@ def _figure(size_px=SIZE_PX):
     return Figure(figsize=(size_px[0] / DPI, size_px[1] / DPI), dpi=DPI)
 
 
+def _title(ax, text: str) -> None:
+    """The axes title at a fixed height: placed automatically, matplotlib measures every tick label
+    first to keep it clear of them (15 ms a figure, and no figure here has ticks on top)."""
+    ax.set_title(text, y=1.0)
+
+
+def _emptiest_corner(ax, xs: np.ndarray, ys: np.ndarray) -> str:
+    """The corner of ``ax`` (as a legend ``loc``) with the fewest of the points (``xs``, ``ys``).
+
+    Stands in for ``loc="best"``, which tests nine places against every point
+    and line of the axes (20 ms for 10,000 calibrators); the four corners,
+    tried in matplotlib's own order, are where a legend is read anyway.
+    """
+    (x0, x1), (y0, y1) = ax.get_xlim(), ax.get_ylim()
+    fx, fy = (xs - x0) / ((x1 - x0) or 1.0), (ys - y0) / ((y1 - y0) or 1.0)
+    right, top, left, bottom = fx > 0.55, fy > 0.7, fx < 0.45, fy < 0.3
+    counts = {"upper right": right & top, "upper left": left & top, "lower left": left & bottom,
+              "lower right": right & bottom}
+    return min(counts, key=lambda k: int(counts[k].sum()))
+
+
 def _message(ax, text: str) -> None:
     ax.text(0.5, 0.5, text, ha="center", va="center", transform=ax.transAxes, fontsize=12)
     ax.set_xticks([])
@@ -71,7 +92,7 @@ def zp_fit(fig, table, meta: dict) -> None:
             label=f"ZP = {value_with_error(zp, meta.get('zp_err'))}")
     ax.set_xlabel(f"instrumental magnitude ({label})")
     ax.set_ylabel(f"catalogue {meta.get('band', '')} (mag)")
-    ax.set_title(f"Zero point, {meta.get('n_calibrators', len(x))} calibrators")
+    _title(ax, f"Zero point, {meta.get('n_calibrators', len(x))} calibrators")
     ax.legend(loc="upper left")
     ax.grid(alpha=0.3)
 
@@ -104,10 +125,11 @@ def _residuals(fig, table, meta: dict, xname: str, xlabel: str) -> None:
     ax.scatter(a, b, s=14, color="tab:blue", zorder=3, label=f"used ({len(a)})")
     ax.set_ylim(*limits)
     rms = meta.get("zp_rms")
-    ax.set_title(f"Residuals vs {xlabel}" + (f" (rms {rms:.3f} mag)" if isinstance(rms, float) and np.isfinite(rms) else ""))
+    _title(ax, f"Residuals vs {xlabel}" + (f" (rms {rms:.3f} mag)" if isinstance(rms, float) and np.isfinite(rms) else ""))
     ax.set_xlabel(xlabel)
     ax.set_ylabel("catalogue − calibrated (mag)")
-    ax.legend(loc="best")
+    xs, ys = (np.concatenate([a, ar]), np.concatenate([b, clipped])) if len(ar) else (a, b)
+    ax.legend(loc=_emptiest_corner(ax, xs, ys))
     ax.grid(alpha=0.3)
 
 
@@ -134,14 +156,26 @@ def mag_hist(fig, table, meta: dict) -> None:
     if len(m) == 0:
         _message(ax, "no magnitudes")
         return
-    ax.hist(m, bins=min(60, max(10, len(m) // 20)), color="tab:blue", alpha=0.8)
+    # one filled outline instead of a rectangle per bin (the bars have no edges: the same picture, 18 ms less)
+    ax.hist(m, bins=min(60, max(10, len(m) // 20)), color="tab:blue", alpha=0.8, histtype="stepfilled")
     ax.set_xlabel(f"{what} magnitude" + (f" ({meta.get('band')})" if what == "calibrated" and meta.get("band") else ""))
     ax.set_ylabel("sources")
-    ax.set_title(f"{len(m)} sources")
+    _title(ax, f"{len(m)} sources")
     ax.grid(alpha=0.3)
 
 
+def _PlainLogFormatter(ticker):
+    """matplotlib's log-axis labels (which ticks get one: the same), written plainly: 0.001, 0.1, 10."""
+    class Plain(ticker.LogFormatter):
+        def _num_to_string(self, x, vmin, vmax):
+            return f"{x:g}"
+
+    return Plain()
+
+
 def err_mag(fig, table, meta: dict) -> None:
+    from matplotlib import ticker
+
     ax = fig.add_subplot()
     m, e, what = _magnitudes(table, meta)
     if len(m) == 0:
@@ -157,7 +191,10 @@ def err_mag(fig, table, meta: dict) -> None:
     ax.set_yscale("log")
     ax.set_xlabel(f"{what} magnitude")
     ax.set_ylabel("magnitude error")
-    ax.set_title("Error vs magnitude")
+    # tick labels as 0.01, 0.1 rather than 10^-2: matplotlib's default lays each out with mathtext
+    ax.yaxis.set_major_formatter(_PlainLogFormatter(ticker))
+    ax.yaxis.set_minor_formatter(_PlainLogFormatter(ticker))
+    _title(ax, "Error vs magnitude")
     ax.grid(alpha=0.3, which="both")
 
 
@@ -317,17 +354,22 @@ def finder_chart(data: np.ndarray, table, meta: dict, path: Path, wcs=None, titl
     ax.set_ylim(-0.5, ny - 0.5)
     ax.set_xlabel("x (px, 0-based)")
     ax.set_ylabel("y (px, 0-based)")
-    ax.set_title(title or "Finder chart")
+    _title(ax, title or "Finder chart")
     if len(x):
         ax.legend(loc="upper right", fontsize=8, framealpha=0.8)
     return _save(fig, Path(path))
 
 
-def write_all(table, meta: dict, folder: Path, data: np.ndarray | None = None, wcs=None, title: str = "") -> dict[str, Path]:
-    """Every figure of :data:`FIGURES` and (with ``data``) the finder chart, as PNG files in ``folder``."""
+def write_all(table, meta: dict, folder: Path, data: np.ndarray | None = None, wcs=None, title: str = "",
+              only=None) -> dict[str, Path]:
+    """Every figure of :data:`FIGURES` and (with ``data``) the finder chart, as PNG files in ``folder``.
+
+    ``only``: the names to draw (of :data:`FIGURES` and ``"finder"``), all when None.
+    """
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    files = {f"png_{name}": render(name, table, meta, folder / f"{name}.png") for name in FIGURES}
-    if data is not None:
+    files = {f"png_{name}": render(name, table, meta, folder / f"{name}.png") for name in FIGURES
+             if only is None or name in only}
+    if data is not None and (only is None or "finder" in only):
         files["png_finder"] = finder_chart(data, table, meta, folder / "finder.png", wcs=wcs, title=title)
     return files

@@ -37,7 +37,6 @@ import errno
 import os
 import shutil
 import threading
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable
 
@@ -219,21 +218,37 @@ def write_views(table: Table, meta: dict, run_dir: Path, data=None, wcs=None, ti
     (see :mod:`rpp_core.figures`, :mod:`rpp_core.skyview`). A figure that cannot
     be drawn is reported through ``warn(message)`` and skipped: it never fails a run.
     """
-    from . import figures, skyview
+    return {**write_figures(table, meta, run_dir, data, wcs, title, warn),
+            **write_sky(table, meta, run_dir, data, wcs, title, warn)}
 
-    files: dict[str, Path] = {}
+
+def write_figures(table: Table, meta: dict, run_dir: Path, data=None, wcs=None, title: str = "",
+                  warn=None, only=None) -> dict[str, Path]:
+    """The PNG figures of :func:`write_views` (``plots/*.png``, the finder chart with ``data``);
+    ``only`` as in :func:`rpp_core.figures.write_all`."""
+    from . import figures
+
     try:
-        files.update(figures.write_all(table, meta, run_dir / "plots", data=data, wcs=wcs, title=title))
+        return figures.write_all(table, meta, run_dir / "plots", data=data, wcs=wcs, title=title, only=only)
     except Exception as exc:  # noqa: BLE001 - matplotlib edge cases must not cost the catalogue
         if warn:
             warn(f"PNG figures not written: {type(exc).__name__}: {exc}")
+        return {}
+
+
+def write_sky(table: Table, meta: dict, run_dir: Path, data=None, wcs=None, title: str = "",
+              warn=None) -> dict[str, Path]:
+    """``sky.html`` of :func:`write_views`."""
+    from . import skyview
+
     try:
         shape = None if data is None else data.shape
-        files["sky_html"] = skyview.write_sky_html(table, {**meta, "title": title}, run_dir / "sky.html", wcs=wcs, shape=shape)
+        return {"sky_html": skyview.write_sky_html(table, {**meta, "title": title}, run_dir / "sky.html", wcs=wcs,
+                                                   shape=shape)}
     except Exception as exc:  # noqa: BLE001
         if warn:
             warn(f"sky.html not written: {type(exc).__name__}: {exc}")
-    return files
+        return {}
 
 
 def write_psf(psf: PsfInfo, path: Path) -> Path | None:
@@ -266,6 +281,29 @@ def write_outputs(catalogue: SourceCatalogue, summary: RunSummary, run_dir: Path
     """
     check = _canceller(cancel)
     cat = catalogue.table.copy(copy_data=False)
+    title, meta = Path(summary.frame).name, view_meta(summary)
+    # the PNG figures (matplotlib: 0.5-0.7 s of CPU however few the rows, nearly all of it under the
+    # interpreter lock) are drawn by forked processes while this one does the rest: in a thread they shared
+    # one lock with the writers and the two ran one after the other
+    drawers = [_FiguresProcess(cat, meta, run_dir, data, wcs, title, warn, only=group) for group in FIGURE_GROUPS]
+    try:
+        files = _write_the_rest(catalogue, cat, summary, run_dir, formats, check, cancel, (meta, data, wcs, title, warn))
+        for drawer in drawers:
+            files.update(drawer.result(check))
+    finally:
+        for drawer in drawers:
+            drawer.stop()  # on a cancel or an error: nothing may write into the folder once we return
+    return files
+
+
+#: the PNG figures, in two processes of about equal work (the finder chart costs about three plots): with
+#: the writers in this one, a small catalogue's outputs keep two cores busy instead of one
+FIGURE_GROUPS = (("finder", "mag_hist"), ("zp_fit", "residuals_mag", "residuals_color", "err_mag"))
+
+
+def _write_the_rest(catalogue: SourceCatalogue, cat: Table, summary: RunSummary, run_dir: Path, formats: list[str], check, cancel,
+                    views: tuple) -> dict[str, Path]:
+    """:func:`write_outputs` but the PNG figures: text plots, regions, the catalogue, sky.html."""
     files: dict[str, Path] = dict(write_plots(cat, summary, run_dir))
     check()
     radius = catalogue.apertures.radius(summary.calibration_label) if catalogue.apertures else 2.0 * (summary.fwhm_px or 1.0)
@@ -281,16 +319,143 @@ def write_outputs(catalogue: SourceCatalogue, summary: RunSummary, run_dir: Path
         "pixel_frame": (summary.pixels or {}).get("pixels", "the image as stored"),
     })
     check()
-    with ThreadPoolExecutor(1, thread_name_prefix="rpp-views") as pool:
-        # the figures (matplotlib, mostly under the interpreter lock) are drawn while the catalogue is
-        # formatted (pyarrow, numpy: lock released): on two cores the 20,000-row outputs take 0.3-0.4 s less
-        views = pool.submit(write_views, cat, view_meta(summary), run_dir, data, wcs, Path(summary.frame).name, warn)
-        try:
-            files.update(write_catalog(cat, run_dir, formats, cancel))
-        finally:
-            drawn = views.result()  # also on cancel: nothing may write into the folder once we return
-    files.update(drawn)
+    files.update(write_catalog(cat, run_dir, formats, cancel))
+    check()
+    meta, data, wcs, title, warn = views
+    files.update(write_sky(cat, meta, run_dir, data, wcs, title, warn))
     return files
+
+
+class _FiguresProcess:
+    """:func:`write_figures` in a child process forked from this one (at once, where ``fork`` is missing).
+
+    The child shares the parent's memory as it was (the frame is not copied),
+    writes into the same staging folder, sends back its file names and the
+    warnings it had, and leaves with ``os._exit``. It is in the run's session,
+    so a cancel that kills the session kills it too; :meth:`stop` kills it
+    when the parent gives up first.
+    """
+
+    def __init__(self, *args, only=None) -> None:
+        self._pid = 0
+        self._args, self._only = args, only
+        self._files: dict[str, Path] | None = None
+        if not hasattr(os, "fork"):  # pragma: no cover - every platform rpp runs on has it
+            self._files = write_figures(*args, only=only)
+            return
+        read, write = os.pipe()
+        parent = os.getpid()
+        pid = os.fork()  # beside other threads (the run's event loop): the child uses none of them nor their locks
+        if pid == 0:  # the child
+            os.close(read)
+            _figures_child(write, args, only, parent)
+        os.close(write)
+        self._pid, self._read = pid, read
+
+    def result(self, check: Callable[[], None]) -> dict[str, Path]:
+        """The files the child wrote, once it is done; ``check`` is asked every 50 ms while waiting."""
+        import pickle
+        import select
+
+        if self._files is not None or not self._pid:
+            return self._files or {}
+        chunks = []
+        while True:
+            ready, _, _ = select.select([self._read], [], [], 0.05)
+            if not ready:
+                check()
+                continue
+            chunk = os.read(self._read, 1 << 16)
+            if not chunk:
+                break
+            chunks.append(chunk)
+        os.close(self._read)
+        _, status = os.waitpid(self._pid, 0)
+        self._pid = 0
+        warn = self._args[-1]
+        try:
+            files, messages, caught = pickle.loads(b"".join(chunks))
+        except Exception:  # noqa: BLE001 - the child died (killed, out of memory): the figures are missing
+            files, caught = {}, []
+            messages = [f"PNG figures not written: the process drawing them ended ({_wait_status(status)})"]
+        import warnings
+
+        for text, category, filename, lineno in caught:  # the libraries' warnings, as if raised here
+            warnings.warn_explicit(text, category, filename, lineno)
+        for message in messages:
+            if warn:
+                warn(message)
+        return files
+
+    def stop(self) -> None:
+        """Kill the child if it is still drawing (the run was cancelled or the catalogue failed)."""
+        if self._pid:
+            import signal
+
+            with contextlib.suppress(OSError):
+                os.kill(self._pid, signal.SIGKILL)
+            with contextlib.suppress(OSError):
+                os.waitpid(self._pid, 0)
+            with contextlib.suppress(OSError):
+                os.close(self._read)
+            self._pid = 0
+
+
+def _wait_status(status: int) -> str:
+    if os.WIFSIGNALED(status):
+        return f"killed by signal {os.WTERMSIG(status)}"
+    return f"exit status {os.waitstatus_to_exitcode(status)}"
+
+
+def _die_with(parent: int) -> None:
+    """Linux: this process is killed when its parent dies (killed with the run, it must not draw on)."""
+    import signal
+    import sys
+
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        with contextlib.suppress(OSError, AttributeError):
+            ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL, 0, 0, 0)  # PR_SET_PDEATHSIG
+    if os.getppid() != parent:  # the parent died before that took effect
+        os._exit(1)
+
+
+def _figures_child(fd: int, args: tuple, only, parent: int) -> None:
+    """The forked child of :class:`_FiguresProcess`: draw, send ``(files, warnings)`` pickled on ``fd``, leave."""
+    code = 1
+    try:
+        import gc
+        import pickle
+        import signal
+        import warnings
+
+        from .rundir import drop_marker_copies
+
+        _die_with(parent)
+        drop_marker_copies()  # the run's .in-progress lock is the parent's alone
+        # the parent's objects out of the collector's sight: a full collection here would touch every one of
+        # them and so copy most of the parent's heap into this process (copy-on-write), for nothing
+        gc.freeze()
+
+        with contextlib.suppress(ValueError):  # the parent's handlers would talk to the parent's event loop
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                signal.signal(sig, signal.SIG_DFL)
+            signal.set_wakeup_fd(-1)
+        messages: list[str] = []
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("default")
+            files = write_figures(*args[:-1], warn=messages.append, only=only)
+        found = [(str(w.message), w.category, w.filename, w.lineno) for w in caught]
+        try:
+            data = pickle.dumps((files, messages, found))
+        except Exception:  # noqa: BLE001 - a warning class defined where pickle cannot find it
+            data = pickle.dumps((files, messages, [(t, UserWarning, f, n) for t, _, f, n in found]))
+        while data:
+            data = data[os.write(fd, data):]
+        code = 0
+    finally:
+        os._exit(code)
 
 
 def _canceller(cancel: Callable[[], bool] | None) -> Callable[[], None]:

@@ -26,6 +26,22 @@ def staging_dir(run_dir: Path) -> Path:
     return path
 
 
+#: descriptors of the markers this process holds (see :func:`drop_marker_copies`)
+_HELD: set[int] = set()
+
+
+def drop_marker_copies() -> None:
+    """In a child forked from a run's process: close its copies of the held markers.
+
+    A ``flock`` lasts while any copy of the descriptor is open: a child that
+    kept one would keep its parent's run "running" after the parent died.
+    """
+    for fd in list(_HELD):
+        with contextlib.suppress(OSError):
+            os.close(fd)
+    _HELD.clear()
+
+
 class RunMarker:
     """``.in-progress`` in a run folder, held with ``flock`` while the run is alive.
 
@@ -41,6 +57,7 @@ class RunMarker:
         self.path = Path(run_dir) / IN_PROGRESS
         self._fd: int | None = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
         fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        _HELD.add(self._fd)
         with contextlib.suppress(OSError):  # a full disk: the lock itself is what counts
             os.write(self._fd, f"pid {os.getpid()} on {socket.gethostname()}\n".encode())
 
@@ -49,6 +66,7 @@ class RunMarker:
         if self._fd is not None:
             with contextlib.suppress(OSError):
                 self.path.unlink()
+            _HELD.discard(self._fd)
             os.close(self._fd)
             self._fd = None
 

@@ -70,8 +70,9 @@ def _names(table, service: str) -> np.ndarray:
     for name in SERVICES[service]:
         if name in table.colnames:
             col = np.asarray(np.ma.filled(np.ma.asarray(table[name]).astype(str), ""), dtype=object)
+            col[np.isin(col, ("None", "nan", "--"))] = ""
             out = np.where(out == "", col, out)
-    return np.array([("" if v in ("None", "nan", "--") else str(v)) for v in out], dtype=object)
+    return out
 
 
 def _rows_to_show(table, mag: np.ndarray, keep: np.ndarray) -> np.ndarray:
@@ -109,21 +110,21 @@ def page_data(table, meta: dict, fov: tuple[float, float, float] | None = None) 
         # one pass per column, not a numpy scalar per cell: 5,000 rows x 7 columns in a page
         if len(a) == 0:
             return [None] * len(rows)
-        return [round(v, nd) if v == v and v not in (np.inf, -np.inf) else None for v in a[rows].tolist()]
+        values = a[rows]
+        return [round(v, nd) if ok else None for v, ok in zip(values.tolist(), np.isfinite(values).tolist())]
 
     ra_, dec_, x_, y_, mag_, snr_, res_ = (nums(ra, 7), nums(dec, 7), nums(x, 2), nums(y, 2), nums(mag, 3),
                                            nums(snr, 1), nums(res, 4))
     flags_ = [int(f) if f == f else 0 for f in flags[rows].tolist()] if len(flags) else [0] * len(rows)
     kinds = np.where(used, "calibrator", np.where(rej, "rejected", "detection"))[rows].tolist()
     named = {s: names[s][rows].tolist() for s in SERVICES}
-    sources = []
-    for k, i in enumerate(rows.tolist()):
-        kind = kinds[k]
-        sources.append({
-            "id": int(ids[i]), "ra": ra_[k], "dec": dec_[k], "x": x_[k], "y": y_[k], "mag": mag_[k], "snr": snr_[k],
-            "flags": flags_[k], "kind": kind, "residual": res_[k] if kind != "detection" else None,
-            "ids": {s: named[s][k] for s in SERVICES if named[s][k]},
-        })
+    with_names = set(np.flatnonzero(identified[rows]).tolist())  # most rows have none: no dict built for them
+    id_list = np.asarray(ids)[rows].astype(int).tolist()
+    sources = [{"id": id_list[k], "ra": ra_[k], "dec": dec_[k], "x": x_[k], "y": y_[k], "mag": mag_[k],
+                "snr": snr_[k], "flags": flags_[k], "kind": kinds[k],
+                "residual": res_[k] if kinds[k] != "detection" else None,
+                "ids": {s: named[s][k] for s in SERVICES if named[s][k]} if k in with_names else {}}
+               for k in range(len(id_list))]
     on_sky = [s for s in sources if s["ra"] is not None and s["dec"] is not None]
     if fov is None and on_sky:
         ras = np.array([s["ra"] for s in on_sky])
@@ -151,17 +152,22 @@ def _finite(value) -> float | None:
 def _table_html(data: dict) -> str:
     head = ("<tr><th>id</th><th>kind</th><th>RA (deg)</th><th>Dec (deg)</th><th>x</th><th>y</th>"
             f"<th>{html.escape(data['mag_kind'])} mag</th><th>SNR</th><th>flags</th><th>residual</th><th>identified as</th></tr>")
-    lines = []
-    for s in data["sources"]:
-        def cell(v, fmt):
-            return "" if v is None else format(v, fmt)
-        ident = "; ".join(f"{html.escape(k)}: {html.escape(v)}" for k, v in s["ids"].items())
-        lines.append(
-            f"<tr class=\"{s['kind']}\"><td>{s['id']}</td><td>{s['kind']}</td><td>{cell(s['ra'], '.6f')}</td>"
-            f"<td>{cell(s['dec'], '+.6f')}</td><td>{cell(s['x'], '.2f')}</td><td>{cell(s['y'], '.2f')}</td>"
-            f"<td>{cell(s['mag'], '.3f')}</td><td>{cell(s['snr'], '.1f')}</td><td>{s['flags']}</td>"
-            f"<td>{cell(s['residual'], '+.3f')}</td><td>{ident}</td></tr>")
+    sources = data["sources"]
+
+    def cells(key, fmt):  # one column at a time: one format call per cell, no function call per cell
+        return ["" if v is None else format(v, fmt) for v in (s[key] for s in sources)]
+
+    ra, dec, x, y = cells("ra", ".6f"), cells("dec", "+.6f"), cells("x", ".2f"), cells("y", ".2f")
+    mag, snr, res = cells("mag", ".3f"), cells("snr", ".1f"), cells("residual", "+.3f")
+    lines = [f"<tr class=\"{s['kind']}\"><td>{s['id']}</td><td>{s['kind']}</td><td>{ra[k]}</td>"
+             f"<td>{dec[k]}</td><td>{x[k]}</td><td>{y[k]}</td>"
+             f"<td>{mag[k]}</td><td>{snr[k]}</td><td>{s['flags']}</td>"
+             f"<td>{res[k]}</td><td>{_identified_as(s['ids'])}</td></tr>" for k, s in enumerate(sources)]
     return f"<table id=\"sources\" data-rows=\"{len(lines)}\"><thead>{head}</thead><tbody>\n" + "\n".join(lines) + "\n</tbody></table>"
+
+
+def _identified_as(ids: dict) -> str:
+    return "; ".join(f"{html.escape(k)}: {html.escape(v)}" for k, v in ids.items()) if ids else ""
 
 
 _SCRIPT = r"""

@@ -154,3 +154,74 @@ def test_the_png_figures_are_the_text_plots_figures():
     from rpp_core import plots
 
     assert list(figures.FIGURES) == list(plots.FIGURES)
+
+
+# ---------------------------------------------------------------- the figures are drawn by a child process
+
+def _outputs(calibrated, tmp_path, **kw):
+    from rpp_core.products import RunSummary, SourceCatalogue
+
+    cat, summary, frame = calibrated
+    keep = {k: v for k, v in summary.items() if k in RunSummary.__dataclass_fields__}
+    run = tmp_path / "staging"
+    run.mkdir()
+    files = results.write_outputs(SourceCatalogue(cat.copy()), RunSummary(**keep), run, ["csv", "ecsv", "fits"],
+                                  data=frame.data, wcs=frame.wcs, **kw)
+    return run, files
+
+
+def test_run_outputs_hold_every_png_figure_and_no_drawing_process_is_left(calibrated, tmp_path, monkeypatch):
+    import os
+
+    pid_file, write_all = tmp_path / "drawer.pid", figures.write_all
+
+    def drawing(*args, **kwargs):
+        with open(pid_file, "a") as fh:
+            fh.write(f"{os.getpid()}\n")
+        return write_all(*args, **kwargs)
+
+    monkeypatch.setattr(figures, "write_all", drawing)
+    run, files = _outputs(calibrated, tmp_path)
+    assert {f"png_{n}" for n in figures.FIGURES} | {"png_finder", "sky_html", "csv", "fits"} <= set(files)
+    assert all(files[k].exists() and files[k].parent.parent == run for k in files if k.startswith("png_"))
+    drawers = [int(p) for p in pid_file.read_text().split()]
+    assert drawers and os.getpid() not in drawers
+    for drawer in drawers:
+        with pytest.raises(ProcessLookupError):  # each child was waited for: no zombie, none still drawing
+            os.kill(drawer, 0)
+
+
+def test_cancel_while_figures_are_drawn_stops_the_drawing_process_at_once(calibrated, tmp_path, monkeypatch):
+    import os
+    import time
+
+    from rpp_core.errors import Cancelled
+
+    pid_file = tmp_path / "drawer.pid"
+
+    def stuck(*args, **kwargs):  # a figure that never finishes (runs in the child)
+        with open(pid_file, "a") as fh:
+            fh.write(f"{os.getpid()}\n")
+        time.sleep(60)
+
+    monkeypatch.setattr(figures, "write_all", stuck)
+    t0 = time.perf_counter()
+    with pytest.raises(Cancelled):
+        _outputs(calibrated, tmp_path, cancel=lambda: pid_file.exists())
+    assert time.perf_counter() - t0 < 20
+    drawers = [int(p) for p in pid_file.read_text().split()]
+    assert drawers and os.getpid() not in drawers
+    for drawer in drawers:
+        with pytest.raises(ProcessLookupError):  # killed and reaped
+            os.kill(drawer, 0)
+
+
+def test_a_drawing_process_that_dies_costs_the_figures_with_a_warning_not_the_catalogue(calibrated, tmp_path,
+                                                                                         monkeypatch):
+    import os
+
+    monkeypatch.setattr(figures, "write_all", lambda *a, **k: os._exit(3))
+    warnings: list[str] = []
+    run, files = _outputs(calibrated, tmp_path, warn=warnings.append)
+    assert not [k for k in files if k.startswith("png_")] and (run / "catalog.fits").exists() and "sky_html" in files
+    assert warnings and set(warnings) == {"PNG figures not written: the process drawing them ended (exit status 3)"}
