@@ -593,6 +593,87 @@ def _scrappy_windows(sig_p, inmask_p, var_of, cy, cx, kwargs):
     return unmosaic(mos_cr).astype(bool), unmosaic(mos_clean)
 
 
+def _candidate_cells(sig_p, near, rms, fill, settings: CosmicRaySettings, shape):
+    """Step (1) of :func:`remove_cosmics_near`: of the pixels ``near`` (padded indices; narrowed in
+    place), those whose L+ exceeds ``2 sigclip`` times the frame's lowest noise (astroscrappy's ``s``
+    can only fall below that bound), and the 8 x 8 px cells holding them (their corners)."""
+    ny, nx = shape
+    P, C = _PAD, _CELL
+    r_lo = float(np.min(rms))
+    if not (np.isfinite(r_lo) and r_lo > 0):  # invalid RMS pixels get the fill variance
+        finite = rms[np.isfinite(rms) & (rms > 0)]
+        r_lo = float(np.min(finite)) if finite.size else 1.0
+    var_lo = min(r_lo**2, float(fill))
+    slack = 1 - _PRETEST_SLACK
+    thr = 2 * settings.sigclip * np.sqrt(max(var_lo, 1e-5)) * slack
+    # within 3 px of the frame's edge the noise median also sees the padding's variance (1)
+    thr_edge = 2 * settings.sigclip * np.sqrt(max(min(var_lo, 1.0), 1e-5)) * slack
+    cand = near  # narrowed in place, in blocks of rows: no whole-frame temporaries
+    rows = 64
+    buf = np.empty((2, rows, sig_p.shape[1] - 2), np.float32)
+    edge_cols = [P - 1, P, P + 1, P + nx - 4, P + nx - 3, P + nx - 2]  # frame columns 0-2, nx-3..nx-1 in lp
+    for y0 in range(1, sig_p.shape[0] - 1, rows):
+        y1 = min(y0 + rows, sig_p.shape[0] - 1)
+        lp = _lplus_bound(sig_p[y0 - 1:y1 + 1], buf[0, :y1 - y0], buf[1, :y1 - y0])
+        test = lp > thr
+        test[:, edge_cols] |= lp[:, edge_cols] > thr_edge
+        edge_rows = [i for i, y in enumerate(range(y0, y1)) if P <= y < P + 3 or P + ny - 3 <= y < P + ny]
+        if edge_rows:
+            test[edge_rows] |= lp[edge_rows] > thr_edge
+        cand[y0:y1, 1:-1] &= test
+    cand[0] = cand[-1] = False
+    cand[:, 0] = cand[:, -1] = False
+    cy, cx = np.nonzero(cand)
+    # the exact L+ of those pixels against the same thresholds
+    lpc = _lplus(np.stack([sig_p[cy + dy, cx + dx] for dy in (-1, 0, 1) for dx in (-1, 0, 1)], -1).reshape(-1, 3, 3))
+    ok = lpc[:, 0, 0] > np.where((cy < P + 3) | (cy >= P + ny - 3) | (cx < P + 3) | (cx >= P + nx - 3), thr_edge, thr)
+    cand[cy[~ok], cx[~ok]] = False
+    cy, cx = cy[ok], cx[ok]
+    cells = np.unique((cy // C) * (sig_p.shape[1] // C + 1) + cx // C)
+    width = sig_p.shape[1] // C + 1
+    cell_y, cell_x = (cells // width) * C, (cells % width) * C
+    return cand, cell_y, cell_x
+
+
+def _seed_pixels(sig_p, cand, cell_y, cell_x, rms, inmask_p, gain, fill, settings: CosmicRaySettings, chunk,
+                 progress, cancel):
+    """Step (2) of :func:`remove_cosmics_near`: astroscrappy's seed test in numpy on the cells (cell + 6 px
+    of context), with 5 % slack; the seeds' padded indices and the number of progress steps."""
+    C = _CELL
+    slack = 1 - _PRETEST_SLACK
+    h = 6
+    off = np.arange(-h, C + h)
+    seeds_y, seeds_x = [], []
+    steps = (len(cell_y) + chunk - 1) // chunk + 1
+    for k in range(0, len(cell_y), chunk):
+        check_cancel(cancel)
+        if progress and k:
+            progress(k // chunk, steps)
+        iy = cell_y[k:k + chunk, None, None] + off[None, :, None]
+        ix = cell_x[k:k + chunk, None, None] + off[None, None, :]
+        iy, ix = np.broadcast_arrays(iy, ix)
+        s_ = sig_p[iy, ix]
+        m5 = _sepmed(s_, 5)  # cell +- 4
+        fine = m5[:, 4:-4, 4:-4] - _sepmed(m5, 9)  # the fine structure f times the noise
+        # sp <= s = L+ / (2 noise) and f >= fine / noise: sp / f <= L+ / (2 fine), whatever the noise; this
+        # drops the stars' cores before the costlier noise median
+        seed = cand[iy[:, h:-h, h:-h], ix[:, h:-h, h:-h]]
+        seed &= (fine <= 0) | (_lplus(s_[:, 5:-5, 5:-5]) > 2 * settings.objlim * fine * slack)
+        busy = seed.any(axis=(1, 2))
+        iy, ix, s_, seed = iy[busy], ix[busy], s_[busy], seed[busy]
+        noise = np.sqrt(np.maximum(_sepmed(_variance_at(sig_p, rms, inmask_p, iy, ix, gain, fill), 7), 1e-5))
+        s = _lplus(s_[:, 2:-2, 2:-2]) / (2 * noise)  # cell +- 3
+        sp = s[:, 3:-3, 3:-3] - _sepmed(s, 7)
+        f = np.maximum(fine[busy] / noise[:, 3:-3, 3:-3], 0.01)
+        seed &= (sp > settings.sigclip * slack) & (sp / f > settings.objlim * slack)
+        seeds_y.append(iy[:, h:-h, h:-h][seed])
+        seeds_x.append(ix[:, h:-h, h:-h][seed])
+    if progress:
+        progress(steps - 1, steps)
+    return (np.concatenate(seeds_y) if seeds_y else np.zeros(0, int),
+            np.concatenate(seeds_x) if seeds_x else np.zeros(0, int), steps)
+
+
 def remove_cosmics_near(
     data: np.ndarray,
     mask: np.ndarray | None,
@@ -650,7 +731,7 @@ def remove_cosmics_near(
     if not settings.enabled or n == 0:
         return cleaned, crmask
     ny, nx = data.shape
-    P, C = _PAD, _CELL
+    P = _PAD
     nan = ~np.isfinite(data)
     inmask = nan if mask is None else (np.asarray(mask, bool) | nan)
     if background is None or rms is None:
@@ -690,77 +771,14 @@ def remove_cosmics_near(
     keep &= ~inmask_p
     near &= ~inmask_p
 
-    # (1) L+ above 2 sigclip x the lowest noise anywhere: a bound astroscrappy's s can only fall below
-    r_lo = float(np.min(rms))
-    if not (np.isfinite(r_lo) and r_lo > 0):  # invalid RMS pixels get the fill variance
-        finite = rms[np.isfinite(rms) & (rms > 0)]
-        r_lo = float(np.min(finite)) if finite.size else 1.0
-    var_lo = min(r_lo**2, float(fill))
-    slack = 1 - _PRETEST_SLACK
-    thr = 2 * settings.sigclip * np.sqrt(max(var_lo, 1e-5)) * slack
-    # within 3 px of the frame's edge the noise median also sees the padding's variance (1)
-    thr_edge = 2 * settings.sigclip * np.sqrt(max(min(var_lo, 1.0), 1e-5)) * slack
-    cand = near  # narrowed in place, in blocks of rows: no whole-frame temporaries
-    rows = 64
-    buf = np.empty((2, rows, sig_p.shape[1] - 2), np.float32)
-    edge_cols = [P - 1, P, P + 1, P + nx - 4, P + nx - 3, P + nx - 2]  # frame columns 0-2, nx-3..nx-1 in lp
-    for y0 in range(1, sig_p.shape[0] - 1, rows):
-        y1 = min(y0 + rows, sig_p.shape[0] - 1)
-        lp = _lplus_bound(sig_p[y0 - 1:y1 + 1], buf[0, :y1 - y0], buf[1, :y1 - y0])
-        test = lp > thr
-        test[:, edge_cols] |= lp[:, edge_cols] > thr_edge
-        edge_rows = [i for i, y in enumerate(range(y0, y1)) if P <= y < P + 3 or P + ny - 3 <= y < P + ny]
-        if edge_rows:
-            test[edge_rows] |= lp[edge_rows] > thr_edge
-        cand[y0:y1, 1:-1] &= test
-    cand[0] = cand[-1] = False
-    cand[:, 0] = cand[:, -1] = False
-    cy, cx = np.nonzero(cand)
-    # the exact L+ of those pixels against the same thresholds
-    lpc = _lplus(np.stack([sig_p[cy + dy, cx + dx] for dy in (-1, 0, 1) for dx in (-1, 0, 1)], -1).reshape(-1, 3, 3))
-    ok = lpc[:, 0, 0] > np.where((cy < P + 3) | (cy >= P + ny - 3) | (cx < P + 3) | (cx >= P + nx - 3), thr_edge, thr)
-    cand[cy[~ok], cx[~ok]] = False
-    cy, cx = cy[ok], cx[ok]
-    cells = np.unique((cy // C) * (sig_p.shape[1] // C + 1) + cx // C)
-    width = sig_p.shape[1] // C + 1
-    cell_y, cell_x = (cells // width) * C, (cells % width) * C
+    # (1) candidate pixels and their cells, (2) the seeds among them
+    cand, cell_y, cell_x = _candidate_cells(sig_p, near, rms, fill, settings, (ny, nx))
     check_cancel(cancel)
-
-    # (2) astroscrappy's seed test in numpy on those cells (cell + 6 px of context)
-    h = 6
-    off = np.arange(-h, C + h)
-    seeds_y, seeds_x = [], []
-    steps = (len(cells) + chunk - 1) // chunk + 1
-    for k in range(0, len(cells), chunk):
-        check_cancel(cancel)
-        if progress and k:
-            progress(k // chunk, steps)
-        iy = cell_y[k:k + chunk, None, None] + off[None, :, None]
-        ix = cell_x[k:k + chunk, None, None] + off[None, None, :]
-        iy, ix = np.broadcast_arrays(iy, ix)
-        s_ = sig_p[iy, ix]
-        m5 = _sepmed(s_, 5)  # cell +- 4
-        fine = m5[:, 4:-4, 4:-4] - _sepmed(m5, 9)  # the fine structure f times the noise
-        # sp <= s = L+ / (2 noise) and f >= fine / noise: sp / f <= L+ / (2 fine), whatever the noise; this
-        # drops the stars' cores before the costlier noise median
-        seed = cand[iy[:, h:-h, h:-h], ix[:, h:-h, h:-h]]
-        seed &= (fine <= 0) | (_lplus(s_[:, 5:-5, 5:-5]) > 2 * settings.objlim * fine * slack)
-        busy = seed.any(axis=(1, 2))
-        iy, ix, s_, seed = iy[busy], ix[busy], s_[busy], seed[busy]
-        noise = np.sqrt(np.maximum(_sepmed(_variance_at(sig_p, rms, inmask_p, iy, ix, gain, fill), 7), 1e-5))
-        s = _lplus(s_[:, 2:-2, 2:-2]) / (2 * noise)  # cell +- 3
-        sp = s[:, 3:-3, 3:-3] - _sepmed(s, 7)
-        f = np.maximum(fine[busy] / noise[:, 3:-3, 3:-3], 0.01)
-        seed &= (sp > settings.sigclip * slack) & (sp / f > settings.objlim * slack)
-        seeds_y.append(iy[:, h:-h, h:-h][seed])
-        seeds_x.append(ix[:, h:-h, h:-h][seed])
-    if progress:
-        progress(steps - 1, steps)
+    sy, sx, steps = _seed_pixels(sig_p, cand, cell_y, cell_x, rms, inmask_p, gain, fill, settings, chunk, progress, cancel)
 
     # (3) astroscrappy's first iteration on windows, each round up to 3 x 3 seeds: the flags within 2 px of
     # the seeds (3 px of the window's centre) depend only on the data within 11 px of the centre
-    sy, sx = _cover_seeds(np.concatenate(seeds_y) if seeds_y else np.zeros(0, int),
-                          np.concatenate(seeds_x) if seeds_x else np.zeros(0, int))
+    sy, sx = _cover_seeds(sy, sx)
     if len(sy):
         check_cancel(cancel)
 
