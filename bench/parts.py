@@ -293,7 +293,7 @@ def part_outputs(args) -> dict:
     """
     from astropy.table import Table
 
-    from rpp_core import results
+    from rpp_core import results, rundir
 
     out = Path(args.out)
     src = Table.read(Path(args.run_dir) / "catalog.ecsv")
@@ -322,7 +322,7 @@ def part_outputs(args) -> dict:
             importlib.import_module(module)
     t_imports = time.perf_counter() - t_imports
     run_dir = results.make_run_dir(out / "runs", "outputs20k.fits")
-    staging = results.staging_dir(run_dir)  # as a run does: made in staging, zipped, published
+    staging = rundir.staging_dir(run_dir)  # as a run does: made in staging, zipped, published
     t = {}
     import resource
 

@@ -75,7 +75,7 @@ def part_scale_run(args) -> dict:
     import photutils.detection  # noqa: F401
     import photutils.psf  # noqa: F401
 
-    from rpp_core import calibrate, detect, events as ev, image, photometry, pipeline, plots, preprocess, results  # noqa: F401
+    from rpp_core import calibrate, detect, events as ev, image, photometry, pipeline, plots, preprocess, results, rundir  # noqa: F401
     from rpp_core.settings import Profile
 
     import_s = time.perf_counter() - t_imp
@@ -107,7 +107,7 @@ def part_scale_run(args) -> dict:
         timings["zip"] = max(wall - float(res.summary.total_seconds), 0.0)
         hwm["zip"] = _maxrss_mb()
         cpu["zip"] = _cpu_s() - c0 - sum(cpu.values())
-    results.remove_run(res.run_dir)
+    rundir.remove_run(res.run_dir)
     return {"size": args.size, "stars": args.stars, "timings": timings, "hwm_mb": hwm, "base_mb": base,
             "cpu_s": cpu, "total_cpu_s": _cpu_s() - c0, "peak_mb": _maxrss_mb(), "total_s": wall, "import_s": import_s, "n_sources": res.summary.n_sources,
             "fwhm_n_stars": res.summary.fwhm_n_stars}

@@ -50,7 +50,7 @@ class RunFolder:
     mtime: float  # POSIX s of the newest marker file
     size: int  # bytes, all files inside
     finished: bool  # has summary.json
-    state: str = ""  # "finished", "running" or "interrupted" (results.run_state); "" = from `finished`
+    state: str = ""  # "finished", "running" or "interrupted" (rundir.run_state); "" = from `finished`
     marked: bool = False  # has an .in-progress marker (held or stale)
 
     def __post_init__(self) -> None:

@@ -34,7 +34,7 @@ from typing import Any, Callable
 import numpy as np
 from astropy.table import Table
 
-from . import __version__, events as ev, locations, results
+from . import __version__, events as ev, locations, results, rundir
 from .errors import CalibrationError, Cancelled, NoStarsError, RppError, ServiceError
 from .products import (Calibration, ExposureValues, Frame, MeasurableImage, ObservationMeta, RunSummary,
                        SourceCatalogue, WcsSolution)
@@ -212,8 +212,8 @@ async def run(path, profile: Profile | None = None, on_event: Callable[[ev.Event
     cancel = cancel or asyncio.Event()
     path = Path(path)
     run_dir = results.make_run_dir(out_dir or locations.workspace_dir(), path)
-    marker = results.RunMarker(run_dir)  # held until the summary is in place: retention leaves the run alone
-    log = results.RunLog(run_dir / results.RUN_LOG)
+    marker = rundir.RunMarker(run_dir)  # held until the summary is in place: retention leaves the run alone
+    log = results.RunLog(run_dir / rundir.RUN_LOG)
     job = _Job(on_event, cancel, log, cache_dir, secrets)
     job.emit(ev.RunStarted(path=str(path), profile=profile.name, run_dir=str(run_dir)))
     job.log(f"rpp {__version__}: frame {path}, profile {profile.name!r}, run folder {run_dir}")
@@ -229,15 +229,15 @@ async def run(path, profile: Profile | None = None, on_event: Callable[[ev.Event
                 status = "ok" if made.exit_code == 0 else "degraded"
                 summary = _summarize(made, job, path, profile, run_dir, status, made.exit_code, made.message or None,
                                      time.perf_counter() - t_start)
-                staging = results.staging_dir(run_dir)
-                files["summary"] = summary.write(staging / results.SUMMARY)
+                staging = rundir.staging_dir(run_dir)
+                files["summary"] = summary.write(staging / rundir.SUMMARY)
                 job.log(f"run finished in {summary.total_seconds:.1f} s: {run_dir}")
                 if profile.output.zip:
                     job.check_cancel()
                     files["zip"] = await asyncio.to_thread(results.make_zip, run_dir, job.cancelled)
                 # the summary is published last: from here on the folder reads as complete
                 files = results.publish(run_dir, files)
-                files["log"] = run_dir / results.RUN_LOG
+                files["log"] = run_dir / rundir.RUN_LOG
             finally:
                 with contextlib.suppress(Exception):
                     await job.close()
@@ -258,7 +258,7 @@ async def run(path, profile: Profile | None = None, on_event: Callable[[ev.Event
                                  time.perf_counter() - t_start)
             job.log(f"run {status} in stage {job.stage!r}: {err}", "ERROR")
             with contextlib.suppress(Exception):
-                summary.write(run_dir / results.SUMMARY)
+                summary.write(run_dir / rundir.SUMMARY)
             marker.release()
             log.close()
             job.emit(ev.RunFailed(stage=job.stage, message=str(err), exit_code=err.exit_code, run_dir=str(run_dir)))
@@ -320,7 +320,7 @@ async def _run_stages(job: _Job, path: Path, profile: Profile, run_dir: Path, hd
     """The stages in order; each product lands in ``made``. Returns the output files (in the staging folder)."""
     from . import photometry
 
-    staging = results.staging_dir(run_dir)
+    staging = rundir.staging_dir(run_dir)
     made.frame, made.weights = await _load(job, path, hdu, staging, companions, profile)
     made.meta, made.exposure, masks = await _metadata(job, made.frame, made.weights, profile)
     made.image, background = await _background(job, made.frame, masks, made.exposure, made.weights, profile)

@@ -25,7 +25,7 @@ or cancelled), and a failed or cancelled run keeps only ``run.log`` and
 ``summary.json``. ``.in-progress`` is held locked (``flock``) by the process
 running the run, from the folder's creation to the summary: a folder without
 a summary whose marker nobody holds was interrupted (killed, power cut), and
-:func:`run_state` says so to ``rpp clean`` and the app's History; retention
+:func:`rpp_core.rundir.run_state` says so to ``rpp clean`` and the app's History; retention
 never removes a run whose marker is held.
 """
 
@@ -52,8 +52,7 @@ from .errors import Cancelled, OutputError
 from .fitsnames import frame_stem
 from .fsio import PART_SUFFIX, atomic_path, write_text
 
-from .rundir import (IN_PROGRESS, RUN_LOG, STAGING, SUMMARY, RunMarker, is_run_dir, is_running,  # noqa: F401 (re-exported)
-                     remove_run, run_state, staging_dir)
+from .rundir import IN_PROGRESS, RUN_LOG, STAGING, SUMMARY, staging_dir
 
 #: errno values meaning "the results cannot be written here" (not a bug: a disk or folder to fix)
 DISK_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EACCES, errno.EPERM}

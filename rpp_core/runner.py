@@ -315,16 +315,17 @@ def kill_session(sid: int) -> None:
 def _record_abandoned(run_dir: Path, request: RunRequest, status: str, err: RppError) -> None:
     """What the worker could not write itself: no half-written files, a log line, the summary."""
     from .products import RunSummary
-    from .results import IN_PROGRESS, RunLog, remove_partial_files
+    from .results import RunLog, remove_partial_files
+    from .rundir import IN_PROGRESS, SUMMARY
 
     with contextlib.suppress(OSError):
         remove_partial_files(run_dir)
         log = RunLog(run_dir / "run.log")
         log.write("ERROR", f"run {status}: {err}")
         log.close()
-        if not (run_dir / "summary.json").exists():
+        if not (run_dir / SUMMARY).exists():
             RunSummary(frame=request.path, profile=request.profile.name, run_dir=str(run_dir), status=status,
-                       exit_code=err.exit_code, error=str(err)).write(run_dir / "summary.json")
+                       exit_code=err.exit_code, error=str(err)).write(run_dir / SUMMARY)
         # the worker's lock died with it; with the summary in place the marker only misleads a reader
         (run_dir / IN_PROGRESS).unlink(missing_ok=True)
 

@@ -31,7 +31,7 @@ from astropy.io import fits
 from astropy.table import Table
 
 from rpp_cli.main import main as rpp_main
-from rpp_core import results, settings
+from rpp_core import rundir, settings
 from rpp_core.events import STAGE_NAMES
 
 
@@ -564,7 +564,7 @@ def test_retention_while_a_run_writes_its_zip_never_deletes_that_run(field, tmp_
         (running,) = cleanup.find_runs(out)
         assert running.state == "running"
         with pytest.raises(ValueError, match="in progress"):
-            results.remove_run(running.path)  # History's delete key
+            rundir.remove_run(running.path)  # History's delete key
     finally:
         go.set()
         worker.join(120)
@@ -664,7 +664,7 @@ def _assert_cancelled_cleanly(proc: subprocess.Popen, err: str, waited: float, s
     run = _only_run(out_dir)
     assert sorted(p.name for p in run.iterdir()) == ["run.log", "summary.json"], sorted(run.rglob("*"))
     assert json.loads((run / "summary.json").read_text())["status"] == "cancelled"
-    assert results.run_state(run) == "finished"
+    assert rundir.run_state(run) == "finished"
     return run
 
 

@@ -16,7 +16,7 @@ import pytest
 from astropy import units as u
 from astropy.table import MaskedColumn, Table
 
-from rpp_core import archive, catalog_files, results
+from rpp_core import archive, catalog_files, results, rundir
 
 
 @pytest.fixture
@@ -140,7 +140,7 @@ def test_csv_has_one_header_line_and_astropys_spelling_of_booleans(table, tmp_pa
 
 def test_run_zip_holds_every_file_and_tools_read_it(table, tmp_path):
     run = results.make_run_dir(tmp_path, "frame.fits")
-    staging = results.staging_dir(run)
+    staging = rundir.staging_dir(run)
     results.write_catalog(table, staging, list(catalog_files.FILE_NAMES))
     (run / "run.log").write_text("log\n")
     zpath = results.make_zip(run)

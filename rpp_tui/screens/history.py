@@ -120,10 +120,10 @@ class HistoryPane(TabPane):
 
         def done(yes: bool | None) -> None:
             if yes:
-                from rpp_core import results
+                from rpp_core import rundir  # not results: its writers' imports would stall the screen
 
                 try:
-                    results.remove_run(path)
+                    rundir.remove_run(path)
                 except (ValueError, OSError) as exc:
                     self.notify(str(exc), severity="error")
                     return
