@@ -4,7 +4,7 @@ Every file is written under a temporary name in the same folder
 (``.<name>.<pid>.<thread>.part``) and renamed over the target when complete,
 so a crash, a full disk or a cancelled run leaves the old file or the new one,
 never a torn one; the ``.part`` suffix is what
-:func:`rpp_core.results.remove_partial_files` sweeps after a failed run. The
+:func:`rpp_core.rundir.remove_partial_files` sweeps after a failed run. The
 process and thread in the name let several writers (batch workers, the
 watcher, the app) aim at one file at once: the last rename wins.
 """

@@ -81,7 +81,7 @@ class _Products:
 class _Job:
     """Per-run plumbing: events, log file, timings, cancellation, worker threads."""
 
-    def __init__(self, on_event, cancel: asyncio.Event, log: results.RunLog | None, cache_dir=None,
+    def __init__(self, on_event, cancel: asyncio.Event, log: rundir.RunLog | None, cache_dir=None,
                  secrets: dict | None = None) -> None:
         self.on_event = on_event or (lambda e: None)
         self.cancel_event = cancel
@@ -213,7 +213,7 @@ async def run(path, profile: Profile | None = None, on_event: Callable[[ev.Event
     path = Path(path)
     run_dir = results.make_run_dir(out_dir or locations.workspace_dir(), path)
     marker = rundir.RunMarker(run_dir)  # held until the summary is in place: retention leaves the run alone
-    log = results.RunLog(run_dir / rundir.RUN_LOG)
+    log = rundir.RunLog(run_dir / rundir.RUN_LOG)
     job = _Job(on_event, cancel, log, cache_dir, secrets)
     job.emit(ev.RunStarted(path=str(path), profile=profile.name, run_dir=str(run_dir)))
     job.log(f"rpp {__version__}: frame {path}, profile {profile.name!r}, run folder {run_dir}")
@@ -253,7 +253,7 @@ async def run(path, profile: Profile | None = None, on_event: Callable[[ev.Event
                 log.write("ERROR", traceback.format_exc(), job.stage)
                 status = "failed"
             with contextlib.suppress(OSError):
-                results.remove_partial_files(run_dir)
+                rundir.remove_partial_files(run_dir)
             summary = _summarize(made, job, path, profile, run_dir, status, err.exit_code, str(err),
                                  time.perf_counter() - t_start)
             job.log(f"run {status} in stage {job.stage!r}: {err}", "ERROR")
@@ -276,7 +276,7 @@ async def run(path, profile: Profile | None = None, on_event: Callable[[ev.Event
 
 
 @contextlib.contextmanager
-def _library_warnings_to(log: results.RunLog, job: _Job):
+def _library_warnings_to(log: rundir.RunLog, job: _Job):
     """Warnings raised by libraries during the run (ERFA's "dubious year", astropy's header fixes) go to
     the run log, each once per place; the terminal and the app show only rpp's own lines."""
     import logging

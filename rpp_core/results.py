@@ -34,9 +34,9 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import errno
+import functools
 import os
 import shutil
-import threading
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable
 
@@ -48,11 +48,12 @@ if TYPE_CHECKING:
 
 from . import archive, catalog_files, plots
 from .products import RunSummary, SourceCatalogue
-from .errors import Cancelled, OutputError
+from .errors import OutputError
 from .fitsnames import frame_stem
 from .fsio import PART_SUFFIX, atomic_path, write_text
+from .progress import check_cancel
 
-from .rundir import IN_PROGRESS, RUN_LOG, STAGING, SUMMARY, staging_dir
+from .rundir import RUN_LOG, STAGING, SUMMARY, staging_dir
 
 #: errno values meaning "the results cannot be written here" (not a bug: a disk or folder to fix)
 DISK_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EACCES, errno.EPERM}
@@ -112,35 +113,6 @@ def publish(run_dir: Path, files: dict[str, Path]) -> dict[str, Path]:
             for k, p in files.items()}
 
 
-class RunLog:
-    """Append-only run log, flushed line by line so a crash keeps what happened.
-
-    A disk that fills up stops the log, not the run: the failure that follows
-    still reaches the terminal and the summary.
-    """
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self._fh = open(path, "a", buffering=1, encoding="utf-8")
-        self._lock = threading.Lock()
-
-    def write(self, level: str, message: str, stage: str = "") -> None:
-        stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3]
-        where = f"[{stage}] " if stage else ""
-        with self._lock:
-            if not self._fh.closed:
-                try:
-                    for line in str(message).splitlines() or [""]:
-                        self._fh.write(f"{stamp} {level:<7} {where}{line}\n")
-                except OSError:
-                    with contextlib.suppress(OSError):
-                        self._fh.close()
-
-    def close(self) -> None:
-        with self._lock, contextlib.suppress(OSError):
-            self._fh.close()
-
-
 def _serializable_table(table: Table) -> Table:
     """Copy without object columns or non-scalar meta that some writers reject."""
     out = table.copy(copy_data=False)
@@ -156,7 +128,7 @@ def write_catalog(table: Table, run_dir: Path, formats: list[str], cancel: Calla
 
     ``cancel`` is asked before each file (:class:`~rpp_core.errors.Cancelled`).
     """
-    check = _canceller(cancel)
+    check = functools.partial(check_cancel, cancel)
     table = _serializable_table(table)
     files = {}
     body = catalog_files.CsvBody(table)  # CSV and ECSV share their rows: formatted once
@@ -278,7 +250,7 @@ def write_outputs(catalogue: SourceCatalogue, summary: RunSummary, run_dir: Path
     zero point, calibration aperture and source, units, effective gain and what
     the pixel coordinates refer to (``pixel_frame``) from the summary (``pixel_origin`` 0).
     """
-    check = _canceller(cancel)
+    check = functools.partial(check_cancel, cancel)
     cat = catalogue.table.copy(copy_data=False)
     title, meta = Path(summary.frame).name, view_meta(summary)
     # the PNG figures (matplotlib: 0.5-0.7 s of CPU however few the rows, nearly all of it under the
@@ -297,7 +269,7 @@ def write_outputs(catalogue: SourceCatalogue, summary: RunSummary, run_dir: Path
 
 #: the PNG figures, in two processes of about equal work (the finder chart costs about three plots): with
 #: the writers in this one, a small catalogue's outputs keep two cores busy instead of one
-FIGURE_GROUPS = (("finder", "mag_hist"), ("zp_fit", "residuals_mag", "residuals_color", "err_mag"))
+FIGURE_GROUPS = (("finder", "mag_hist"), tuple(name for name in plots.FIGURES if name != "mag_hist"))
 
 
 def _write_the_rest(catalogue: SourceCatalogue, cat: Table, summary: RunSummary, run_dir: Path, formats: list[str], check, cancel,
@@ -337,7 +309,7 @@ class _FiguresProcess:
 
     def __init__(self, *args, only=None) -> None:
         self._pid = 0
-        self._args, self._only = args, only
+        self._warn = args[-1]  # the child reports its warnings here, through the parent
         self._files: dict[str, Path] | None = None
         if not hasattr(os, "fork"):  # pragma: no cover - every platform rpp runs on has it
             self._files = write_figures(*args, only=only)
@@ -371,7 +343,7 @@ class _FiguresProcess:
         os.close(self._read)
         _, status = os.waitpid(self._pid, 0)
         self._pid = 0
-        warn = self._args[-1]
+        warn = self._warn
         try:
             files, messages, caught = pickle.loads(b"".join(chunks))
         except Exception:  # noqa: BLE001 - the child died (killed, out of memory): the figures are missing
@@ -457,16 +429,9 @@ def _figures_child(fd: int, args: tuple, only, parent: int) -> None:
         os._exit(code)
 
 
-def _canceller(cancel: Callable[[], bool] | None) -> Callable[[], None]:
-    def check() -> None:
-        if cancel is not None and cancel():
-            raise Cancelled()
-    return check
-
-
 def make_zip(run_dir: Path, cancel: Callable[[], bool] | None = None) -> Path:
     """ZIP of the run: the staged files and ``run.log``, under ``<run name>/``, written into the staging folder."""
-    check = _canceller(cancel)
+    check = functools.partial(check_cancel, cancel)
     run_dir = Path(run_dir)
     staging = staging_dir(run_dir)
     target = staging / f"{run_dir.name}.zip"
@@ -477,24 +442,3 @@ def make_zip(run_dir: Path, cancel: Callable[[], bool] | None = None) -> Path:
     with atomic_path(target) as tmp:
         archive.write_zip(tmp, [(path, f"{run_dir.name}/{rel.as_posix()}") for path, rel in members], check)
     return target
-
-
-def remove_partial_files(run_dir: Path) -> None:
-    """After a failure: drop everything half-made (the staging folder, ``.part`` files).
-
-    Without a summary in place the run did not finish, so outputs already
-    published are dropped too: a failed run folder keeps ``run.log`` and then
-    gets its ``summary.json``.
-    """
-    run_dir = Path(run_dir)
-    shutil.rmtree(run_dir / STAGING, ignore_errors=True)
-    for path in run_dir.rglob(f".*{PART_SUFFIX}"):
-        path.unlink(missing_ok=True)
-    if not (run_dir / SUMMARY).exists():
-        for entry in run_dir.iterdir():
-            if entry.name in (RUN_LOG, IN_PROGRESS):
-                continue
-            if entry.is_dir() and not entry.is_symlink():
-                shutil.rmtree(entry, ignore_errors=True)
-            else:
-                entry.unlink(missing_ok=True)

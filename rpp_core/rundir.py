@@ -1,4 +1,5 @@
-"""A run folder's state on disk: staging, the in-progress marker, finished or interrupted, removal.
+"""A run folder's state on disk: staging, the in-progress marker, the run log, finished or
+interrupted, what a failed run leaves, removal.
 
 Kept apart from :mod:`rpp_core.results` (the writers, which import astropy.table and
 plotext) so that ``rpp clean``, retention after a run and the app's History can
@@ -9,9 +10,13 @@ docstring: ``.staging/``, ``.in-progress``, ``run.log``, ``summary.json``.
 from __future__ import annotations
 
 import contextlib
+import datetime as dt
 import os
 import shutil
+import threading
 from pathlib import Path
+
+from .fsio import PART_SUFFIX
 
 STAGING = ".staging"  #: outputs are made here and published at the end
 IN_PROGRESS = ".in-progress"  #: held locked by the process running the run
@@ -122,3 +127,53 @@ def remove_run(path: Path) -> bool:
         return False
     shutil.rmtree(hidden, ignore_errors=True)
     return True
+
+
+class RunLog:
+    """Append-only run log, flushed line by line so a crash keeps what happened.
+
+    A disk that fills up stops the log, not the run: the failure that follows
+    still reaches the terminal and the summary.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._fh = open(path, "a", buffering=1, encoding="utf-8")
+        self._lock = threading.Lock()
+
+    def write(self, level: str, message: str, stage: str = "") -> None:
+        stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3]
+        where = f"[{stage}] " if stage else ""
+        with self._lock:
+            if not self._fh.closed:
+                try:
+                    for line in str(message).splitlines() or [""]:
+                        self._fh.write(f"{stamp} {level:<7} {where}{line}\n")
+                except OSError:
+                    with contextlib.suppress(OSError):
+                        self._fh.close()
+
+    def close(self) -> None:
+        with self._lock, contextlib.suppress(OSError):
+            self._fh.close()
+
+
+def remove_partial_files(run_dir: Path) -> None:
+    """After a failure: drop everything half-made (the staging folder, ``.part`` files).
+
+    Without a summary in place the run did not finish, so outputs already
+    published are dropped too: a failed run folder keeps ``run.log`` and then
+    gets its ``summary.json``.
+    """
+    run_dir = Path(run_dir)
+    shutil.rmtree(run_dir / STAGING, ignore_errors=True)
+    for path in run_dir.rglob(f".*{PART_SUFFIX}"):
+        path.unlink(missing_ok=True)
+    if not (run_dir / SUMMARY).exists():
+        for entry in run_dir.iterdir():
+            if entry.name in (RUN_LOG, IN_PROGRESS):
+                continue
+            if entry.is_dir() and not entry.is_symlink():
+                shutil.rmtree(entry, ignore_errors=True)
+            else:
+                entry.unlink(missing_ok=True)

@@ -315,12 +315,11 @@ def kill_session(sid: int) -> None:
 def _record_abandoned(run_dir: Path, request: RunRequest, status: str, err: RppError) -> None:
     """What the worker could not write itself: no half-written files, a log line, the summary."""
     from .products import RunSummary
-    from .results import RunLog, remove_partial_files
-    from .rundir import IN_PROGRESS, SUMMARY
+    from .rundir import IN_PROGRESS, RUN_LOG, SUMMARY, RunLog, remove_partial_files
 
     with contextlib.suppress(OSError):
         remove_partial_files(run_dir)
-        log = RunLog(run_dir / "run.log")
+        log = RunLog(run_dir / RUN_LOG)
         log.write("ERROR", f"run {status}: {err}")
         log.close()
         if not (run_dir / SUMMARY).exists():
