@@ -165,10 +165,8 @@ _VOTABLE_NUMBERS = {("f", 8): ("double", ">f8"), ("f", 4): ("float", ">f4"), ("i
                     ("u", 1): ("unsignedByte", "u1"), ("u", 2): ("int", ">i4"), ("u", 4): ("long", ">i8")}
 
 
-def _votable_column(name: str, col) -> tuple[str, str, np.ndarray, np.ndarray | None]:
-    """(FIELD attributes, numpy type, big-endian values, null mask or None) of one column."""
-    values = np.asarray(col)
-    mask = np.ma.getmaskarray(col) if getattr(col, "mask", None) is not None else None
+def _votable_column(name: str, values: np.ndarray, mask: np.ndarray | None) -> tuple[str, str, np.ndarray, np.ndarray | None]:
+    """(FIELD attributes, numpy type, big-endian values, null mask or None) of one column (see :func:`_column`)."""
     kind = values.dtype.kind
     if kind == "b":
         return 'datatype="boolean"', "S1", np.where(values, b"T", b"F"), mask
@@ -203,7 +201,7 @@ def write_votable(table: Table, path: Path) -> None:
     fields, types, columns, masks = [], [], [], []
     for name in table.colnames:
         col = table[name]
-        attrs, np_type, values, mask = _votable_column(name, col)
+        attrs, np_type, values, mask = _votable_column(name, *_column(table, name))
         unit = f" unit={quoteattr(str(col.unit))}" if col.unit is not None else ""
         desc = f"\n    <DESCRIPTION>{_xml_text(col.description)}</DESCRIPTION>\n   " if col.description else ""
         fields.append(f'   <FIELD name={quoteattr(name)} {attrs}{unit}{">" + desc + "</FIELD>" if desc else "/>"}')
