@@ -32,7 +32,7 @@ import time
 from pathlib import Path
 
 from . import locations
-from .rundir import IN_PROGRESS, is_run_dir, remove_run, run_state
+from .rundir import IN_PROGRESS, RUN_LOG, SUMMARY, is_run_dir, remove_run, run_state
 from .errors import UsageError
 
 #: seconds during which an unfinished run (run.log, no summary.json) counts as running
@@ -49,12 +49,12 @@ class RunFolder:
     path: Path
     mtime: float  # POSIX s of the newest marker file
     size: int  # bytes, all files inside
-    finished: bool  # has summary.json
-    state: str = ""  # "finished", "running" or "interrupted" (rundir.run_state); "" = from `finished`
+    state: str  # "finished" (has summary.json), "running" or "interrupted" (rundir.run_state)
     marked: bool = False  # has an .in-progress marker (held or stale)
 
-    def __post_init__(self) -> None:
-        self.state = self.state or ("finished" if self.finished else "interrupted")
+    @property
+    def finished(self) -> bool:
+        return self.state == "finished"
 
     @property
     def age_s(self) -> float:
@@ -115,12 +115,12 @@ def find_runs(workspace: str | os.PathLike) -> list[RunFolder]:
     for entry in ws.iterdir():
         if entry.name.startswith(".") or entry.is_symlink() or not is_run_dir(entry):
             continue
-        times = [p.stat().st_mtime for p in (entry / "summary.json", entry / "run.log", entry / IN_PROGRESS)
+        times = [p.stat().st_mtime for p in (entry / SUMMARY, entry / RUN_LOG, entry / IN_PROGRESS)
                  if p.exists()]
         if not times:
             continue
         state = run_state(entry)
-        runs.append(RunFolder(entry, max(times), _folder_size(entry), state == "finished", state,
+        runs.append(RunFolder(entry, max(times), _folder_size(entry), state,
                               (entry / IN_PROGRESS).exists()))
     runs.sort(key=lambda r: (r.mtime, r.path.name))
     return runs
