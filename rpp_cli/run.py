@@ -85,7 +85,7 @@ def print_summary(result, stream=None) -> None:
         f"Sources     {s.n_sources or 0}",
         f"WCS         {s.wcs.status if s.wcs else 'n/a'}",
     ]
-    if s.zp is not None and str(s.calibration_source or "").startswith("header"):
+    if s.zp is not None and s.from_header:
         lines.append(f"Zero point  {s.zp:.4f} mag from the {s.calibration_source} (no reference catalogue)")
     elif s.zp is not None:
         lines += [

@@ -387,10 +387,6 @@ class Calibration:
     source: str = ""
     header_zp: Mapping[str, Any] | None = None
 
-    @property
-    def from_header(self) -> bool:
-        return self.source.startswith("header")
-
 
 # ---------------------------------------------------------------- the run summary
 
@@ -490,6 +486,11 @@ class RunSummary:
     timings: Mapping[str, float] = field(default_factory=dict)
     warnings: tuple[str, ...] = ()
     total_seconds: float | None = None
+
+    @property
+    def from_header(self) -> bool:
+        """Calibrated with the header's zero point (no reference catalogue), not a fit."""
+        return (self.calibration_source or "").startswith("header")
 
     def to_dict(self) -> dict[str, Any]:
         """The summary as JSON-ready data (the content of ``summary.json``)."""
