@@ -26,7 +26,7 @@ def cmd_profile(args) -> int:
     elif action == "path":
         print(locations.profiles_dir())
     elif action == "show":
-        print(settings.dumps(settings.load_profile(args.name or "default")), end="")
+        print(settings.dumps(loaded if args.name else settings.load_profile("default")), end="")
     elif action == "new":
         if not args.name:
             raise UsageError("rpp profile new NAME")
@@ -38,7 +38,7 @@ def cmd_profile(args) -> int:
     elif action == "set":
         if not args.name or not args.set:
             raise UsageError("rpp profile set NAME --set section.key=value [...]")
-        print(settings.save_profile(apply_sets(settings.load_named_profile(args.name), args.set)))
+        print(settings.save_profile(apply_sets(loaded, args.set)))
     elif action == "delete":
         settings.delete_profile(args.name)
         print(f"deleted profile {args.name}")
