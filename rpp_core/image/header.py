@@ -49,6 +49,24 @@ STRUCTURAL_KEYS = {
 }
 
 
+def copy_cards(src: fits.Header, dst: fits.Header, skip=(), only_new: bool = False) -> list[str]:
+    """Append ``src``'s cards to ``dst``, leaving out the structural, NAXIS and primary WCS keywords,
+    those in ``skip`` and, with ``only_new``, those ``dst`` already has; an unparsable card is
+    left out too. Returns the keywords copied."""
+    added = []
+    for card in src.cards:
+        k = card.keyword
+        if k in STRUCTURAL_KEYS or k.startswith("NAXIS") or WCS_PRIMARY_KEY.match(k) or k in skip \
+                or (only_new and k in dst):
+            continue
+        try:
+            dst.append((k, card.value, card.comment), end=True)
+        except Exception:  # noqa: BLE001 - a card astropy cannot parse is not copied
+            continue
+        added.append(k)
+    return added
+
+
 def _celestial_ctype_axes(header: fits.Header) -> list[int]:
     out = []
     for key in header:

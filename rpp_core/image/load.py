@@ -23,9 +23,9 @@ from astropy.io.fits.verify import VerifyWarning
 
 from ..errors import InputError
 from ..products import Frame
-from .header import STRUCTURAL_KEYS, WCS_PRIMARY_KEY, repair_and_check, salvage_cards
-from .keywords import one_line, parse_float
-from .raw import amplifier_extensions, assemble_amplifiers, subtract_overscan_and_trim
+from .header import copy_cards, repair_and_check, salvage_cards
+from .keywords import one_line
+from .raw import amplifier_extensions, assemble_amplifiers, subtract_overscan_and_trim, to_physical
 
 try:  # cfitsio's errors on a damaged compressed tile derive from Exception only
     from astropy.io.fits.hdu.compressed._compression import CfitsioException
@@ -172,17 +172,7 @@ def check_complete(hdul, idx: int, path: Path, comp: str) -> None:
 def inherit_primary(hdul, idx: int, header: fits.Header, notes: list[str]) -> fits.Header:
     if idx == 0 or header.get("INHERIT") is False:
         return header
-    prim = hdul[0].header
-    added = []
-    for card in prim.cards:
-        k = card.keyword
-        if k in STRUCTURAL_KEYS or k in header or k.startswith("NAXIS") or WCS_PRIMARY_KEY.match(k):
-            continue
-        try:
-            header.append((k, card.value, card.comment), end=True)
-        except Exception:  # an unparsable primary card is simply not inherited
-            continue
-        added.append(k)
+    added = copy_cards(hdul[0].header, header, only_new=True)
     if added:
         shown = ", ".join(added[:8]) + (" ..." if len(added) > 8 else "")
         notes.append(f"{len(added)} keyword(s) inherited from the primary header ({shown})")
@@ -306,21 +296,11 @@ def _read_plane(hdul, idx: int, path: Path, comp: str, trunc: list, notes: list[
         notes.append(f"tile-compressed HDU ({method}) decompressed")
     if comp:
         notes.append(f"{comp}-compressed file decompressed in memory")
-    bscale = parse_float(header.get("BSCALE", 1.0)) or 1.0
-    bzero = parse_float(header.get("BZERO", 0.0)) or 0.0
-    if np.issubdtype(raw.dtype, np.integer):
-        blank = header.get("BLANK")
-        if isinstance(blank, int) and not isinstance(blank, bool):
-            bad = raw == blank
-            if bad.any():
-                data[bad] = np.nan
-                notes.append(f"{int(bad.sum())} BLANK pixel(s) set to NaN")
-        if bscale != 1.0 or bzero != 0.0:
-            notes.append(f"{raw.dtype.name} data scaled with BSCALE={bscale:g} BZERO={bzero:g} to float32")
-    if bscale != 1.0:
-        data *= np.float32(bscale)
-    if bzero != 0.0:
-        data += np.float32(bzero)
+    n_blank, bscale, bzero = to_physical(raw, header, data)
+    if n_blank:
+        notes.append(f"{n_blank} BLANK pixel(s) set to NaN")
+    if np.issubdtype(raw.dtype, np.integer) and (bscale != 1.0 or bzero != 0.0):
+        notes.append(f"{raw.dtype.name} data scaled with BSCALE={bscale:g} BZERO={bzero:g} to float32")
     return data, inherit_primary(hdul, idx, header, notes), pre_repairs
 
 

@@ -224,20 +224,31 @@ def subtract_overscan_and_trim(data: np.ndarray, header: fits.Header, hdu: int =
 # ---------------------------------------------------------------- multi-amplifier files
 
 
-def _scaled(h) -> np.ndarray:
-    """float32 physical values of an image HDU read with do_not_scale_image_data (BSCALE/BZERO applied)."""
-    raw = h.data
-    data = np.array(raw, dtype=np.float32)
-    bscale = parse_float(h.header.get("BSCALE", 1.0)) or 1.0
-    bzero = parse_float(h.header.get("BZERO", 0.0)) or 0.0
+def to_physical(raw: np.ndarray, header: fits.Header, data: np.ndarray) -> tuple[int, float, float]:
+    """``data`` (the float32 copy of ``raw``, stored values read with do_not_scale_image_data) made
+    physical in place: BLANK pixels of integer data set to NaN, then BSCALE and BZERO applied.
+    Returns the number of BLANK pixels, BSCALE and BZERO."""
+    bscale = parse_float(header.get("BSCALE", 1.0)) or 1.0
+    bzero = parse_float(header.get("BZERO", 0.0)) or 0.0
+    n_blank = 0
     if np.issubdtype(raw.dtype, np.integer):
-        blank = h.header.get("BLANK")
+        blank = header.get("BLANK")
         if isinstance(blank, int) and not isinstance(blank, bool):
-            data[raw == blank] = np.nan
+            bad = raw == blank
+            n_blank = int(np.count_nonzero(bad))
+            if n_blank:
+                data[bad] = np.nan
     if bscale != 1.0:
         data *= np.float32(bscale)
     if bzero != 0.0:
         data += np.float32(bzero)
+    return n_blank, bscale, bzero
+
+
+def _scaled(h) -> np.ndarray:
+    """float32 physical values of an image HDU read with do_not_scale_image_data (see :func:`to_physical`)."""
+    data = np.array(h.data, dtype=np.float32)
+    to_physical(h.data, h.header, data)
     return data
 
 
@@ -299,7 +310,7 @@ def assemble_amplifiers(hdul, amps: list[_AmpGeometry], primary: fits.Header) ->
     with BUNIT = 'electron', GAIN = 1, SATURATE the lowest amplifier's level in
     electrons, RDNOISE the amplifiers' mean if they give one.
     """
-    from .header import STRUCTURAL_KEYS, WCS_PRIMARY_KEY
+    from .header import copy_cards
 
     bx, by = amps[0].bx, amps[0].by
     x_lo = min(a.det.x0 for a in amps)
@@ -345,15 +356,7 @@ def assemble_amplifiers(hdul, amps: list[_AmpGeometry], primary: fits.Header) ->
                      f"{a.data} -> DETSEC {a.det}" + (f", x GAIN {g:g} e-/ADU" if g else "")
                      + (f", saturation {sat:.0f} {'e-' if g else 'ADU'}" if sat else ""))
     h = fits.Header()
-    for card in primary.cards:
-        k = card.keyword
-        if k in STRUCTURAL_KEYS or k.startswith("NAXIS") or WCS_PRIMARY_KEY.match(k) or \
-                k in ("BIASSEC", "TRIMSEC", "DATASEC", "DETSEC", "CCDSEC", "GAIN", "SATURATE", "BUNIT"):
-            continue
-        try:
-            h.append((k, card.value, card.comment), end=True)
-        except (ValueError, TypeError):  # an unparsable primary card is left out
-            continue
+    copy_cards(primary, h, skip=("BIASSEC", "TRIMSEC", "DATASEC", "DETSEC", "CCDSEC", "GAIN", "SATURATE", "BUNIT"))
     h["NAXIS"], h["NAXIS1"], h["NAXIS2"] = 2, nx, ny
     if in_electrons:
         h["BUNIT"] = ("electron", "rpp: amplifiers converted with their GAIN")
