@@ -291,10 +291,10 @@ def header_calibration(catalogue: SourceCatalogue, zero_point, *, airmass: float
     zp_err = float(zero_point.zp_err) if zero_point.zp_err is not None else float("nan")
     labels = list(apertures.labels) + (["psf"] if "psf_mag" in cat.colnames else [])
     fits: dict[str, ZeroPointFit] = {}
+    shift = ZeroPoint(zp0=zp, zp=zp, zp_err=float(np.nan_to_num(zp_err)))  # no colour term, no airmass
     for label in labels:
         mcol, ecol = ("psf_mag", "psf_magerr") if label == "psf" else (f"mag_{label}", f"magerr_{label}")
-        cat[f"mag_cal_{label}"] = np.asarray(cat[mcol], float) + zp
-        cat[f"magerr_cal_{label}"] = np.hypot(np.asarray(cat[ecol], float), np.nan_to_num(zp_err))
+        cat[f"mag_cal_{label}"], cat[f"magerr_cal_{label}"] = apply_zero_point(cat[mcol], cat[ecol], shift)
         fits[label] = ZeroPointFit(zp=zp, zp_err=zp_err, zp0=zp, n=0, rms=float("nan"))
     n = len(cat)
     cat["zp"] = np.full(n, zp)
