@@ -32,8 +32,6 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
-import platformdirs
-
 from .. import locations
 from ..errors import UsageError
 from ..settings import ServicesSettings
@@ -49,13 +47,8 @@ logging.getLogger("hishel").propagate = False
 
 
 def cache_root(root: Path | str | None = None) -> Path:
-    """The cache folder: ``root``, else ``locations.catalog_cache_dir()``."""
-    if root is not None:
-        return Path(root)
-    try:
-        return locations.catalog_cache_dir()
-    except OSError:  # the folder cannot be created: name it anyway, AnswerCache.check says what is wrong
-        return Path(os.environ.get("RPP_CACHE_DIR") or platformdirs.user_cache_dir(locations.APP)).expanduser() / "catalogs"
+    """The cache folder: ``root``, else ``locations.catalog_cache_dir()`` (named, not created)."""
+    return Path(root) if root is not None else locations.catalog_cache_dir()
 
 
 async def _one_chunk(body: bytes):
@@ -81,15 +74,20 @@ def has_answers(service: str, root: Path | str | None = None) -> bool:
     if not db.exists():
         return False
     try:
-        con = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=2.0)
-        try:
-            row = con.execute("SELECT 1 FROM entries WHERE chunk_count IS NOT NULL AND (expires_at IS NULL OR expires_at > ?) "
-                              "LIMIT 1", (time.time(),)).fetchone()
-        finally:
-            con.close()
+        rows = _read_entries(db)
     except sqlite3.Error:
         return True
-    return row is not None
+    now = time.time()
+    return any(chunks is not None and (expires is None or expires > now) for expires, chunks in rows)
+
+
+def _read_entries(db: Path) -> list[tuple[float | None, int | None]]:
+    """``(expires_at, chunk_count)`` of every entry of a store, read-only (hishel's SQLite schema)."""
+    con = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=2.0)
+    try:
+        return con.execute("SELECT expires_at, chunk_count FROM entries").fetchall()
+    finally:
+        con.close()
 
 
 class AnswerCache:
@@ -194,12 +192,7 @@ def cache_info(settings: ServicesSettings | None = None, root: Path | str | None
         next_expiry = None
         if files[0].exists():
             try:
-                # read-only; the entries table and its expires_at column are hishel's SQLite schema
-                con = sqlite3.connect(f"file:{files[0]}?mode=ro", uri=True, timeout=2.0)
-                try:
-                    rows = con.execute("SELECT expires_at, chunk_count FROM entries").fetchall()
-                finally:
-                    con.close()
+                rows = _read_entries(files[0])
             except sqlite3.Error:
                 rows = []
             live = [e for e, chunks in rows if chunks is not None and (e is None or e > now)]
