@@ -42,29 +42,4 @@ def __getattr__(name: str):
     return value
 
 
-__all__ = [
-    "EffectiveGain",
-    "ExposureValues",
-    "Frame",
-    "GainSource",
-    "HeaderZeroPoint",
-    "HeaderZeroPoints",
-    "ImageUnits",
-    "NoiseMap",
-    "ObservationMeta",
-    "PixelWeights",
-    "RawLayout",
-    "UnitKind",
-    "compute_airmass",
-    "exposure_values",
-    "header_summary",
-    "load_frame",
-    "load_pixel_weights",
-    "noise_map",
-    "parse_date",
-    "pixel_scale_from_wcs",
-    "header_metadata",
-    "read_metadata",
-    "repair_header",
-    "wcs_from_header",
-]
+__all__ = sorted(_WHERE)

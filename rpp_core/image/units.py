@@ -234,7 +234,6 @@ class SkyNoise:
 
     level: float
     sigma: float
-    n_pixels: int
 
     @property
     def has_sky(self) -> bool:
@@ -260,7 +259,7 @@ def sky_noise(data: np.ndarray, mask: np.ndarray | None = None, max_side: int = 
         good &= ~np.asarray(mask[y0:y0 + max_side:4, x0:x0 + max_side], bool)
     vals = win[good]
     if vals.size < 100:
-        return SkyNoise(float("nan"), float("nan"), int(vals.size))
+        return SkyNoise(float("nan"), float("nan"))
     level = float(np.median(vals))
     diff = win[:, 1:] - win[:, :-1]
     pair = good[:, 1:] & good[:, :-1]
@@ -273,7 +272,7 @@ def sky_noise(data: np.ndarray, mask: np.ndarray | None = None, max_side: int = 
         d = diff[keep]
         sigma = 1.4826 * float(np.median(np.abs(d - np.median(d)))) / math.sqrt(2.0)
         level = float(np.median(win[:, 1:][keep]))
-    return SkyNoise(level, sigma, int(pair.sum()))
+    return SkyNoise(level, sigma)
 
 
 def gain_from_sky(sky: SkyNoise, read_noise_e: float = 0.0) -> float | None:
