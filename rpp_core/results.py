@@ -239,12 +239,15 @@ def write_psf(psf: PsfInfo, path: Path) -> Path | None:
 
 
 def write_outputs(catalogue: SourceCatalogue, summary: RunSummary, run_dir: Path, formats: list[str], *,
-                  data=None, wcs=None, warn=None, cancel: Callable[[], bool] | None = None) -> dict[str, Path]:
+                  data=None, wcs=None, warn=None, cancel: Callable[[], bool] | None = None,
+                  drawers: "FigureDrawers | None" = None) -> dict[str, Path]:
     """Plots, DS9 regions and the catalogue in every format, into ``run_dir`` (the pipeline's staging folder).
 
     With the frame's ``data`` (and ``wcs``), also the PNG figures and ``sky.html``
     (:func:`write_views`); their problems go to ``warn``. ``cancel`` is asked
     between files: when it says yes, :class:`~rpp_core.errors.Cancelled` is raised.
+    ``drawers``: :class:`FigureDrawers` started earlier with the same ``data`` (made here when None);
+    they are done or killed when this returns.
 
     The catalogue's meta gets the frame, time, filter, exposure, airmass, FWHM,
     zero point, calibration aperture and source, units, effective gain and what
@@ -256,14 +259,13 @@ def write_outputs(catalogue: SourceCatalogue, summary: RunSummary, run_dir: Path
     # the PNG figures (matplotlib: 0.5-0.7 s of CPU however few the rows, nearly all of it under the
     # interpreter lock) are drawn by forked processes while this one does the rest: in a thread they shared
     # one lock with the writers and the two ran one after the other
-    drawers = [_FiguresProcess(cat, meta, run_dir, data, wcs, title, warn, only=group) for group in FIGURE_GROUPS]
+    drawers = drawers or FigureDrawers(data)
     try:
+        drawers.draw(cat, meta, run_dir, wcs, title, warn)
         files = _write_the_rest(catalogue, cat, summary, run_dir, formats, check, cancel, (meta, data, wcs, title, warn))
-        for drawer in drawers:
-            files.update(drawer.result(check))
+        files.update(drawers.result(check))
     finally:
-        for drawer in drawers:
-            drawer.stop()  # on a cancel or an error: nothing may write into the folder once we return
+        drawers.stop()  # on a cancel or an error: nothing may write into the folder once we return
     return files
 
 
@@ -297,53 +299,125 @@ def _write_the_rest(catalogue: SourceCatalogue, cat: Table, summary: RunSummary,
     return files
 
 
-class _FiguresProcess:
-    """:func:`write_figures` in a child process forked from this one (at once, where ``fork`` is missing).
+class FigureDrawers:
+    """The processes that draw the PNG figures (:func:`write_figures`), one per group of :data:`FIGURE_GROUPS`.
 
-    The child shares the parent's memory as it was (the frame is not copied),
-    writes into the same staging folder, sends back its file names and the
-    warnings it had, and leaves with ``os._exit``. It is in the run's session,
-    so a cancel that kills the session kills it too; :meth:`stop` kills it
-    when the parent gives up first.
+    Forked when made, from the calling thread, they import matplotlib at once and then wait
+    for the catalogue (:meth:`draw`). A run makes them as soon as its frame is loaded: their
+    imports (0.2-0.3 s of CPU) then run on the other core while the stages run, instead of
+    in the one-shot forkserver's preload before the first stage. ``data`` (the frame's pixels,
+    for the finder chart) is shared copy-on-write, not sent: it must not change afterwards.
+
+    Each drawer is in the caller's session (a cancel that kills the session kills it),
+    dies with the calling thread on Linux (so that thread must live as long as the run:
+    the event loop's), leaves without writing anything when it gets no catalogue (end of
+    file: the run failed, or the caller died), and sends back its file names and the
+    warnings it had. Leaving the ``with`` block (or :meth:`stop`) kills the drawers still
+    alive and reaps them. Where ``fork`` is missing, :meth:`draw` draws in this process.
     """
 
-    def __init__(self, *args, only=None) -> None:
-        self._pid = 0
-        self._warn = args[-1]  # the child reports its warnings here, through the parent
+    def __init__(self, data=None) -> None:
+        self._data = data
+        self._drawers: list[_Drawer] = []
         self._files: dict[str, Path] | None = None
+        self._warn = None
         if not hasattr(os, "fork"):  # pragma: no cover - every platform rpp runs on has it
-            self._files = write_figures(*args, only=only)
             return
-        read, write = os.pipe()
-        parent = os.getpid()
-        pid = os.fork()  # beside other threads (the run's event loop): the child uses none of them nor their locks
-        if pid == 0:  # the child
-            os.close(read)
-            _figures_child(write, args, only, parent)
-        os.close(write)
-        self._pid, self._read = pid, read
+        parent, ours = os.getpid(), []
+        try:
+            for group in FIGURE_GROUPS:
+                args_r, args_w = os.pipe()
+                res_r, res_w = os.pipe()
+                # beside other threads (the run's stage threads, idle now): the child uses none of them nor their locks
+                pid = os.fork()
+                if pid == 0:  # the child; the earlier drawers' pipes closed, or they would never see end of file
+                    for fd in (args_w, res_r, *ours):
+                        os.close(fd)
+                    _drawer_main(args_r, res_w, data, group, parent)
+                os.close(args_r)
+                os.close(res_w)
+                ours += [args_w, res_r]
+                self._drawers.append(_Drawer(pid, args_w, res_r))
+        except BaseException:
+            self.stop()
+            raise
+
+    def __enter__(self) -> "FigureDrawers":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+    def draw(self, table: Table, meta: dict, run_dir: Path, wcs=None, title: str = "", warn=None) -> None:
+        """Hand the catalogue to the drawers (without waiting for them): their figures go into ``run_dir/plots``."""
+        self._warn = warn
+        if not self._drawers:
+            self._files = write_figures(table, meta, run_dir, self._data, wcs, title, warn)
+            return
+        import pickle
+        import threading
+
+        payload = pickle.dumps((table, meta, Path(run_dir), wcs, title), protocol=pickle.HIGHEST_PROTOCOL)
+        for drawer in self._drawers:
+            # a thread writes it: a drawer still importing reads nothing yet, and a big catalogue fills the pipe
+            threading.Thread(target=drawer.send, args=(payload,), name="rpp-figures-send", daemon=True).start()
 
     def result(self, check: Callable[[], None]) -> dict[str, Path]:
-        """The files the child wrote, once it is done; ``check`` is asked every 50 ms while waiting."""
+        """The files the drawers wrote, once they are done; ``check`` is asked every 50 ms while waiting."""
+        files = dict(self._files or {})
+        for drawer in self._drawers:
+            files.update(drawer.result(check, self._warn))
+        return files
+
+    def stop(self) -> None:
+        """Kill the drawers still alive (the run was cancelled, failed, or the catalogue failed) and reap them."""
+        for drawer in self._drawers:
+            drawer.stop()
+
+
+class _Drawer:
+    """One drawer of :class:`FigureDrawers`: its process and its two pipes (the catalogue in, the result out)."""
+
+    def __init__(self, pid: int, args_fd: int, result_fd: int) -> None:
+        self.pid, self._args, self._read = pid, args_fd, result_fd
+        self._sent = self._reading = False
+
+    def send(self, payload: bytes) -> None:
+        """Write the pickled catalogue and close the pipe (in a thread of its own: the drawer reads it when ready)."""
+        self._sent = True
+        with contextlib.suppress(OSError):  # a drawer killed meanwhile: its result says so
+            view = memoryview(payload)
+            while view:
+                view = view[os.write(self._args, view):]
+        with contextlib.suppress(OSError):
+            os.close(self._args)
+
+    def result(self, check: Callable[[], None], warn) -> dict[str, Path]:
         import pickle
         import select
 
-        if self._files is not None or not self._pid:
-            return self._files or {}
+        if not self.pid:
+            return {}
+        pid, self._reading = self.pid, True
         chunks = []
-        while True:
-            ready, _, _ = select.select([self._read], [], [], 0.05)
-            if not ready:
-                check()
-                continue
-            chunk = os.read(self._read, 1 << 16)
-            if not chunk:
-                break
-            chunks.append(chunk)
+        try:
+            while True:
+                ready, _, _ = select.select([self._read], [], [], 0.05)
+                if not ready:
+                    check()
+                    continue
+                chunk = os.read(self._read, 1 << 16)
+                if not chunk:
+                    break
+                chunks.append(chunk)
+        finally:
+            self._reading = False
         os.close(self._read)
-        _, status = os.waitpid(self._pid, 0)
-        self._pid = 0
-        warn = self._warn
+        try:
+            _, status = os.waitpid(pid, 0)
+        except ChildProcessError:  # reaped by stop() from the run's thread meanwhile: it was killed
+            status = 9
+        self.pid = 0
         try:
             files, messages, caught = pickle.loads(b"".join(chunks))
         except Exception:  # noqa: BLE001 - the child died (killed, out of memory): the figures are missing
@@ -359,17 +433,21 @@ class _FiguresProcess:
         return files
 
     def stop(self) -> None:
-        """Kill the child if it is still drawing (the run was cancelled or the catalogue failed)."""
-        if self._pid:
+        """Kill the drawer if it still lives, reap it; its pipes closed unless another thread still uses them."""
+        pid, self.pid = self.pid, 0
+        if pid:
             import signal
 
             with contextlib.suppress(OSError):
-                os.kill(self._pid, signal.SIGKILL)
+                os.kill(pid, signal.SIGKILL)
             with contextlib.suppress(OSError):
-                os.waitpid(self._pid, 0)
-            with contextlib.suppress(OSError):
-                os.close(self._read)
-            self._pid = 0
+                os.waitpid(pid, 0)
+            if not self._reading:  # else result() sees the end of file and closes it
+                with contextlib.suppress(OSError):
+                    os.close(self._read)
+            if not self._sent:  # else the sending thread closes it once the write fails
+                with contextlib.suppress(OSError):
+                    os.close(self._args)
 
 
 def _wait_status(status: int) -> str:
@@ -392,8 +470,9 @@ def _die_with(parent: int) -> None:
         os._exit(1)
 
 
-def _figures_child(fd: int, args: tuple, only, parent: int) -> None:
-    """The forked child of :class:`_FiguresProcess`: draw, send ``(files, warnings)`` pickled on ``fd``, leave."""
+def _drawer_main(args_fd: int, result_fd: int, data, only, parent: int) -> None:
+    """A drawer of :class:`FigureDrawers` (the forked child): import matplotlib, wait for the catalogue on
+    ``args_fd``, draw, send ``(files, messages, warnings)`` pickled on ``result_fd``, leave."""
     code = 1
     try:
         import gc
@@ -416,14 +495,25 @@ def _figures_child(fd: int, args: tuple, only, parent: int) -> None:
         messages: list[str] = []
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("default")
-            files = write_figures(*args[:-1], warn=messages.append, only=only)
+            with contextlib.suppress(Exception):  # now, while the run's stages go on; a failure is reported at drawing
+                from . import figures  # noqa: F401
+                import matplotlib.backends.backend_agg  # noqa: F401
+                import matplotlib.figure  # noqa: F401
+            chunks = []
+            while chunk := os.read(args_fd, 1 << 20):
+                chunks.append(chunk)
+            if not chunks:  # no catalogue: the run ended before its outputs
+                code = 0
+                return
+            table, meta, run_dir, wcs, title = pickle.loads(b"".join(chunks))
+            files = write_figures(table, meta, run_dir, data, wcs, title, warn=messages.append, only=only)
         found = [(str(w.message), w.category, w.filename, w.lineno) for w in caught]
         try:
-            data = pickle.dumps((files, messages, found))
+            out = pickle.dumps((files, messages, found))
         except Exception:  # noqa: BLE001 - a warning class defined where pickle cannot find it
-            data = pickle.dumps((files, messages, [(t, UserWarning, f, n) for t, _, f, n in found]))
-        while data:
-            data = data[os.write(fd, data):]
+            out = pickle.dumps((files, messages, [(t, UserWarning, f, n) for t, _, f, n in found]))
+        while out:
+            out = out[os.write(result_fd, out):]
         code = 0
     finally:
         os._exit(code)

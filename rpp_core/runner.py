@@ -59,12 +59,16 @@ OPTIONAL_PRELOAD = {"astrometry": ["rpp_core.astrometry"], "services": ["rpp_cor
                     "cosmic_rays": ["astroscrappy"]}
 #: everything, for a forkserver that serves many runs (the app, batch, watch)
 PRELOAD = CORE_PRELOAD + [m for mods in OPTIONAL_PRELOAD.values() for m in mods]
+#: not for a forkserver that serves one run: the figures' drawers (:class:`rpp_core.results.FigureDrawers`),
+#: forked once the frame is loaded, import matplotlib on the other core while the stages run, and the
+#: server's 0.2-0.3 s for it came before the first stage
+LONG_LIVED_ONLY = ("matplotlib.figure", "matplotlib.backends.backend_agg")
 
 
 def preload_for(profile: Profile) -> list[str]:
     """The modules a run of ``profile`` will use, for a forkserver that serves one run (``rpp run``):
     no astrometry.net planning when solving is off, no HTTP client offline (0.1-0.3 s each)."""
-    mods = list(CORE_PRELOAD)
+    mods = [m for m in CORE_PRELOAD if m not in LONG_LIVED_ONLY]
     if profile.astrometry.solve != "never":
         mods += OPTIONAL_PRELOAD["astrometry"]
     if not profile.services.offline:

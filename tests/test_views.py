@@ -225,3 +225,46 @@ def test_a_drawing_process_that_dies_costs_the_figures_with_a_warning_not_the_ca
     run, files = _outputs(calibrated, tmp_path, warn=warnings.append)
     assert not [k for k in files if k.startswith("png_")] and (run / "catalog.fits").exists() and "sky_html" in files
     assert warnings and set(warnings) == {"PNG figures not written: the process drawing them ended (exit status 3)"}
+
+
+def test_drawers_that_never_get_a_catalogue_leave_and_write_nothing(calibrated, tmp_path):
+    """A run that fails before its outputs: the drawers it started after loading the frame are gone, no figure."""
+    import os
+
+    _, _, frame = calibrated
+    with results.FigureDrawers(frame.data) as drawers:
+        pids = [d.pid for d in drawers._drawers]
+    assert pids and os.getpid() not in pids
+    for pid in pids:
+        with pytest.raises(ProcessLookupError):  # ended and reaped
+            os.kill(pid, 0)
+    assert not list(tmp_path.rglob("*.png"))
+
+
+def test_drawers_end_when_the_process_that_started_them_dies(tmp_path):
+    """The run's process killed (out of memory, a crash): its waiting drawers do not stay behind."""
+    import os
+    import sys
+    import time
+
+    pids = tmp_path / "pids"
+    code = ("import os, numpy as np\nfrom rpp_core import results\n"
+            "d = results.FigureDrawers(np.zeros((64, 64), np.float32))\n"
+            f"open({str(pids)!r}, 'w').write(' '.join(str(x.pid) for x in d._drawers))\n"
+            "os._exit(0)\n")
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
+    drawers = [int(p) for p in pids.read_text().split()]
+    assert drawers
+
+    def alive(pid):
+        try:
+            state = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[0]
+        except OSError:
+            return False
+        return state != "Z"  # an orphan's zombie waits for init: it draws nothing
+
+    for _ in range(200):
+        if not any(alive(p) for p in drawers):
+            break
+        time.sleep(0.05)
+    assert not any(alive(p) for p in drawers)
