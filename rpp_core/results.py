@@ -302,45 +302,54 @@ def _write_the_rest(catalogue: SourceCatalogue, cat: Table, summary: RunSummary,
 class FigureDrawers:
     """The processes that draw the PNG figures (:func:`write_figures`), one per group of :data:`FIGURE_GROUPS`.
 
-    Forked when made, from the calling thread, they import matplotlib at once and then wait
-    for the catalogue (:meth:`draw`). A run makes them as soon as its frame is loaded: their
-    imports (0.2-0.3 s of CPU) then run on the other core while the stages run, instead of
-    in the one-shot forkserver's preload before the first stage. ``data`` (the frame's pixels,
-    for the finder chart) is shared copy-on-write, not sent: it must not change afterwards.
+    The first is forked when this is made, from the calling thread: it imports matplotlib at
+    once and forks the others, which share its imports, then each waits for the catalogue
+    (:meth:`draw`). A run makes them as soon as its frame is loaded: the imports (0.25 s of
+    CPU) then run on the other core while the stages run, instead of in the one-shot
+    forkserver's preload before the first stage. ``data`` (the frame's pixels, for the finder
+    chart) is shared copy-on-write, not sent: it must not change afterwards.
 
-    Each drawer is in the caller's session (a cancel that kills the session kills it),
-    dies with the calling thread on Linux (so that thread must live as long as the run:
-    the event loop's), leaves without writing anything when it gets no catalogue (end of
-    file: the run failed, or the caller died), and sends back its file names and the
-    warnings it had. Leaving the ``with`` block (or :meth:`stop`) kills the drawers still
-    alive and reaps them. Where ``fork`` is missing, :meth:`draw` draws in this process.
+    The drawers are in the caller's session (a cancel that kills the session kills them),
+    die with the calling thread on Linux (so that thread must live as long as the run: the
+    event loop's), leave without writing anything when they get no catalogue (end of file:
+    the run failed, or the caller died), and send back their file names and the warnings
+    they had. The first reaps the others; leaving the ``with`` block (or :meth:`stop`) ends
+    them all and reaps the first. Where ``fork`` is missing, :meth:`draw` draws in this process.
     """
 
     def __init__(self, data=None) -> None:
         self._data = data
-        self._drawers: list[_Drawer] = []
         self._files: dict[str, Path] | None = None
         self._warn = None
+        self._pid = 0
+        self._sent = self._reading = False
+        self._args: list[int] = []  # per group, this process's ends: the catalogue out, the result in
+        self._results: list[int] = []
         if not hasattr(os, "fork"):  # pragma: no cover - every platform rpp runs on has it
             return
-        parent, ours = os.getpid(), []
+        theirs: list[tuple[int, int]] = []
         try:
-            for group in FIGURE_GROUPS:
-                args_r, args_w = os.pipe()
-                res_r, res_w = os.pipe()
-                # beside other threads (the run's stage threads, idle now): the child uses none of them nor their locks
-                pid = os.fork()
-                if pid == 0:  # the child; the earlier drawers' pipes closed, or they would never see end of file
-                    for fd in (args_w, res_r, *ours):
-                        os.close(fd)
-                    _drawer_main(args_r, res_w, data, group, parent)
-                os.close(args_r)
-                os.close(res_w)
-                ours += [args_w, res_r]
-                self._drawers.append(_Drawer(pid, args_w, res_r))
+            for _ in FIGURE_GROUPS:
+                args_r, self_args = os.pipe()
+                self_res, res_w = os.pipe()
+                self._args.append(self_args)
+                self._results.append(self_res)
+                theirs.append((args_r, res_w))
+            parent = os.getpid()
+            # beside other threads (the run's stage threads, idle now): the child uses none of them nor their locks
+            pid = os.fork()
+            if pid == 0:
+                for fd in (*self._args, *self._results):
+                    os.close(fd)
+                _drawers_main(theirs, data, parent)
+            self._pid = pid
         except BaseException:
             self.stop()
             raise
+        finally:
+            for fds in theirs:
+                for fd in fds:
+                    os.close(fd)
 
     def __enter__(self) -> "FigureDrawers":
         return self
@@ -351,103 +360,112 @@ class FigureDrawers:
     def draw(self, table: Table, meta: dict, run_dir: Path, wcs=None, title: str = "", warn=None) -> None:
         """Hand the catalogue to the drawers (without waiting for them): their figures go into ``run_dir/plots``."""
         self._warn = warn
-        if not self._drawers:
+        if not self._pid:
             self._files = write_figures(table, meta, run_dir, self._data, wcs, title, warn)
             return
         import pickle
         import threading
 
         payload = pickle.dumps((table, meta, Path(run_dir), wcs, title), protocol=pickle.HIGHEST_PROTOCOL)
-        for drawer in self._drawers:
-            # a thread writes it: a drawer still importing reads nothing yet, and a big catalogue fills the pipe
-            threading.Thread(target=drawer.send, args=(payload,), name="rpp-figures-send", daemon=True).start()
+        self._sent = True
+        # a thread writes it: a drawer still importing reads nothing yet, and a big catalogue fills the pipe
+        threading.Thread(target=_send, args=(payload, self._args), name="rpp-figures-send", daemon=True).start()
 
     def result(self, check: Callable[[], None]) -> dict[str, Path]:
         """The files the drawers wrote, once they are done; ``check`` is asked every 50 ms while waiting."""
-        files = dict(self._files or {})
-        for drawer in self._drawers:
-            files.update(drawer.result(check, self._warn))
-        return files
-
-    def stop(self) -> None:
-        """Kill the drawers still alive (the run was cancelled, failed, or the catalogue failed) and reap them."""
-        for drawer in self._drawers:
-            drawer.stop()
-
-
-class _Drawer:
-    """One drawer of :class:`FigureDrawers`: its process and its two pipes (the catalogue in, the result out)."""
-
-    def __init__(self, pid: int, args_fd: int, result_fd: int) -> None:
-        self.pid, self._args, self._read = pid, args_fd, result_fd
-        self._sent = self._reading = False
-
-    def send(self, payload: bytes) -> None:
-        """Write the pickled catalogue and close the pipe (in a thread of its own: the drawer reads it when ready)."""
-        self._sent = True
-        with contextlib.suppress(OSError):  # a drawer killed meanwhile: its result says so
-            view = memoryview(payload)
-            while view:
-                view = view[os.write(self._args, view):]
-        with contextlib.suppress(OSError):
-            os.close(self._args)
-
-    def result(self, check: Callable[[], None], warn) -> dict[str, Path]:
         import pickle
         import select
 
-        if not self.pid:
-            return {}
-        pid, self._reading = self.pid, True
-        chunks = []
+        if not self._pid:
+            return dict(self._files or {})
+        pid, self._reading = self._pid, True
+        chunks: dict[int, list[bytes]] = {fd: [] for fd in self._results}
         try:
-            while True:
-                ready, _, _ = select.select([self._read], [], [], 0.05)
+            open_fds = list(self._results)
+            while open_fds:
+                ready, _, _ = select.select(open_fds, [], [], 0.05)
                 if not ready:
                     check()
-                    continue
-                chunk = os.read(self._read, 1 << 16)
-                if not chunk:
-                    break
-                chunks.append(chunk)
+                for fd in ready:
+                    chunk = os.read(fd, 1 << 16)
+                    if chunk:
+                        chunks[fd].append(chunk)
+                    else:
+                        open_fds.remove(fd)
         finally:
             self._reading = False
-        os.close(self._read)
+        for fd in self._results:
+            os.close(fd)
+        self._results = []
         try:
             _, status = os.waitpid(pid, 0)
-        except ChildProcessError:  # reaped by stop() from the run's thread meanwhile: it was killed
+        except ChildProcessError:  # reaped by stop() from the run's thread meanwhile: it was ended
             status = 9
-        self.pid = 0
-        try:
-            files, messages, caught = pickle.loads(b"".join(chunks))
-        except Exception:  # noqa: BLE001 - the child died (killed, out of memory): the figures are missing
-            files, caught = {}, []
-            messages = [f"PNG figures not written: the process drawing them ended ({_wait_status(status)})"]
-        import warnings
+        self._pid = 0
+        files: dict[str, Path] = {}
+        others = None  # how a drawer forked by the first ended, when that was badly (the first reaped it)
+        for i, parts in enumerate(chunks.values()):
+            try:
+                got, messages, caught, *rest = pickle.loads(b"".join(parts))
+                others = rest[0] if rest else others
+            except Exception:  # noqa: BLE001 - the drawer died (killed, out of memory): its figures are missing
+                got, caught = {}, []
+                why = _wait_status(others if i and others is not None else status)
+                messages = [f"PNG figures not written: the process drawing them ended ({why})"]
+            files.update(got)
+            import warnings
 
-        for text, category, filename, lineno in caught:  # the libraries' warnings, as if raised here
-            warnings.warn_explicit(text, category, filename, lineno)
-        for message in messages:
-            if warn:
-                warn(message)
+            for text, category, filename, lineno in caught:  # the libraries' warnings, as if raised here
+                warnings.warn_explicit(text, category, filename, lineno)
+            for message in messages:
+                if self._warn:
+                    self._warn(message)
         return files
 
     def stop(self) -> None:
-        """Kill the drawer if it still lives, reap it; its pipes closed unless another thread still uses them."""
-        pid, self.pid = self.pid, 0
+        """End the drawers still alive (the run was cancelled, failed, or the catalogue failed) and reap the first.
+
+        Asked with SIGTERM first (the first drawer then kills and reaps the ones it forked); SIGKILL when
+        that takes over a second."""
+        pid, self._pid = self._pid, 0
         if pid:
             import signal
+            import time
 
             with contextlib.suppress(OSError):
-                os.kill(pid, signal.SIGKILL)
+                os.kill(pid, signal.SIGTERM)
+            deadline, done = time.monotonic() + 1.0, False
             with contextlib.suppress(OSError):
-                os.waitpid(pid, 0)
-            if not self._reading:  # else result() sees the end of file and closes it
+                while not done and time.monotonic() < deadline:
+                    done = os.waitpid(pid, os.WNOHANG)[0] != 0
+                    if not done:
+                        time.sleep(0.005)
+            if not done:
                 with contextlib.suppress(OSError):
-                    os.close(self._read)
-            if not self._sent:  # else the sending thread closes it once the write fails
+                    os.kill(pid, signal.SIGKILL)
                 with contextlib.suppress(OSError):
-                    os.close(self._args)
+                    os.waitpid(pid, 0)
+        if not self._reading:  # else result() sees the end of file and closes them
+            for fd in self._results:
+                with contextlib.suppress(OSError):
+                    os.close(fd)
+            self._results = []
+        if not self._sent:  # else the sending thread closes them once the write fails
+            for fd in self._args:
+                with contextlib.suppress(OSError):
+                    os.close(fd)
+            self._args = []
+
+
+def _send(payload: bytes, fds: list[int]) -> None:
+    """Write the pickled catalogue to each drawer and close its pipe (a drawer killed meanwhile: its result says so)."""
+    for fd in fds:
+        with contextlib.suppress(OSError):
+            view = memoryview(payload)
+            while view:
+                view = view[os.write(fd, view):]
+        with contextlib.suppress(OSError):
+            os.close(fd)
 
 
 def _wait_status(status: int) -> str:
@@ -470,15 +488,15 @@ def _die_with(parent: int) -> None:
         os._exit(1)
 
 
-def _drawer_main(args_fd: int, result_fd: int, data, only, parent: int) -> None:
-    """A drawer of :class:`FigureDrawers` (the forked child): import matplotlib, wait for the catalogue on
-    ``args_fd``, draw, send ``(files, messages, warnings)`` pickled on ``result_fd``, leave."""
+def _drawers_main(pipes: list[tuple[int, int]], data, parent: int) -> None:
+    """The first drawer of :class:`FigureDrawers` (the forked child): import matplotlib, fork one drawer per
+    further group (they share the imports), draw the first group, reap the others, leave.
+
+    ``pipes``: per group of :data:`FIGURE_GROUPS`, the catalogue's read end and the result's write end."""
     code = 1
     try:
         import gc
-        import pickle
         import signal
-        import warnings
 
         from .rundir import drop_marker_copies
 
@@ -487,33 +505,88 @@ def _drawer_main(args_fd: int, result_fd: int, data, only, parent: int) -> None:
         # the parent's objects out of the collector's sight: a full collection here would touch every one of
         # them and so copy most of the parent's heap into this process (copy-on-write), for nothing
         gc.freeze()
-
         with contextlib.suppress(ValueError):  # the parent's handlers would talk to the parent's event loop
             for sig in (signal.SIGINT, signal.SIGTERM):
                 signal.signal(sig, signal.SIG_DFL)
             signal.set_wakeup_fd(-1)
-        messages: list[str] = []
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("default")
-            with contextlib.suppress(Exception):  # now, while the run's stages go on; a failure is reported at drawing
+        caught: list = []
+        with contextlib.suppress(Exception):  # now, while the run's stages go on; a failure is reported at drawing
+            import warnings
+
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("default")
                 from . import figures  # noqa: F401
                 import matplotlib.backends.backend_agg  # noqa: F401
                 import matplotlib.figure  # noqa: F401
-            chunks = []
-            while chunk := os.read(args_fd, 1 << 20):
-                chunks.append(chunk)
-            if not chunks:  # no catalogue: the run ended before its outputs
-                code = 0
-                return
+        # SIGTERM (stop()) held until the handler that ends the other drawers is in place
+        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
+        others = []
+        me = os.getpid()
+        for i in range(1, len(pipes)):
+            pid = os.fork()
+            if pid == 0:
+                signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM})
+                for j, fds in enumerate(pipes):
+                    if j != i:
+                        for fd in fds:
+                            os.close(fd)
+                _die_with(me)
+                _draw_group(*pipes[i], FIGURE_GROUPS[i], data, list(caught))  # never returns
+            others.append(pid)
+        for fds in pipes[1:]:
+            for fd in fds:
+                os.close(fd)
+
+        def end(signum, frame):  # the run ended first: the others go too, reaped here (no zombie left)
+            for pid in others:
+                with contextlib.suppress(OSError):
+                    os.kill(pid, signal.SIGKILL)
+                with contextlib.suppress(OSError):
+                    os.waitpid(pid, 0)
+            os._exit(1)
+
+        signal.signal(signal.SIGTERM, end)
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM})
+        _draw_group(*pipes[0], FIGURE_GROUPS[0], data, list(caught), others=others)
+    finally:
+        os._exit(code)
+
+
+def _draw_group(args_fd: int, result_fd: int, only, data, caught: list, others=()) -> None:
+    """One drawer's work: wait for the catalogue on ``args_fd``, draw ``only``, send ``(files, messages,
+    warnings[, how the others ended])`` pickled on ``result_fd``, reap ``others``, leave."""
+    code = 1
+    try:
+        import pickle
+        import warnings
+
+        chunks = []
+        while chunk := os.read(args_fd, 1 << 20):
+            chunks.append(chunk)
+        messages: list[str] = []
+        files: dict = {}
+        if chunks:  # else no catalogue: the run ended before its outputs
             table, meta, run_dir, wcs, title = pickle.loads(b"".join(chunks))
-            files = write_figures(table, meta, run_dir, data, wcs, title, warn=messages.append, only=only)
-        found = [(str(w.message), w.category, w.filename, w.lineno) for w in caught]
-        try:
-            out = pickle.dumps((files, messages, found))
-        except Exception:  # noqa: BLE001 - a warning class defined where pickle cannot find it
-            out = pickle.dumps((files, messages, [(t, UserWarning, f, n) for t, _, f, n in found]))
-        while out:
-            out = out[os.write(result_fd, out):]
+            with warnings.catch_warnings(record=True) as drawing:
+                warnings.simplefilter("default")
+                files = write_figures(table, meta, run_dir, data, wcs, title, warn=messages.append, only=only)
+            caught = caught + drawing
+        else:
+            caught = []
+        ended = None
+        for pid in others:  # the drawers forked here: reaped before this one reports and leaves
+            with contextlib.suppress(OSError):
+                status = os.waitpid(pid, 0)[1]
+                if status:
+                    ended = status
+        if chunks:
+            found = [(str(w.message), w.category, w.filename, w.lineno) for w in caught]
+            try:
+                out = pickle.dumps((files, messages, found, ended))
+            except Exception:  # noqa: BLE001 - a warning class defined where pickle cannot find it
+                out = pickle.dumps((files, messages, [(t, UserWarning, f, n) for t, _, f, n in found], ended))
+            while out:
+                out = out[os.write(result_fd, out):]
         code = 0
     finally:
         os._exit(code)

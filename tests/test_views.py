@@ -227,44 +227,59 @@ def test_a_drawing_process_that_dies_costs_the_figures_with_a_warning_not_the_ca
     assert warnings and set(warnings) == {"PNG figures not written: the process drawing them ended (exit status 3)"}
 
 
+def _session_processes(sid: int) -> set[int]:
+    """Every process of session ``sid`` that has not ended, zombies (ended, nobody reaped them) included."""
+    from pathlib import Path
+
+    found = set()
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            if int(stat.read_text().rsplit(")", 1)[1].split()[3]) == sid:  # state, ppid, pgrp, session
+                found.add(int(stat.parent.name))
+        except (OSError, ValueError, IndexError):
+            pass
+    return found
+
+
 def test_drawers_that_never_get_a_catalogue_leave_and_write_nothing(calibrated, tmp_path):
-    """A run that fails before its outputs: the drawers it started after loading the frame are gone, no figure."""
+    """A run that fails before its outputs: the drawers it started after loading the frame are all gone
+    (the ones the first drawer forked too: killed and reaped, no zombie), and drew nothing."""
     import os
+    import time
 
     _, _, frame = calibrated
-    with results.FigureDrawers(frame.data) as drawers:
-        pids = [d.pid for d in drawers._drawers]
-    assert pids and os.getpid() not in pids
-    for pid in pids:
-        with pytest.raises(ProcessLookupError):  # ended and reaped
-            os.kill(pid, 0)
+    before = _session_processes(os.getsid(0))
+    for wait_s in (0.0, 1.5):  # ended while importing, and while waiting for the catalogue
+        with results.FigureDrawers(frame.data):
+            time.sleep(wait_s)
+        assert _session_processes(os.getsid(0)) <= before
     assert not list(tmp_path.rglob("*.png"))
 
 
 def test_drawers_end_when_the_process_that_started_them_dies(tmp_path):
     """The run's process killed (out of memory, a crash): its waiting drawers do not stay behind."""
-    import os
     import sys
     import time
 
-    pids = tmp_path / "pids"
-    code = ("import os, numpy as np\nfrom rpp_core import results\n"
+    code = ("import os, time, numpy as np\nfrom rpp_core import results\n"
             "d = results.FigureDrawers(np.zeros((64, 64), np.float32))\n"
-            f"open({str(pids)!r}, 'w').write(' '.join(str(x.pid) for x in d._drawers))\n"
-            "os._exit(0)\n")
-    subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
-    drawers = [int(p) for p in pids.read_text().split()]
-    assert drawers
+            "time.sleep(1.5)\nprint(os.getsid(0), flush=True)\nos._exit(0)\n")
+    proc = subprocess.run([sys.executable, "-c", code], check=True, timeout=120, capture_output=True, text=True,
+                          start_new_session=True)
+    sid = int(proc.stdout.split()[0])
 
-    def alive(pid):
-        try:
-            state = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[0]
-        except OSError:
-            return False
-        return state != "Z"  # an orphan's zombie waits for init: it draws nothing
+    def alive():
+        running = set()
+        for pid in _session_processes(sid):
+            try:
+                if open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[0] != "Z":
+                    running.add(pid)
+            except OSError:
+                pass
+        return running  # an orphan's zombie waits for init: it draws nothing
 
     for _ in range(200):
-        if not any(alive(p) for p in drawers):
+        if not alive():
             break
         time.sleep(0.05)
-    assert not any(alive(p) for p in drawers)
+    assert not alive()
