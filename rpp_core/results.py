@@ -335,13 +335,21 @@ class FigureDrawers:
                 self._args.append(self_args)
                 self._results.append(self_res)
                 theirs.append((args_r, res_w))
+            import signal
+
             parent = os.getpid()
-            # beside other threads (the run's stage threads, idle now): the child uses none of them nor their locks
-            pid = os.fork()
-            if pid == 0:
-                for fd in (*self._args, *self._results):
-                    os.close(fd)
-                _drawers_main(theirs, data, parent)
+            # the child must not run this process's handlers (the event loop's, through its wakeup pipe) until
+            # it has put back the defaults: the signals are held across the fork
+            held = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
+            try:
+                # beside other threads (the run's stage threads, idle now): the child uses none of them nor their locks
+                pid = os.fork()
+                if pid == 0:
+                    for fd in (*self._args, *self._results):
+                        os.close(fd)
+                    _drawers_main(theirs, data, parent, held)
+            finally:
+                signal.pthread_sigmask(signal.SIG_SETMASK, held)
             self._pid = pid
         except BaseException:
             self.stop()
@@ -366,7 +374,13 @@ class FigureDrawers:
         import pickle
         import threading
 
-        payload = pickle.dumps((table, meta, Path(run_dir), wcs, title), protocol=pickle.HIGHEST_PROTOCOL)
+        try:
+            payload = pickle.dumps((table, meta, Path(run_dir), wcs, title), protocol=pickle.HIGHEST_PROTOCOL)
+        except Exception as exc:  # noqa: BLE001 - a value pickle cannot take must not cost the catalogue
+            self.stop()
+            if warn:
+                warn(f"PNG figures not written: {type(exc).__name__}: {exc}")
+            return
         self._sent = True
         # a thread writes it: a drawer still importing reads nothing yet, and a big catalogue fills the pipe
         threading.Thread(target=_send, args=(payload, self._args), name="rpp-figures-send", daemon=True).start()
@@ -488,11 +502,12 @@ def _die_with(parent: int) -> None:
         os._exit(1)
 
 
-def _drawers_main(pipes: list[tuple[int, int]], data, parent: int) -> None:
+def _drawers_main(pipes: list[tuple[int, int]], data, parent: int, held: set) -> None:
     """The first drawer of :class:`FigureDrawers` (the forked child): import matplotlib, fork one drawer per
     further group (they share the imports), draw the first group, reap the others, leave.
 
-    ``pipes``: per group of :data:`FIGURE_GROUPS`, the catalogue's read end and the result's write end."""
+    ``pipes``: per group of :data:`FIGURE_GROUPS`, the catalogue's read end and the result's write end;
+    ``held``: the signal mask to put back once the parent's handlers are gone."""
     code = 1
     try:
         import gc
@@ -500,15 +515,16 @@ def _drawers_main(pipes: list[tuple[int, int]], data, parent: int) -> None:
 
         from .rundir import drop_marker_copies
 
+        with contextlib.suppress(ValueError):  # the parent's handlers would talk to the parent's event loop
+            signal.set_wakeup_fd(-1)
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                signal.signal(sig, signal.SIG_DFL)
+        signal.pthread_sigmask(signal.SIG_SETMASK, held)
         _die_with(parent)
         drop_marker_copies()  # the run's .in-progress lock is the parent's alone
         # the parent's objects out of the collector's sight: a full collection here would touch every one of
         # them and so copy most of the parent's heap into this process (copy-on-write), for nothing
         gc.freeze()
-        with contextlib.suppress(ValueError):  # the parent's handlers would talk to the parent's event loop
-            for sig in (signal.SIGINT, signal.SIGTERM):
-                signal.signal(sig, signal.SIG_DFL)
-            signal.set_wakeup_fd(-1)
         caught: list = []
         with contextlib.suppress(Exception):  # now, while the run's stages go on; a failure is reported at drawing
             import warnings

@@ -283,3 +283,19 @@ def test_drawers_end_when_the_process_that_started_them_dies(tmp_path):
             break
         time.sleep(0.05)
     assert not alive()
+
+
+def test_a_catalogue_the_drawers_cannot_be_sent_costs_the_figures_with_a_warning_not_the_catalogue(calibrated, tmp_path):
+    from rpp_core.products import RunSummary, SourceCatalogue
+
+    cat, summary, frame = calibrated
+    odd = cat.copy()
+    odd.meta["on_done"] = lambda: None  # pickle cannot take it; the catalogue writers drop such meta
+    keep = {k: v for k, v in summary.items() if k in RunSummary.__dataclass_fields__}
+    run = tmp_path / "staging"
+    run.mkdir()
+    warnings: list[str] = []
+    files = results.write_outputs(SourceCatalogue(odd), RunSummary(**keep), run, ["csv", "ecsv", "fits"],
+                                  data=frame.data, wcs=frame.wcs, warn=warnings.append)
+    assert not [k for k in files if k.startswith("png_")] and (run / "catalog.fits").exists() and "sky_html" in files
+    assert len(warnings) == 1 and warnings[0].startswith("PNG figures not written: ")
