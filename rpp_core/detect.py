@@ -176,9 +176,11 @@ def kernel_scan(data: np.ndarray, x, y, half) -> np.ndarray:
         ix, iy, h = int(round(x0)), int(round(y0)), int(h)
         ya, yb, xa, xb = max(iy - h, 0), min(iy + h + 1, ny), max(ix - h, 0), min(ix + h + 1, nx)
         cut = data[ya:yb, xa:xb].astype(float)
-        r2 = ((np.arange(ya, yb) - y0) ** 2)[:, None] + ((np.arange(xa, xb) - x0) ** 2)[None, :]
-        k = np.exp(-0.5 * r2.ravel()[None, :] / s2[:, None])
-        score = (k @ cut.ravel()) / np.sqrt((k * k).sum(axis=1))
+        # the Gaussian is separable: K_w = gy_w gx_w, so sum(K d) = gy_w . d . gx_w and sum(K^2) =
+        # sum(gy_w^2) sum(gx_w^2) (64 x box side exponentials, not 64 x box area)
+        gy = np.exp(-0.5 * ((np.arange(ya, yb) - y0) ** 2)[None, :] / s2[:, None])
+        gx = np.exp(-0.5 * ((np.arange(xa, xb) - x0) ** 2)[None, :] / s2[:, None])
+        score = ((gy @ cut) * gx).sum(axis=1) / np.sqrt((gy * gy).sum(axis=1) * (gx * gx).sum(axis=1))
         out[i] = _SCAN_WIDTHS[int(np.argmax(score))]
     return out
 
@@ -223,8 +225,17 @@ def _moffat_batch(stamps, weights, fwhm0, max_iter=50, beta_fixed: float | None 
     free = np.array([True, True, True, True, beta_fixed is None, fit_sky])
 
     def integrate(a):
+        # sub-pixels summed slice by slice: numpy's sum over the two strided axes at once was 10x slower
         k = a.shape[0]
-        return a.reshape(k, m, o, m, o).sum(axis=(2, 4)).reshape(k, -1)
+        rows = a.reshape(k, m, o, m * o)
+        acc = rows[:, :, 0].copy()
+        for i in range(1, o):
+            acc += rows[:, :, i]
+        cols = acc.reshape(k, m, m, o)
+        out = cols[..., 0].copy()
+        for j in range(1, o):
+            out += cols[..., j]
+        return out.reshape(k, -1)
 
     def evaluate(p, jac=True):
         """Model (k, m^2) and, with ``jac``, its Jacobian (k, m^2, 6) for parameter rows ``p``."""
@@ -260,8 +271,9 @@ def _moffat_batch(stamps, weights, fwhm0, max_iter=50, beta_fixed: float | None 
     fixed = np.diag((~free).astype(float))[None]
     for _ in range(max_iter):
         Jw = J * w[act, :, None]
-        A = np.einsum("nki,nkj->nij", Jw, Jw)
-        grad = np.einsum("nki,nk->ni", Jw, (model - d[act]) * w[act])
+        JwT = Jw.transpose(0, 2, 1)
+        A = JwT @ Jw  # batched matrix products: a third of the time of the same einsum
+        grad = (JwT @ ((model - d[act]) * w[act])[:, :, None])[:, :, 0]
         # fixed parameters: a unit diagonal and no gradient, so their step is 0
         A = A * free[None, :, None] * free[None, None, :] + fixed
         grad = grad * free[None, :]
