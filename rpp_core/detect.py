@@ -112,21 +112,24 @@ def _sep_sources(data, rms, mask, threshold, kernel=None, minarea=5, deblend_con
     args = (np.ascontiguousarray(data, np.float32), float(threshold))
     kwargs = dict(err=np.ascontiguousarray(rms, np.float32), mask=m, minarea=int(minarea), filter_kernel=kernel,
                   filter_type="conv", deblend_cont=deblend_cont, **deblend)
-    # The pixel stack bounds the pixels above threshold at once; sep allocates all of it at every
-    # call (about 46 bytes a pixel: 5 M pixels raised a 4k run's peak by 215 MB). A bright plate star or
-    # a nebula can need more than 1 M: the call is made again with the larger stack when sep says so.
-    sep_x.set_extract_pixstack(min(data.size, _PIXSTACK))
+    # The pixel stack bounds the pixels above threshold at once; sep allocates and initialises all of it
+    # at every call (about 46 bytes a pixel: 5 M pixels raised a 4k run's peak by 215 MB; on a 768^2 frame
+    # a whole-frame stack was half of the call, in page faults). A bright plate star or a nebula can need
+    # more than the first stack: the call is made again with the larger one when sep says so.
+    first = min(data.size, _PIXSTACK, max(data.size // 4, _PIXSTACK_MIN))
+    sep_x.set_extract_pixstack(first)
     try:
         return sep_x.extract(*args, **kwargs)
     except Exception as exc:  # sep raises a bare Exception
-        if "pixel buffer full" not in str(exc) or data.size <= _PIXSTACK:
+        if "pixel buffer full" not in str(exc) or data.size <= first:
             raise
     sep_x.set_extract_pixstack(min(data.size, _PIXSTACK_MAX))
     return sep_x.extract(*args, **kwargs)
 
 
-#: sep's pixel stack (pixels above threshold at once): the first try, and the retry's
-_PIXSTACK, _PIXSTACK_MAX = 1_000_000, 5_000_000
+#: sep's pixel stack (pixels above threshold at once): the first try (a quarter of the frame, within these
+#: bounds), and the retry's
+_PIXSTACK_MIN, _PIXSTACK, _PIXSTACK_MAX = 100_000, 1_000_000, 5_000_000
 
 
 def _peak_share(data: np.ndarray, x, y) -> np.ndarray:
