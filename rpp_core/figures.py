@@ -261,7 +261,9 @@ def _save(fig, path: Path) -> Path:
     canvas = FigureCanvasAgg(fig)
     canvas.draw()
     rgba = np.asarray(canvas.buffer_rgba())
-    image = Image.fromarray(np.ascontiguousarray(rgba[..., :3]) if (rgba[..., 3] == 255).all() else rgba)
+    image = Image.fromarray(rgba)
+    if rgba[:, :, 3].min() == 255:
+        image = image.convert("RGB")  # in PIL: a numpy copy of the three channels cost what it saved
     info = PngImagePlugin.PngInfo()
     info.add_text("Software", f"Matplotlib version{matplotlib.__version__}, https://matplotlib.org/")
     with atomic_path(path) as tmp:
