@@ -6,9 +6,10 @@ ECSV) and 11-26 s (VOTable) for 20,000 rows x 68 columns
 files stay what astropy and TOPCAT read, units included:
 
 =======  ==============================================================================
-CSV      header line + body by ``pyarrow.csv`` (booleans as ``True``/``False``, masked = empty)
-ECSV     astropy's own ECSV header (YAML: units, descriptions, meta; ``delimiter: ','``)
-         written for a zero-row copy, then the same Arrow CSV body
+CSV      header line + body by ``pyarrow.csv`` (booleans as ``True``/``False``, masked = empty);
+         float columns at the precision of :data:`TEXT_PRECISION`
+ECSV     astropy's own ECSV header (YAML: units, descriptions, meta, each float column's
+         ``format``; ``delimiter: ','``) written for a zero-row copy, then the same Arrow CSV body
 VOTable  1.4, BINARY2 serialisation: the XML header written here, the rows packed as one
          big-endian numpy record array, base64-encoded (``boolean`` as ``T``/``F``,
          text as fixed-width ``char``, or ``unicodeChar`` when it is not ASCII); scalar
@@ -31,6 +32,7 @@ import io
 import json
 import math
 import os
+import re
 import warnings
 from pathlib import Path
 from typing import Any
@@ -57,6 +59,129 @@ def write(table: Table, path: Path, fmt: str, body: "CsvBody | None" = None) -> 
         else:
             {"votable": write_votable, "fits": write_fits, "parquet": write_parquet}[fmt](table, tmp)
     return Path(path)
+
+
+# ---------------------------------------------------------------- text precision of CSV and ECSV
+
+#: The precision of float columns in the text formats (CSV, ECSV), as SExtractor and astropy users give
+#: columns a format; FITS, Parquet and VOTable keep full float64. A column with a unit is matched by its
+#: unit; one without a unit by its whole name (a regular expression). Rows: (quantity, units, names,
+#: decimal places). Every other float column: :data:`SIGNIFICANT_DIGITS` significant digits.
+#: docs/catalogue.md shows this table.
+TEXT_PRECISION = (
+    ("pixel position", ("pix",), r"x|y|psf_x|psf_y", 4),
+    ("sky coordinate", ("deg",), r"ra|dec", 8),
+    ("magnitude, its error, zero point, colour, residual", ("mag",),
+     r"(\w+_)?mag(err)?(_\w+)?|zp|zp_err|ref_color|calib_residual|gaia_bp_rp|simbad_[A-Za-z]|skybot_mv"
+     r"|vsx_(max|min)|milliquas_[br]mag", 5),
+    ("separation", ("arcsec",), r"\w+_arcsec|skybot_errpos", 4),
+    ("time, period", ("d",), r"(\w+_)?(mjd|jd)|vsx_period", 8),
+)
+SIGNIFICANT_DIGITS = 7
+_TEXT_NAMES = [(re.compile(names), places) for _, _, names, places in TEXT_PRECISION]
+
+
+def text_places(name: str, unit) -> int | None:
+    """Decimal places of a float column in CSV/ECSV (:data:`TEXT_PRECISION`); None: 7 significant digits."""
+    unit = "" if unit is None else str(unit)
+    if unit:
+        # astropy spells AB and ST magnitudes mag(AB), mag(ST)
+        unit = "mag" if unit.startswith("mag(") else unit
+        return next((places for _, units, _, places in TEXT_PRECISION if unit in units), None)
+    return next((places for pattern, places in _TEXT_NAMES if pattern.fullmatch(name)), None)
+
+
+def text_format(name: str, unit) -> str:
+    """The column's precision as a format (``.4f``, ``.7g``): what the ECSV header records."""
+    places = text_places(name, unit)
+    return f".{SIGNIFICANT_DIGITS}g" if places is None else f".{places}f"
+
+
+def text_values(values: np.ndarray, places: int | None) -> np.ndarray:
+    """Float values rounded to ``places`` decimal places (None: 7 significant digits), as float64 for Arrow to print.
+
+    Each result is the double nearest to the decimal that ``format(v, ".4f")``
+    (``".6e"``) writes, ties to even, so its shortest repr (what Arrow prints) is
+    that decimal without trailing zeros; NaN, infinities and zero unchanged,
+    -0 written as 0. Exact and vectorised: numpy's own ``round`` multiplies by
+    ``10**places`` and so rounds a near-tie the wrong way now and then (here the
+    exact product decides the ties); values beyond the exact numpy paths (below
+    1e-16 or from 9e18 on, or past 2**52 units of the last place) are formatted
+    by Python, one by one. Few temporary arrays: each new one of a big column
+    costs page faults (glibc maps and unmaps them), more than the arithmetic.
+    """
+    x = np.asarray(values, dtype=np.float64)
+    a = np.abs(x)
+    usable = np.isfinite(a)
+    usable &= a > 0
+    with np.errstate(all="ignore"):
+        if places is None:
+            # the decimal exponent: where log10 rounds across a power of ten, the value is within a few ulp
+            # of it, and rounds to that power at 7 digits as at 8 or 6: the result is the same
+            e = np.log10(a)
+            np.floor(e, out=e)
+            d = np.subtract(SIGNIFICANT_DIGITS - 1, e)  # decimal places
+            decimal = usable & (d >= 0) & (d <= 22)
+            index = d.astype(np.int64)
+            np.clip(index, 0, 22, out=index)
+            scale = _POW10_EXACT.take(index, out=e)
+        else:
+            scale = 10.0 ** places if places <= 22 else np.inf
+            decimal = usable
+        p = a * scale
+        decimal = decimal & (p < 2.0 ** 52)
+        n = np.rint(p)
+        np.subtract(p, n, out=p)  # what rint took off: +-0.5 on a tie of the rounded product
+        np.abs(p, out=p)
+        tie = decimal & (p == 0.5)
+        if tie.any():  # the exact product says which way a tie of the rounded one goes
+            n[tie] = _settle_ties(a[tie], scale if places is not None else scale[tie], n[tie])
+        np.divide(n, scale, out=n)  # an exact integer over an exact power of ten: the double nearest the decimal
+    out = n
+    np.copyto(out, a, where=~decimal)
+    if places is None:
+        whole = usable & (d < 0) & (a < 9e18)
+        if whole.any():
+            out[whole] = _round_to_tens(a[whole], (-d[whole]).astype(np.int64))
+            decimal |= whole
+    rest = usable & ~decimal
+    if rest.any():
+        spec = f".{SIGNIFICANT_DIGITS - 1}e" if places is None else f".{places}f"
+        out[rest] = np.abs([float(format(v, spec)) for v in x[rest].tolist()])
+    np.copysign(out, x, out=out)
+    out += 0.0  # -0.0 (a small negative rounded to zero) written as 0
+    return out
+
+
+#: 10**k for k = 0..22, each exact
+_POW10_EXACT = np.array([10.0 ** k for k in range(23)])
+
+
+_SPLIT = 134217729.0  # 2**27 + 1, Veltkamp's splitter
+
+
+def _settle_ties(a: np.ndarray, scale, n: np.ndarray) -> np.ndarray:
+    """``n = rint(a * scale)`` where the rounded product was a tie: moved by one where the exact product is past it."""
+    p = a * scale
+    # the exact a * scale minus p: Dekker's two-product (numpy has no fused multiply-add)
+    c = _SPLIT * a
+    ah = c - (c - a)
+    c = _SPLIT * scale
+    sh = c - (c - scale)
+    al, sl = a - ah, scale - sh
+    err = ((ah * sh - p) + ah * sl + al * sh) + al * sl
+    return n + ((p > n) & (err > 0)) - ((p < n) & (err < 0))
+
+
+def _round_to_tens(a: np.ndarray, k: np.ndarray) -> np.ndarray:
+    """Positive ``a`` (1 <= a < 9e18) to a multiple of ``10**k`` (k >= 1), ties to even, in integers."""
+    whole = np.floor(a)
+    frac = a - whole  # exact
+    step = 10 ** k
+    q, r = np.divmod(whole.astype(np.int64), step)
+    half = step // 2
+    up = (r > half) | ((r == half) & ((frac > 0) | (q % 2 == 1)))
+    return ((q + up) * step).astype(np.float64)
 
 
 # ---------------------------------------------------------------- CSV and ECSV
@@ -100,7 +225,8 @@ def _column(table: Table, name: str) -> tuple[np.ndarray, np.ndarray | None]:
 
 
 def _arrow_table(table: Table):
-    """The columns as an Arrow table for the CSV body: booleans spelled as astropy does, masked cells empty."""
+    """The columns as an Arrow table for the CSV body: booleans spelled as astropy does, masked cells empty,
+    floats at their text precision (:func:`text_values`)."""
     import pyarrow as pa
 
     arrays = []
@@ -108,6 +234,8 @@ def _arrow_table(table: Table):
         values, mask = _column(table, name)
         if values.dtype.kind == "b":
             values = np.where(values, "True", "False")
+        elif values.dtype.kind == "f":
+            values = text_values(values, text_places(name, table[name].unit))
         arrays.append(_arrow_array(values, mask))
     return pa.Table.from_arrays(arrays, names=list(table.colnames))
 
@@ -144,7 +272,11 @@ def _csv_field(text: str) -> str:
 def write_ecsv(table: Table, path: Path, body: CsvBody | None = None) -> None:
     """ECSV 1.0 with comma delimiter: astropy's header (units, types, meta), the Arrow body."""
     head = io.StringIO()
-    table[:0].write(head, format="ascii.ecsv", delimiter=",")
+    empty = table[:0]
+    for name in empty.colnames:  # the body's precision, so astropy and TOPCAT show the digits written
+        if empty[name].dtype.kind == "f":
+            empty[name].info.format = text_format(name, empty[name].unit)
+    empty.write(head, format="ascii.ecsv", delimiter=",")
     with open(path, "wb") as fh:
         fh.write(head.getvalue().encode("utf-8"))
         fh.write(bytes(body or CsvBody(table)))
