@@ -294,3 +294,25 @@ def test_cells_of_points_on_and_next_to_cell_edges_are_plotexts_own():
         values = np.concatenate([values, rng.uniform(lo - 0.1, hi + 0.1, 5000), [lo, hi]])
         expected = np.clip(get_matrix_data(values.tolist(), lim, bins), -1, bins)
         assert np.array_equal(plots._cells(values, lim, bins), expected)
+
+
+def test_sky_page_values_are_each_cell_rounded_as_python_rounds_it(calibrated):
+    """page_data formats a column at a time; each value must be round(v, digits) of its cell, -0.0 included."""
+    cat, summary, _ = calibrated
+    cat = cat.copy()
+    n = len(cat)
+    cat["calib_residual"] = np.where(np.asarray(cat["calib_used"]), np.linspace(-0.00006, 0.00006, n), np.nan)
+    cat["ra"][3] = np.nan
+    cat["snr_ap2"][::9] = -0.04
+    cat["x"][::11] += 0.005  # ties at 2 decimals, as far as a double can hold one
+    data = skyview.page_data(cat, summary)
+    digits = {"ra": ("ra", 7), "dec": ("dec", 7), "x": ("x", 2), "y": ("y", 2), "mag": ("mag_cal_ap2", 3),
+              "snr": ("snr_ap2", 1), "residual": ("calib_residual", 4)}
+    for key, (column, nd) in digits.items():
+        values = np.asarray(cat[column], float)
+        expected = [round(v, nd) if np.isfinite(v) else None for v in values.tolist()]
+        if key == "residual":
+            expected = [e if s["kind"] != "detection" else None for e, s in zip(expected, data["sources"])]
+        got = [s[key] for s in data["sources"]]
+        assert [repr(v) for v in got] == [repr(v) for v in expected], key  # repr: -0.0 is not 0.0 in the page
+    assert any(repr(s["residual"]) == "-0.0" for s in data["sources"])
