@@ -416,13 +416,83 @@ def write_fits(table: Table, path: Path) -> None:
         # long meta keys become HIERARCH cards: expected, not worth a warning
         warnings.simplefilter("ignore", VerifyWarning)
         try:
-            flat.write(path, format="fits", overwrite=True)
+            if not _write_fits_rows(flat, path):
+                flat.write(path, format="fits", overwrite=True)
         except OSError as exc:
             # a full disk reaches astropy as numpy's "N requested and M written" (no errno); astropy checks the
             # free space and says so in the text only: given its errno back, the run says "disk full" (exit 8)
             if exc.errno is None and str(exc).startswith("Not enough space on disk"):
                 raise OSError(errno.ENOSPC, f"{os.strerror(errno.ENOSPC)} ({exc})", str(path)) from exc
             raise
+
+
+#: FITS binary-table formats :func:`_write_fits_rows` packs (one value per cell), as numpy types
+_FITS_TYPES = {"D": ">f8", "E": ">f4", "K": ">i8", "J": ">i4", "I": ">i2", "L": "S1"}
+
+
+def _write_fits_rows(flat: Table, path: Path) -> bool:
+    """The FITS file astropy writes, its rows packed here in numpy; False (nothing written) where not covered.
+
+    astropy spends 50-60 ms of 75 on 20,000 rows x 69 columns in its per-column
+    objects and copies; here its header comes from a zero-row copy (columns,
+    units, TNULL, meta cards) and the rows are one big-endian record array,
+    filled as astropy fills them (masked floats NaN, masked integers TNULL,
+    masked text empty). Columns of other kinds (unsigned, scaled, vectors,
+    masked booleans, custom fill values) are left to astropy.
+    tests/test_results_formats.py holds the bytes to astropy's.
+    """
+    from astropy.io import fits
+    from astropy.io.fits.convenience import table_to_hdu
+
+    try:  # what astropy's writer does first: column descriptions and mixins as COMMENT cards
+        from astropy.io.fits.connect import _encode_mixins
+    except ImportError:  # pragma: no cover - another astropy: its own writer
+        return False
+    header = table_to_hdu(_encode_mixins(flat[:0]), character_as_bytes=True).header
+    fields, columns = [], []
+    for i, name in enumerate(flat.colnames, start=1):
+        form = str(header.get(f"TFORM{i}", ""))
+        if header.get(f"TTYPE{i}") != name or f"TZERO{i}" in header or f"TSCAL{i}" in header:
+            return False
+        values, mask = _column(flat, name)
+        masked = mask is not None and bool(mask.any())
+        col = flat[name]
+        if masked and (values.dtype.kind not in "fiUS"
+                       or np.any(col.fill_value != np.ma.default_fill_value(values.dtype))):
+            return False
+        if form.endswith("A") and values.dtype.kind in "US":
+            np_type = f"S{int(form[:-1] or 1)}"
+            if values.dtype.kind == "U" and _ascii_codes(values) is None:
+                return False
+            if masked:
+                values = np.where(mask, "", values)
+        elif form in _FITS_TYPES and values.dtype.kind in ("b" if form == "L" else "fi"):
+            np_type = _FITS_TYPES[form]
+            if form == "L":
+                values = np.where(values, b"T", b"F")
+            elif masked and values.dtype.kind == "f":
+                values = np.where(mask, np.nan, values)
+            elif masked:
+                if f"TNULL{i}" not in header:
+                    return False
+                values = np.where(mask, header[f"TNULL{i}"], values)
+        else:
+            return False
+        fields.append((f"c{i}", np_type))
+        columns.append(values)
+    rows = np.empty(len(flat), dtype=fields)
+    if rows.dtype.itemsize != header["NAXIS1"]:
+        return False
+    for (field, _), values in zip(fields, columns):
+        rows[field] = values
+    header["NAXIS2"] = len(flat)
+    data = rows.tobytes()
+    with open(path, "wb") as fh:
+        fh.write(fits.PrimaryHDU().header.tostring().encode("ascii"))
+        fh.write(header.tostring().encode("ascii"))
+        fh.write(data)
+        fh.write(b"\0" * (-len(data) % 2880))
+    return True
 
 
 def write_parquet(table: Table, path: Path) -> None:

@@ -277,3 +277,25 @@ def test_text_precision_is_chosen_by_unit_then_by_name():
     assert fmt("x", u.adu) == ".7g" and fmt("flux_ap2", u.adu) == ".7g" and fmt("bkg_ap2", u.adu / u.pix) == ".7g"
     assert fmt("a", None) == ".7g" and fmt("snr_ap2", None) == ".7g" and fmt("gaia_parallax", None) == ".7g"
     assert fmt("max_x", None) == ".7g" and fmt("magic", None) == ".7g"
+
+
+def test_fits_rows_packed_in_numpy_are_the_bytes_astropy_writes(table, tmp_path, monkeypatch):
+    t = table.copy()
+    t["psf_flux"] = MaskedColumn(np.asarray(t["flux_ap2"]), mask=np.arange(len(t)) % 5 == 0, unit=u.adu)
+    t["small"] = np.arange(len(t), dtype=np.int16)
+    t["f32"] = np.linspace(0, 1, len(t), dtype=np.float32)
+    t["flag32"] = MaskedColumn(np.arange(len(t), dtype=np.int32), mask=np.arange(len(t)) % 7 == 0)
+    variants = {"catalogue": t, "no rows": t[:0], "masked text": t[["id", "ref_id"]].copy(),
+                "masked booleans (astropy's own way)": t[["id", "calib_used"]].copy()}
+    variants["masked text"]["ref_id"] = MaskedColumn(np.asarray(t["ref_id"]), mask=np.arange(len(t)) < 30)
+    variants["masked booleans (astropy's own way)"]["calib_used"] = MaskedColumn(np.asarray(t["calib_used"]),
+                                                                                 mask=np.arange(len(t)) < 3)
+    packed = {}
+    for label, tab in variants.items():
+        packed[label] = catalog_files.write(tab, tmp_path / f"{len(packed)}.fits", "fits").read_bytes()
+    monkeypatch.setattr(catalog_files, "_write_fits_rows", lambda flat, path: False)
+    for i, (label, tab) in enumerate(variants.items()):
+        theirs = catalog_files.write(tab, tmp_path / f"astropy{i}.fits", "fits").read_bytes()
+        assert packed[label] == theirs, label
+    back = Table.read(tmp_path / "0.fits")
+    assert back["flag32"].mask.sum() == t["flag32"].mask.sum() and not np.isfinite(np.ma.filled(back["psf_flux"], np.nan)[0])
