@@ -323,7 +323,9 @@ def _votable_column(name: str, values: np.ndarray, mask: np.ndarray | None) -> t
         return 'datatype="boolean"', "S1", np.where(values, b"T", b"F"), mask
     if kind in "US":
         text = values.astype(str) if kind == "U" else np.char.decode(values, "utf-8", "replace")
-        width = max(1, int(np.char.str_len(text).max())) if len(text) else 1
+        width = max(1, int(np.strings.str_len(text).max())) if len(text) else 1
+        if _ascii_codes(text) is not None:  # a cast, not str.encode per cell
+            return f'datatype="char" arraysize="{width}"', f"S{width}", text.astype(f"S{width}"), mask
         try:
             data = np.char.encode(text, "ascii")
             return f'datatype="char" arraysize="{width}"', f"S{width}", data, mask
