@@ -396,7 +396,10 @@ async def _metadata(job: _Job, frame: Frame, weights, profile: Profile):
         if weights.bad is not None:
             masks = dataclasses.replace(masks, combined=masks.combined | weights.bad)
         level = masks.saturation_level
-        job.log(f"saturation level {level if level is not None else 'none'} ADU ({exposure.sources['saturation']})")
+        if masks.plateau_note:
+            job.warn(f"saturation: {masks.plateau_note}")
+        else:
+            job.log(f"saturation level {level if level is not None else 'none'} ADU ({exposure.sources['saturation']})")
         fig.update(exptime=exposure.exptime, filter=meta.filter, airmass=meta.airmass, pixel_scale=meta.pixel_scale,
                    gain=exposure.gain)
     return meta, exposure, masks

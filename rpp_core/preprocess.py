@@ -31,9 +31,11 @@ from .settings import BackgroundSettings, CosmicRaySettings, MaskSettings
 class Masks:
     """Boolean pixel masks, same shape as the frame; ``True`` = do not trust.
 
-    ``saturated`` holds pixels at or above ``saturation_fraction * saturation``,
-    dilated by ``saturation_dilate_px``; ``border`` is the ``border_px`` frame
-    edge; ``combined`` is the union of the three.
+    ``saturated`` holds pixels at or above ``saturation_level`` (``saturation_fraction
+    * saturation``, or the frame's clipped plateau, see :func:`make_masks`), dilated by
+    ``saturation_dilate_px``; ``border`` is the ``border_px`` frame edge; ``combined``
+    is the union of the three. ``plateau_note`` says why a clipped plateau below the
+    given level was taken instead (None otherwise).
     """
 
     nan: np.ndarray
@@ -41,6 +43,7 @@ class Masks:
     border: np.ndarray
     combined: np.ndarray
     saturation_level: float | None = None  # ADU threshold used, None = no saturation mask
+    plateau_note: str | None = None
 
 
 @dataclass
@@ -53,6 +56,10 @@ class Background:
     global_rms: float
 
 
+#: pixels exactly on the frame maximum that make it a clipped plateau (a star's peak is one pixel)
+PLATEAU_PIXELS = 5
+
+
 def make_masks(data: np.ndarray, saturation: float | None, settings: MaskSettings) -> Masks:
     """Masks of non-finite, saturated and border pixels.
 
@@ -60,9 +67,14 @@ def make_masks(data: np.ndarray, saturation: float | None, settings: MaskSetting
     ----------
     data : 2-D float32 array, ADU (raw frame, background included)
     saturation : float or None
-        Saturation level in ADU. ``None`` or <= 0: the level is taken as the
-        frame maximum when at least 5 pixels sit exactly on it (a clipped
-        plateau), else no pixel is flagged saturated.
+        Saturation level in ADU (the header's; the mask starts at
+        ``saturation_fraction`` of it). ``None`` or <= 0: the level is the frame
+        maximum when at least :data:`PLATEAU_PIXELS` pixels sit exactly on it (a
+        clipped plateau; the mask again starts at ``saturation_fraction`` of it),
+        else no pixel is flagged saturated. A clipped plateau
+        below the given level is taken too: the header's level then no longer
+        describes these pixels (a bias or pedestal subtracted after readout left
+        SATURATE as it was), and its flat-topped stars would pass as measurable.
     settings : MaskSettings
         ``saturation_fraction``, ``saturation_dilate_px``, ``border_px``.
     """
@@ -71,13 +83,18 @@ def make_masks(data: np.ndarray, saturation: float | None, settings: MaskSetting
     nan = ~np.isfinite(data)
     if nan.all():
         raise InputError("every pixel of the frame is NaN or infinite: nothing to measure")
-    level = None
+    level, note = None, None
     if saturation is not None and saturation > 0:
         level = float(saturation) * settings.saturation_fraction
-    else:
-        top = np.nanmax(data)
-        if np.count_nonzero(data == top) >= 5:
-            level = float(top)
+    top = float(np.nanmax(data))
+    if level is None or top < level:
+        n_top = int(np.count_nonzero(data == top))
+        if n_top >= PLATEAU_PIXELS:
+            if level is not None:
+                note = (f"{n_top} pixels sit exactly on the frame maximum {top:g} ADU, below the saturation level "
+                        f"{level:g} ADU from the header: a clipped plateau, so the mask starts at "
+                        f"{top * settings.saturation_fraction:g} ADU (was a bias or pedestal subtracted without updating SATURATE?)")
+            level = top * settings.saturation_fraction  # the pixels next to clipping are no more linear
     saturated = np.zeros(data.shape, bool)
     if level is not None:
         with np.errstate(invalid="ignore"):
@@ -91,7 +108,8 @@ def make_masks(data: np.ndarray, saturation: float | None, settings: MaskSetting
         border[:b, :] = border[-b:, :] = True
         border[:, :b] = border[:, -b:] = True
     combined = nan | saturated | border
-    return Masks(nan=nan, saturated=saturated, border=border, combined=combined, saturation_level=level)
+    return Masks(nan=nan, saturated=saturated, border=border, combined=combined, saturation_level=level,
+                 plateau_note=note)
 
 
 def _dilate_sparse(mask: np.ndarray, radius: int) -> np.ndarray:

@@ -185,13 +185,31 @@ def test_border_nan_and_combined_masks():
     assert np.array_equal(m.combined, m.nan | m.saturated | m.border)
 
 
-def test_saturation_level_found_from_a_clipped_plateau_when_unknown(frame):
+def test_saturation_level_found_from_a_clipped_plateau_when_unknown(frame, masks):
     m = make_masks(frame.data, None, MaskSettings())
-    assert m.saturation_level == pytest.approx(60000.0)
+    assert m.saturation_level == pytest.approx(0.95 * 60000.0)  # the plateau, less the same non-linear margin
+    assert np.array_equal(m.saturated, masks.saturated) and m.plateau_note is None
     for row in frame.truth[frame.truth["saturated"]]:
         assert m.saturated[int(round(row["y"])), int(round(row["x"]))]
     noise_only = np.random.default_rng(1).normal(100, 10, (128, 128)).astype(np.float32)
     assert not make_masks(noise_only, None, MaskSettings()).saturated.any()
+
+
+def test_a_clipped_plateau_below_the_header_level_is_masked_as_saturated(frame, masks):
+    """A bias or pedestal subtracted after readout leaves SATURATE above the flat tops of the clipped stars."""
+    p = frame.params
+    low = (frame.data - np.float32(5000.0)).astype(np.float32)
+    m = make_masks(low, p["saturation"], MaskSettings())  # the header still says 60000
+    assert m.saturation_level == pytest.approx(0.95 * (p["saturation"] - 5000.0))
+    assert np.array_equal(m.saturated, masks.saturated)  # the same pixels as with the level that applies
+    assert "below the saturation level" in m.plateau_note and "SATURATE" in m.plateau_note
+    # a level the pixels reach, or a maximum that is a single pixel, is left as the header gives it
+    assert masks.plateau_note is None
+    yy, xx = np.mgrid[:128, :128]
+    star = np.random.default_rng(2).normal(100, 10, (128, 128)) + 30000.0 * np.exp(-((xx - 64.3) ** 2 + (yy - 63.8) ** 2) / 4.5)
+    peak = make_masks(star.astype(np.float32), 60000.0, MaskSettings())
+    assert peak.saturation_level == pytest.approx(57000.0) and peak.plateau_note is None
+    assert not peak.saturated.any()
 
 
 def test_all_nan_frame_is_refused_with_a_clear_error():
