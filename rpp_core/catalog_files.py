@@ -264,24 +264,28 @@ class CsvBody:
 
     def __init__(self, table: Table) -> None:
         self.table = table
-        self._bytes: bytes | None = None
+        self._rows = None
 
-    def __bytes__(self) -> bytes:
-        if self._bytes is None:
+    def rows(self):
+        """The rows as Arrow's buffer (a bytes-like object: written as it is, not copied into a bytes)."""
+        if self._rows is None:
             import pyarrow as pa
             import pyarrow.csv as pacsv
 
             sink = pa.BufferOutputStream()
             pacsv.write_csv(_arrow_table(self.table), sink, write_options=pacsv.WriteOptions(include_header=False))
-            self._bytes = sink.getvalue().to_pybytes()
-        return self._bytes
+            self._rows = sink.getvalue()
+        return self._rows
+
+    def __bytes__(self) -> bytes:
+        return self.rows().to_pybytes()
 
 
 def write_csv(table: Table, path: Path, body: CsvBody | None = None) -> None:
     """Plain CSV: one header line of column names, then the rows (no units: see the ECSV)."""
     with open(path, "wb") as fh:
         fh.write((",".join(_csv_field(n) for n in table.colnames) + "\n").encode("utf-8"))
-        fh.write(bytes(body or CsvBody(table)))
+        fh.write((body or CsvBody(table)).rows())
 
 
 def _csv_field(text: str) -> str:
@@ -298,7 +302,7 @@ def write_ecsv(table: Table, path: Path, body: CsvBody | None = None) -> None:
     empty.write(head, format="ascii.ecsv", delimiter=",")
     with open(path, "wb") as fh:
         fh.write(head.getvalue().encode("utf-8"))
-        fh.write(bytes(body or CsvBody(table)))
+        fh.write((body or CsvBody(table)).rows())
 
 
 # ---------------------------------------------------------------- VOTable (BINARY2)

@@ -137,7 +137,7 @@ def write_catalog(table: Table, run_dir: Path, formats: list[str], cancel: Calla
     body = catalog_files.CsvBody(table)  # CSV and ECSV share their rows: formatted once
     # Arrow formats the rows without the interpreter lock: in a thread, beside the binary formats
     with ThreadPoolExecutor(1, thread_name_prefix="rpp-csv") as pool:
-        rows = pool.submit(bytes, body)
+        rows = pool.submit(body.rows)
         for fmt in order[2:] + order[:2]:
             check()
             if fmt == "csv":
