@@ -54,6 +54,27 @@ def test_png_figures_open_at_their_stated_size(calibrated, tmp_path):
     assert not list(tmp_path.glob(".*.part"))
 
 
+@pytest.mark.parametrize("errors", ["over five decades", "within one decade"])
+def test_error_plot_minor_ticks_are_the_pixels_matplotlib_draws(calibrated, tmp_path, monkeypatch, errors):
+    # the error plot draws its unlabelled minor ticks itself (two artists instead of ~40 ticks): the PNG must
+    # be pixel for pixel the one matplotlib's own minor ticks give; within a decade they are labelled and its own
+    from PIL import Image
+
+    cat, summary, _ = calibrated
+    cat = cat.copy()
+    label = summary["calibration_label"]
+    err = np.asarray(cat[f"magerr_cal_{label}"], float)
+    err[np.isfinite(err)] = (np.geomspace(0.001, 40.0, np.isfinite(err).sum()) if errors == "over five decades"
+                             else np.geomspace(0.012, 0.08, np.isfinite(err).sum()))
+    cat[f"magerr_cal_{label}"] = err
+    ours = figures.render("err_mag", cat, summary, tmp_path / "ours.png")
+    monkeypatch.setattr(figures, "_unlabelled_minor_ticks_as_two_artists", lambda ax, grid_alpha: None)
+    theirs = figures.render("err_mag", cat, summary, tmp_path / "theirs.png")
+    with Image.open(ours) as a, Image.open(theirs) as b:
+        assert a.size == b.size
+        assert np.array_equal(np.asarray(a.convert("RGB")), np.asarray(b.convert("RGB")))
+
+
 def test_png_figures_of_an_uncalibrated_run_say_so_instead_of_failing(calibrated, tmp_path):
     cat, summary, _ = calibrated
     bare = cat.copy()

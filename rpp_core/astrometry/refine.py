@@ -9,22 +9,14 @@ import time
 import warnings
 
 import numpy as np
-from astropy.coordinates import SkyCoord
 from astropy.table import Table
 from astropy.wcs import WCS
-from astropy.wcs.utils import fit_wcs_from_points
 
 from ..catalogs.local import read_reference
 from ..settings import AstrometrySettings
 from .matching import frame_shape, match_xy, pixel_scale_arcsec, refs_in_frame, sky_sep_arcsec, source_arrays
 from .result import SolveResult
-
-
-def _fit_matched(x, y, ra, dec, sip_degree: int | None) -> WCS:
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        return fit_wcs_from_points((np.asarray(x), np.asarray(y)), SkyCoord(ra, dec, unit="deg"),
-                                   proj_point="center", projection="TAN", sip_degree=sip_degree)
+from .wcsfit import fit_wcs
 
 
 def _match_and_measure(wcs: WCS, x, y, ref: Table, shape, radius_arcsec: float):
@@ -121,7 +113,7 @@ def refine(sources: Table, wcs: WCS, refcat: Table, settings: AstrometrySettings
         keep = sep <= max(3.0 * 1.4826 * np.median(np.abs(sep - np.median(sep))) + np.median(sep), 0.05)
         if keep.sum() < max(settings.min_matches, 4):
             keep[:] = True
-        new = _fit_matched(x[i1[keep]], y[i1[keep]], np.asarray(ref["ra"])[j[keep]],
+        new = fit_wcs(x[i1[keep]], y[i1[keep]], np.asarray(ref["ra"])[j[keep]],
                            np.asarray(ref["dec"])[j[keep]], None)
         new.pixel_shape = (nx, ny)
         current = new
@@ -142,7 +134,7 @@ def refine(sources: Table, wcs: WCS, refcat: Table, settings: AstrometrySettings
     if order >= 2:
         n_coef = sum(1 for p in range(order + 1) for q in range(order + 1) if 2 <= p + q <= order) * 2
         if keep.sum() >= 3 * (n_coef + 6):
-            sip = _fit_matched(x[i1[keep]], y[i1[keep]], np.asarray(ref["ra"])[j[keep]],
+            sip = fit_wcs(x[i1[keep]], y[i1[keep]], np.asarray(ref["ra"])[j[keep]],
                                np.asarray(ref["dec"])[j[keep]], order)
             sip.pixel_shape = (nx, ny)
             si1, sj, ssep = _match_and_measure(sip, x, y, ref, shape, radius)
