@@ -42,9 +42,8 @@ def _deflate(path: Path) -> tuple[bytes, int, int, int]:
     crc = _deflater.crc32(raw)
     if path.suffix.lower() in STORED_SUFFIXES or not raw:
         return raw, zipfile.ZIP_STORED, crc, len(raw)
-    comp = _deflater.compressobj(LEVEL, _deflater.DEFLATED, -15)
-    data = comp.compress(raw) + comp.flush()
-    return data, zipfile.ZIP_DEFLATED, crc, len(raw)
+    # one-shot: isal's compressobj holds the interpreter lock while it deflates, its compress() does not
+    return _deflater.compress(raw, LEVEL, -15), zipfile.ZIP_DEFLATED, crc, len(raw)
 
 
 def _dos_time(path: Path) -> tuple[int, int]:

@@ -128,13 +128,21 @@ def write_catalog(table: Table, run_dir: Path, formats: list[str], cancel: Calla
 
     ``cancel`` is asked before each file (:class:`~rpp_core.errors.Cancelled`).
     """
+    from concurrent.futures import ThreadPoolExecutor
+
     check = functools.partial(check_cancel, cancel)
     table = _serializable_table(table)
-    files = {}
+    order = ["csv", "ecsv", *[f for f in formats if f not in ("csv", "ecsv")]]
+    files = dict.fromkeys(order)
     body = catalog_files.CsvBody(table)  # CSV and ECSV share their rows: formatted once
-    for fmt in ["csv", "ecsv", *[f for f in formats if f not in ("csv", "ecsv")]]:
-        check()
-        files[fmt] = catalog_files.write(table, run_dir / CATALOG_FORMATS[fmt], fmt, body=body)
+    # Arrow formats the rows without the interpreter lock: in a thread, beside the binary formats
+    with ThreadPoolExecutor(1, thread_name_prefix="rpp-csv") as pool:
+        rows = pool.submit(body.rows)
+        for fmt in order[2:] + order[:2]:
+            check()
+            if fmt == "csv":
+                rows.result()
+            files[fmt] = catalog_files.write(table, run_dir / CATALOG_FORMATS[fmt], fmt, body=body)
     return files
 
 

@@ -26,6 +26,7 @@ from urllib.parse import quote
 import numpy as np
 
 from .fsio import write_text
+from .catalog_files import text_values
 from .plots import _col, flagged_rows, value_with_error
 
 ALADIN_JS = "https://aladin.cds.unistra.fr/AladinLite/api/v3/latest/aladin.js"
@@ -107,24 +108,31 @@ def page_data(table, meta: dict, fov: tuple[float, float, float] | None = None) 
     rows = _rows_to_show(table, mag if len(mag) else np.zeros(len(table)), used | rej | identified)
 
     def nums(a, nd):
-        # one pass per column, not a numpy scalar per cell: 5,000 rows x 7 columns in a page
+        # a column at a time, as round(v, nd) would give each (text_values: exact, and -0.0 kept as round keeps it)
         if len(a) == 0:
             return [None] * len(rows)
         values = a[rows]
-        return [round(v, nd) if ok else None for v, ok in zip(values.tolist(), np.isfinite(values).tolist())]
+        cells = np.copysign(text_values(values, nd), values).astype(object)
+        cells[~np.isfinite(values)] = None
+        return cells.tolist()
 
     ra_, dec_, x_, y_, mag_, snr_, res_ = (nums(ra, 7), nums(dec, 7), nums(x, 2), nums(y, 2), nums(mag, 3),
                                            nums(snr, 1), nums(res, 4))
     flags_ = [int(f) if f == f else 0 for f in flags[rows].tolist()] if len(flags) else [0] * len(rows)
-    kinds = np.where(used, "calibrator", np.where(rej, "rejected", "detection"))[rows].tolist()
-    named = {s: names[s][rows].tolist() for s in SERVICES}
-    with_names = set(np.flatnonzero(identified[rows]).tolist())  # most rows have none: no dict built for them
+    kind = np.where(used, "calibrator", np.where(rej, "rejected", "detection"))[rows]
+    kinds = kind.tolist()
+    res_ = np.array(res_, object)
+    res_[kind == "detection"] = None  # a detection has no residual
+    res_ = res_.tolist()
+    named = {s: names[s][rows] for s in SERVICES}
+    ids_ = [{} for _ in kinds]  # most rows have no identification: no dict comprehension for them
+    for k in np.flatnonzero(identified[rows]).tolist():
+        ids_[k] = {s: named[s][k] for s in SERVICES if named[s][k]}
     id_list = np.asarray(ids)[rows].astype(int).tolist()
-    sources = [{"id": id_list[k], "ra": ra_[k], "dec": dec_[k], "x": x_[k], "y": y_[k], "mag": mag_[k],
-                "snr": snr_[k], "flags": flags_[k], "kind": kinds[k],
-                "residual": res_[k] if kinds[k] != "detection" else None,
-                "ids": {s: named[s][k] for s in SERVICES if named[s][k]} if k in with_names else {}}
-               for k in range(len(id_list))]
+    sources = [{"id": i, "ra": r, "dec": d, "x": px, "y": py, "mag": m, "snr": sn, "flags": f, "kind": kd,
+                "residual": rs, "ids": n}
+               for i, r, d, px, py, m, sn, f, kd, rs, n
+               in zip(id_list, ra_, dec_, x_, y_, mag_, snr_, flags_, kinds, res_, ids_)]
     on_sky = [s for s in sources if s["ra"] is not None and s["dec"] is not None]
     if fov is None and on_sky:
         ras = np.array([s["ra"] for s in on_sky])

@@ -302,3 +302,28 @@ def test_a_worker_killed_mid_frame_is_replaced_and_the_frame_redone(night, tmp_p
     assert finished_runs(tmp_path / "ws") == {f"night_{i:03d}": 1 for i in range(3)}
     # plus the killed attempt's partial folder (none if the worker died between two frames)
     assert len([d for d in (tmp_path / "ws").iterdir() if d.name.startswith("night_")]) in (3, 4)
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="needs /proc to find the worker processes")
+def test_a_worker_killed_between_two_frames_is_replaced_and_the_batch_goes_on(night, tmp_path):
+    """The pool is found broken when the next frame is handed out, not by a frame's result."""
+    frames, refcat = night
+    inputs = [frames / f"night_{i:03d}.fits" for i in range(3)]
+    killed = []
+
+    def kill_idle_worker(result, done, total) -> None:
+        if killed:
+            return
+        for server in _children(os.getpid()):
+            if b"forkserver" not in Path(f"/proc/{server}/cmdline").read_bytes():
+                continue
+            for worker in _children(server):
+                os.kill(worker, 9)
+                killed.append(worker)
+        time.sleep(0.5)  # the pool's manager thread sees the death (its sentinel) long before this ends
+
+    report = batch.run_batch(inputs, fast_profile(), jobs=1, out_dir=tmp_path / "ws", catalog_files=[refcat],
+                             report=False, on_result=kill_idle_worker)
+    assert killed
+    assert [r.status for r in report.results] == ["ok", "ok", "ok"], [r.reason for r in report.results]
+    assert finished_runs(tmp_path / "ws") == {f"night_{i:03d}": 1 for i in range(3)}

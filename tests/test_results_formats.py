@@ -2,9 +2,11 @@
 
 The writers (rpp_core/catalog_files.py) bypass astropy's per-cell Python
 writers for speed; these tests hold them to what astropy itself would have
-written: same values (to the last bit for floats), same units, text with
-commas, quotes and non-ASCII letters, booleans, masked cells, and a VOTable
-that astropy's parser accepts with every check turned into an error.
+written: same values (to the last bit for floats in the binary formats; in
+CSV and ECSV to the last bit of the decimal Python writes at the column's
+stated precision), same units, text with commas, quotes and non-ASCII
+letters, booleans, masked cells, and a VOTable that astropy's parser accepts
+with every check turned into an error.
 """
 
 from __future__ import annotations
@@ -43,6 +45,16 @@ def table():
 
 
 READERS = {"csv": "ascii.csv", "ecsv": "ascii.ecsv", "votable": "votable", "fits": "fits", "parquet": "parquet"}
+#: the precision of the fixture's float columns in CSV and ECSV (docs/catalogue.md): pixel position, flux
+#: in adu (7 significant digits), magnitude, sky coordinate
+TEXT_FORMATS = {"x": ".4f", "flux_ap2": ".7g", "mag_ap2": ".5f", "ra": ".8f"}
+
+
+def _as_text(column, spec):
+    """The column as Python writes it with ``format(v, spec)`` and reads it back: the CSV/ECSV values expected."""
+    out = column.copy()
+    out[:] = [float(format(v, spec)) for v in np.asarray(column, float).tolist()]
+    return out
 
 
 def _written(table, tmp_path, fmt):
@@ -74,7 +86,10 @@ def test_every_format_reads_back_with_the_same_values(table, tmp_path, fmt):
         if fmt == "csv" and name == "calib_used":  # CSV has no types: astropy reads True/False as text
             assert list(back[name]) == [str(v) for v in table[name]]
             continue
-        assert _same_values(table[name], back[name]), (fmt, name)
+        expected = _as_text(table[name], TEXT_FORMATS[name]) if fmt in ("csv", "ecsv") and name in TEXT_FORMATS else table[name]
+        assert _same_values(expected, back[name]), (fmt, name)
+        if fmt == "ecsv" and name in TEXT_FORMATS:  # the header says the precision, for astropy and TOPCAT to show
+            assert back[name].info.format == TEXT_FORMATS[name]
         if fmt == "parquet" and name == "n_obs":  # nulls: astropy reads a masked float column
             continue
         same_kind = back[name].dtype.kind == table[name].dtype.kind
@@ -160,3 +175,127 @@ def test_zip_of_members_too_big_for_plain_zip_falls_back_to_zip64(tmp_path, monk
     path = archive.write_zip(tmp_path / "a.zip", [(tmp_path / "big.txt", "r/big.txt"), (tmp_path / "small.txt", "r/s.txt")])
     with zipfile.ZipFile(path) as zf:
         assert zf.testzip() is None and zf.read("r/big.txt") == b"x" * 5000
+
+
+# ---------------------------------------------------------------- text precision of CSV and ECSV
+
+def _catalogue_like(n=4000, seed=5):
+    """Columns named and unit-ed as a calibrated run writes them, with NaN, negative and tiny values."""
+    rng = np.random.default_rng(seed)
+    t = Table()
+    t["id"] = np.arange(1, n + 1)
+    for name in ("x", "y", "psf_x", "psf_y"):
+        t[name] = rng.uniform(-0.5, 4095.5, n)
+    flux = rng.lognormal(9, 2.5, n) * rng.choice([1, 1, 1, -1], n)
+    t["flux_ap2"] = flux * u.adu
+    t["fluxerr_ap2"] = np.sqrt(np.abs(flux) + 300.0 * 50) * u.adu
+    with np.errstate(invalid="ignore"):
+        t["mag_ap2"] = -2.5 * np.log10(flux / 60.0) * u.mag  # NaN where the flux is negative
+    t["magerr_ap2"] = 1.0857 * np.asarray(t["fluxerr_ap2"]) / np.abs(flux) * u.mag
+    t["bkg_ap2"] = rng.normal(300, 20, n) * u.adu / u.pix
+    t["snr_ap2"] = flux / np.asarray(t["fluxerr_ap2"])
+    t["psf_flux"] = flux * rng.normal(1, 1e-3, n) * u.adu
+    t["psf_chi2"] = rng.lognormal(0, 1, n) * 1e-9  # tiny values keep 7 significant digits too
+    t["ra"] = rng.uniform(0, 360, n) * u.deg
+    t["dec"] = rng.uniform(-90, 90, n) * u.deg
+    t["ref_sep_arcsec"] = rng.exponential(0.3, n)
+    for name in ("mag_cal_ap2", "mag_ref", "ref_color", "calib_residual", "zp"):
+        t[name] = rng.normal(14, 3, n)
+    for name in ("magerr_cal_ap2", "mag_ref_err", "zp_err"):
+        t[name] = rng.exponential(0.02, n)
+    t["airmass"] = rng.uniform(1, 2.5, n)
+    return t
+
+
+#: column -> decimal places in CSV/ECSV (None: 7 significant digits), as docs/catalogue.md states them
+STATED = {"x": 4, "y": 4, "psf_x": 4, "psf_y": 4, "ra": 8, "dec": 8, "ref_sep_arcsec": 4,
+          **{n: 5 for n in ("mag_ap2", "magerr_ap2", "mag_cal_ap2", "magerr_cal_ap2", "mag_ref", "mag_ref_err",
+                            "ref_color", "calib_residual", "zp", "zp_err")},
+          **{n: None for n in ("flux_ap2", "fluxerr_ap2", "bkg_ap2", "snr_ap2", "psf_flux", "psf_chi2", "airmass")}}
+
+
+def _last_digit(values, places):
+    """One unit of the last digit written at ``places`` decimals, or at 7 significant digits (None)."""
+    if places is not None:
+        return np.full(len(values), 10.0 ** -places)
+    a = np.abs(values)
+    return 10.0 ** (np.floor(np.log10(np.where(a > 0, a, 1.0))) - 6)
+
+
+@pytest.mark.parametrize("fmt", ["csv", "ecsv"])
+def test_positions_magnitudes_and_fluxes_in_text_equal_the_fits_ones_within_half_the_last_digit(tmp_path, fmt):
+    table = _catalogue_like()
+    fits = _written(table, tmp_path, "fits")
+    text = _written(table, tmp_path, fmt)
+    lines = (tmp_path / catalog_files.FILE_NAMES[fmt]).read_text().splitlines()
+    rows = [ln.split(",") for ln in lines if not ln.startswith("#")][1:]
+    assert sorted(STATED) == sorted(n for n in table.colnames if table[n].dtype.kind == "f")
+    for name, places in STATED.items():
+        full, written = np.asarray(fits[name], float), np.asarray(text[name], float)
+        assert np.array_equal(full, np.asarray(table[name]), equal_nan=True), name  # FITS keeps every bit
+        assert np.array_equal(np.isnan(full), np.isnan(written)), name
+        ok = np.isfinite(full)
+        half = 0.5 * _last_digit(full[ok], places) * (1 + 1e-12)
+        assert np.all(np.abs(written[ok] - full[ok]) <= half), name
+        # and no more digits than stated: the files are half the size they were at full precision
+        cells = [r[table.colnames.index(name)] for r in rows]
+        if places is not None:
+            assert max(len(c.split(".")[1]) if "." in c else 0 for c in cells) <= places, name
+        else:
+            digits = [len(c.split("e")[0].replace("-", "").replace(".", "").strip("0")) for c in cells if c != "nan"]
+            assert max(digits) <= 7, name
+        assert np.count_nonzero(written[ok] != full[ok]) > 0.9 * ok.sum(), name  # rounded, not written in full
+
+
+def test_text_precision_rounds_as_python_formats_ties_and_extremes_included():
+    rng = np.random.default_rng(2)
+    values = np.concatenate([
+        rng.uniform(-5000, 5000, 20000),
+        np.round(rng.uniform(0, 100, 20000), 5) + rng.choice([5e-6, -5e-6, 0.0], 20000),  # next to 5-decimal ties
+        np.array([float(f"{v:.7e}") for v in rng.lognormal(5, 8, 20000)]),  # next to 7-digit ties
+        rng.integers(-10**12, 10**12, 2000) + rng.choice([0.0, 0.5], 2000),  # whole numbers, exact ties
+        10.0 ** rng.uniform(-40, 40, 2000),
+        [np.nextafter(float(f"1e{k}"), side) for k in range(-30, 30) for side in (0, np.inf)],  # next to powers of ten
+        [0.0, -0.0, np.nan, np.inf, -np.inf, 5e-324, 1.7976931348623157e308, 9999999.5, 99999995.0, 2.5, 0.125, -1e-9,
+         0.00049999999999999995, 1e7, 1e23],
+    ])
+    for places, spec in [(None, ".6e"), (0, ".0f"), (4, ".4f"), (5, ".5f"), (8, ".8f")]:
+        got = catalog_files.text_values(values, places)
+        expected = np.array([float(format(v, spec)) + 0.0 for v in values.tolist()])
+        same = (got == expected) & (np.signbit(got) == np.signbit(expected)) | (np.isnan(got) & np.isnan(expected))
+        assert same.all(), (spec, values[~same][:5], got[~same][:5])
+
+
+def test_text_precision_is_chosen_by_unit_then_by_name():
+    fmt = catalog_files.text_format
+    assert fmt("x", None) == ".4f" and fmt("psf_y", None) == ".4f" and fmt("x", u.pix) == ".4f"
+    assert fmt("ra", u.deg) == ".8f" and fmt("dec", None) == ".8f" and fmt("gaia_sep_arcsec", None) == ".4f"
+    assert fmt("mag_cal_psf", None) == ".5f" and fmt("magerr_cal_ap2", None) == ".5f" and fmt("gaia_phot_g_mean_mag", None) == ".5f"
+    assert fmt("mag_ref_err", None) == ".5f" and fmt("zp_err", None) == ".5f" and fmt("m", u.ABmag) == ".5f"
+    assert fmt("obs_mjd", None) == ".8f" and fmt("t", u.day) == ".8f"
+    # a unit decides over the name; anything else keeps 7 significant digits
+    assert fmt("x", u.adu) == ".7g" and fmt("flux_ap2", u.adu) == ".7g" and fmt("bkg_ap2", u.adu / u.pix) == ".7g"
+    assert fmt("a", None) == ".7g" and fmt("snr_ap2", None) == ".7g" and fmt("gaia_parallax", None) == ".7g"
+    assert fmt("max_x", None) == ".7g" and fmt("magic", None) == ".7g"
+
+
+def test_fits_rows_packed_in_numpy_are_the_bytes_astropy_writes(table, tmp_path, monkeypatch):
+    t = table.copy()
+    t["psf_flux"] = MaskedColumn(np.asarray(t["flux_ap2"]), mask=np.arange(len(t)) % 5 == 0, unit=u.adu)
+    t["small"] = np.arange(len(t), dtype=np.int16)
+    t["f32"] = np.linspace(0, 1, len(t), dtype=np.float32)
+    t["flag32"] = MaskedColumn(np.arange(len(t), dtype=np.int32), mask=np.arange(len(t)) % 7 == 0)
+    variants = {"catalogue": t, "no rows": t[:0], "masked text": t[["id", "ref_id"]].copy(),
+                "masked booleans (astropy's own way)": t[["id", "calib_used"]].copy()}
+    variants["masked text"]["ref_id"] = MaskedColumn(np.asarray(t["ref_id"]), mask=np.arange(len(t)) < 30)
+    variants["masked booleans (astropy's own way)"]["calib_used"] = MaskedColumn(np.asarray(t["calib_used"]),
+                                                                                 mask=np.arange(len(t)) < 3)
+    packed = {}
+    for label, tab in variants.items():
+        packed[label] = catalog_files.write(tab, tmp_path / f"{len(packed)}.fits", "fits").read_bytes()
+    monkeypatch.setattr(catalog_files, "_write_fits_rows", lambda flat, path: False)
+    for i, (label, tab) in enumerate(variants.items()):
+        theirs = catalog_files.write(tab, tmp_path / f"astropy{i}.fits", "fits").read_bytes()
+        assert packed[label] == theirs, label
+    back = Table.read(tmp_path / "0.fits")
+    assert back["flag32"].mask.sum() == t["flag32"].mask.sum() and not np.isfinite(np.ma.filled(back["psf_flux"], np.nan)[0])

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from rpp_core import figures, plots, results, skyview
+from rpp_core.products import RunSummary
 
 from .test_tui_support import synthetic_catalogue
 
@@ -320,3 +321,93 @@ def test_a_catalogue_the_drawers_cannot_be_sent_costs_the_figures_with_a_warning
                                   data=frame.data, wcs=frame.wcs, warn=warnings.append)
     assert not [k for k in files if k.startswith("png_")] and (run / "catalog.fits").exists() and "sky_html" in files
     assert len(warnings) == 1 and warnings[0].startswith("PNG figures not written: ")
+
+
+def _big_catalogue(n: int = 20000, seed: int = 8):
+    """20,000 rows shaped like a calibrated run's, magnitudes on a 0.01 grid (many points share a cell edge)."""
+    from astropy.table import Table
+
+    rng = np.random.default_rng(seed)
+    mag_ref = np.round(rng.uniform(11, 21, n), 2)
+    t = Table()
+    t["mag_ap2"] = mag_ref - 24.5 + rng.normal(0, 0.02, n)
+    t["magerr_ap2"] = 0.002 + 0.02 * 10 ** (0.4 * (mag_ref - 19))
+    t["mag_cal_ap2"] = np.where(rng.random(n) < 0.02, np.nan, np.asarray(t["mag_ap2"]) + 24.5)
+    t["magerr_cal_ap2"] = np.asarray(t["magerr_ap2"])
+    t["mag_ref"] = mag_ref
+    t["ref_color"] = np.round(rng.normal(0.8, 0.4, n), 3)
+    t["calib_used"] = rng.random(n) < 0.6
+    t["calib_rejected"] = ~np.asarray(t["calib_used"]) & (rng.random(n) < 0.2)
+    t["calib_residual"] = np.round(mag_ref - np.asarray(t["mag_cal_ap2"]), 4)
+    summary = RunSummary(frame="big.fits", calibration_label="ap2", zp=24.5, zp_err=0.001, zp_rms=0.02, band="G",
+                         n_calibrators=int(np.sum(t["calib_used"])))
+    return t, summary
+
+
+def _plotext_itself(draw, color=False):
+    """The figure as plotext draws it from every point (no thinning), at the size the run folder uses."""
+    import plotext
+
+    plotext.clear_figure()
+    plotext.plotsize(100, 30)
+    if not color:
+        plotext.theme("clear")
+    draw(plotext)
+    text = plotext.build()
+    plotext.clear_figure()
+    return text if color else plotext.uncolorize(text)
+
+
+@pytest.mark.parametrize("color", [False, True])
+@pytest.mark.parametrize("name", list(plots.FIGURES))
+def test_text_figures_of_20000_rows_are_the_text_plotext_draws_from_every_point(name, color):
+    table, summary = _big_catalogue()
+    thinned = plots.render(name, table, summary, width=100, height=30, color=color)
+    assert "could not be drawn" not in thinned
+    assert thinned == _plotext_itself(lambda plt: plots.draw(name, plt, table, summary), color)
+
+
+def test_magnitude_histogram_counted_in_numpy_is_plotexts_histogram():
+    table, summary = _big_catalogue()
+    m = np.asarray(table["mag_cal_ap2"])
+    m = m[np.isfinite(m)]
+    for values in (m, np.round(m, 1), np.array([15.0] * 50 + [16.0]), np.array([12.5] * 7)):
+        ours = _plotext_itself(lambda plt: plots._hist(plt, values, bins=30, color="cyan"))
+        theirs = _plotext_itself(lambda plt: plt.hist(values.tolist(), bins=30, color="cyan"))
+        assert ours == theirs
+
+
+def test_cells_of_points_on_and_next_to_cell_edges_are_plotexts_own():
+    from plotext._utility import get_matrix_data
+
+    rng = np.random.default_rng(4)
+    for lim, bins in (([11.03, 20.97], 74), ([-0.0731, 0.052], 20), ([0.0, 1.0], 3)):
+        lo, hi = lim
+        edges = np.arange(-1, bins + 2) - 0.5  # v = k on a cell edge: value = lo + (k - 0.5) (hi - lo) / (bins - 1)
+        offsets = np.array([0.0, 1e-9, -1e-9, 4e-9, -4e-9, 6e-9, -6e-9, 1e-12, -1e-12, 1e-7, -1e-7])
+        values = (lo + (edges[:, None] + offsets[None, :]) * (hi - lo) / (bins - 1)).ravel()
+        values = np.concatenate([values, rng.uniform(lo - 0.1, hi + 0.1, 5000), [lo, hi]])
+        expected = np.clip(get_matrix_data(values.tolist(), lim, bins), -1, bins)
+        assert np.array_equal(plots._cells(values, lim, bins), expected)
+
+
+def test_sky_page_values_are_each_cell_rounded_as_python_rounds_it(calibrated):
+    """page_data formats a column at a time; each value must be round(v, digits) of its cell, -0.0 included."""
+    cat, summary, _ = calibrated
+    cat = cat.copy()
+    n = len(cat)
+    cat["calib_residual"] = np.where(np.asarray(cat["calib_used"]), np.linspace(-0.00006, 0.00006, n), np.nan)
+    cat["ra"][3] = np.nan
+    cat["snr_ap2"][::9] = -0.04
+    cat["x"][::11] += 0.005  # ties at 2 decimals, as far as a double can hold one
+    data = skyview.page_data(cat, summary)
+    digits = {"ra": ("ra", 7), "dec": ("dec", 7), "x": ("x", 2), "y": ("y", 2), "mag": ("mag_cal_ap2", 3),
+              "snr": ("snr_ap2", 1), "residual": ("calib_residual", 4)}
+    for key, (column, nd) in digits.items():
+        values = np.asarray(cat[column], float)
+        expected = [round(v, nd) if np.isfinite(v) else None for v in values.tolist()]
+        if key == "residual":
+            expected = [e if s["kind"] != "detection" else None for e, s in zip(expected, data["sources"])]
+        got = [s[key] for s in data["sources"]]
+        assert [repr(v) for v in got] == [repr(v) for v in expected], key  # repr: -0.0 is not 0.0 in the page
+    assert any(repr(s["residual"]) == "-0.0" for s in data["sources"])

@@ -169,12 +169,20 @@ def run_batch(inputs: Iterable[str | os.PathLike], profile: Profile | None = Non
 
     try:
         while (ready or inflight) and not stop.is_set():
+            broken = False
             while ready and len(inflight) < max_inflight:
-                submit(ready.popleft())
+                try:
+                    submit(ready[0])
+                except BrokenProcessPool:
+                    # a worker died while no frame of it was waited for (between two frames): the pool
+                    # says so at the next hand-out; frames in flight come back below with the same error
+                    attempts[ready[0]] -= 1
+                    broken = True
+                    break
+                ready.popleft()
             done, _ = cf.wait(list(inflight), timeout=0.5, return_when=cf.FIRST_COMPLETED)
             if on_tick:
                 on_tick()
-            broken = False
             for fut in done:
                 i, _attempt = inflight.pop(fut)
                 try:
