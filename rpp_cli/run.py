@@ -108,7 +108,6 @@ def print_summary(result, stream=None) -> None:
 
 
 def _run_frame(args, frame: str, catalogs: list[str]) -> int:
-    import asyncio
     import signal
 
     from rpp_core import runner
@@ -120,6 +119,8 @@ def _run_frame(args, frame: str, catalogs: list[str]) -> int:
     profile = profile_from_args(args)
     # the worker's imports (what this profile uses) run beside the checks below
     runner.warm_up(profile.replace(**{"services.offline": True}) if args.offline else profile)
+    import asyncio  # after the server's start: its imports wait for nothing but this process's start
+
     _check_before_run(profile, frame, catalogs)
     reporter = ConsoleReporter(quiet=args.quiet, verbose=args.verbose)
     request = runner.RunRequest(frame, profile, out_dir=args.out, catalog_files=tuple(catalogs), hdu=args.hdu,

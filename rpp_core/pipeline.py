@@ -322,29 +322,33 @@ async def _run_stages(job: _Job, path: Path, profile: Profile, run_dir: Path, hd
 
     staging = rundir.staging_dir(run_dir)
     made.frame, made.weights = await _load(job, path, hdu, staging, companions, profile)
-    made.meta, made.exposure, masks = await _metadata(job, made.frame, made.weights, profile)
-    made.image, background = await _background(job, made.frame, masks, made.exposure, made.weights, profile)
-    made.fwhm = await _fwhm(job, made.image, made.meta, profile)
-    sources = await _detect(job, made.image, made.fwhm.fwhm_px, profile)
-    # the apertures, decided once: cosmic-ray cleaning spares them, photometry measures in them
-    apertures = photometry.aperture_set(profile.photometry, made.fwhm.fwhm_px)
-    made.image, sources = await _cosmics(job, made.frame, made.image, background, masks, sources, made.fwhm,
-                                         apertures, profile)
-    made.catalogue = await _apertures(job, made.image, sources, made.fwhm.fwhm_px, apertures, profile)
-    made.catalogue, made.psf = await _psf(job, made.image, made.catalogue, made.fwhm, profile, staging)
-    made.wcs, refcat, ref_error = await _astrometry(job, profile, made.frame, made.meta, made.catalogue, staging)
-    made.catalogue, made.pixel_scale = _sky_positions(job, made.frame, made.meta, made.wcs, made.catalogue)
-    made.catalogue, made.calibration = await _calibration(job, made, profile, refcat, ref_error)
-    made.catalogue, made.calibration = _header_zero_point(job, made)
-    made.catalogue, made.services = await _crossmatch_services(job, made, profile)
-    async with job.step("output") as fig:
-        summary = _summarize(made, job, path, profile, run_dir, "ok" if made.exit_code == 0 else "degraded",
-                             made.exit_code, made.message or None, 0.0)
-        files = await asyncio.to_thread(
-            functools.partial(results.write_outputs, made.catalogue, summary, staging, profile.output.formats,
-                              data=made.frame.data, wcs=made.wcs.wcs if made.wcs is not None else None,
-                              warn=lambda m: job.loop.call_soon_threadsafe(job.warn, m), cancel=job.cancelled))
-        fig["files"] = len(files)
+    # the PNG figures' drawers, forked now from this thread (the run's own) so that they import matplotlib on the
+    # other core while the stages run; they share the frame's pixels for the finder chart
+    with results.FigureDrawers(made.frame.data) as drawers:
+        made.meta, made.exposure, masks = await _metadata(job, made.frame, made.weights, profile)
+        made.image, background = await _background(job, made.frame, masks, made.exposure, made.weights, profile)
+        made.fwhm = await _fwhm(job, made.image, made.meta, profile)
+        sources = await _detect(job, made.image, made.fwhm.fwhm_px, profile)
+        # the apertures, decided once: cosmic-ray cleaning spares them, photometry measures in them
+        apertures = photometry.aperture_set(profile.photometry, made.fwhm.fwhm_px)
+        made.image, sources = await _cosmics(job, made.frame, made.image, background, masks, sources, made.fwhm,
+                                             apertures, profile)
+        made.catalogue = await _apertures(job, made.image, sources, made.fwhm.fwhm_px, apertures, profile)
+        made.catalogue, made.psf = await _psf(job, made.image, made.catalogue, made.fwhm, profile, staging)
+        made.wcs, refcat, ref_error = await _astrometry(job, profile, made.frame, made.meta, made.catalogue, staging)
+        made.catalogue, made.pixel_scale = _sky_positions(job, made.frame, made.meta, made.wcs, made.catalogue)
+        made.catalogue, made.calibration = await _calibration(job, made, profile, refcat, ref_error)
+        made.catalogue, made.calibration = _header_zero_point(job, made)
+        made.catalogue, made.services = await _crossmatch_services(job, made, profile)
+        async with job.step("output") as fig:
+            summary = _summarize(made, job, path, profile, run_dir, "ok" if made.exit_code == 0 else "degraded",
+                                 made.exit_code, made.message or None, 0.0)
+            files = await asyncio.to_thread(
+                functools.partial(results.write_outputs, made.catalogue, summary, staging, profile.output.formats,
+                                  data=made.frame.data, wcs=made.wcs.wcs if made.wcs is not None else None,
+                                  warn=lambda m: job.loop.call_soon_threadsafe(job.warn, m), cancel=job.cancelled,
+                                  drawers=drawers))
+            fig["files"] = len(files)
     return files
 
 

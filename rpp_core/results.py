@@ -247,12 +247,15 @@ def write_psf(psf: PsfInfo, path: Path) -> Path | None:
 
 
 def write_outputs(catalogue: SourceCatalogue, summary: RunSummary, run_dir: Path, formats: list[str], *,
-                  data=None, wcs=None, warn=None, cancel: Callable[[], bool] | None = None) -> dict[str, Path]:
+                  data=None, wcs=None, warn=None, cancel: Callable[[], bool] | None = None,
+                  drawers: "FigureDrawers | None" = None) -> dict[str, Path]:
     """Plots, DS9 regions and the catalogue in every format, into ``run_dir`` (the pipeline's staging folder).
 
     With the frame's ``data`` (and ``wcs``), also the PNG figures and ``sky.html``
     (:func:`write_views`); their problems go to ``warn``. ``cancel`` is asked
     between files: when it says yes, :class:`~rpp_core.errors.Cancelled` is raised.
+    ``drawers``: :class:`FigureDrawers` started earlier with the same ``data`` (made here when None);
+    they are done or killed when this returns.
 
     The catalogue's meta gets the frame, time, filter, exposure, airmass, FWHM,
     zero point, calibration aperture and source, units, effective gain and what
@@ -264,14 +267,13 @@ def write_outputs(catalogue: SourceCatalogue, summary: RunSummary, run_dir: Path
     # the PNG figures (matplotlib: 0.5-0.7 s of CPU however few the rows, nearly all of it under the
     # interpreter lock) are drawn by forked processes while this one does the rest: in a thread they shared
     # one lock with the writers and the two ran one after the other
-    drawers = [_FiguresProcess(cat, meta, run_dir, data, wcs, title, warn, only=group) for group in FIGURE_GROUPS]
+    drawers = drawers or FigureDrawers(data)
     try:
+        drawers.draw(cat, meta, run_dir, wcs, title, warn)
         files = _write_the_rest(catalogue, cat, summary, run_dir, formats, check, cancel, (meta, data, wcs, title, warn))
-        for drawer in drawers:
-            files.update(drawer.result(check))
+        files.update(drawers.result(check))
     finally:
-        for drawer in drawers:
-            drawer.stop()  # on a cancel or an error: nothing may write into the folder once we return
+        drawers.stop()  # on a cancel or an error: nothing may write into the folder once we return
     return files
 
 
@@ -305,79 +307,187 @@ def _write_the_rest(catalogue: SourceCatalogue, cat: Table, summary: RunSummary,
     return files
 
 
-class _FiguresProcess:
-    """:func:`write_figures` in a child process forked from this one (at once, where ``fork`` is missing).
+class FigureDrawers:
+    """The processes that draw the PNG figures (:func:`write_figures`), one per group of :data:`FIGURE_GROUPS`.
 
-    The child shares the parent's memory as it was (the frame is not copied),
-    writes into the same staging folder, sends back its file names and the
-    warnings it had, and leaves with ``os._exit``. It is in the run's session,
-    so a cancel that kills the session kills it too; :meth:`stop` kills it
-    when the parent gives up first.
+    The first is forked when this is made, from the calling thread: it imports matplotlib at
+    once and forks the others, which share its imports, then each waits for the catalogue
+    (:meth:`draw`). A run makes them as soon as its frame is loaded: the imports (0.25 s of
+    CPU) then run on the other core while the stages run, instead of in the one-shot
+    forkserver's preload before the first stage. ``data`` (the frame's pixels, for the finder
+    chart) is shared copy-on-write, not sent: it must not change afterwards.
+
+    The drawers are in the caller's session (a cancel that kills the session kills them),
+    die with the calling thread on Linux (so that thread must live as long as the run: the
+    event loop's), leave without writing anything when they get no catalogue (end of file:
+    the run failed, or the caller died), and send back their file names and the warnings
+    they had. The first reaps the others; leaving the ``with`` block (or :meth:`stop`) ends
+    them all and reaps the first. Where ``fork`` is missing, :meth:`draw` draws in this process.
     """
 
-    def __init__(self, *args, only=None) -> None:
-        self._pid = 0
-        self._warn = args[-1]  # the child reports its warnings here, through the parent
+    def __init__(self, data=None) -> None:
+        self._data = data
         self._files: dict[str, Path] | None = None
+        self._warn = None
+        self._pid = 0
+        self._sent = self._reading = False
+        self._args: list[int] = []  # per group, this process's ends: the catalogue out, the result in
+        self._results: list[int] = []
         if not hasattr(os, "fork"):  # pragma: no cover - every platform rpp runs on has it
-            self._files = write_figures(*args, only=only)
             return
-        read, write = os.pipe()
-        parent = os.getpid()
-        pid = os.fork()  # beside other threads (the run's event loop): the child uses none of them nor their locks
-        if pid == 0:  # the child
-            os.close(read)
-            _figures_child(write, args, only, parent)
-        os.close(write)
-        self._pid, self._read = pid, read
+        theirs: list[tuple[int, int]] = []
+        try:
+            for _ in FIGURE_GROUPS:
+                args_r, self_args = os.pipe()
+                self_res, res_w = os.pipe()
+                self._args.append(self_args)
+                self._results.append(self_res)
+                theirs.append((args_r, res_w))
+            import signal
+
+            parent = os.getpid()
+            # the child must not run this process's handlers (the event loop's, through its wakeup pipe) until
+            # it has put back the defaults: the signals are held across the fork
+            held = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
+            try:
+                # beside other threads (the run's stage threads, idle now): the child uses none of them nor their locks
+                pid = os.fork()
+                if pid == 0:
+                    for fd in (*self._args, *self._results):
+                        os.close(fd)
+                    _drawers_main(theirs, data, parent, held)
+            finally:
+                signal.pthread_sigmask(signal.SIG_SETMASK, held)
+            self._pid = pid
+        except BaseException:
+            self.stop()
+            raise
+        finally:
+            for fds in theirs:
+                for fd in fds:
+                    os.close(fd)
+
+    def __enter__(self) -> "FigureDrawers":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+    def draw(self, table: Table, meta: dict, run_dir: Path, wcs=None, title: str = "", warn=None) -> None:
+        """Hand the catalogue to the drawers (without waiting for them): their figures go into ``run_dir/plots``."""
+        self._warn = warn
+        if not self._pid:
+            self._files = write_figures(table, meta, run_dir, self._data, wcs, title, warn)
+            return
+        import pickle
+        import threading
+
+        try:
+            payload = pickle.dumps((table, meta, Path(run_dir), wcs, title), protocol=pickle.HIGHEST_PROTOCOL)
+        except Exception as exc:  # noqa: BLE001 - a value pickle cannot take must not cost the catalogue
+            self.stop()
+            if warn:
+                warn(f"PNG figures not written: {type(exc).__name__}: {exc}")
+            return
+        self._sent = True
+        # a thread writes it: a drawer still importing reads nothing yet, and a big catalogue fills the pipe
+        threading.Thread(target=_send, args=(payload, self._args), name="rpp-figures-send", daemon=True).start()
 
     def result(self, check: Callable[[], None]) -> dict[str, Path]:
-        """The files the child wrote, once it is done; ``check`` is asked every 50 ms while waiting."""
+        """The files the drawers wrote, once they are done; ``check`` is asked every 50 ms while waiting."""
         import pickle
         import select
 
-        if self._files is not None or not self._pid:
-            return self._files or {}
-        chunks = []
-        while True:
-            ready, _, _ = select.select([self._read], [], [], 0.05)
-            if not ready:
-                check()
-                continue
-            chunk = os.read(self._read, 1 << 16)
-            if not chunk:
-                break
-            chunks.append(chunk)
-        os.close(self._read)
-        _, status = os.waitpid(self._pid, 0)
-        self._pid = 0
-        warn = self._warn
+        if not self._pid:
+            return dict(self._files or {})
+        pid, self._reading = self._pid, True
+        chunks: dict[int, list[bytes]] = {fd: [] for fd in self._results}
         try:
-            files, messages, caught = pickle.loads(b"".join(chunks))
-        except Exception:  # noqa: BLE001 - the child died (killed, out of memory): the figures are missing
-            files, caught = {}, []
-            messages = [f"PNG figures not written: the process drawing them ended ({_wait_status(status)})"]
-        import warnings
+            open_fds = list(self._results)
+            while open_fds:
+                ready, _, _ = select.select(open_fds, [], [], 0.05)
+                if not ready:
+                    check()
+                for fd in ready:
+                    chunk = os.read(fd, 1 << 16)
+                    if chunk:
+                        chunks[fd].append(chunk)
+                    else:
+                        open_fds.remove(fd)
+        finally:
+            self._reading = False
+        for fd in self._results:
+            os.close(fd)
+        self._results = []
+        try:
+            _, status = os.waitpid(pid, 0)
+        except ChildProcessError:  # reaped by stop() from the run's thread meanwhile: it was ended
+            status = 9
+        self._pid = 0
+        files: dict[str, Path] = {}
+        others = None  # how a drawer forked by the first ended, when that was badly (the first reaped it)
+        for i, parts in enumerate(chunks.values()):
+            try:
+                got, messages, caught, *rest = pickle.loads(b"".join(parts))
+                others = rest[0] if rest else others
+            except Exception:  # noqa: BLE001 - the drawer died (killed, out of memory): its figures are missing
+                got, caught = {}, []
+                why = _wait_status(others if i and others is not None else status)
+                messages = [f"PNG figures not written: the process drawing them ended ({why})"]
+            files.update(got)
+            import warnings
 
-        for text, category, filename, lineno in caught:  # the libraries' warnings, as if raised here
-            warnings.warn_explicit(text, category, filename, lineno)
-        for message in messages:
-            if warn:
-                warn(message)
+            for text, category, filename, lineno in caught:  # the libraries' warnings, as if raised here
+                warnings.warn_explicit(text, category, filename, lineno)
+            for message in messages:
+                if self._warn:
+                    self._warn(message)
         return files
 
     def stop(self) -> None:
-        """Kill the child if it is still drawing (the run was cancelled or the catalogue failed)."""
-        if self._pid:
+        """End the drawers still alive (the run was cancelled, failed, or the catalogue failed) and reap the first.
+
+        Asked with SIGTERM first (the first drawer then kills and reaps the ones it forked); SIGKILL when
+        that takes over a second."""
+        pid, self._pid = self._pid, 0
+        if pid:
             import signal
+            import time
 
             with contextlib.suppress(OSError):
-                os.kill(self._pid, signal.SIGKILL)
+                os.kill(pid, signal.SIGTERM)
+            deadline, done = time.monotonic() + 1.0, False
             with contextlib.suppress(OSError):
-                os.waitpid(self._pid, 0)
-            with contextlib.suppress(OSError):
-                os.close(self._read)
-            self._pid = 0
+                while not done and time.monotonic() < deadline:
+                    done = os.waitpid(pid, os.WNOHANG)[0] != 0
+                    if not done:
+                        time.sleep(0.005)
+            if not done:
+                with contextlib.suppress(OSError):
+                    os.kill(pid, signal.SIGKILL)
+                with contextlib.suppress(OSError):
+                    os.waitpid(pid, 0)
+        if not self._reading:  # else result() sees the end of file and closes them
+            for fd in self._results:
+                with contextlib.suppress(OSError):
+                    os.close(fd)
+            self._results = []
+        if not self._sent:  # else the sending thread closes them once the write fails
+            for fd in self._args:
+                with contextlib.suppress(OSError):
+                    os.close(fd)
+            self._args = []
+
+
+def _send(payload: bytes, fds: list[int]) -> None:
+    """Write the pickled catalogue to each drawer and close its pipe (a drawer killed meanwhile: its result says so)."""
+    for fd in fds:
+        with contextlib.suppress(OSError):
+            view = memoryview(payload)
+            while view:
+                view = view[os.write(fd, view):]
+        with contextlib.suppress(OSError):
+            os.close(fd)
 
 
 def _wait_status(status: int) -> str:
@@ -400,38 +510,107 @@ def _die_with(parent: int) -> None:
         os._exit(1)
 
 
-def _figures_child(fd: int, args: tuple, only, parent: int) -> None:
-    """The forked child of :class:`_FiguresProcess`: draw, send ``(files, warnings)`` pickled on ``fd``, leave."""
+def _drawers_main(pipes: list[tuple[int, int]], data, parent: int, held: set) -> None:
+    """The first drawer of :class:`FigureDrawers` (the forked child): import matplotlib, fork one drawer per
+    further group (they share the imports), draw the first group, reap the others, leave.
+
+    ``pipes``: per group of :data:`FIGURE_GROUPS`, the catalogue's read end and the result's write end;
+    ``held``: the signal mask to put back once the parent's handlers are gone."""
     code = 1
     try:
         import gc
-        import pickle
         import signal
-        import warnings
 
         from .rundir import drop_marker_copies
 
+        with contextlib.suppress(ValueError):  # the parent's handlers would talk to the parent's event loop
+            signal.set_wakeup_fd(-1)
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                signal.signal(sig, signal.SIG_DFL)
+        signal.pthread_sigmask(signal.SIG_SETMASK, held)
         _die_with(parent)
         drop_marker_copies()  # the run's .in-progress lock is the parent's alone
         # the parent's objects out of the collector's sight: a full collection here would touch every one of
         # them and so copy most of the parent's heap into this process (copy-on-write), for nothing
         gc.freeze()
+        caught: list = []
+        with contextlib.suppress(Exception):  # now, while the run's stages go on; a failure is reported at drawing
+            import warnings
 
-        with contextlib.suppress(ValueError):  # the parent's handlers would talk to the parent's event loop
-            for sig in (signal.SIGINT, signal.SIGTERM):
-                signal.signal(sig, signal.SIG_DFL)
-            signal.set_wakeup_fd(-1)
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("default")
+                from . import figures  # noqa: F401
+                import matplotlib.backends.backend_agg  # noqa: F401
+                import matplotlib.figure  # noqa: F401
+        # SIGTERM (stop()) held until the handler that ends the other drawers is in place
+        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
+        others = []
+        me = os.getpid()
+        for i in range(1, len(pipes)):
+            pid = os.fork()
+            if pid == 0:
+                signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM})
+                for j, fds in enumerate(pipes):
+                    if j != i:
+                        for fd in fds:
+                            os.close(fd)
+                _die_with(me)
+                _draw_group(*pipes[i], FIGURE_GROUPS[i], data, list(caught))  # never returns
+            others.append(pid)
+        for fds in pipes[1:]:
+            for fd in fds:
+                os.close(fd)
+
+        def end(signum, frame):  # the run ended first: the others go too, reaped here (no zombie left)
+            for pid in others:
+                with contextlib.suppress(OSError):
+                    os.kill(pid, signal.SIGKILL)
+                with contextlib.suppress(OSError):
+                    os.waitpid(pid, 0)
+            os._exit(1)
+
+        signal.signal(signal.SIGTERM, end)
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM})
+        _draw_group(*pipes[0], FIGURE_GROUPS[0], data, list(caught), others=others)
+    finally:
+        os._exit(code)
+
+
+def _draw_group(args_fd: int, result_fd: int, only, data, caught: list, others=()) -> None:
+    """One drawer's work: wait for the catalogue on ``args_fd``, draw ``only``, send ``(files, messages,
+    warnings[, how the others ended])`` pickled on ``result_fd``, reap ``others``, leave."""
+    code = 1
+    try:
+        import pickle
+        import warnings
+
+        chunks = []
+        while chunk := os.read(args_fd, 1 << 20):
+            chunks.append(chunk)
         messages: list[str] = []
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("default")
-            files = write_figures(*args[:-1], warn=messages.append, only=only)
-        found = [(str(w.message), w.category, w.filename, w.lineno) for w in caught]
-        try:
-            data = pickle.dumps((files, messages, found))
-        except Exception:  # noqa: BLE001 - a warning class defined where pickle cannot find it
-            data = pickle.dumps((files, messages, [(t, UserWarning, f, n) for t, _, f, n in found]))
-        while data:
-            data = data[os.write(fd, data):]
+        files: dict = {}
+        if chunks:  # else no catalogue: the run ended before its outputs
+            table, meta, run_dir, wcs, title = pickle.loads(b"".join(chunks))
+            with warnings.catch_warnings(record=True) as drawing:
+                warnings.simplefilter("default")
+                files = write_figures(table, meta, run_dir, data, wcs, title, warn=messages.append, only=only)
+            caught = caught + drawing
+        else:
+            caught = []
+        ended = None
+        for pid in others:  # the drawers forked here: reaped before this one reports and leaves
+            with contextlib.suppress(OSError):
+                status = os.waitpid(pid, 0)[1]
+                if status:
+                    ended = status
+        if chunks:
+            found = [(str(w.message), w.category, w.filename, w.lineno) for w in caught]
+            try:
+                out = pickle.dumps((files, messages, found, ended))
+            except Exception:  # noqa: BLE001 - a warning class defined where pickle cannot find it
+                out = pickle.dumps((files, messages, [(t, UserWarning, f, n) for t, _, f, n in found], ended))
+            while out:
+                out = out[os.write(result_fd, out):]
         code = 0
     finally:
         os._exit(code)

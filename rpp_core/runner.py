@@ -30,7 +30,6 @@ Batch pool workers and Dask tasks already are worker processes: they call
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import dataclasses
 import multiprocessing
@@ -41,11 +40,14 @@ import threading
 import traceback
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 from . import events as ev
 from .errors import Cancelled, RppError
 from .settings import Profile
+
+if TYPE_CHECKING:  # imported where used: `rpp run` starts the forkserver before it needs asyncio (0.04 s sooner)
+    import asyncio
 
 #: modules a forkserver imports once, so that forked workers start at once (matplotlib and
 #: pyarrow too: their imports, 0.5 and 0.3 s, were paid in every run's Outputs).
@@ -59,12 +61,16 @@ OPTIONAL_PRELOAD = {"astrometry": ["rpp_core.astrometry"], "services": ["rpp_cor
                     "cosmic_rays": ["astroscrappy"]}
 #: everything, for a forkserver that serves many runs (the app, batch, watch)
 PRELOAD = CORE_PRELOAD + [m for mods in OPTIONAL_PRELOAD.values() for m in mods]
+#: not for a forkserver that serves one run: the figures' drawers (:class:`rpp_core.results.FigureDrawers`),
+#: forked once the frame is loaded, import matplotlib on the other core while the stages run, and the
+#: server's 0.2-0.3 s for it came before the first stage
+LONG_LIVED_ONLY = ("matplotlib.figure", "matplotlib.backends.backend_agg")
 
 
 def preload_for(profile: Profile) -> list[str]:
     """The modules a run of ``profile`` will use, for a forkserver that serves one run (``rpp run``):
     no astrometry.net planning when solving is off, no HTTP client offline (0.1-0.3 s each)."""
-    mods = list(CORE_PRELOAD)
+    mods = [m for m in CORE_PRELOAD if m not in LONG_LIVED_ONLY]
     if profile.astrometry.solve != "never":
         mods += OPTIONAL_PRELOAD["astrometry"]
     if not profile.services.offline:
@@ -143,11 +149,15 @@ async def execute_async(request: RunRequest, on_event: Callable[[ev.Event], None
 
 def execute(request: RunRequest, on_event: Callable[[ev.Event], None] | None = None):
     """Blocking :func:`execute_async`, for batch pool workers and Dask tasks."""
+    import asyncio
+
     return asyncio.run(execute_async(request, on_event))
 
 
 def _worker_main(request: RunRequest, conn) -> None:
     """A runner worker: its own session, events and the outcome sent over ``conn``."""
+    import asyncio
+
     os.setsid()
     if request.nice:
         os.nice(request.nice)
@@ -337,6 +347,8 @@ async def run(request: RunRequest, on_event: Callable[[ev.Event], None] | None =
     :class:`~rpp_core.errors.RppError` (:class:`~rpp_core.errors.Cancelled` on
     cancel, within :data:`CANCEL_GRACE_S` plus a few ms).
     """
+    import asyncio
+
     request = request.resolved()
     on_event = on_event or (lambda e: None)
     cancel = cancel or asyncio.Event()

@@ -122,9 +122,24 @@ def test_events_come_in_stage_order(synth_run):
     assert {"load", "cosmics", "background", "fwhm", "detect", "aperture", "calibrate", "output"} <= finished
 
 
+def _child_processes() -> set[int]:
+    """This process's children, zombies included (a child nobody reaped is left behind too)."""
+    import os
+
+    found = set()
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            if int(stat.read_text().rsplit(")", 1)[1].split()[1]) == os.getpid():
+                found.add(int(stat.parent.name))
+        except (OSError, ValueError, IndexError):
+            pass
+    return found
+
+
 def test_cancel_inside_a_stage_leaves_a_log_and_no_catalogue(synth, tmp_path):
     _, d = synth
     cancel = asyncio.Event()
+    before = _child_processes()
 
     def on_event(e):
         if isinstance(e, ev.StageStarted) and e.stage == "cosmics":
@@ -138,6 +153,8 @@ def test_cancel_inside_a_stage_leaves_a_log_and_no_catalogue(synth, tmp_path):
     assert "cancelled" in (run_dir / "run.log").read_text()
     assert not (run_dir / "catalog.csv").exists() and not (run_dir / "catalog.ecsv").exists()
     assert json.loads((run_dir / "summary.json").read_text())["status"] == "cancelled"
+    # the figures' drawers, started once the frame was loaded, went with the run and drew nothing
+    assert _child_processes() <= before and not list(run_dir.rglob("*.png"))
 
 
 def test_event_loop_stays_responsive_during_a_run(synth, tmp_path):

@@ -81,6 +81,18 @@ def test_solving_without_index_files_is_a_warning(field, tmp_path):
     assert [(p.setting, p.severity) for p in problems] == [("astrometry.index_dirs", "warning")]
 
 
+def test_a_run_that_never_solves_leaves_the_frame_header_unread_before_it_starts(field):
+    """The header facts (astropy.wcs, coordinates, time: 0.4 s of CPU) serve only the solver's checks."""
+    code = ("import sys\nfrom rpp_core.settings import Profile\nfrom rpp_core.preflight import preflight\n"
+            "p = Profile(name='c').replace(**{'services.offline': True, 'astrometry.solve': 'never'})\n"
+            f"assert preflight(p, {str(field / 'f.fits')!r}) == []\n"
+            "print(sorted(m for m in ('astropy.wcs', 'astropy.coordinates', 'astropy.io.fits') if m in sys.modules))\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120)
+    assert out.stdout.split() == ["[]"]
+    problems = preflight(_profile(**{"astrometry.solve": "never"}), field / "gone.fits")
+    assert [p.setting for p in problems] == ["frame"]  # a missing frame is still said before the run
+
+
 def test_rpp_run_stops_in_a_second_naming_the_option_not_after_the_run(field):
     t0 = time.perf_counter()
     proc = subprocess.run([str(RPP), "run", str(field / "f.fits"), "--catalog", str(field / "nope.ecsv"), "--offline",

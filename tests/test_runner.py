@@ -197,6 +197,9 @@ def test_a_one_shot_forkserver_imports_only_what_the_profile_uses():
     mods = runner.preload_for(lite)
     assert "rpp_core.pipeline" in mods and "rpp_core.image.load" in mods
     assert not {"rpp_core.astrometry", "rpp_core.catalogs.gaia", "astroscrappy"} & set(mods)
+    # matplotlib: the figures' drawers import it while the stages run, not before the first stage
+    assert not {"matplotlib.figure", "matplotlib.backends.backend_agg"} & set(mods)
+    assert "matplotlib.figure" in runner.PRELOAD
     full = runner.preload_for(Profile(name="t").replace(**{"astrometry.solve": "auto", "services.offline": False}))
     assert {"rpp_core.astrometry", "rpp_core.catalogs.gaia"} <= set(full) <= set(runner.PRELOAD)
     for name in runner.PRELOAD:  # every name imports (a renamed module would make the server die at start)

@@ -249,6 +249,80 @@ def test_a_drawing_process_that_dies_costs_the_figures_with_a_warning_not_the_ca
     assert warnings and set(warnings) == {"PNG figures not written: the process drawing them ended (exit status 3)"}
 
 
+def _session_processes(sid: int) -> set[int]:
+    """Every process of session ``sid`` that has not ended, zombies (ended, nobody reaped them) included."""
+    from pathlib import Path
+
+    found = set()
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            if int(stat.read_text().rsplit(")", 1)[1].split()[3]) == sid:  # state, ppid, pgrp, session
+                found.add(int(stat.parent.name))
+        except (OSError, ValueError, IndexError):
+            pass
+    return found
+
+
+def test_drawers_that_never_get_a_catalogue_leave_and_write_nothing(calibrated, tmp_path):
+    """A run that fails before its outputs: the drawers it started after loading the frame are all gone
+    (the ones the first drawer forked too: killed and reaped, no zombie), and drew nothing."""
+    import os
+    import time
+
+    _, _, frame = calibrated
+    before = _session_processes(os.getsid(0))
+    for wait_s in (0.0, 1.5):  # ended while importing, and while waiting for the catalogue
+        with results.FigureDrawers(frame.data):
+            time.sleep(wait_s)
+        assert _session_processes(os.getsid(0)) <= before
+    assert not list(tmp_path.rglob("*.png"))
+
+
+def test_drawers_end_when_the_process_that_started_them_dies(tmp_path):
+    """The run's process killed (out of memory, a crash): its waiting drawers do not stay behind."""
+    import sys
+    import time
+
+    code = ("import os, time, numpy as np\nfrom rpp_core import results\n"
+            "d = results.FigureDrawers(np.zeros((64, 64), np.float32))\n"
+            "time.sleep(1.5)\nprint(os.getsid(0), flush=True)\nos._exit(0)\n")
+    proc = subprocess.run([sys.executable, "-c", code], check=True, timeout=120, capture_output=True, text=True,
+                          start_new_session=True)
+    sid = int(proc.stdout.split()[0])
+
+    def alive():
+        running = set()
+        for pid in _session_processes(sid):
+            try:
+                if open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[0] != "Z":
+                    running.add(pid)
+            except OSError:
+                pass
+        return running  # an orphan's zombie waits for init: it draws nothing
+
+    for _ in range(200):
+        if not alive():
+            break
+        time.sleep(0.05)
+    assert not alive()
+
+
+def test_a_catalogue_the_drawers_cannot_be_sent_costs_the_figures_with_a_warning_not_the_catalogue(calibrated, tmp_path):
+    from rpp_core.products import RunSummary, SourceCatalogue
+
+    cat, summary, frame = calibrated
+    odd = cat.copy()
+    odd.meta["on_done"] = lambda: None  # pickle cannot take it; the catalogue writers drop such meta
+    keep = {k: v for k, v in summary.items() if k in RunSummary.__dataclass_fields__}
+    run = tmp_path / "staging"
+    run.mkdir()
+    warnings: list[str] = []
+    files = results.write_outputs(SourceCatalogue(odd), RunSummary(**keep), run, ["csv", "ecsv", "fits"],
+                                  data=frame.data, wcs=frame.wcs, warn=warnings.append)
+    assert not [k for k in files if k.startswith("png_")] and (run / "catalog.fits").exists() and "sky_html" in files
+    assert len(warnings) == 1 and warnings[0].startswith("PNG figures not written: ")
+
+
 def _big_catalogue(n: int = 20000, seed: int = 8):
     """20,000 rows shaped like a calibrated run's, magnitudes on a 0.01 grid (many points share a cell edge)."""
     from astropy.table import Table
