@@ -88,7 +88,7 @@ class LogLine(Event):
 
 @dataclass(frozen=True)
 class RunFinished(Event):
-    result: Any  # rpp_core.pipeline.RunResult
+    result: Any  # rpp_core.products.RunResult
 
 
 @dataclass(frozen=True)

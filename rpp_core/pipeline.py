@@ -36,26 +36,9 @@ from astropy.table import Table
 
 from . import __version__, events as ev, locations, results, rundir
 from .errors import CalibrationError, Cancelled, NoStarsError, RppError, ServiceError
-from .products import (Calibration, ExposureValues, Frame, MeasurableImage, ObservationMeta, RunSummary,
-                       SourceCatalogue, WcsSolution)
+from .products import (Calibration, ExposureValues, Frame, MeasurableImage, ObservationMeta, RunResult,
+                       RunSummary, SourceCatalogue, WcsSolution)
 from .settings import Profile
-
-
-@dataclass(frozen=True)
-class RunResult:
-    """What a finished run hands back. ``exit_code`` 0 = fully successful (see errors.py).
-
-    ``summary`` is what ``summary.json`` holds; ``catalog`` the catalogue table
-    (columns in docs/catalogue.md); ``files`` name -> path of every file written.
-    """
-
-    run_dir: Path
-    catalog: Table
-    summary: RunSummary
-    files: dict[str, Path] = field(default_factory=dict)
-    warnings: list[str] = field(default_factory=list)
-    exit_code: int = 0
-    message: str = ""
 
 
 @dataclass

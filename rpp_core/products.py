@@ -523,3 +523,33 @@ class RunSummary:
     def read(cls, path: str | Path) -> "RunSummary":
         """Read ``summary.json`` (raises OSError / ValueError for a missing or broken file)."""
         return cls.from_dict(json.loads(Path(path).read_text()))
+
+
+# ---------------------------------------------------------------- a run's result
+
+@dataclass(frozen=True)
+class RunResult:
+    """What a finished run hands back. ``exit_code`` 0 = fully successful (see errors.py).
+
+    Here, not in the pipeline, so that unpickling one (a worker's answer) imports only this module.
+
+    ``summary`` is what ``summary.json`` holds; ``catalog`` the catalogue table
+    (columns in docs/catalogue.md); ``files`` name -> path of every file written.
+    """
+
+    run_dir: Path
+    catalog: Table
+    summary: RunSummary
+    files: dict[str, Path] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
+    exit_code: int = 0
+    message: str = ""
+
+    def summary_only(self) -> "RunResult":
+        """This result without what takes astropy to read: the catalogue table and the WCS object (both
+        are in the run folder: ``catalog.*``, ``frame.wcs``). A caller that only reads the summary (the
+        CLI, the watcher) then unpickles it without importing astropy (0.5 s of CPU at the very end)."""
+        summary = self.summary
+        if summary.wcs is not None and summary.wcs.wcs is not None:
+            summary = dataclasses.replace(summary, wcs=dataclasses.replace(summary.wcs, wcs=None))
+        return dataclasses.replace(self, catalog=None, summary=summary)

@@ -3,7 +3,7 @@
 :func:`run` executes a :class:`RunRequest` in a worker process of its own and
 streams its :mod:`rpp_core.events` back over a pipe to the same ``on_event``
 contract as :func:`rpp_core.pipeline.run` (called on the caller's event-loop
-thread), then returns the :class:`~rpp_core.pipeline.RunResult` or raises the
+thread), then returns the :class:`~rpp_core.products.RunResult` or raises the
 run's :class:`~rpp_core.errors.RppError`.
 
 Process model
@@ -94,8 +94,9 @@ class RunRequest:
     the ones left None from this process's locations and secrets file (a Dask
     task leaves them None so the worker machine uses its own).
     ``keep_catalog`` False sends the result back without the catalogue table
-    (it is in the run folder): a caller that only prints the summary then
-    never imports astropy. ``nice`` lowers the worker's CPU priority: the app
+    and the WCS object (:meth:`~rpp_core.products.RunResult.summary_only`: both
+    are in the run folder): a caller that only prints the summary then never
+    imports astropy. ``nice`` lowers the worker's CPU priority: the app
     asks for it, so that on a busy machine the screen gets the CPU before the run.
     ``weight`` (inverse-variance map) and ``mask`` (nonzero = bad) are files that
     go with the frame; None lets the pipeline look for DECam-style companions.
@@ -189,7 +190,7 @@ def _worker_main(request: RunRequest, conn) -> None:
     try:
         result = asyncio.run(main())
         if not request.keep_catalog:
-            result = dataclasses.replace(result, catalog=None)
+            result = result.summary_only()
         conn.send(("result", result))
     except RppError as exc:
         conn.send(("error", exc))
@@ -343,7 +344,7 @@ async def run(request: RunRequest, on_event: Callable[[ev.Event], None] | None =
               cancel: asyncio.Event | None = None):
     """Run ``request`` in a worker process; see the module docstring.
 
-    Returns the :class:`~rpp_core.pipeline.RunResult`; raises the run's
+    Returns the :class:`~rpp_core.products.RunResult`; raises the run's
     :class:`~rpp_core.errors.RppError` (:class:`~rpp_core.errors.Cancelled` on
     cancel, within :data:`CANCEL_GRACE_S` plus a few ms).
     """

@@ -232,5 +232,5 @@ def load_run(run_dir: str | Path) -> RunView:
 
 
 def from_result(result) -> RunView:
-    """A :class:`RunView` from a ``rpp_core.pipeline.RunResult`` already in memory."""
+    """A :class:`RunView` from a ``rpp_core.products.RunResult`` already in memory."""
     return RunView(Path(result.run_dir), result.summary, result.catalog, dict(result.files))

@@ -53,6 +53,18 @@ def test_a_run_in_a_worker_process_streams_the_same_events_and_returns_the_typed
     assert res.run_dir.parent == tmp_path
 
 
+def test_a_run_for_a_summary_comes_back_without_anything_that_needs_astropy_to_read(small, tmp_path):
+    """``rpp run`` prints the summary: unpickling a WCS imported astropy in it after the run (0.5 s)."""
+    import pickle
+
+    request = runner.RunRequest(str(small / "f.fits"), offline_profile(), out_dir=str(tmp_path),
+                                catalog_files=(str(small / "ref.ecsv"),), keep_catalog=False)
+    res = asyncio.run(runner.run(request))
+    assert res.exit_code == 0 and res.catalog is None and res.summary.zp is not None
+    assert res.summary.wcs.status == "ok" and res.summary.wcs.wcs is None  # the frame's header has it
+    assert b"astropy" not in pickle.dumps(res)
+
+
 def test_a_failing_run_raises_its_error_from_the_worker(tmp_path):
     bad = tmp_path / "notes.fits"
     bad.write_text("not a FITS file\n" * 100)
