@@ -251,11 +251,19 @@ def _spawning():
     KeyboardInterrupt traceback under rpp's one line. Its workers ignore SIGINT anyway (the
     caller decides). A Ctrl-C meanwhile is held (blocked) and delivered to the caller's
     handler when this ends. Other threads cannot change handlers: the CLI starts the server
-    from its main thread (:func:`warm_up`) before any run; the app gets no SIGINT for Ctrl-C."""
+    from its main thread (:func:`warm_up`) before any run; the app gets no SIGINT for Ctrl-C.
+
+    multiprocessing's resource tracker is started first, outside the window: starting it,
+    CPython blocks SIGINT and then *unblocks* it whatever the mask was before, and a Ctrl-C
+    in the rest of the window then met the ignored handler and was lost (the run went on;
+    1 start in 5 on a loaded machine, signal 50-100 ms after rpp started)."""
     with _real_stderr():
         if threading.current_thread() is not threading.main_thread():
             yield
             return
+        from multiprocessing import resource_tracker
+
+        resource_tracker.ensure_running()  # safe as it is: it blocks SIGINT and SIGTERM around its own spawn
         mask = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
         handler = signal.signal(signal.SIGINT, signal.SIG_IGN)
         try:
