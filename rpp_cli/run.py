@@ -115,13 +115,27 @@ def _run_frame(args, frame: str, catalogs: list[str]) -> int:
     from rpp_core.errors import Cancelled
 
     from . import signal_words
+    from .main import Terminated
 
-    profile = profile_from_args(args)
-    # the worker's imports (what this profile uses) run beside the checks below
-    runner.warm_up(profile.replace(**{"services.offline": True}) if args.offline else profile)
-    import asyncio  # after the server's start: its imports wait for nothing but this process's start
+    # Ctrl-C and SIGTERM are kept, not raised, until the run's event loop takes them over: a
+    # KeyboardInterrupt raised at any bytecode could land in a weakref callback or a finaliser (the
+    # import system's), where Python prints "Exception ignored" and drops it, and the run went on
+    # (1 start in 5 on a loaded machine). Said at once when the loop is there, before any worker.
+    handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+    kept: list[int] = []
+    for sig in handlers:
+        signal.signal(sig, lambda signum, frame: kept.append(signum))
+    try:
+        profile = profile_from_args(args)
+        # the worker's imports (what this profile uses) run beside the checks below
+        runner.warm_up(profile.replace(**{"services.offline": True}) if args.offline else profile)
+        import asyncio  # after the server's start: its imports wait for nothing but this process's start
 
-    _check_before_run(profile, frame, catalogs)
+        _check_before_run(profile, frame, catalogs)
+    except BaseException:
+        for sig, handler in handlers.items():
+            signal.signal(sig, handler)
+        raise
     reporter = ConsoleReporter(quiet=args.quiet, verbose=args.verbose)
     request = runner.RunRequest(frame, profile, out_dir=args.out, catalog_files=tuple(catalogs), hdu=args.hdu,
                                 offline=True if args.offline else None, keep_catalog=False,
@@ -139,10 +153,11 @@ def _run_frame(args, frame: str, catalogs: list[str]) -> int:
 
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, on_signal, sig)
+        if kept:  # before the loop had them: nothing has started, so rpp just leaves
+            raise Terminated(kept[0])
         return await runner.run(request, reporter, cancel)
 
     # the loop puts SIG_DFL back when it closes: a SIGTERM while the summary prints would end rpp silently
-    handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
         result = asyncio.run(main())
     except Cancelled as exc:
