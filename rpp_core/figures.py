@@ -39,6 +39,24 @@ def _figure(size_px=SIZE_PX):
     return Figure(figsize=(size_px[0] / DPI, size_px[1] / DPI), dpi=DPI)
 
 
+def warm_up() -> None:
+    """Draw a tiny figure once (text, markers, a legend, an image), off screen and thrown away.
+
+    The first figure a process draws also loads the font and fills matplotlib's text and
+    marker caches (30-60 ms); the figure processes do it here while the run's stages go on.
+    """
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    fig = _figure((160, 120))
+    ax = fig.add_subplot()
+    ax.plot([0.0, 1.0], [0.0, 1.0], "o-", label="a")
+    ax.imshow(np.zeros((2, 2, 4), np.uint8), extent=(0, 1, 0, 1))
+    ax.set_xlabel("mag")
+    ax.legend()
+    _title(ax, "warm-up")
+    FigureCanvasAgg(fig).draw()
+
+
 def _title(ax, text: str) -> None:
     """The axes title at a fixed height: placed automatically, matplotlib measures every tick label
     first to keep it clear of them (15 ms a figure, and no figure here has ticks on top)."""

@@ -539,9 +539,9 @@ def _drawers_main(pipes: list[tuple[int, int]], data, parent: int, held: set) ->
 
             with warnings.catch_warnings(record=True) as caught:
                 warnings.simplefilter("default")
-                from . import figures  # noqa: F401
-                import matplotlib.backends.backend_agg  # noqa: F401
-                import matplotlib.figure  # noqa: F401
+                from . import figures
+
+                figures.warm_up()  # fonts and caches too, for both drawers (the others fork from here)
         # SIGTERM (stop()) held until the handler that ends the other drawers is in place
         signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
         others = []
