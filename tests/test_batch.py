@@ -278,22 +278,28 @@ def _children(pid: int) -> list[int]:
     return [p.pid for p in processes() if p.ppid == pid]
 
 
+def _kill_pool_workers() -> list[int]:
+    """SIGKILL every process the forkserver of this process forked (the pool's workers); their pids."""
+    killed = []
+    for server in _children(os.getpid()):
+        if b"forkserver" not in Path(f"/proc/{server}/cmdline").read_bytes():
+            continue
+        for worker in _children(server):
+            os.kill(worker, 9)
+            killed.append(worker)
+    return killed
+
+
 @pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="needs /proc to find the worker processes")
 def test_a_worker_killed_mid_frame_is_replaced_and_the_frame_redone(night, tmp_path):
     """What the kernel's OOM killer does to a worker: the batch goes on and no frame is lost."""
     frames, refcat = night
     inputs = [frames / f"night_{i:03d}.fits" for i in range(3)]
-    killed = []
+    killed: list[int] = []
 
     def kill_worker() -> None:
-        if killed:
-            return
-        for server in _children(os.getpid()):
-            if b"forkserver" not in Path(f"/proc/{server}/cmdline").read_bytes():
-                continue
-            for worker in _children(server):
-                os.kill(worker, 9)
-                killed.append(worker)
+        if not killed:
+            killed.extend(_kill_pool_workers())
 
     report = batch.run_batch(inputs, fast_profile(), jobs=1, out_dir=tmp_path / "ws", catalog_files=[refcat],
                              report=False, on_tick=kill_worker)
@@ -309,18 +315,12 @@ def test_a_worker_killed_between_two_frames_is_replaced_and_the_batch_goes_on(ni
     """The pool is found broken when the next frame is handed out, not by a frame's result."""
     frames, refcat = night
     inputs = [frames / f"night_{i:03d}.fits" for i in range(3)]
-    killed = []
+    killed: list[int] = []
 
     def kill_idle_worker(result, done, total) -> None:
-        if killed:
-            return
-        for server in _children(os.getpid()):
-            if b"forkserver" not in Path(f"/proc/{server}/cmdline").read_bytes():
-                continue
-            for worker in _children(server):
-                os.kill(worker, 9)
-                killed.append(worker)
-        time.sleep(0.5)  # the pool's manager thread sees the death (its sentinel) long before this ends
+        if not killed:
+            killed.extend(_kill_pool_workers())
+            time.sleep(0.5)  # the pool's manager thread sees the death (its sentinel) long before this ends
 
     report = batch.run_batch(inputs, fast_profile(), jobs=1, out_dir=tmp_path / "ws", catalog_files=[refcat],
                              report=False, on_result=kill_idle_worker)
