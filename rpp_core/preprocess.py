@@ -60,6 +60,29 @@ class Background:
 PLATEAU_PIXELS = 5
 
 
+def _is_clipped_plateau(data: np.ndarray, top: float) -> bool:
+    """Whether the pixels exactly on the frame maximum ``top`` form a flat top: at least
+    :data:`PLATEAU_PIXELS` of them, and at least 4 with 3 or more such pixels among their 8
+    neighbours (a 2-D blob, as a clipped star's core is). Scattered ties at the maximum of a
+    low-count integer frame, or a bad column or row set to a constant, are not one."""
+    ys, xs = np.nonzero(data == top)
+    if ys.size < PLATEAU_PIXELS:
+        return False
+    ny, nx = data.shape
+    flat = ys.astype(np.int64) * nx + xs  # sorted, as np.nonzero returns them
+    neighbours = np.zeros(ys.size, np.int64)
+    for dy in (-1, 0, 1):
+        for dx in (-1, 0, 1):
+            if dy or dx:
+                y, x = ys + dy, xs + dx
+                inside = (y >= 0) & (y < ny) & (x >= 0) & (x < nx)
+                at = np.searchsorted(flat, y.astype(np.int64) * nx + x)
+                hit = inside & (at < flat.size)
+                hit[hit] = flat[at[hit]] == (y[hit].astype(np.int64) * nx + x[hit])
+                neighbours += hit
+    return int(np.count_nonzero(neighbours >= 3)) >= 4
+
+
 def make_masks(data: np.ndarray, saturation: float | None, settings: MaskSettings) -> Masks:
     """Masks of non-finite, saturated and border pixels.
 
@@ -69,7 +92,7 @@ def make_masks(data: np.ndarray, saturation: float | None, settings: MaskSetting
     saturation : float or None
         Saturation level in ADU (the header's; the mask starts at
         ``saturation_fraction`` of it). ``None`` or <= 0: the level is the frame
-        maximum when at least :data:`PLATEAU_PIXELS` pixels sit exactly on it (a
+        maximum when the pixels on it form a flat top (:func:`_is_clipped_plateau`: a
         clipped plateau; the mask again starts at ``saturation_fraction`` of it),
         else no pixel is flagged saturated. A clipped plateau
         below the given level is taken too: the header's level then no longer
@@ -87,14 +110,13 @@ def make_masks(data: np.ndarray, saturation: float | None, settings: MaskSetting
     if saturation is not None and saturation > 0:
         level = float(saturation) * settings.saturation_fraction
     top = float(np.nanmax(data))
-    if level is None or top < level:
+    if (level is None or top < level) and _is_clipped_plateau(data, top):
         n_top = int(np.count_nonzero(data == top))
-        if n_top >= PLATEAU_PIXELS:
-            if level is not None:
-                note = (f"{n_top} pixels sit exactly on the frame maximum {top:g} ADU, below the saturation level "
-                        f"{level:g} ADU from the header: a clipped plateau, so the mask starts at "
-                        f"{top * settings.saturation_fraction:g} ADU (was a bias or pedestal subtracted without updating SATURATE?)")
-            level = top * settings.saturation_fraction  # the pixels next to clipping are no more linear
+        if level is not None:
+            note = (f"{n_top} pixels sit exactly on the frame maximum {top:g} ADU, below the saturation level "
+                    f"{level:g} ADU from the header: a clipped plateau, so the mask starts at "
+                    f"{top * settings.saturation_fraction:g} ADU (was a bias or pedestal subtracted without updating SATURATE?)")
+        level = top * settings.saturation_fraction  # the pixels next to clipping are no more linear
     saturated = np.zeros(data.shape, bool)
     if level is not None:
         with np.errstate(invalid="ignore"):

@@ -212,6 +212,23 @@ def test_a_clipped_plateau_below_the_header_level_is_masked_as_saturated(frame, 
     assert not peak.saturated.any()
 
 
+def test_ties_at_the_maximum_that_are_no_flat_top_leave_the_saturation_level_alone():
+    """A faint integer frame ties at its maximum by chance, a bad column sits at a constant: neither is clipping."""
+    rng = np.random.default_rng(3)
+    faint = rng.poisson(5.0, (1024, 1024)).astype(np.float32)
+    # the brightest pixels of a few faint stars, equal as small integers often are: 4 places, one pair adjacent
+    for y, x in [(253, 104), (395, 403), (507, 773), (617, 633), (617, 634)]:
+        faint[y, x] = 48.0
+    assert np.count_nonzero(faint == faint.max()) == 5
+    for level in (65535.0, None):
+        m = make_masks(faint, level, MaskSettings())
+        assert not m.saturated.any() and m.plateau_note is None
+    column = rng.normal(1000, 10, (256, 256)).astype(np.float32)
+    column[:, 100] = 30000.0
+    m = make_masks(column, 65535.0, MaskSettings(saturation_dilate_px=0))
+    assert m.saturation_level == pytest.approx(0.95 * 65535.0) and not m.saturated.any()
+
+
 def test_all_nan_frame_is_refused_with_a_clear_error():
     with pytest.raises(InputError, match="NaN"):
         make_masks(np.full((64, 64), np.nan, np.float32), 60000.0, MaskSettings())
