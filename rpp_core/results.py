@@ -37,6 +37,7 @@ import errno
 import functools
 import os
 import shutil
+import threading
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable
 
@@ -307,6 +308,21 @@ def _write_the_rest(catalogue: SourceCatalogue, cat: Table, summary: RunSummary,
     return files
 
 
+#: this process's ends of the pipes of every live :class:`FigureDrawers`. A drawer forked later (another
+#: run in another thread of this process: a Dask worker's threads) closes them at once: holding a copy of an
+#: earlier run's catalogue pipe open, its drawers never saw the end of their input and that run waited.
+_PARENT_ENDS: set[int] = set()
+#: held while pipes are made and drawers forked, and while an end is closed: a fork sees a settled set
+_ENDS_LOCK = threading.Lock()
+
+
+def _close_end(fd: int) -> None:
+    with _ENDS_LOCK:
+        _PARENT_ENDS.discard(fd)
+        with contextlib.suppress(OSError):
+            os.close(fd)
+
+
 class FigureDrawers:
     """The processes that draw the PNG figures (:func:`write_figures`), one per group of :data:`FIGURE_GROUPS`.
 
@@ -331,41 +347,49 @@ class FigureDrawers:
         self._warn = None
         self._pid = 0
         self._sent = self._reading = False
+        self._warn_later: str | None = None
         self._args: list[int] = []  # per group, this process's ends: the catalogue out, the result in
         self._results: list[int] = []
         if not hasattr(os, "fork"):  # pragma: no cover - every platform rpp runs on has it
             return
         theirs: list[tuple[int, int]] = []
         try:
-            for _ in FIGURE_GROUPS:
-                args_r, self_args = os.pipe()
-                self_res, res_w = os.pipe()
-                self._args.append(self_args)
-                self._results.append(self_res)
-                theirs.append((args_r, res_w))
             import signal
 
-            parent = os.getpid()
-            # the child must not run this process's handlers (the event loop's, through its wakeup pipe) until
-            # it has put back the defaults: the signals are held across the fork
-            held = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
-            try:
-                # beside other threads (the run's stage threads, idle now): the child uses none of them nor their locks
-                pid = os.fork()
-                if pid == 0:
-                    for fd in (*self._args, *self._results):
-                        os.close(fd)
-                    _drawers_main(theirs, data, parent, held)
-            finally:
-                signal.pthread_sigmask(signal.SIG_SETMASK, held)
-            self._pid = pid
+            with _ENDS_LOCK:
+                try:
+                    for _ in FIGURE_GROUPS:
+                        args_r, self_args = os.pipe()
+                        self_res, res_w = os.pipe()
+                        self._args.append(self_args)
+                        self._results.append(self_res)
+                        _PARENT_ENDS.update((self_args, self_res))
+                        theirs.append((args_r, res_w))
+                    parent = os.getpid()
+                    # the child must not run this process's handlers (the event loop's, through its wakeup pipe)
+                    # until it has put back the defaults: the signals are held across the fork
+                    held = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
+                    try:
+                        # beside other threads (the run's stage threads, idle now): the child uses none of them
+                        # nor their locks
+                        pid = os.fork()
+                        if pid == 0:
+                            for fd in _PARENT_ENDS:  # this set's and every other live set's
+                                os.close(fd)
+                            _drawers_main(theirs, data, parent, held)
+                    finally:
+                        signal.pthread_sigmask(signal.SIG_SETMASK, held)
+                    self._pid = pid
+                finally:
+                    for fds in theirs:
+                        for fd in fds:
+                            os.close(fd)
+        except OSError as exc:  # no pipe or no process to be had (descriptors, memory): drawn here at Outputs
+            self.stop()
+            self._warn_later = f"PNG figures drawn in the run's own process: no process for them ({exc})"
         except BaseException:
             self.stop()
             raise
-        finally:
-            for fds in theirs:
-                for fd in fds:
-                    os.close(fd)
 
     def __enter__(self) -> "FigureDrawers":
         return self
@@ -377,6 +401,8 @@ class FigureDrawers:
         """Hand the catalogue to the drawers (without waiting for them): their figures go into ``run_dir/plots``."""
         self._warn = warn
         if not self._pid:
+            if self._warn_later and warn:
+                warn(self._warn_later)
             self._files = write_figures(table, meta, run_dir, self._data, wcs, title, warn)
             return
         import pickle
@@ -417,7 +443,7 @@ class FigureDrawers:
         finally:
             self._reading = False
         for fd in self._results:
-            os.close(fd)
+            _close_end(fd)
         self._results = []
         try:
             _, status = os.waitpid(pid, 0)
@@ -469,13 +495,11 @@ class FigureDrawers:
                     os.waitpid(pid, 0)
         if not self._reading:  # else result() sees the end of file and closes them
             for fd in self._results:
-                with contextlib.suppress(OSError):
-                    os.close(fd)
+                _close_end(fd)
             self._results = []
         if not self._sent:  # else the sending thread closes them once the write fails
             for fd in self._args:
-                with contextlib.suppress(OSError):
-                    os.close(fd)
+                _close_end(fd)
             self._args = []
 
 
@@ -486,8 +510,7 @@ def _send(payload: bytes, fds: list[int]) -> None:
             view = memoryview(payload)
             while view:
                 view = view[os.write(fd, view):]
-        with contextlib.suppress(OSError):
-            os.close(fd)
+        _close_end(fd)
 
 
 def _wait_status(status: int) -> str:
@@ -555,7 +578,7 @@ def _drawers_main(pipes: list[tuple[int, int]], data, parent: int, held: set) ->
                         for fd in fds:
                             os.close(fd)
                 _die_with(me)
-                _draw_group(*pipes[i], FIGURE_GROUPS[i], data, list(caught))  # never returns
+                _draw_group(*pipes[i], FIGURE_GROUPS[i], data, [])  # never returns; the first reports the imports' warnings
             others.append(pid)
         for fds in pipes[1:]:
             for fd in fds:
@@ -598,11 +621,12 @@ def _draw_group(args_fd: int, result_fd: int, only, data, caught: list, others=(
         else:
             caught = []
         ended = None
-        for pid in others:  # the drawers forked here: reaped before this one reports and leaves
+        for pid in list(others):  # the drawers forked here: reaped before this one reports and leaves
             with contextlib.suppress(OSError):
                 status = os.waitpid(pid, 0)[1]
                 if status:
                     ended = status
+            others.remove(pid)  # reaped: its number may be another process's now, never to be killed by end()
         if chunks:
             found = [(str(w.message), w.category, w.filename, w.lineno) for w in caught]
             try:

@@ -278,6 +278,28 @@ def test_drawers_that_never_get_a_catalogue_leave_and_write_nothing(calibrated, 
     assert not list(tmp_path.rglob("*.png"))
 
 
+def test_two_runs_in_one_process_do_not_hold_each_others_figures(calibrated, tmp_path):
+    """Two runs in threads of one process (a Dask worker): the later run's drawers, forked while the
+    earlier run's wait, must not keep its catalogue pipe open, or the earlier run waits for the later."""
+    import threading
+
+    cat, summary, frame = calibrated
+    first = results.FigureDrawers(frame.data)
+    second = results.FigureDrawers(frame.data)  # forked after: it inherits the first's descriptors
+    try:
+        (tmp_path / "plots").mkdir()
+        first.draw(cat, results.view_meta(summary), tmp_path)
+        done: dict = {}
+        waiter = threading.Thread(target=lambda: done.update(first.result(lambda: None)), daemon=True)
+        waiter.start()
+        waiter.join(30)  # the second run is still going: its drawers wait for their catalogue
+        assert not waiter.is_alive(), "the first run's figures waited for the second run"
+        assert "png_finder" in done and (tmp_path / "plots" / "finder.png").exists()
+    finally:
+        second.stop()
+        first.stop()
+
+
 def test_drawers_end_when_the_process_that_started_them_dies(tmp_path):
     """The run's process killed (out of memory, a crash): its waiting drawers do not stay behind."""
     import sys
