@@ -9,7 +9,6 @@ from __future__ import annotations
 import gzip
 import math
 import shutil
-import time
 import warnings
 from pathlib import Path
 
@@ -192,14 +191,6 @@ def test_spitzer_galactic_car_wcs_is_kept_unchanged():
     assert meta.pixel_scale == pytest.approx(1.2, abs=1e-6)
     assert meta.site is None and meta.airmass is None  # a space telescope: no site, no airmass
     assert "file creation" in meta.sources["date_obs"]
-
-
-def test_horsehead_and_spitzer_load_well_under_a_second():
-    for path in (SPITZER, HORSEHEAD):
-        load_frame(path)  # warm the page cache
-        t0 = time.perf_counter()
-        load_frame(path)
-        assert time.perf_counter() - t0 < 0.5
 
 
 # ---------------------------------------------------------------- WCS repair
@@ -585,6 +576,11 @@ def test_header_summary_gives_key_facts_without_reading_pixels(tmp_path):
     assert s["shape"] == (1059, 1059) and s["error"].startswith("truncated file")
     s = header_summary(tmp_path / "none.fits")
     assert "no such file" in s["error"]
-    t0 = time.perf_counter()
+    # headers only: the bytes this process reads (Linux's rchar), not the 1.6 MB of pixels
+    def bytes_read() -> int:
+        return int(next(ln for ln in Path("/proc/self/io").read_text().splitlines() if ln.startswith("rchar")).split()[1])
+
+    header_summary(HORSEHEAD)  # the first call may read Python modules too
+    before = bytes_read()
     header_summary(HORSEHEAD)
-    assert time.perf_counter() - t0 < 0.2
+    assert bytes_read() - before < 0.1 * HORSEHEAD.stat().st_size
