@@ -121,10 +121,17 @@ def _run_frame(args, frame: str, catalogs: list[str]) -> int:
     # KeyboardInterrupt raised at any bytecode could land in a weakref callback or a finaliser (the
     # import system's), where Python prints "Exception ignored" and drops it, and the run went on
     # (1 start in 5 on a loaded machine). Said at once when the loop is there, before any worker.
+    # A second signal is raised at once: a check stuck on a dead network mount can still be interrupted.
     handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
     kept: list[int] = []
+
+    def keep(signum, frame):  # noqa: ARG001 - the signal module's signature
+        if kept:
+            raise Terminated(signum)
+        kept.append(signum)
+
     for sig in handlers:
-        signal.signal(sig, lambda signum, frame: kept.append(signum))
+        signal.signal(sig, keep)
     try:
         profile = profile_from_args(args)
         # the worker's imports (what this profile uses) run beside the checks below
@@ -135,6 +142,8 @@ def _run_frame(args, frame: str, catalogs: list[str]) -> int:
     except BaseException:
         for sig, handler in handlers.items():
             signal.signal(sig, handler)
+        if kept:  # the signal came first: it is what ends rpp, not what a check found meanwhile
+            raise Terminated(kept[0]) from None
         raise
     reporter = ConsoleReporter(quiet=args.quiet, verbose=args.verbose)
     request = runner.RunRequest(frame, profile, out_dir=args.out, catalog_files=tuple(catalogs), hdu=args.hdu,
