@@ -224,7 +224,7 @@ def _utf8(values: np.ndarray) -> tuple[np.ndarray, bytes]:
     calls ``str.encode`` per cell: 5 ms per 20,000), cell by cell otherwise."""
     codes = _ascii_codes(values)
     if codes is not None:
-        lengths = np.strings.str_len(values)  # trailing NULs are padding, as .tolist() strips them
+        lengths = np.char.str_len(values)  # trailing NULs are padding, as .tolist() strips them
         data = codes[np.arange(codes.shape[1]) < lengths[:, None]].astype(np.uint8).tobytes()
     else:
         items = (np.char.encode(values, "utf-8") if values.dtype.kind == "U" else values).tolist()
@@ -327,7 +327,7 @@ def _votable_column(name: str, values: np.ndarray, mask: np.ndarray | None) -> t
         return 'datatype="boolean"', "S1", np.where(values, b"T", b"F"), mask
     if kind in "US":
         text = values.astype(str) if kind == "U" else np.char.decode(values, "utf-8", "replace")
-        width = max(1, int(np.strings.str_len(text).max())) if len(text) else 1
+        width = max(1, int(np.char.str_len(text).max())) if len(text) else 1
         if _ascii_codes(text) is not None:  # a cast, not str.encode per cell
             return f'datatype="char" arraysize="{width}"', f"S{width}", text.astype(f"S{width}"), mask
         try:
