@@ -326,7 +326,7 @@ def part_outputs(args) -> dict:
     t = {}
     import resource
 
-    def children_cpu():  # the PNG figures are drawn in a forked child (results._FiguresProcess)
+    def children_cpu():  # the PNG figures are drawn in forked children (results.FigureDrawers)
         r = resource.getrusage(resource.RUSAGE_CHILDREN)
         return r.ru_utime + r.ru_stime
 
