@@ -49,28 +49,26 @@ from .settings import Profile
 if TYPE_CHECKING:  # imported where used: `rpp run` starts the forkserver before it needs asyncio (0.04 s sooner)
     import asyncio
 
-#: modules a forkserver imports once, so that forked workers start at once (matplotlib and
-#: pyarrow too: their imports, 0.5 and 0.3 s, were paid in every run's Outputs).
-#: ``rpp_core.image`` exports lazily: its stage modules are named.
+#: modules a forkserver imports once, so that forked workers start at once (pyarrow too: its import,
+#: 0.3 s, was paid in every run's Outputs). ``rpp_core.image`` exports lazily: its stage modules are named.
 CORE_PRELOAD = ["rpp_core.pipeline", "rpp_core.image.load", "rpp_core.image.metadata", "rpp_core.image.companions",
                 "rpp_core.preprocess", "rpp_core.detect", "rpp_core.photometry", "rpp_core.calibrate",
-                "rpp_core.results", "rpp_core.figures", "matplotlib.figure", "matplotlib.backends.backend_agg",
-                "pyarrow.csv", "pyarrow.parquet"]
+                "rpp_core.results", "rpp_core.figures", "pyarrow.csv", "pyarrow.parquet"]
 #: what only some profiles use: the stage that needs one imports it (see :func:`preload_for`)
 OPTIONAL_PRELOAD = {"astrometry": ["rpp_core.astrometry"], "services": ["rpp_core.catalogs.gaia", "rpp_core.catalogs.crossmatch"],
                     "cosmic_rays": ["astroscrappy"]}
+#: only for a forkserver that serves many runs: for one run, the figures' drawers
+#: (:class:`rpp_core.results.FigureDrawers`), forked once the frame is loaded, import matplotlib on the
+#: other core while the stages run, and the server's 0.2-0.3 s for it came before the first stage
+LONG_LIVED_ONLY = ["matplotlib.figure", "matplotlib.backends.backend_agg"]
 #: everything, for a forkserver that serves many runs (the app, batch, watch)
-PRELOAD = CORE_PRELOAD + [m for mods in OPTIONAL_PRELOAD.values() for m in mods]
-#: not for a forkserver that serves one run: the figures' drawers (:class:`rpp_core.results.FigureDrawers`),
-#: forked once the frame is loaded, import matplotlib on the other core while the stages run, and the
-#: server's 0.2-0.3 s for it came before the first stage
-LONG_LIVED_ONLY = ("matplotlib.figure", "matplotlib.backends.backend_agg")
+PRELOAD = CORE_PRELOAD + LONG_LIVED_ONLY + [m for mods in OPTIONAL_PRELOAD.values() for m in mods]
 
 
 def preload_for(profile: Profile) -> list[str]:
     """The modules a run of ``profile`` will use, for a forkserver that serves one run (``rpp run``):
     no astrometry.net planning when solving is off, no HTTP client offline (0.1-0.3 s each)."""
-    mods = [m for m in CORE_PRELOAD if m not in LONG_LIVED_ONLY]
+    mods = list(CORE_PRELOAD)
     if profile.astrometry.solve != "never":
         mods += OPTIONAL_PRELOAD["astrometry"]
     if not profile.services.offline:
