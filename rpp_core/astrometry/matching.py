@@ -95,9 +95,13 @@ def sky_sep_arcsec(wcs: WCS, x, y, ra, dec) -> np.ndarray:
 def angular_separation_deg(lon1, lat1, lon2, lat2) -> np.ndarray:
     """Great-circle separation, deg, by the Vincenty formula SkyCoord.separation uses
     (written out: its SkyCoord and Quantity set-up was a third of the refinement's time)."""
-    lon1, lat1, lon2, lat2 = np.radians(lon1), np.radians(lat1), np.radians(lon2), np.radians(lat2)
+    return np.degrees(angular_separation_rad(np.radians(lon1), np.radians(lat1), np.radians(lon2), np.radians(lat2)))
+
+
+def angular_separation_rad(lon1, lat1, lon2, lat2):
+    """:func:`angular_separation_deg` in radians, of positions in radians."""
     sdlon, cdlon = np.sin(lon2 - lon1), np.cos(lon2 - lon1)
     slat1, slat2, clat1, clat2 = np.sin(lat1), np.sin(lat2), np.cos(lat1), np.cos(lat2)
     num1 = clat2 * sdlon
     num2 = clat1 * slat2 - slat1 * clat2 * cdlon
-    return np.degrees(np.arctan2(np.hypot(num1, num2), slat1 * slat2 + clat1 * clat2 * cdlon))
+    return np.arctan2(np.hypot(num1, num2), slat1 * slat2 + clat1 * clat2 * cdlon)

@@ -31,6 +31,8 @@ from math import comb
 import numpy as np
 from astropy.wcs import WCS, Sip
 
+from .matching import angular_separation_rad
+
 #: Gauss-Newton steps of the TAN fit stop when the largest parameter change, in units of
 #: its own size (CD) or pixels (CRPIX), is below this
 _TOL = 1e-12
@@ -43,9 +45,7 @@ def _center(lon: np.ndarray, lat: np.ndarray) -> tuple[float, float]:
     lon1, lat1, lon2, lat2 = np.radians([lon.min(), lat.max(), lon.max(), lat.min()])
     dlon = lon2 - lon1
     pa = np.arctan2(np.sin(dlon) * np.cos(lat2), np.sin(lat2) * np.cos(lat1) - np.cos(lat2) * np.sin(lat1) * np.cos(dlon))
-    num1 = np.cos(lat2) * np.sin(dlon)
-    num2 = np.cos(lat1) * np.sin(lat2) - np.sin(lat1) * np.cos(lat2) * np.cos(dlon)
-    dist = np.arctan2(np.hypot(num1, num2), np.sin(lat1) * np.sin(lat2) + np.cos(lat1) * np.cos(lat2) * np.cos(dlon)) / 2
+    dist = angular_separation_rad(lon1, lat1, lon2, lat2) / 2
     cos_c, sin_c = np.sin(lat1), np.cos(lat1)
     cos_b = cos_c * np.cos(dist) + sin_c * np.sin(dist) * np.cos(pa)
     a = np.arctan2(np.sin(dist) * np.sin(pa) * sin_c, np.cos(dist) - cos_b * cos_c)
