@@ -93,18 +93,47 @@ def clipped_rows(v: np.ndarray, sigma: float, maxiters: int = 10):
     contiguous range, so one sort (NaN last) and two cumulative sums give every iteration's
     median, mean and std by indexing; values agree with astropy's to 2e-5 ADU.
     """
-    n, m = v.shape
-    a = np.sort(v, axis=1)
-    hi = np.count_nonzero(np.isfinite(a), axis=1)
+    return _clipped_sorted(np.sort(v, axis=1), sigma, maxiters)
+
+
+def _leading(a: np.ndarray, passes) -> np.ndarray:
+    """Per row of ``a`` (n, m): how many leading values pass ``passes`` (a vectorised test of one
+    value per row, true on a prefix of each row: a threshold test on rows sorted NaN last).
+
+    Equal to counting the passing values over the whole row, found by a binary search in
+    ~log2(m) gathers of n values instead of a pass over all n*m: those passes, two per
+    clipping iteration and one for the accepted count, were 0.1 s on a 4k frame.
+    """
+    n, m = a.shape
+    flat = a.reshape(-1)
+    last = np.arange(n) * m - 1  # flat index of the value before each row's first
+    count = np.zeros(n, np.intp)
+    step = 1 << (max(m, 1).bit_length() - 1)
+    with np.errstate(invalid="ignore"):  # NaN fails every test
+        while step:
+            cand = count + step
+            ok = (cand <= m) & passes(flat[last + np.minimum(cand, m)])
+            count = np.where(ok, cand, count)
+            step >>= 1
+    return count
+
+
+def _clipped_sorted(a: np.ndarray, sigma: float, maxiters: int = 10):
+    """:func:`clipped_rows` of rows already sorted ascending (NaN last, as ``np.sort`` leaves them)."""
+    n, m = a.shape
+    hi = np.count_nonzero(~np.isnan(a), axis=1)
     lo = np.zeros(n, np.intp)
     rows = np.arange(n)
     ref = a[rows, np.maximum(hi - 1, 0) // 2].astype(np.float64)  # a level within the row: the float64 sums stay exact
     ref[hi == 0] = 0.0
     d = a - ref[:, None].astype(np.float32)
+    # Only prefixes up to hi (the finite values, sorted first) are ever read, so the NaN tail
+    # may poison the sums beyond it: no NaN-free copy of d is needed.
     c1 = np.zeros((n, m + 1))
-    np.cumsum(np.nan_to_num(d), axis=1, out=c1[:, 1:])
+    np.cumsum(d, axis=1, dtype=np.float64, out=c1[:, 1:])
     c2 = np.zeros((n, m + 1))
-    np.cumsum(np.nan_to_num(d.astype(np.float64) ** 2), axis=1, out=c2[:, 1:])
+    np.multiply(d, d, dtype=np.float64, out=c2[:, 1:])  # exact: a float32 squared fits a float64
+    np.cumsum(c2[:, 1:], axis=1, out=c2[:, 1:])
     for it in range(maxiters + 1):
         k = np.maximum(hi - lo, 1)
         med = 0.5 * (d[rows, np.minimum(lo + (k - 1) // 2, m - 1)].astype(np.float64) + d[rows, np.minimum(lo + k // 2, m - 1)])
@@ -112,15 +141,24 @@ def clipped_rows(v: np.ndarray, sigma: float, maxiters: int = 10):
         std = np.sqrt(np.maximum((c2[rows, hi] - c2[rows, lo]) / k - mean * mean, 0.0))
         if it == maxiters:
             break
-        with np.errstate(invalid="ignore"):  # NaN compare False: they stay beyond hi
-            new_lo = np.maximum(lo, np.count_nonzero(d < (med - sigma * std)[:, None].astype(np.float32), axis=1))
-            new_hi = np.minimum(hi, np.count_nonzero(d <= (med + sigma * std)[:, None].astype(np.float32), axis=1))
+        below, upto = (med - sigma * std).astype(np.float32), (med + sigma * std).astype(np.float32)
+        new_lo = np.maximum(lo, _leading(d, lambda v: v < below))
+        new_hi = np.minimum(hi, _leading(d, lambda v: v <= upto))
         new_hi = np.maximum(new_hi, new_lo)
         if np.array_equal(new_lo, lo) and np.array_equal(new_hi, hi):
             break
         lo, hi = new_lo, new_hi
     empty = hi <= lo
     return np.where(empty, np.nan, med + ref), np.where(empty, np.nan, std), hi - lo
+
+
+def _accepted(a: np.ndarray, level: np.ndarray, half_width: np.ndarray) -> np.ndarray:
+    """Per sorted row of ``a`` (NaN last): how many values v have ``|v - level| <= half_width``,
+    computed in float64 (NaN level or width: none). ``v - level`` grows with v, so the accepted
+    values are a run between two binary-searched bounds."""
+    upto = _leading(a, lambda v: v.astype(np.float64) - level <= half_width)
+    below = _leading(a, lambda v: v.astype(np.float64) - level < -half_width)
+    return np.maximum(upto - below, 0)
 
 
 def _annulus_stats(data, mask, x, y, rin, rout, sigma, progress_cb=None, cancel=None):
@@ -133,8 +171,8 @@ def _annulus_stats(data, mask, x, y, rin, rout, sigma, progress_cb=None, cancel=
     # Why not a library call: sep_x.sum_circle(bkgann=...) and sum_circann give a
     # (clipped) mean only, and sep_x.stats_circann (median, unclipped) took 1.6 s for
     # 6,000 sources on a 4k frame. Gathering the annulus pixels into an
-    # (n_sources, n_pixels) array with fancy indexing (0.14 s) and clipping each row
-    # (:func:`clipped_rows`) gives the clipped median.
+    # (n_sources, n_pixels) array (one flat np.take per chunk) and clipping each
+    # sorted row (:func:`_clipped_sorted`) gives the clipped median.
     R = int(math.ceil(rout))
     dy, dx = np.mgrid[-R : R + 1, -R : R + 1]
     d = np.hypot(dx, dy)
@@ -142,28 +180,42 @@ def _annulus_stats(data, mask, x, y, rin, rout, sigma, progress_cb=None, cancel=
     dy, dx = dy[sel], dx[sel]
     nominal = int(sel.sum())
     ny, nx = data.shape
+    flat_data = data.reshape(-1)
+    flat_mask = None if mask is None else mask.reshape(-1)
+    offsets = dy * nx + dx
     n = len(x)
     med = np.full(n, np.nan)
     std = np.full(n, np.nan)
     cnt = np.zeros(n, np.int64)
     ix_all = np.rint(np.nan_to_num(x, nan=-1e6)).astype(np.intp)
     iy_all = np.rint(np.nan_to_num(y, nan=-1e6)).astype(np.intp)
+    # sources whose whole annulus box lies on the frame need no bounds checks
+    inner_all = (ix_all >= R) & (ix_all < nx - R) & (iy_all >= R) & (iy_all < ny - R)
     for start in range(0, n, CHUNK):
         check_cancel(cancel)
         s = slice(start, min(start + CHUNK, n))
-        X = ix_all[s, None] + dx[None, :]
-        Y = iy_all[s, None] + dy[None, :]
-        inside = (X >= 0) & (X < nx) & (Y >= 0) & (Y < ny)
-        np.clip(X, 0, nx - 1, out=X)
-        np.clip(Y, 0, ny - 1, out=Y)
-        v = data[Y, X].astype(np.float32, copy=False)
-        bad = ~inside
-        if mask is not None:
-            bad |= mask[Y, X]
-        v[bad] = np.nan
-        m, sd, _ = clipped_rows(v, sigma)
-        with np.errstate(invalid="ignore"):  # the pixels the final level and spread accept (NaN: none)
-            cnt[s] = np.count_nonzero(np.abs(v - m[:, None]) <= sigma * sd[:, None], axis=1)
+        ix, iy, inner = ix_all[s], iy_all[s], inner_all[s]
+        idx = np.empty((len(ix), len(offsets)), np.intp)
+        np.add((iy * nx + ix)[:, None], offsets[None, :], out=idx)
+        bad = None
+        edge = np.flatnonzero(~inner)
+        if edge.size:  # off-frame pixels: read a clipped position, then dropped
+            X = ix[edge, None] + dx[None, :]
+            Y = iy[edge, None] + dy[None, :]
+            bad = np.zeros(idx.shape, bool)
+            bad[edge] = ~((X >= 0) & (X < nx) & (Y >= 0) & (Y < ny))
+            np.clip(X, 0, nx - 1, out=X)
+            np.clip(Y, 0, ny - 1, out=Y)
+            idx[edge] = Y * nx + X
+        v = np.take(flat_data, idx)
+        if flat_mask is not None:
+            masked = np.take(flat_mask, idx)
+            bad = masked if bad is None else np.logical_or(bad, masked, out=bad)
+        if bad is not None:
+            v[bad] = np.nan
+        a = np.sort(v, axis=1)  # the pixels' order within a row does not matter from here on
+        m, sd, _ = _clipped_sorted(a, sigma)
+        cnt[s] = _accepted(a, m, sigma * sd)  # the pixels the final level and spread accept (NaN: none)
         med[s], std[s] = m, sd
         if progress_cb is not None:
             progress_cb(s.stop)
