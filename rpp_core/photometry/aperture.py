@@ -280,20 +280,23 @@ def _mirror_repair(data, mask, x, y, rmax):
     still = ~fixed
     if still.any():
         sy, sx = cy[still], cx[still]
-        ry, rx = np.mgrid[y0:y1, x0:x1]
-        rr = np.hypot(rx - x, ry - y)
+        rr = np.hypot((np.arange(x0, x1) - x)[None, :], (np.arange(y0, y1) - y)[:, None])
         # the fit's candidates: unmasked positive pixels, which no repair above changes
         cand = np.flatnonzero(~np.asarray(mask[y0:y1, x0:x1], dtype=bool) & (cut > 0))
         rc, vc = rr.reshape(-1)[cand], cut.reshape(-1)[cand].astype(float)
         rps = rr[sy, sx]
         within = np.abs(rc[None, :] - rps[:, None]) <= 1.0
+        fits = {}  # pixels with the same neighbours share a fit (a third of them in saturated cores)
         for j in np.flatnonzero(np.count_nonzero(within, axis=1) >= 3):
             rp, pick = rps[j], within[j]
             rs, vs = rc[pick], vc[pick]
-            A = np.empty((len(rs), 2))
-            A[:, 0] = 1.0
-            A[:, 1] = rs**2
-            coef, *_ = np.linalg.lstsq(A, np.log(vs), rcond=None)
+            key = pick.tobytes()
+            coef = fits.get(key)
+            if coef is None:
+                A = np.empty((len(rs), 2))
+                A[:, 0] = 1.0
+                A[:, 1] = rs**2
+                coef = fits[key] = np.linalg.lstsq(A, np.log(vs), rcond=None)[0]
             # never beyond the range of what was seen round it: a bad fit must not invent flux (nor overflow)
             val = math.exp(min(coef[0] + coef[1] * rp**2, math.log(1.5 * vs.max())))
             cut[sy[j], sx[j]] = val
