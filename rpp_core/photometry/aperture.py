@@ -464,11 +464,12 @@ def aperture_photometry(
             cut, m, x0, y0 = rep
             ecut = err if not isinstance(err, np.ndarray) else np.ascontiguousarray(
                 err[y0 : y0 + cut.shape[0], x0 : x0 + cut.shape[1]])
-            for lab in labels:
-                s1, e1, _ = sep_x.sum_circle(cut, np.array([x[i] - x0]), np.array([y[i] - y0]), radii[lab],
-                                             err=ecut, mask=m, subpix=SUBPIX)
-                results[lab][0][i] = s1[0]
-                results[lab][1][i] = e1[0]
+            # every radius in one call (sep measures each (x, y, r) on its own: the same sums)
+            s1, e1, _ = sep_x.sum_circle(cut, np.full(len(labels), x[i] - x0), np.full(len(labels), y[i] - y0),
+                                         np.array([radii[lab] for lab in labels]), err=ecut, mask=m, subpix=SUBPIX)
+            for k, lab in enumerate(labels):
+                results[lab][0][i] = s1[k]
+                results[lab][1][i] = e1[k]
 
     sat_flags = {}
     if saturated_mask is not None:
