@@ -122,28 +122,32 @@ def _leading(a: np.ndarray, passes, rows: np.ndarray | None = None) -> np.ndarra
 def _clipped_work(n: int, m: int):
     """Work arrays of :func:`_clipped_sorted` for up to n rows of m values, reused from chunk to
     chunk: fresh ones cost a page fault per 4 kB (a quarter of the annulus time on a 4k frame)."""
-    return np.empty((n, m), np.float32), np.empty((n, m + 1)), np.empty((n, m + 1))
+    return np.empty((n, m), np.float32), np.empty((m + 1, n)), np.empty((m + 1, n))
 
 
 def _clipped_sorted(a: np.ndarray, sigma: float, maxiters: int = 10, work=None):
     """:func:`clipped_rows` of rows already sorted ascending (NaN last, as ``np.sort`` leaves them);
     ``work``: :func:`_clipped_work` arrays with at least as many rows."""
     n, m = a.shape
-    d, c1, c2 = (w[:n] for w in (work or _clipped_work(n, m)))
+    d, c1, c2 = work or _clipped_work(n, m)
+    d, c1, c2 = d[:n], c1[:, :n], c2[:, :n]
     hi = np.count_nonzero(~np.isnan(a), axis=1)
     lo = np.zeros(n, np.intp)
     ref = a[np.arange(n), np.maximum(hi - 1, 0) // 2].astype(np.float64)  # a level within the row: the float64 sums stay exact
     ref[hi == 0] = 0.0
     np.subtract(a, ref[:, None].astype(np.float32), out=d)
-    # Only prefixes up to hi (the finite values, sorted first) are ever read, so the NaN tail
-    # may poison the sums beyond it: no NaN-free copy of d is needed. The float64 copy is
-    # summed in place: numpy's cumsum casting float32 on the fly took twice as long.
-    c1[:, 0] = 0.0
-    c1[:, 1:] = d
-    c2[:, 0] = 0.0
-    np.multiply(c1[:, 1:], c1[:, 1:], out=c2[:, 1:])  # exact: a float32 squared fits a float64
-    np.cumsum(c1[:, 1:], axis=1, out=c1[:, 1:])
-    np.cumsum(c2[:, 1:], axis=1, out=c2[:, 1:])
+    # Running sums of d and d^2 in float64, one column (position in the sorted row) per row
+    # of c1, c2: c1[k, i] is the sum of row i's first k values, added in order as np.cumsum
+    # along the row would, but each step adds a whole column (vectorised across the rows):
+    # 40 % less time than two cumsums along the rows. Only prefixes up to hi (the finite
+    # values, sorted first) are ever read, so the NaN tail is not summed.
+    c1[0] = 0.0
+    c2[0] = 0.0
+    c1[1:] = d.T
+    np.multiply(c1[1:], c1[1:], out=c2[1:])  # exact: a float32 squared fits a float64
+    for k in range(1, int(hi.max(initial=0)) + 1):
+        np.add(c1[k - 1], c1[k], out=c1[k])
+        np.add(c2[k - 1], c2[k], out=c2[k])
     med = np.empty(n)
     std = np.empty(n)
     # A row whose clipped range stops changing keeps the same level and spread, so each
@@ -153,8 +157,8 @@ def _clipped_sorted(a: np.ndarray, sigma: float, maxiters: int = 10, work=None):
         lo_a, hi_a = lo[act], hi[act]
         k = np.maximum(hi_a - lo_a, 1)
         med_a = 0.5 * (d[act, np.minimum(lo_a + (k - 1) // 2, m - 1)].astype(np.float64) + d[act, np.minimum(lo_a + k // 2, m - 1)])
-        mean = (c1[act, hi_a] - c1[act, lo_a]) / k
-        std_a = np.sqrt(np.maximum((c2[act, hi_a] - c2[act, lo_a]) / k - mean * mean, 0.0))
+        mean = (c1[hi_a, act] - c1[lo_a, act]) / k
+        std_a = np.sqrt(np.maximum((c2[hi_a, act] - c2[lo_a, act]) / k - mean * mean, 0.0))
         med[act], std[act] = med_a, std_a
         if it == maxiters:
             break
