@@ -340,15 +340,16 @@ def clean_inputs(data, rms, mask):
     if data.ndim != 2:
         raise InputError(f"photometry needs a 2-D image, got shape {data.shape}")
     data = np.ascontiguousarray(data, dtype=np.float32)
-    bad = ~np.isfinite(data)
+    good = np.isfinite(data)  # the bad map only when there is one: two fewer passes over the frame
     if rms is not None:
         rms = np.ascontiguousarray(rms, dtype=np.float32)
-        bad |= ~np.isfinite(rms)
+        good &= np.isfinite(rms)
     if mask is not None:
         mask = np.ascontiguousarray(mask, dtype=bool)
         if mask.shape != data.shape:
             raise InputError(f"mask shape {mask.shape} differs from image shape {data.shape}")
-    if bad.any():
+    if not good.all():
+        bad = ~good
         # sep_x skips masked pixels but NaN would still poison the annulus gather.
         mask = bad if mask is None else (mask | bad)
         data = np.where(bad, np.float32(0), data)
