@@ -391,6 +391,11 @@ class FigureDrawers:
             self.stop()
             raise
 
+    @property
+    def pid(self) -> int:
+        """The first drawer's process id; 0 when the figures are drawn in this process."""
+        return self._pid
+
     def __enter__(self) -> "FigureDrawers":
         return self
 
