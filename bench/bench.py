@@ -397,6 +397,10 @@ def report(res: dict, ev: dict, args) -> dict:
     if "outputs" in res:
         o = res["outputs"]
         print(f"outputs of {o['rows']} rows x {o['columns']} columns (s): " + ", ".join(f"{k} {v:.2f}" for k, v in o["timings"].items()))
+        if "drawers_warm_up" in o:
+            w = o["drawers_warm_up"]
+            print(f"  figure processes forked and warm before Outputs, as in a run (not in the times above): "
+                  f"{w['wall_s']:.2f} s wall, {w['cpu_s']:.2f} s CPU")
 
     print("\nGoals (issue 10), measured in this run:")
     def goal(label, value, target, ok, fmt="{:.2f}"):
