@@ -89,9 +89,10 @@ def clipped_rows(v: np.ndarray, sigma: float, maxiters: int = 10):
 
     Why not astropy: on rows longer than 600 values (the 4-6 FWHM annulus holds 770 pixels at
     FWHM 3.5) numpy's ``nanmedian`` behind it loops over the rows in Python: 0.6 s for 6,500
-    sources on a 4k frame, against 0.17 s here. The clipped set of a sorted row is a
+    sources on a 4k frame, against 0.04 s here. The clipped set of a sorted row is a
     contiguous range, so one sort (NaN last) and two cumulative sums give every iteration's
-    median, mean and std by indexing; values agree with astropy's to 2e-5 ADU.
+    median, mean and std by indexing, and binary searches its new bounds; values agree with
+    astropy's to 2e-5 ADU.
     """
     return _clipped_sorted(np.sort(v, axis=1), sigma, maxiters)
 
