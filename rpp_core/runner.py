@@ -98,6 +98,9 @@ class RunRequest:
     asks for it, so that on a busy machine the screen gets the CPU before the run.
     ``weight`` (inverse-variance map) and ``mask`` (nonzero = bad) are files that
     go with the frame; None lets the pipeline look for DECam-style companions.
+    ``check_files`` asks the worker for :func:`rpp_core.preflight.file_problems` first, in the CLI's
+    words (``rpp run`` checks the rest itself): the worker has astropy imported already, and the
+    CLI's own check imported it for 0.5-0.6 s of CPU beside the server's imports.
     """
 
     path: str
@@ -112,6 +115,7 @@ class RunRequest:
     nice: int = 0
     weight: str | None = None
     mask: str | None = None
+    check_files: bool = False
 
     def resolved(self) -> "RunRequest":
         """The request with workspace, cache and keys taken from this process where not given."""
@@ -140,10 +144,31 @@ async def execute_async(request: RunRequest, on_event: Callable[[ev.Event], None
     """Run the pipeline on ``request`` in this process: the one entry every worker uses."""
     from . import pipeline
 
+    if request.check_files:
+        _check_files(request, on_event or (lambda e: None))
     return await pipeline.run(request.path, request.profile, on_event, cancel, out_dir=request.out_dir,
                               catalog_files=request.catalog_files, hdu=request.hdu, offline=request.offline,
                               cache_dir=request.cache_dir, secrets=request.secrets,
                               weight=request.weight, mask=request.mask)
+
+
+def _check_files(request: RunRequest, on_event: Callable[[ev.Event], None]) -> None:
+    """``rpp run``'s checks that read files, as it words them: warnings as events of the stage
+    "before the run", errors raised as one :class:`~rpp_core.errors.UsageError`, a line each."""
+    from .errors import UsageError
+    from .preflight import file_problems
+
+    profile = request.profile
+    if request.catalog_files:
+        profile = profile.replace(**{"calibration.catalog_files": [*profile.calibration.catalog_files,
+                                                                   *request.catalog_files]})
+    problems = file_problems(profile, request.path)
+    for p in problems:
+        if p.severity != "error":
+            on_event(ev.Warning(stage="before the run", message=p.advice("cli")))
+    errors = [p.advice("cli") for p in problems if p.severity == "error"]
+    if errors:
+        raise UsageError("\nrpp: ".join(errors))  # the CLI prints "rpp: " before the first
 
 
 def execute(request: RunRequest, on_event: Callable[[ev.Event], None] | None = None):
