@@ -51,7 +51,8 @@ if TYPE_CHECKING:  # imported where used: `rpp run` starts the forkserver before
 
 #: modules a forkserver imports once, so that forked workers start at once (pyarrow too: its import,
 #: 0.3 s, was paid in every run's Outputs). ``rpp_core.image`` exports lazily: its stage modules are named.
-CORE_PRELOAD = ["rpp_core.pipeline", "rpp_core.image.load", "rpp_core.image.metadata", "rpp_core.image.companions",
+CORE_PRELOAD = ["rpp_core.forkserver_gc",  # first: the rest is imported with the cyclic GC off (see there)
+                "rpp_core.pipeline", "rpp_core.image.load", "rpp_core.image.metadata", "rpp_core.image.companions",
                 "rpp_core.preprocess", "rpp_core.detect", "rpp_core.photometry", "rpp_core.calibrate",
                 "rpp_core.results", "rpp_core.figures", "pyarrow.csv", "pyarrow.parquet"]
 #: what only some profiles use: the stage that needs one imports it (see :func:`preload_for`)
@@ -237,6 +238,7 @@ def process_context(preload: list[str] | None = None):
     system time there (background 1.0-1.2 s against 0.4 s with plain pages; CPU of the
     whole run 6.5-7.5 s against 5.8-6.6 s, three runs each)."""
     os.environ.setdefault("NUMPY_MADVISE_HUGEPAGE", "0")  # inherited by the server when it starts
+    os.environ["RPP_FORKSERVER_OF"] = str(os.getpid())  # rpp_core.forkserver_gc: the server is this process's child
     try:
         ctx = multiprocessing.get_context("forkserver")
         ctx.set_forkserver_preload(PRELOAD if preload is None else preload)
