@@ -98,8 +98,10 @@ def test_rpp_runs_a_frame_in_a_real_terminal_and_shows_the_zero_point(frames, tu
         session.wait_for("? Help", 60)
         assert "profile tmux" in session.screen()
         session.keys("Down", "Enter", "r")
-        screen = session.wait_for("finished:", 120)
-        assert "ZP G" in screen and "±" in screen
+        session.wait_for("finished:", 120)
+        # the results panel may be painted a frame after the status line on a loaded machine
+        screen = session.wait_for("ZP G", 20)
+        assert "±" in screen
         assert any((r / "catalog.csv").exists() for r in Path(env["RPP_WORKSPACE"]).iterdir())
         session.keys("4")
         session.wait_for("sources", 10)
