@@ -270,12 +270,28 @@ def write_outputs(catalogue: SourceCatalogue, summary: RunSummary, run_dir: Path
     # one lock with the writers and the two ran one after the other
     drawers = drawers or FigureDrawers(data)
     try:
-        drawers.draw(cat, meta, run_dir, wcs, title, warn)
+        if not drawers.handed:  # else the run handed them the catalogue earlier (hand_figures)
+            drawers.draw(cat, meta, run_dir, wcs, title, warn)
         files = _write_the_rest(catalogue, cat, summary, run_dir, formats, check, cancel, (meta, data, wcs, title, warn))
         files.update(drawers.result(check))
     finally:
         drawers.stop()  # on a cancel or an error: nothing may write into the folder once we return
     return files
+
+
+def hand_figures(drawers: "FigureDrawers", catalogue: SourceCatalogue, summary: RunSummary, run_dir: Path, wcs=None,
+                 warn=None) -> None:
+    """Hand the calibrated catalogue to figure processes already forked, before :func:`write_outputs`.
+
+    A run calls it once the zero point is known: the figures read nothing the
+    cross-match services add, so they are drawn while the services are asked
+    (seconds of network), and :func:`write_outputs` only collects them. Where the
+    figures would be drawn in this process (no fork), nothing is done here: they
+    are drawn at Outputs, off the caller's thread.
+    """
+    if drawers.pid:
+        drawers.draw(catalogue.table.copy(copy_data=False), view_meta(summary), run_dir, wcs,
+                     Path(summary.frame).name, warn)
 
 
 #: the PNG figures, in two processes of about equal work (the finder chart costs about three plots): with
@@ -346,7 +362,7 @@ class FigureDrawers:
         self._files: dict[str, Path] | None = None
         self._warn = None
         self._pid = 0
-        self._sent = self._reading = False
+        self._sent = self._reading = self._handed = False
         self._warn_later: str | None = None
         self._args: list[int] = []  # per group, this process's ends: the catalogue out, the result in
         self._results: list[int] = []
@@ -391,6 +407,16 @@ class FigureDrawers:
             self.stop()
             raise
 
+    @property
+    def pid(self) -> int:
+        """The first drawer's process id; 0 when the figures are drawn in this process."""
+        return self._pid
+
+    @property
+    def handed(self) -> bool:
+        """Whether :meth:`draw` was called (the catalogue is handed over once)."""
+        return self._handed
+
     def __enter__(self) -> "FigureDrawers":
         return self
 
@@ -398,7 +424,12 @@ class FigureDrawers:
         self.stop()
 
     def draw(self, table: Table, meta: dict, run_dir: Path, wcs=None, title: str = "", warn=None) -> None:
-        """Hand the catalogue to the drawers (without waiting for them): their figures go into ``run_dir/plots``."""
+        """Hand the catalogue to the drawers (without waiting for them): their figures go into ``run_dir/plots``.
+
+        Once per set of drawers: a second call raises RuntimeError."""
+        if self._handed:
+            raise RuntimeError("the figures' catalogue was handed over already")
+        self._handed = True
         self._warn = warn
         if not self._pid:
             if self._warn_later and warn:

@@ -501,6 +501,9 @@ class CatalogServers:
         self.max_rows = 100_000
 
     def fail(self, service: str, *, times: int = 1, **fault):
+        """The next ``times`` requests to ``service`` misbehave: ``delay`` (s), ``status`` (+ ``retry_after``,
+        ``body``), ``body`` (+ ``ctype``), ``truncate``, ``empty``, or ``until`` (a callable: the answer is held
+        until it returns true, at most ``until_timeout`` s; the request's record gets ``until_met``)."""
         with self.lock:
             for _ in range(times):
                 self.faults[service].append(fault)
@@ -559,10 +562,16 @@ class CatalogServers:
                 path, params, body = self._params()
                 service = path.strip("/").split("/")[0]
                 service = {"colibri": "astrocolibri"}.get(service, service)
+                record = {"service": service, "method": method, "path": path, "params": params, "body": body,
+                          "time": time.time()}
                 with server.lock:
-                    server.requests.append({"service": service, "method": method, "path": path, "params": params,
-                                            "body": body, "time": time.time()})
+                    server.requests.append(record)
                     fault = server.faults[service].popleft() if server.faults[service] else None
+                if fault and fault.get("until"):  # held until the test's condition holds (or until_timeout)
+                    end = time.time() + fault.get("until_timeout", 30.0)
+                    while not fault["until"]() and time.time() < end:
+                        time.sleep(0.02)
+                    record["until_met"] = bool(fault["until"]())
                 if fault and fault.get("delay"):
                     end = time.time() + fault["delay"]
                     while time.time() < end:

@@ -277,6 +277,25 @@ def test_calibration_against_gaia_over_the_network_then_from_cache(frame_catalog
     assert res2.summary.zp == pytest.approx(s.zp, abs=1e-9)
 
 
+def test_the_png_figures_are_drawn_while_the_services_are_asked(frame_catalog_server, tmp_path):
+    """SIMBAD answers only once the run's zero-point figure exists: the figures do not wait for the services."""
+    fr = make_frame(shape=(512, 512), n_stars=150, fwhm=3.0, seed=21, zp0=25.0, mag_range=(12.0, 19.0))
+    fr.write(tmp_path / "f.fits")
+    fr.write_refcat(tmp_path / "ref.ecsv")
+    server = frame_catalog_server(fr)
+    svc = server.settings()
+    runs = tmp_path / "runs"
+    server.fail("simbad", until=lambda: any(runs.rglob("zp_fit.png")), until_timeout=60.0)
+    prof = offline_profile(**{"services.offline": False, "services.enabled": ["simbad"], "services.timeout_s": 90.0,
+                              "services.simbad_tap": svc.simbad_tap})
+    res = asyncio.run(pipeline.run(tmp_path / "f.fits", prof, out_dir=runs, catalog_files=[tmp_path / "ref.ecsv"]))
+    assert res.exit_code == 0, res.message
+    asked = server.requests_of("simbad")
+    assert asked and asked[0]["until_met"], "the figures waited for SIMBAD's answer"
+    assert "simbad_main_id" in res.catalog.colnames and np.any(res.catalog["simbad_main_id"] != "")
+    assert {p.name for p in (res.run_dir / "plots").glob("*.png")} >= {"zp_fit.png", "residuals_mag.png", "finder.png"}
+
+
 def test_no_catalogue_source_is_a_cosmic_ray_hit(synth_run):
     res, _, fr = synth_run
     cr = fr.params["cosmic_mask"]
