@@ -67,10 +67,10 @@ def _is_clipped_plateau(data: np.ndarray, top: float) -> bool:
     low-count integer frame, or a bad column or row set to a constant, are not one."""
     ny, nx = data.shape
     # np.nonzero on a 2-D mask costs 20x np.flatnonzero (37 against 1.7 ms on 4096^2)
-    ys, xs = np.divmod(np.flatnonzero(data == top), nx)
+    flat = np.flatnonzero(data == top).astype(np.int64)  # sorted
+    ys, xs = np.divmod(flat, nx)
     if ys.size < PLATEAU_PIXELS:
         return False
-    flat = ys.astype(np.int64) * nx + xs  # sorted, as np.nonzero returns them
     neighbours = np.zeros(ys.size, np.int64)
     for dy in (-1, 0, 1):
         for dx in (-1, 0, 1):

@@ -170,6 +170,9 @@ def test_saturated_blobs_are_numbered_and_boxed_as_scipy_labels_them():
     order = np.zeros((64, 300), bool)  # the second blob's first row comes first, its block second
     order[20:23, 200:203] = order[5:8, 270:273] = True
     masks.append(order)
+    grid = np.zeros((1010, 1010), bool)  # 26 x 26 blobs 40 px apart: more groups than are labelled one by one
+    grid[5::40, 5::40] = grid[6::40, 5::40] = True
+    masks.append(grid)
     for m in masks:
         labels, n = ndi.label(m)
         blobs = _label_sparse(m)
@@ -178,7 +181,7 @@ def test_saturated_blobs_are_numbered_and_boxed_as_scipy_labels_them():
         for k, (sl, piece) in enumerate(blobs, start=1):
             assert np.array_equal(piece, labels[sl] == k)
         iy, ix = np.nonzero(np.ones(m.shape, bool))
-        assert np.array_equal(_component_at(blobs, ix, iy), labels[iy, ix])
+        assert np.array_equal(_component_at(blobs, ix, iy, m.shape[1]), labels[iy, ix])
 
 
 def test_saturated_star_rejected_by_daofind_is_added_back():
