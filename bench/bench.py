@@ -149,6 +149,19 @@ def part(name: str, args, env: dict, **extra) -> dict:
     return res
 
 
+def compile_rpp() -> None:
+    """rpp's own modules compiled to bytecode, as installing a wheel does. An editable checkout run with
+    PYTHONDONTWRITEBYTECODE=1 (as the sessions' shells are) compiles every rpp module in every process:
+    0.15-0.25 s of CPU before a run's first stage, and 0.05 s in the CLI, that no installed rpp pays.
+    Python still checks each file's time stamp: a module edited since is compiled again, as before."""
+    import compileall
+    import importlib.util
+
+    for package in ("rpp_core", "rpp_cli", "rpp_tui"):
+        for folder in importlib.util.find_spec(package).submodule_search_locations:
+            compileall.compile_dir(folder, quiet=1)
+
+
 def rpp_exe() -> list[str]:
     exe = Path(sys.executable).parent / "rpp"
     return [str(exe)] if exe.exists() else [sys.executable, "-m", "rpp_cli"]
@@ -531,6 +544,7 @@ def main() -> int:
 
     import frames
 
+    compile_rpp()
     t_start = time.perf_counter()
     res: dict = {"make": part("make", args, env)}
     for tag, frame, fwhm in (("A", out / "frame.fits", FWHM_A), ("B", out / "frame_b.fits", frames.FWHM)):

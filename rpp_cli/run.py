@@ -148,7 +148,8 @@ def _run_frame(args, frame: str, catalogs: list[str]) -> int:
     reporter = ConsoleReporter(quiet=args.quiet, verbose=args.verbose)
     request = runner.RunRequest(frame, profile, out_dir=args.out, catalog_files=tuple(catalogs), hdu=args.hdu,
                                 offline=True if args.offline else None, keep_catalog=False,
-                                weight=getattr(args, "weight", None), mask=getattr(args, "mask", None))
+                                weight=getattr(args, "weight", None), mask=getattr(args, "mask", None),
+                                check_files=True)
 
     received: list[int] = []
 
@@ -189,13 +190,15 @@ def _run_frame(args, frame: str, catalogs: list[str]) -> int:
 
 
 def _check_before_run(profile, frame: str, catalogs: list[str]) -> None:
-    """rpp_core.preflight before the run: missing files or columns fail in a second, naming the option to change."""
+    """rpp_core.preflight before the run: missing files fail in a second, naming the option to change.
+    What reading the files finds (columns, values, whether the frame can be solved) the worker checks
+    before its first stage (RunRequest.check_files): it has astropy imported, this process has not."""
     from rpp_core.errors import InputError, UsageError
     from rpp_core.preflight import preflight
 
     if catalogs:
         profile = profile.replace(**{"calibration.catalog_files": [*profile.calibration.catalog_files, *map(str, catalogs)]})
-    problems = preflight(profile, frame)
+    problems = preflight(profile, frame, read_files=False)
     for p in problems:
         if p.severity != "error":
             # worded like the run's own warnings: "rpp: " lines are reserved for what stops the command

@@ -7,6 +7,11 @@ calibration uses, :func:`rpp_core.catalogs.local.standardize`); service
 endpoints are URLs; when the frame needs solving, astrometry.net has index files
 and one of them can solve it (the solve stage's own plan, from the header alone).
 
+:func:`file_problems` is the part that reads the files (the catalogues' rows, the
+frame's header: astropy.table, wcs and coordinates, 0.5-0.6 s of CPU to import);
+``rpp run`` leaves it to its worker, which has them imported already
+(:attr:`rpp_core.runner.RunRequest.check_files`), and checks the rest itself.
+
 Each finding is a :class:`Problem` naming the setting to change, so each
 interface can give the advice in its own words: the CLI says
 ``--set calibration.ra_column=...``, the app names the Parameters field
@@ -55,7 +60,18 @@ class Problem:
         return f"{self.message}: {self.fix} ({where})"
 
 
-def _catalogue_problems(profile: Profile) -> list[Problem]:
+def _missing_catalogue_problems(profile: Profile) -> list[Problem]:
+    cal = profile.calibration
+    out = [Problem("calibration.catalog_files", f"reference catalogue {path} does not exist",
+                   "give the path of an existing file")
+           for path in (Path(name).expanduser() for name in cal.catalog_files) if not path.exists()]
+    if cal.catalog == "file" and not cal.catalog_files:
+        out.append(Problem("calibration.catalog_files", "calibration.catalog = 'file' but no catalogue file is given",
+                           "give a reference catalogue file"))
+    return out
+
+
+def _catalogue_content_problems(profile: Profile) -> list[Problem]:
     from .errors import CalibrationError
 
     cal = profile.calibration
@@ -63,9 +79,7 @@ def _catalogue_problems(profile: Profile) -> list[Problem]:
     for name in cal.catalog_files:
         path = Path(name).expanduser()
         if not path.exists():
-            out.append(Problem("calibration.catalog_files", f"reference catalogue {path} does not exist",
-                               "give the path of an existing file"))
-            continue
+            continue  # said by _missing_catalogue_problems
         from .catalogs import local  # astropy.table and coordinates (0.2 s): only for a file to read
 
         try:
@@ -100,9 +114,6 @@ def _catalogue_problems(profile: Profile) -> list[Problem]:
             out.append(Problem("calibration.mag_err_column",
                                f"{path.name} has no column {cal.mag_err_column!r} (its columns: {columns})",
                                "name its magnitude-error column, or leave it empty", "warning"))
-    if cal.catalog == "file" and not cal.catalog_files:
-        out.append(Problem("calibration.catalog_files", "calibration.catalog = 'file' but no catalogue file is given",
-                           "give a reference catalogue file"))
     return out
 
 
@@ -167,11 +178,12 @@ def _astrometry_problems(profile: Profile, frame: Path | None) -> list[Problem]:
                     "warning")]
 
 
-def preflight(profile: Profile, frame: str | Path | None = None) -> list[Problem]:
+def preflight(profile: Profile, frame: str | Path | None = None, *, read_files: bool = True) -> list[Problem]:
     """Problems found before running ``frame`` with ``profile`` (empty list: nothing found).
 
     Reads the frame's header only when the profile may solve (to know whether it has a WCS and
     what can solve it) and the local reference catalogues; never touches the network.
+    ``read_files`` False leaves out what :func:`file_problems` finds (files are only looked for).
     """
     problems: list[Problem] = []
     path = None
@@ -180,7 +192,15 @@ def preflight(profile: Profile, frame: str | Path | None = None) -> list[Problem
         if not path.exists():
             problems.append(Problem("frame", f"frame {path} does not exist", ""))
             path = None
-    problems += _catalogue_problems(profile)
+    problems += _missing_catalogue_problems(profile)
     problems += _endpoint_problems(profile)
-    problems += _astrometry_problems(profile, path)
+    if read_files:
+        problems += file_problems(profile, path)
     return problems
+
+
+def file_problems(profile: Profile, frame: str | Path | None) -> list[Problem]:
+    """What :func:`preflight` finds by reading files: the reference catalogues' columns and values
+    (of the files that exist) and, when the profile may solve, whether the frame can be solved.
+    ``frame``: an existing frame, or None when it is unknown or missing."""
+    return _catalogue_content_problems(profile) + _astrometry_problems(profile, None if frame is None else Path(frame))

@@ -452,3 +452,45 @@ def test_annulus_clipping_agrees_with_astropy_sigma_clipped_stats():
     np.testing.assert_allclose(med, ref_med, atol=1e-3)
     np.testing.assert_allclose(std, ref_std, rtol=1e-4, atol=1e-4)
     assert n[7] == 0 and n[8] <= 3 and (n[10:] > 500).all()
+
+
+@pytest.mark.parametrize("with_mask", [True, False])
+def test_annulus_level_spread_and_count_are_those_of_each_sources_own_annulus_pixels(monkeypatch, with_mask):
+    """Sources inside the frame, cut by its edge, off it, on masked pixels and at a NaN position,
+    measured in chunks of 3: each annulus level, spread and accepted-pixel count is that of the
+    unmasked on-frame pixels between rin and rout of the source's nearest pixel centre."""
+    from rpp_core.photometry import aperture
+
+    rng = np.random.default_rng(11)
+    ny, nx = 150, 170
+    data = rng.normal(100.0, 5.0, (ny, nx)).astype(np.float32)
+    yy, xx = np.mgrid[0:ny, 0:nx]
+    for cx, cy in ((40, 50), (47, 57), (120, 30), (3, 140)):  # neighbours' light in some annuli
+        data += (3000.0 * np.exp(-0.5 * ((xx - cx) ** 2 + (yy - cy) ** 2) / 2.0**2)).astype(np.float32)
+    mask = rng.random((ny, nx)) < 0.03
+    mask[60:75, 95:130] = True
+    x = np.array([40.2, 85.0, 110.4, 2.0, 168.6, 60.0, -4.0, np.nan, 120.0, 5.5])
+    y = np.array([50.7, 70.1, 66.0, 3.3, 148.0, 147.2, 40.0, 20.0, 200.0, 139.6])
+    rin, rout, sigma = 6.0, 9.3, 3.0
+    use_mask = mask if with_mask else None
+    monkeypatch.setattr(aperture, "CHUNK", 3)
+    med, std, cnt, nominal = aperture._annulus_stats(data, use_mask, x, y, rin, rout, sigma)
+
+    r = np.hypot(*np.mgrid[-10:11, -10:11])
+    assert nominal == int(((r >= rin) & (r <= rout)).sum())
+    for i in range(len(x)):
+        if not np.isfinite(x[i]):
+            assert np.isnan(med[i]) and np.isnan(std[i]) and cnt[i] == 0
+            continue
+        ix, iy = int(np.rint(x[i])), int(np.rint(y[i]))
+        d = np.hypot(xx - ix, yy - iy)
+        keep = (d >= rin) & (d <= rout)
+        if with_mask:
+            keep &= ~mask
+        vals = data[keep]
+        if vals.size == 0:
+            assert np.isnan(med[i]) and cnt[i] == 0
+            continue
+        m_ref, s_ref, _ = aperture.clipped_rows(vals[None, :], sigma)
+        assert med[i] == m_ref[0] and std[i] == s_ref[0], i
+        assert cnt[i] == np.count_nonzero(np.abs(vals.astype(float) - m_ref[0]) <= sigma * s_ref[0]), i

@@ -105,6 +105,20 @@ def test_rpp_run_stops_in_a_second_naming_the_option_not_after_the_run(field):
     print(f"rpp run refused in {elapsed:.2f} s")
 
 
+def test_rpp_run_refuses_a_band_the_reference_lacks_before_any_stage_without_importing_astropy_itself(field):
+    """The columns are read by the run's worker, which has astropy imported already: the CLI's own
+    check imported astropy.table and coordinates (0.5 s of CPU beside the worker's imports)."""
+    code = ("import sys\nfrom rpp_cli.main import main\n"
+            f"code = main(['run', {str(field / 'f.fits')!r}, '--catalog', {str(field / 'ref.ecsv')!r}, '--offline', "
+            f"'--set', 'calibration.band=V', '--set', 'astrometry.solve=never', '--out', {str(field / 'runs')!r}])\n"
+            "print(code, sorted(m for m in ('astropy.table', 'astropy.io.fits', 'astropy.wcs') if m in sys.modules))\n")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.stdout.split("\n")[0] == "2 []", proc.stdout + proc.stderr
+    assert "rpp: ref.ecsv has no magnitude column 'V'" in proc.stderr
+    assert "(--set calibration.band=...)" in proc.stderr and "Traceback" not in proc.stderr
+    assert not (field / "runs").exists()  # no run folder: no stage started
+
+
 async def test_the_app_does_not_start_a_run_and_names_the_parameters_field(field, tui_env):
     from rpp_tui.app import RppApp
 

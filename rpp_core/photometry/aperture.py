@@ -89,38 +89,99 @@ def clipped_rows(v: np.ndarray, sigma: float, maxiters: int = 10):
 
     Why not astropy: on rows longer than 600 values (the 4-6 FWHM annulus holds 770 pixels at
     FWHM 3.5) numpy's ``nanmedian`` behind it loops over the rows in Python: 0.6 s for 6,500
-    sources on a 4k frame, against 0.17 s here. The clipped set of a sorted row is a
+    sources on a 4k frame, against 0.04 s here. The clipped set of a sorted row is a
     contiguous range, so one sort (NaN last) and two cumulative sums give every iteration's
-    median, mean and std by indexing; values agree with astropy's to 2e-5 ADU.
+    median, mean and std by indexing, and binary searches its new bounds; values agree with
+    astropy's to 2e-5 ADU.
     """
-    n, m = v.shape
-    a = np.sort(v, axis=1)
-    hi = np.count_nonzero(np.isfinite(a), axis=1)
+    return _clipped_sorted(np.sort(v, axis=1), sigma, maxiters)
+
+
+def _leading(a: np.ndarray, passes, rows: np.ndarray | None = None) -> np.ndarray:
+    """Per row of ``a`` (n, m) (or per row listed in ``rows``): how many leading values pass
+    ``passes`` (a vectorised test of one value per row, true on a prefix of each row: a
+    threshold test on rows sorted NaN last).
+
+    Equal to counting the passing values over the whole row, found by a binary search in
+    ~log2(m) gathers of one value per row instead of a pass over all n*m: those passes, two
+    per clipping iteration and one for the accepted count, were 0.1 s on a 4k frame.
+    """
+    n, m = a.shape
+    flat = a.reshape(-1)
+    last = (np.arange(n) if rows is None else rows) * m - 1  # flat index of the value before each row's first
+    count = np.zeros(len(last), np.intp)
+    step = 1 << (max(m, 1).bit_length() - 1)
+    with np.errstate(invalid="ignore"):  # NaN fails every test
+        while step:
+            cand = count + step
+            ok = (cand <= m) & passes(flat[last + np.minimum(cand, m)])
+            count = np.where(ok, cand, count)
+            step >>= 1
+    return count
+
+
+def _clipped_work(n: int, m: int):
+    """Work arrays of :func:`_clipped_sorted` for up to n rows of m values, reused from chunk to
+    chunk: fresh ones cost a page fault per 4 kB (a quarter of the annulus time on a 4k frame)."""
+    return np.empty((n, m), np.float32), np.empty((m + 1, n)), np.empty((m + 1, n))
+
+
+def _clipped_sorted(a: np.ndarray, sigma: float, maxiters: int = 10, work=None):
+    """:func:`clipped_rows` of rows already sorted ascending (NaN last, as ``np.sort`` leaves them);
+    ``work``: :func:`_clipped_work` arrays with at least as many rows."""
+    n, m = a.shape
+    d, c1, c2 = work or _clipped_work(n, m)
+    d, c1, c2 = d[:n], c1[:, :n], c2[:, :n]
+    hi = np.count_nonzero(~np.isnan(a), axis=1)
     lo = np.zeros(n, np.intp)
-    rows = np.arange(n)
-    ref = a[rows, np.maximum(hi - 1, 0) // 2].astype(np.float64)  # a level within the row: the float64 sums stay exact
+    ref = a[np.arange(n), np.maximum(hi - 1, 0) // 2].astype(np.float64)  # a level within the row: the float64 sums stay exact
     ref[hi == 0] = 0.0
-    d = a - ref[:, None].astype(np.float32)
-    c1 = np.zeros((n, m + 1))
-    np.cumsum(np.nan_to_num(d), axis=1, out=c1[:, 1:])
-    c2 = np.zeros((n, m + 1))
-    np.cumsum(np.nan_to_num(d.astype(np.float64) ** 2), axis=1, out=c2[:, 1:])
+    np.subtract(a, ref[:, None].astype(np.float32), out=d)
+    # Running sums of d and d^2 in float64, one column (position in the sorted row) per row
+    # of c1, c2: c1[k, i] is the sum of row i's first k values, added in order as np.cumsum
+    # along the row would, but each step adds a whole column (vectorised across the rows):
+    # 40 % less time than two cumsums along the rows. Only prefixes up to hi (the finite
+    # values, sorted first) are ever read, so the NaN tail is not summed.
+    c1[0] = 0.0
+    c2[0] = 0.0
+    c1[1:] = d.T
+    np.multiply(c1[1:], c1[1:], out=c2[1:])  # exact: a float32 squared fits a float64
+    for k in range(1, int(hi.max(initial=0)) + 1):
+        np.add(c1[k - 1], c1[k], out=c1[k])
+        np.add(c2[k - 1], c2[k], out=c2[k])
+    med = np.empty(n)
+    std = np.empty(n)
+    # A row whose clipped range stops changing keeps the same level and spread, so each
+    # iteration works only on the rows still changing (most settle within 3-4).
+    act = np.arange(n)
     for it in range(maxiters + 1):
-        k = np.maximum(hi - lo, 1)
-        med = 0.5 * (d[rows, np.minimum(lo + (k - 1) // 2, m - 1)].astype(np.float64) + d[rows, np.minimum(lo + k // 2, m - 1)])
-        mean = (c1[rows, hi] - c1[rows, lo]) / k
-        std = np.sqrt(np.maximum((c2[rows, hi] - c2[rows, lo]) / k - mean * mean, 0.0))
+        lo_a, hi_a = lo[act], hi[act]
+        k = np.maximum(hi_a - lo_a, 1)
+        med_a = 0.5 * (d[act, np.minimum(lo_a + (k - 1) // 2, m - 1)].astype(np.float64) + d[act, np.minimum(lo_a + k // 2, m - 1)])
+        mean = (c1[hi_a, act] - c1[lo_a, act]) / k
+        std_a = np.sqrt(np.maximum((c2[hi_a, act] - c2[lo_a, act]) / k - mean * mean, 0.0))
+        med[act], std[act] = med_a, std_a
         if it == maxiters:
             break
-        with np.errstate(invalid="ignore"):  # NaN compare False: they stay beyond hi
-            new_lo = np.maximum(lo, np.count_nonzero(d < (med - sigma * std)[:, None].astype(np.float32), axis=1))
-            new_hi = np.minimum(hi, np.count_nonzero(d <= (med + sigma * std)[:, None].astype(np.float32), axis=1))
-        new_hi = np.maximum(new_hi, new_lo)
-        if np.array_equal(new_lo, lo) and np.array_equal(new_hi, hi):
+        below, upto = (med_a - sigma * std_a).astype(np.float32), (med_a + sigma * std_a).astype(np.float32)
+        new_lo = np.maximum(lo_a, _leading(d, lambda v: v < below, act))
+        new_hi = np.maximum(np.minimum(hi_a, _leading(d, lambda v: v <= upto, act)), new_lo)
+        moved = (new_lo != lo_a) | (new_hi != hi_a)
+        lo[act], hi[act] = new_lo, new_hi
+        act = act[moved]
+        if not act.size:
             break
-        lo, hi = new_lo, new_hi
     empty = hi <= lo
     return np.where(empty, np.nan, med + ref), np.where(empty, np.nan, std), hi - lo
+
+
+def _accepted(a: np.ndarray, level: np.ndarray, half_width: np.ndarray) -> np.ndarray:
+    """Per sorted row of ``a`` (NaN last): how many values v have ``|v - level| <= half_width``,
+    computed in float64 (NaN level or width: none). ``v - level`` grows with v, so the accepted
+    values are a run between two binary-searched bounds."""
+    upto = _leading(a, lambda v: v.astype(np.float64) - level <= half_width)
+    below = _leading(a, lambda v: v.astype(np.float64) - level < -half_width)
+    return np.maximum(upto - below, 0)
 
 
 def _annulus_stats(data, mask, x, y, rin, rout, sigma, progress_cb=None, cancel=None):
@@ -133,12 +194,14 @@ def _annulus_stats(data, mask, x, y, rin, rout, sigma, progress_cb=None, cancel=
     # Why not a library call: sep_x.sum_circle(bkgann=...) and sum_circann give a
     # (clipped) mean only, and sep_x.stats_circann (median, unclipped) took 1.6 s for
     # 6,000 sources on a 4k frame. Gathering the annulus pixels into an
-    # (n_sources, n_pixels) array with fancy indexing (0.14 s) and clipping each row
-    # (:func:`clipped_rows`) gives the clipped median.
+    # (n_sources, n_pixels) array and clipping each sorted row
+    # (:func:`_clipped_sorted`) gives the clipped median.
     R = int(math.ceil(rout))
+    win = 2 * R + 1
     dy, dx = np.mgrid[-R : R + 1, -R : R + 1]
     d = np.hypot(dx, dy)
     sel = (d >= rin) & (d <= rout)
+    in_box = np.flatnonzero(sel)  # the annulus pixels within a source's (win, win) box
     dy, dx = dy[sel], dx[sel]
     nominal = int(sel.sum())
     ny, nx = data.shape
@@ -148,22 +211,44 @@ def _annulus_stats(data, mask, x, y, rin, rout, sigma, progress_cb=None, cancel=
     cnt = np.zeros(n, np.int64)
     ix_all = np.rint(np.nan_to_num(x, nan=-1e6)).astype(np.intp)
     iy_all = np.rint(np.nan_to_num(y, nan=-1e6)).astype(np.intp)
+    # Sources whose whole box lies on the frame copy it as win rows of win contiguous pixels
+    # (a window view indexed at the box corners), then keep the annulus: a third of the
+    # cost of gathering each annulus pixel by its own index, and no bounds checks.
+    inner_all = (ix_all >= R) & (ix_all < nx - R) & (iy_all >= R) & (iy_all < ny - R)
+    if inner_all.any():
+        boxes = np.lib.stride_tricks.sliding_window_view(data, (win, win))
+        mask_boxes = None if mask is None else np.lib.stride_tricks.sliding_window_view(mask, (win, win))
+    rows_max = min(CHUNK, n)
+    v_buf = np.empty((rows_max, nominal), np.float32)
+    bad_buf = np.empty((rows_max, nominal), bool)
+    work = _clipped_work(rows_max, nominal)
     for start in range(0, n, CHUNK):
         check_cancel(cancel)
         s = slice(start, min(start + CHUNK, n))
-        X = ix_all[s, None] + dx[None, :]
-        Y = iy_all[s, None] + dy[None, :]
-        inside = (X >= 0) & (X < nx) & (Y >= 0) & (Y < ny)
-        np.clip(X, 0, nx - 1, out=X)
-        np.clip(Y, 0, ny - 1, out=Y)
-        v = data[Y, X].astype(np.float32, copy=False)
-        bad = ~inside
-        if mask is not None:
-            bad |= mask[Y, X]
-        v[bad] = np.nan
-        m, sd, _ = clipped_rows(v, sigma)
-        with np.errstate(invalid="ignore"):  # the pixels the final level and spread accept (NaN: none)
-            cnt[s] = np.count_nonzero(np.abs(v - m[:, None]) <= sigma * sd[:, None], axis=1)
+        ix, iy, inner = ix_all[s], iy_all[s], inner_all[s]
+        v = v_buf[: len(ix)]
+        bad = bad_buf[: len(ix)] if mask is not None or not inner.all() else None
+        rows = np.flatnonzero(inner)
+        for b in range(0, rows.size, 256):  # small temporaries, reused from the heap
+            r = rows[b : b + 256]
+            corner = (iy[r] - R, ix[r] - R)
+            v[r] = boxes[corner].reshape(r.size, win * win)[:, in_box]
+            if bad is not None:
+                bad[r] = False if mask is None else mask_boxes[corner].reshape(r.size, win * win)[:, in_box]
+        rows = np.flatnonzero(~inner)
+        if rows.size:  # off-frame pixels: read a clipped position, then dropped
+            X = ix[rows, None] + dx[None, :]
+            Y = iy[rows, None] + dy[None, :]
+            off = ~((X >= 0) & (X < nx) & (Y >= 0) & (Y < ny))
+            np.clip(X, 0, nx - 1, out=X)
+            np.clip(Y, 0, ny - 1, out=Y)
+            v[rows] = data[Y, X]
+            bad[rows] = off if mask is None else (off | mask[Y, X])
+        if bad is not None:
+            np.copyto(v, np.float32(np.nan), where=bad)
+        v.sort(axis=1)  # the pixels' order within a row does not matter from here on
+        m, sd, _ = _clipped_sorted(v, sigma, work=work)
+        cnt[s] = _accepted(v, m, sigma * sd)  # the pixels the final level and spread accept (NaN: none)
         med[s], std[s] = m, sd
         if progress_cb is not None:
             progress_cb(s.stop)
@@ -186,43 +271,52 @@ def _mirror_repair(data, mask, x, y, rmax):
     yy, xx = np.nonzero(m)
     gx, gy = xx + x0, yy + y0
     near = (gx - x) ** 2 + (gy - y) ** 2 <= (rmax + 1) ** 2
-    repaired = False
-    still = []
-    for cy, cx, px, py in zip(yy[near], xx[near], gx[near], gy[near]):
-        mx, my = 2 * x - px, 2 * y - py
-        jx, jy = int(math.floor(mx)), int(math.floor(my))
-        if jx < 0 or jy < 0 or jx + 1 >= nx or jy + 1 >= ny or mask[jy : jy + 2, jx : jx + 2].any():
-            still.append((cy, cx))
-            continue
-        fx, fy = mx - jx, my - jy
-        q = data[jy : jy + 2, jx : jx + 2].astype(float)
-        val = (q[0, 0] * (1 - fx) * (1 - fy) + q[0, 1] * fx * (1 - fy) + q[1, 0] * (1 - fx) * fy + q[1, 1] * fx * fy)
-        if not np.isfinite(val):
-            still.append((cy, cx))
-            continue
-        cut[cy, cx] = val
-        m[cy, cx] = False
-        repaired = True
+    cy, cx = yy[near], xx[near]
+    # each masked pixel's mirror point, bilinearly interpolated where its 4 neighbours are unmasked
+    # (all pixels at once: a loop over them was half of the stage's repair time on a 4k frame)
+    mx, my = 2 * x - gx[near], 2 * y - gy[near]
+    jx, jy = np.floor(mx).astype(np.intp), np.floor(my).astype(np.intp)
+    free = (jx >= 0) & (jy >= 0) & (jx + 1 < nx) & (jy + 1 < ny)
+    qx, qy = np.where(free, jx, 0), np.where(free, jy, 0)
+    qx1, qy1 = np.minimum(qx + 1, nx - 1), np.minimum(qy + 1, ny - 1)
+    free &= ~(mask[qy, qx] | mask[qy, qx1] | mask[qy1, qx] | mask[qy1, qx1])
+    fx, fy = mx - jx, my - jy
+    q00, q01 = data[qy, qx].astype(float), data[qy, qx1].astype(float)
+    q10, q11 = data[qy1, qx].astype(float), data[qy1, qx1].astype(float)
+    with np.errstate(invalid="ignore", over="ignore"):
+        val = q00 * (1 - fx) * (1 - fy) + q01 * fx * (1 - fy) + q10 * (1 - fx) * fy + q11 * fx * fy
+    fixed = free & np.isfinite(val)
+    cut[cy[fixed], cx[fixed]] = val[fixed]
+    m[cy[fixed], cx[fixed]] = False
+    repaired = bool(fixed.any())
     # Pixels whose mirror is masked too (the central pixel is its own mirror): fit
     # log(value) = a + b r^2 to the unmasked pixels within 1 px in radius and
     # evaluate it at the pixel's radius. The Gaussian-like core makes this good to
     # ~10 % of the pixel value; a flat neighbour mean loses ~25 % at the peak.
-    if still:
-        ry, rx = np.mgrid[y0:y1, x0:x1]
-        rr = np.hypot(rx - x, ry - y)
-        good = ~np.array(mask[y0:y1, x0:x1], dtype=bool)
-        for cy, cx in still:
-            rp = rr[cy, cx]
-            sel = good & (np.abs(rr - rp) <= 1.0) & (cut > 0)
-            if sel.sum() < 3:
-                continue
-            rs, vs = rr[sel], cut[sel].astype(float)
-            A = np.c_[np.ones(len(rs)), rs**2]
-            coef, *_ = np.linalg.lstsq(A, np.log(vs), rcond=None)
+    still = ~fixed
+    if still.any():
+        sy, sx = cy[still], cx[still]
+        rr = np.hypot((np.arange(x0, x1) - x)[None, :], (np.arange(y0, y1) - y)[:, None])
+        # the fit's candidates: unmasked positive pixels, which no repair above changes
+        cand = np.flatnonzero(~np.asarray(mask[y0:y1, x0:x1], dtype=bool) & (cut > 0))
+        rc, vc = rr.reshape(-1)[cand], cut.reshape(-1)[cand].astype(float)
+        rps = rr[sy, sx]
+        within = np.abs(rc[None, :] - rps[:, None]) <= 1.0
+        fits = {}  # pixels with the same neighbours share a fit (a third of them in saturated cores)
+        for j in np.flatnonzero(np.count_nonzero(within, axis=1) >= 3):
+            rp, pick = rps[j], within[j]
+            rs, vs = rc[pick], vc[pick]
+            key = pick.tobytes()
+            coef = fits.get(key)
+            if coef is None:
+                A = np.empty((len(rs), 2))
+                A[:, 0] = 1.0
+                A[:, 1] = rs**2
+                coef = fits[key] = np.linalg.lstsq(A, np.log(vs), rcond=None)[0]
             # never beyond the range of what was seen round it: a bad fit must not invent flux (nor overflow)
             val = math.exp(min(coef[0] + coef[1] * rp**2, math.log(1.5 * vs.max())))
-            cut[cy, cx] = val
-            m[cy, cx] = False
+            cut[sy[j], sx[j]] = val
+            m[sy[j], sx[j]] = False
             repaired = True
     if not repaired:
         return None
@@ -247,15 +341,16 @@ def clean_inputs(data, rms, mask):
     if data.ndim != 2:
         raise InputError(f"photometry needs a 2-D image, got shape {data.shape}")
     data = np.ascontiguousarray(data, dtype=np.float32)
-    bad = ~np.isfinite(data)
+    good = np.isfinite(data)  # the bad map only when there is one: two fewer passes over the frame
     if rms is not None:
         rms = np.ascontiguousarray(rms, dtype=np.float32)
-        bad |= ~np.isfinite(rms)
+        good &= np.isfinite(rms)
     if mask is not None:
         mask = np.ascontiguousarray(mask, dtype=bool)
         if mask.shape != data.shape:
             raise InputError(f"mask shape {mask.shape} differs from image shape {data.shape}")
-    if bad.any():
+    if not good.all():
+        bad = ~good
         # sep_x skips masked pixels but NaN would still poison the annulus gather.
         mask = bad if mask is None else (mask | bad)
         data = np.where(bad, np.float32(0), data)
@@ -375,16 +470,17 @@ def aperture_photometry(
             cut, m, x0, y0 = rep
             ecut = err if not isinstance(err, np.ndarray) else np.ascontiguousarray(
                 err[y0 : y0 + cut.shape[0], x0 : x0 + cut.shape[1]])
-            for lab in labels:
-                s1, e1, _ = sep_x.sum_circle(cut, np.array([x[i] - x0]), np.array([y[i] - y0]), radii[lab],
-                                             err=ecut, mask=m, subpix=SUBPIX)
-                results[lab][0][i] = s1[0]
-                results[lab][1][i] = e1[0]
+            # every radius in one call (sep measures each (x, y, r) on its own: the same sums)
+            s1, e1, _ = sep_x.sum_circle(cut, np.full(len(labels), x[i] - x0), np.full(len(labels), y[i] - y0),
+                                         np.array([radii[lab] for lab in labels]), err=ecut, mask=m, subpix=SUBPIX)
+            for k, lab in enumerate(labels):
+                results[lab][0][i] = s1[k]
+                results[lab][1][i] = e1[k]
 
     sat_flags = {}
     if saturated_mask is not None:
         sat = np.ascontiguousarray(saturated_mask, dtype=bool)
-        sy, sx = np.nonzero(sat)
+        sy, sx = np.divmod(np.flatnonzero(sat), sat.shape[1])  # np.nonzero of the 2-D mask: 12x slower
         if sx.size:
             # sep decides which apertures touch a saturated pixel, asked only for the sources with one
             # within reach (a pixel's corner is 0.71 px from its centre): 4 whole passes cost 0.15 s on 4k
