@@ -65,11 +65,12 @@ def _is_clipped_plateau(data: np.ndarray, top: float) -> bool:
     :data:`PLATEAU_PIXELS` of them, and at least 4 with 3 or more such pixels among their 8
     neighbours (a 2-D blob, as a clipped star's core is). Scattered ties at the maximum of a
     low-count integer frame, or a bad column or row set to a constant, are not one."""
-    ys, xs = np.nonzero(data == top)
+    ny, nx = data.shape
+    # np.nonzero on a 2-D mask costs 20x np.flatnonzero (37 against 1.7 ms on 4096^2)
+    flat = np.flatnonzero(data == top).astype(np.int64)  # sorted
+    ys, xs = np.divmod(flat, nx)
     if ys.size < PLATEAU_PIXELS:
         return False
-    ny, nx = data.shape
-    flat = ys.astype(np.int64) * nx + xs  # sorted, as np.nonzero returns them
     neighbours = np.zeros(ys.size, np.int64)
     for dy in (-1, 0, 1):
         for dx in (-1, 0, 1):
@@ -141,10 +142,10 @@ def _dilate_sparse(mask: np.ndarray, radius: int) -> np.ndarray:
     a 4k frame where labelling the frame and dilating each blob took 0.3 s (a full-frame
     ``binary_dilation`` 0.2 s); the whole-frame dilation is used when they are many.
     """
-    iy, ix = np.nonzero(mask)
+    ny, nx = mask.shape
+    iy, ix = np.divmod(np.flatnonzero(mask), nx)  # not np.nonzero: see _is_clipped_plateau
     if iy.size * (2 * radius + 1) ** 2 > mask.size // 4:
         return ndi.binary_dilation(mask, structure=np.ones((2 * radius + 1, 2 * radius + 1), bool))
-    ny, nx = mask.shape
     out = mask.copy()
     for dy in range(-radius, radius + 1):
         for dx in range(-radius, radius + 1):

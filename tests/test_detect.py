@@ -9,7 +9,7 @@ import pytest
 from scipy import ndimage as ndi
 from scipy.spatial import cKDTree
 
-from rpp_core.detect import FwhmResult, find_stars, measure_fwhm
+from rpp_core.detect import FwhmResult, _component_at, _label_sparse, find_stars, measure_fwhm
 from rpp_core.flags import FLAG_EDGE, FLAG_MASKED, FLAG_SATURATED
 from rpp_core.errors import Cancelled, NoStarsError
 from rpp_core.preprocess import estimate_background, make_masks
@@ -153,6 +153,35 @@ def test_saturated_stars_are_kept_and_flagged(field):
     assert len(on_blob) == len(set(on_blob)) == n
     flagged = (stars["flags"] & FLAG_SATURATED) > 0
     assert flagged.sum() <= n + 3
+
+
+def test_saturated_blobs_are_numbered_and_boxed_as_scipy_labels_them():
+    # find_stars labels only the saturated pixels (in 32 px blocks first): the blobs, their numbers and boxes must
+    # be ndi.label's, or the brightest detection per blob and the added stars would change; blobs that span
+    # blocks, touch diagonally (two blobs under 4-connectivity), nest in another's box, or fill a frame
+    rng = np.random.default_rng(SEED)
+    masks = [ndi.binary_dilation(rng.random((200, 300)) < 0.001, iterations=12), rng.random((97, 131)) < 0.45,
+             np.eye(70, dtype=bool), np.ones((40, 33), bool), np.zeros((50, 50), bool)]
+    ring = np.zeros((100, 100), bool)
+    ring[10:90, 10:90] = True
+    ring[12:88, 12:88] = False
+    ring[40:60, 40:60] = True
+    masks.append(ring)
+    order = np.zeros((64, 300), bool)  # the second blob's first row comes first, its block second
+    order[20:23, 200:203] = order[5:8, 270:273] = True
+    masks.append(order)
+    grid = np.zeros((1010, 1010), bool)  # 26 x 26 blobs 40 px apart: more groups than are labelled one by one
+    grid[5::40, 5::40] = grid[6::40, 5::40] = True
+    masks.append(grid)
+    for m in masks:
+        labels, n = ndi.label(m)
+        blobs = _label_sparse(m)
+        assert len(blobs) == n
+        assert [sl for sl, _ in blobs] == ndi.find_objects(labels)
+        for k, (sl, piece) in enumerate(blobs, start=1):
+            assert np.array_equal(piece, labels[sl] == k)
+        iy, ix = np.nonzero(np.ones(m.shape, bool))
+        assert np.array_equal(_component_at(blobs, ix, iy, m.shape[1]), labels[iy, ix])
 
 
 def test_saturated_star_rejected_by_daofind_is_added_back():
