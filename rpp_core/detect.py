@@ -593,8 +593,8 @@ def _label_sparse(m: np.ndarray) -> list[tuple[tuple[slice, slice], np.ndarray]]
     4096^2 saturated mask cost 55-80 ms of CPU and a 64 MB label array for frame A's 79
     saturated blobs, against 5 ms here. Pixels are first grouped by blocks (two 4-adjacent
     pixels lie in the same or in 4-adjacent blocks, so a component never spans two groups),
-    then each group's box is labelled; past :data:`_MAX_GROUPS` groups (~50 us each) the
-    whole frame is labelled instead.
+    then each group's box is labelled; past :data:`_MAX_GROUPS` groups (~50 us each), or when
+    the groups' boxes add up to more than the frame, the whole frame is labelled instead.
     """
     ny, nx = m.shape
     flat = np.flatnonzero(m)
@@ -605,7 +605,11 @@ def _label_sparse(m: np.ndarray) -> list[tuple[tuple[slice, slice], np.ndarray]]
     coarse = np.zeros((by.max() + 1, bx.max() + 1), bool)
     coarse[by, bx] = True
     groups, n_groups = ndi.label(coarse)
-    if n_groups > _MAX_GROUPS:
+    # groups' boxes (in blocks) covering more than the frame (nested rings, crossing bleed trails)
+    # would cost more than one labelling of the whole frame
+    area = sum((sy.stop - sy.start) * (sx.stop - sx.start) for sy, sx in ndi.find_objects(groups)) * _BLOCK**2 \
+        if n_groups <= _MAX_GROUPS else 0
+    if n_groups > _MAX_GROUPS or area > m.size:
         labels, _ = ndi.label(m)
         return [(sl, labels[sl] == k) for k, sl in enumerate(ndi.find_objects(labels), start=1)]
     gid = groups[by, bx]

@@ -94,7 +94,10 @@ def clipped_rows(v: np.ndarray, sigma: float, maxiters: int = 10):
     median, mean and std by indexing, and binary searches its new bounds; values agree with
     astropy's to 2e-5 ADU.
     """
-    return _clipped_sorted(np.sort(v, axis=1), sigma, maxiters)
+    v = np.asarray(v)
+    dtype = np.float64 if v.dtype == np.float64 else np.float32  # float64 rows are clipped in float64
+    a = np.sort(np.where(np.isfinite(v), v, np.nan).astype(dtype, copy=False), axis=1)  # +-inf: no pixel either
+    return _clipped_sorted(a, sigma, maxiters, _clipped_work(*a.shape, dtype))
 
 
 def _leading(a: np.ndarray, passes, rows: np.ndarray | None = None) -> np.ndarray:
@@ -120,15 +123,15 @@ def _leading(a: np.ndarray, passes, rows: np.ndarray | None = None) -> np.ndarra
     return count
 
 
-def _clipped_work(n: int, m: int):
-    """Work arrays of :func:`_clipped_sorted` for up to n rows of m values, reused from chunk to
-    chunk: fresh ones cost a page fault per 4 kB (a quarter of the annulus time on a 4k frame)."""
-    return np.empty((n, m), np.float32), np.empty((m + 1, n)), np.empty((m + 1, n))
+def _clipped_work(n: int, m: int, dtype=np.float32):
+    """Work arrays of :func:`_clipped_sorted` for up to n rows of m values (of ``dtype``, the rows'), reused
+    from chunk to chunk: fresh ones cost a page fault per 4 kB (a quarter of the annulus time on a 4k frame)."""
+    return np.empty((n, m), dtype), np.empty((m + 1, n)), np.empty((m + 1, n))
 
 
 def _clipped_sorted(a: np.ndarray, sigma: float, maxiters: int = 10, work=None):
-    """:func:`clipped_rows` of rows already sorted ascending (NaN last, as ``np.sort`` leaves them);
-    ``work``: :func:`_clipped_work` arrays with at least as many rows."""
+    """:func:`clipped_rows` of rows already sorted ascending (NaN last, as ``np.sort`` leaves them; no
+    infinities); ``work``: :func:`_clipped_work` arrays of the rows' dtype with at least as many rows."""
     n, m = a.shape
     d, c1, c2 = work or _clipped_work(n, m)
     d, c1, c2 = d[:n], c1[:, :n], c2[:, :n]
@@ -301,23 +304,25 @@ def _mirror_repair(data, mask, x, y, rmax):
         cand = np.flatnonzero(~np.asarray(mask[y0:y1, x0:x1], dtype=bool) & (cut > 0))
         rc, vc = rr.reshape(-1)[cand], cut.reshape(-1)[cand].astype(float)
         rps = rr[sy, sx]
-        within = np.abs(rc[None, :] - rps[:, None]) <= 1.0
         fits = {}  # pixels with the same neighbours share a fit (a third of them in saturated cores)
-        for j in np.flatnonzero(np.count_nonzero(within, axis=1) >= 3):
-            rp, pick = rps[j], within[j]
-            rs, vs = rc[pick], vc[pick]
-            key = pick.tobytes()
-            coef = fits.get(key)
-            if coef is None:
-                A = np.empty((len(rs), 2))
-                A[:, 0] = 1.0
-                A[:, 1] = rs**2
-                coef = fits[key] = np.linalg.lstsq(A, np.log(vs), rcond=None)[0]
-            # never beyond the range of what was seen round it: a bad fit must not invent flux (nor overflow)
-            val = math.exp(min(coef[0] + coef[1] * rp**2, math.log(1.5 * vs.max())))
-            cut[sy[j], sx[j]] = val
-            m[sy[j], sx[j]] = False
-            repaired = True
+        step = max(1, (1 << 22) // max(len(rc), 1))  # pixels per pass: the (pixels, candidates) test stays under 4 MB
+        for j0 in range(0, len(rps), step):
+            within = np.abs(rc[None, :] - rps[j0:j0 + step, None]) <= 1.0
+            for j in np.flatnonzero(np.count_nonzero(within, axis=1) >= 3) + j0:
+                rp, pick = rps[j], within[j - j0]
+                rs, vs = rc[pick], vc[pick]
+                key = pick.tobytes()
+                coef = fits.get(key)
+                if coef is None:
+                    A = np.empty((len(rs), 2))
+                    A[:, 0] = 1.0
+                    A[:, 1] = rs**2
+                    coef = fits[key] = np.linalg.lstsq(A, np.log(vs), rcond=None)[0]
+                # never beyond the range of what was seen round it: a bad fit must not invent flux (nor overflow)
+                val = math.exp(min(coef[0] + coef[1] * rp**2, math.log(1.5 * vs.max())))
+                cut[sy[j], sx[j]] = val
+                m[sy[j], sx[j]] = False
+                repaired = True
     if not repaired:
         return None
     return cut, m, x0, y0
