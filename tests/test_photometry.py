@@ -454,6 +454,30 @@ def test_annulus_clipping_agrees_with_astropy_sigma_clipped_stats():
     assert n[7] == 0 and n[8] <= 3 and (n[10:] > 500).all()
 
 
+def test_clipped_annulus_stats_take_infinities_as_missing_pixels_and_keep_float64_precision():
+    import warnings
+
+    from astropy.stats import sigma_clipped_stats
+
+    from rpp_core.photometry.aperture import clipped_rows
+
+    rng = np.random.default_rng(6)
+    v = rng.normal(1e6, 0.01, (50, 200))  # float64: a level float32 cannot hold to 0.01
+    v[rng.random(v.shape) < 0.05] = np.nan
+    med, std, n = clipped_rows(v, 3.0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        _, ref_med, ref_std = sigma_clipped_stats(v, axis=1, sigma=3.0, maxiters=10)
+    np.testing.assert_allclose(med, ref_med, rtol=0, atol=1e-6)
+    np.testing.assert_allclose(std, ref_std, rtol=1e-6)
+    w = v.astype(np.float32)
+    holes = w.copy()
+    w[:, 0], w[:, 1] = np.inf, -np.inf
+    holes[:, :2] = np.nan
+    for got, want in zip(clipped_rows(w, 3.0), clipped_rows(holes, 3.0)):
+        assert np.array_equal(got, want, equal_nan=True)
+
+
 @pytest.mark.parametrize("with_mask", [True, False])
 def test_annulus_level_spread_and_count_are_those_of_each_sources_own_annulus_pixels(monkeypatch, with_mask):
     """Sources inside the frame, cut by its edge, off it, on masked pixels and at a NaN position,

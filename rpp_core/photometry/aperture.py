@@ -139,7 +139,7 @@ def _clipped_sorted(a: np.ndarray, sigma: float, maxiters: int = 10, work=None):
     lo = np.zeros(n, np.intp)
     ref = a[np.arange(n), np.maximum(hi - 1, 0) // 2].astype(np.float64)  # a level within the row: the float64 sums stay exact
     ref[hi == 0] = 0.0
-    np.subtract(a, ref[:, None].astype(np.float32), out=d)
+    np.subtract(a, ref[:, None].astype(d.dtype), out=d)
     # Running sums of d and d^2 in float64, one column (position in the sorted row) per row
     # of c1, c2: c1[k, i] is the sum of row i's first k values, added in order as np.cumsum
     # along the row would, but each step adds a whole column (vectorised across the rows):
