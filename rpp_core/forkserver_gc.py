@@ -7,12 +7,14 @@ run's first stage. The server does nothing but fork afterwards. A child freezes 
 (:func:`gc.freeze`: its own collections never walk the server's modules) and collects as usual.
 
 Only a forkserver started by :func:`rpp_core.runner.process_context`'s caller acts on this: that
-caller names itself in ``RPP_FORKSERVER_OF`` and the server is its child. Imported anywhere else,
-the module does nothing.
+caller names itself in ``RPP_FORKSERVER_OF``, the server is its child and runs
+``multiprocessing.forkserver``. Imported anywhere else (another child of that caller too), the
+module does nothing.
 """
 
 import gc
 import os
+import sys
 
 
 def _in_child() -> None:
@@ -20,6 +22,8 @@ def _in_child() -> None:
     gc.enable()
 
 
-if os.environ.get("RPP_FORKSERVER_OF") == str(os.getppid()) and gc.isenabled():
+# the server runs multiprocessing.forkserver's main; another child of the caller that imports this is left alone
+if (os.environ.get("RPP_FORKSERVER_OF") == str(os.getppid()) and "multiprocessing.forkserver" in sys.modules
+        and gc.isenabled()):
     gc.disable()
     os.register_at_fork(after_in_child=_in_child)

@@ -146,16 +146,21 @@ async def execute_async(request: RunRequest, on_event: Callable[[ev.Event], None
     from . import pipeline
 
     if request.check_files:
-        _check_files(request, on_event or (lambda e: None))
+        await _check_files(request, on_event or (lambda e: None), cancel)
     return await pipeline.run(request.path, request.profile, on_event, cancel, out_dir=request.out_dir,
                               catalog_files=request.catalog_files, hdu=request.hdu, offline=request.offline,
                               cache_dir=request.cache_dir, secrets=request.secrets,
                               weight=request.weight, mask=request.mask)
 
 
-def _check_files(request: RunRequest, on_event: Callable[[ev.Event], None]) -> None:
+async def _check_files(request: RunRequest, on_event: Callable[[ev.Event], None], cancel: asyncio.Event | None) -> None:
     """``rpp run``'s checks that read files, as it words them: warnings as events of the stage
-    "before the run", errors raised as one :class:`~rpp_core.errors.UsageError`, a line each."""
+    "before the run", errors raised as one :class:`~rpp_core.errors.UsageError`, a line each.
+
+    Read in a thread, so that a cancel (SIGTERM: Ctrl-C in the CLI) is taken meanwhile; once asked,
+    :class:`~rpp_core.errors.Cancelled` is raised before the run makes its folder."""
+    import asyncio
+
     from .errors import UsageError
     from .preflight import file_problems
 
@@ -163,7 +168,9 @@ def _check_files(request: RunRequest, on_event: Callable[[ev.Event], None]) -> N
     if request.catalog_files:
         profile = profile.replace(**{"calibration.catalog_files": [*profile.calibration.catalog_files,
                                                                    *request.catalog_files]})
-    problems = file_problems(profile, request.path)
+    problems = await asyncio.to_thread(file_problems, profile, request.path)
+    if cancel is not None and cancel.is_set():
+        raise Cancelled()
     for p in problems:
         if p.severity != "error":
             on_event(ev.Warning(stage="before the run", message=p.advice("cli")))

@@ -653,6 +653,29 @@ def test_signal_while_rpp_starts_ends_it_with_one_line_and_exit_130(field, tmp_p
     assert "Traceback" not in err and [ln for ln in err.splitlines() if ln.startswith("rpp:")] == [f"rpp: {WORDS[signum]}"]
 
 
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_signal_while_the_worker_checks_the_catalogue_leaves_no_run_folder(field, tmp_path, signum):
+    """rpp run's checks that read files run in the worker before the run starts: a signal while they read
+    ends rpp with exit 130 and its one line, and no run folder, although the reading then ends well."""
+    ready, go, out_dir = tmp_path / "ready", tmp_path / "go", tmp_path / "o"
+    env = _faulty_env(tmp_path, RPP_FAULT_HOLD_CHECK=str(go), RPP_FAULT_READY=str(ready))
+    proc = subprocess.Popen([sys.executable, "-m", "rpp_cli", "run", str(field.fits), "--catalog", str(field.ref),
+                             "--out", str(out_dir), *FAST], env=env, start_new_session=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        _wait_for(ready, proc)
+        _send(proc, signum)
+        time.sleep(0.2)  # the worker has the cancel; the reading ends within the runner's grace
+        go.touch()
+        _, err = proc.communicate(timeout=60)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert proc.returncode == 130, err
+    _one_line_error(err, "cancelled", WORDS[signum])
+    assert not out_dir.exists() or not any(out_dir.iterdir()), sorted(out_dir.rglob("*"))
+
+
 def _signalled_run(proc: subprocess.Popen, ready: Path, signum: int) -> tuple[str, float]:
     """Wait for the fault to be reached, send ``signum``, and return (stderr, seconds until rpp ended)."""
     try:

@@ -15,6 +15,10 @@ Inert unless one of these is set in the environment:
     ``RPP_FAULT_READY`` and works on, checking for a cancel every 20 ms as rpp's
     stages do; with ``RPP_FAULT_DEAF=1`` it holds the event loop without
     checking, as a stage deep in a C library does.
+``RPP_FAULT_HOLD_CHECK=PATH``
+    ``rpp run``'s checks that read files (``rpp_core.preflight.file_problems``, in
+    the worker) write the pid to ``RPP_FAULT_READY`` and then wait until PATH
+    exists before they end, as the reading of a big catalogue would.
 ``RPP_FAULT_STARTED=PATH``
     PATH is written as soon as rpp's first line has run (the ``rpp_cli``
     package, which takes the signals over first), before rpp imports anything
@@ -98,6 +102,24 @@ def _slow_down(pipeline) -> None:
 
 if _STAGE:
     _AFTER_IMPORT["rpp_core.pipeline"] = _slow_down
+
+
+def _hold_check(preflight) -> None:
+    import time
+
+    checks = preflight.file_problems
+
+    def held(*args, **kwargs):
+        _ready()
+        while not os.path.exists(os.environ["RPP_FAULT_HOLD_CHECK"]):
+            time.sleep(0.01)
+        return checks(*args, **kwargs)
+
+    preflight.file_problems = held
+
+
+if os.environ.get("RPP_FAULT_HOLD_CHECK"):
+    _AFTER_IMPORT["rpp_core.preflight"] = _hold_check
 
 if _AFTER_IMPORT:
     import importlib.abc
