@@ -560,7 +560,9 @@ def main() -> int:
     res["help"] = time_help(env)
     res["first_paint"] = time_first_paint(env)
     res["demo"] = time_demo(args, env)
-    res["outputs"] = part("outputs", args, env, run_dir=res["rpp_full"]["run_dir"], rows=20000)
+    # in the environment of a run's worker, as rpp_full above
+    res["outputs"] = part("outputs", args, dict(env, NUMPY_MADVISE_HUGEPAGE=env.get("NUMPY_MADVISE_HUGEPAGE", "0")),
+                          run_dir=res["rpp_full"]["run_dir"], rows=20000)
     res["bench_wall_s"] = time.perf_counter() - t_start
     ev = evaluate(res, args)
     ratios = report(res, ev, args)
