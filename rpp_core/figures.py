@@ -24,7 +24,7 @@ from typing import Callable
 
 import numpy as np
 
-from .fsio import atomic_path
+from .fsio import write_bytes
 from .plots import _col, flagged_rows, _finite, clip_to_limits, robust_limits, value_with_error
 
 DPI = 100
@@ -288,22 +288,45 @@ FIGURES: dict[str, Callable] = {
 
 
 def _save(fig, path: Path) -> Path:
-    """PNG of the figure at :data:`DPI`, as ``savefig`` writes it, but RGB when every pixel is opaque
-    (they are: white figure background): a fifth less to compress, the same picture."""
-    import matplotlib
-    from PIL import Image, PngImagePlugin
-
-    canvas = fig.canvas
-    canvas.draw()
-    rgba = np.asarray(canvas.buffer_rgba())
-    image = Image.fromarray(rgba)
-    if rgba[:, :, 3].min() == 255:
-        image = image.convert("RGB")  # in PIL: a numpy copy of the three channels cost what it saved
-    info = PngImagePlugin.PngInfo()
-    info.add_text("Software", f"Matplotlib version{matplotlib.__version__}, https://matplotlib.org/")
-    with atomic_path(path) as tmp:
-        image.save(tmp, format="png", compress_level=1, dpi=(DPI, DPI), pnginfo=info)
+    """PNG of the figure at :data:`DPI`: the pixels ``savefig`` writes, RGB when every pixel is opaque
+    (they are: white figure background), else RGBA."""
+    fig.canvas.draw()
+    rgba = np.asarray(fig.canvas.buffer_rgba())
+    write_bytes(path, _png(rgba if rgba[:, :, 3].min() < 255 else rgba[:, :, :3], DPI))
     return path
+
+
+def _png(pixels: np.ndarray, dpi: float) -> bytes:
+    """PNG file of 8-bit RGB or RGBA ``pixels`` (rows top to bottom), every row filtered "up", deflated at level 1.
+
+    Written here rather than by PIL, measured the bottleneck: PIL tries all five PNG filters on every
+    row (20 ms against 8 here for the 900 x 900 chart, 7 against 2 for a plot); "up" alone (each row
+    less the one above) leaves these mostly flat figures a little smaller than PIL's choice did.
+    """
+    import zlib
+
+    import matplotlib
+
+    h, w, channels = pixels.shape
+    flat = np.ascontiguousarray(pixels).reshape(h, w * channels)
+    rows = np.empty((h, 1 + w * channels), np.uint8)  # each row: its filter type (2, up), then its bytes
+    rows[:, 0] = 2
+    rows[0, 1:] = flat[0]  # the first row's "above" is zeros
+    np.subtract(flat[1:], flat[:-1], out=rows[1:, 1:])  # modulo 256, as PNG wants
+
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return len(body).to_bytes(4, "big") + kind + body + zlib.crc32(kind + body).to_bytes(4, "big")
+
+    per_metre = int(dpi / 0.0254 + 0.5).to_bytes(4, "big")
+    software = f"Matplotlib version{matplotlib.__version__}, https://matplotlib.org/"
+    return b"".join((
+        b"\x89PNG\r\n\x1a\n",
+        chunk(b"IHDR", w.to_bytes(4, "big") + h.to_bytes(4, "big") + bytes((8, 6 if channels == 4 else 2, 0, 0, 0))),
+        chunk(b"pHYs", per_metre + per_metre + b"\x01"),
+        chunk(b"tEXt", b"Software\x00" + software.encode("latin-1")),
+        chunk(b"IDAT", zlib.compress(rows.data, 1)),
+        chunk(b"IEND", b""),
+    ))
 
 
 def render(name: str, table, meta: dict, path: Path) -> Path:
