@@ -75,6 +75,37 @@ def test_error_plot_minor_ticks_are_the_pixels_matplotlib_draws(calibrated, tmp_
         assert np.array_equal(np.asarray(a.convert("RGB")), np.asarray(b.convert("RGB")))
 
 
+def test_png_figures_hold_the_pixels_matplotlib_savefig_writes(calibrated, tmp_path, monkeypatch):
+    # figures writes its PNG files itself (figures._png); a viewer must see what matplotlib's savefig gives
+    import io
+
+    from PIL import Image
+
+    cat, summary, _ = calibrated
+    drawn = []
+    save = figures._save
+    monkeypatch.setattr(figures, "_save", lambda fig, path: drawn.append(fig) or save(fig, path))
+    ours = figures.render("zp_fit", cat, summary, tmp_path / "zp_fit.png")
+    theirs = io.BytesIO()
+    drawn[0].savefig(theirs, format="png", dpi=figures.DPI)
+    with Image.open(ours) as a, Image.open(theirs) as b:
+        assert a.info["dpi"] == pytest.approx((figures.DPI, figures.DPI), abs=1e-3)
+        assert np.array_equal(np.asarray(a.convert("RGBA")), np.asarray(b.convert("RGBA")))
+
+
+@pytest.mark.parametrize("channels", [3, 4])
+def test_png_of_any_pixels_decodes_to_the_same_pixels(channels):
+    from io import BytesIO
+
+    from PIL import Image
+
+    pixels = np.random.default_rng(1).integers(0, 256, (37, 53, channels), dtype=np.uint8)
+    pixels[5:9] = 255  # flat rows too: "up" leaves them zeros
+    with Image.open(BytesIO(figures._png(pixels[:, :, :channels], 72))) as image:
+        assert image.mode == ("RGB", "RGBA")[channels - 3]
+        assert np.array_equal(np.asarray(image), pixels)
+
+
 def test_png_figures_of_an_uncalibrated_run_say_so_instead_of_failing(calibrated, tmp_path):
     cat, summary, _ = calibrated
     bare = cat.copy()
