@@ -402,7 +402,8 @@ async def _background(job: _Job, frame: Frame, masks, exposure: ExposureValues, 
     from . import image as image_mod, preprocess
 
     async with job.step("background") as fig:
-        bkg = await asyncio.to_thread(preprocess.estimate_background, frame.data, masks.combined, profile.background)
+        bkg = await asyncio.to_thread(functools.partial(preprocess.estimate_background, frame.data, masks.combined,
+                                                             profile.background, nan=masks.nan))
         noise = image_mod.noise_map(weights, float(bkg.global_rms), ~masks.combined)
         if noise is not None:  # the weight map is the noise for detection and errors
             bkg = dataclasses.replace(bkg, rms=noise.rms)

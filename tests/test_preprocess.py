@@ -148,6 +148,23 @@ def test_background_ignores_masked_pixels():
     assert (unmasked.background / sky)[150:250, 150:250].min() > 2.0  # the test can tell
 
 
+def test_background_with_nan_pixels_is_the_same_given_the_masks_nan_or_not():
+    """The pipeline hands Masks.nan over so that the non-finite pixels are not found twice: same maps, bit for bit."""
+    f = make_frame(shape=(512, 512), n_stars=50, n_cosmics=0, n_saturated=2, seed=SEED)
+    data = f.data.copy()
+    data[40:60, 200:260] = np.nan
+    data[300, 10:20] = np.inf
+    masks = make_masks(data, 60000.0, MaskSettings())
+    assert masks.nan[50, 210] and masks.nan[300, 15] and masks.combined[50, 210]
+    given = estimate_background(data, masks.combined, BackgroundSettings(box=32), nan=masks.nan)
+    found = estimate_background(data, masks.combined, BackgroundSettings(box=32))
+    bare = estimate_background(data, masks.border | masks.saturated, BackgroundSettings(box=32))
+    for other in (found, bare):
+        assert np.array_equal(given.background, other.background) and np.array_equal(given.rms, other.rms)
+        assert (given.global_bkg, given.global_rms) == (other.global_bkg, other.global_rms)
+    assert np.isfinite(given.background).all() and (given.rms > 0).all()
+
+
 def test_saturated_mask_covers_the_injected_saturated_stars(frame, masks):
     assert isinstance(masks, Masks)
     sat_stars = frame.truth[frame.truth["saturated"]]

@@ -84,6 +84,25 @@ def test_a_known_gain_is_recovered_from_the_sky_variance_of_a_synthetic_frame():
     assert g.source is GainSource.SKY and g.value == pytest.approx(1.5, rel=0.05)
 
 
+def test_the_sky_noise_is_measured_only_when_the_gain_must_come_from_it():
+    """decide_gain takes the measurement as a callable: a header GAIN needs no pixels read."""
+    fr = make_frame(shape=(512, 512), n_stars=50, gain=1.5, read_noise=5.0, sky=300.0, seed=5)
+    calls = []
+
+    def measure():
+        calls.append(1)
+        return sky_noise(fr.data)
+
+    known = decide_gain(fr.header, classify_units(fr.header), 60.0, sky=measure)
+    assert known.source is GainSource.HEADER and known.value == 1.5 and not calls
+    h = fr.header.copy()
+    del h["GAIN"]
+    g = decide_gain(h, classify_units(h), 60.0, sky=measure, read_noise_e=5.0, bias_removed=True)
+    assert calls == [1] and g == decide_gain(h, classify_units(h), 60.0, sky=sky_noise(fr.data), read_noise_e=5.0,
+                                             bias_removed=True)
+    assert g.source is GainSource.SKY and g.value == pytest.approx(1.5, rel=0.1)
+
+
 def test_no_sky_in_the_image_means_no_gain_from_it():
     rng = np.random.default_rng(2)
     data = rng.normal(0.0, 10.0, (400, 400)).astype(np.float32)  # sky-subtracted

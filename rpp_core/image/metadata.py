@@ -8,6 +8,7 @@ bundled with astropy (no internet at the telescope), see :func:`compute_airmass`
 
 from __future__ import annotations
 
+import functools
 import math
 import re
 import warnings
@@ -367,7 +368,7 @@ def _read_metadata(h: fits.Header, wcs: WCS | None, shape, observatory: Observat
 
     units = classify_units(h)
     src["units"] = _header(units.text)
-    effective = decide_gain(h, units, exptime, observatory.gain, sky_noise(data) if data is not None else None,
+    effective = decide_gain(h, units, exptime, observatory.gain, functools.partial(sky_noise, data) if data is not None else None,
                             read_noise or 0.0, bias_removed=bias_removed)
     src["effective_gain"] = Provenance(effective.text, _GAIN_ORIGIN[effective.source])
     zero_points = header_zero_points(h, units, exptime, airmass, pixel_scale)
