@@ -196,9 +196,7 @@ def _check_before_run(profile, frame: str, catalogs: list[str]) -> None:
     from rpp_core.errors import InputError, UsageError
     from rpp_core.preflight import preflight
 
-    if catalogs:
-        profile = profile.replace(**{"calibration.catalog_files": [*profile.calibration.catalog_files, *map(str, catalogs)]})
-    problems = preflight(profile, frame, read_files=False)
+    problems = preflight(profile.with_catalog_files(catalogs), frame, read_files=False)
     for p in problems:
         if p.severity != "error":
             # worded like the run's own warnings: "rpp: " lines are reserved for what stops the command

@@ -187,9 +187,7 @@ async def run(path, profile: Profile | None = None, on_event: Callable[[ev.Event
     The app, ``rpp run``, batch and watch call it through :mod:`rpp_core.runner`.
     """
     profile = profile or Profile()
-    if catalog_files:
-        profile = dataclasses.replace(profile, calibration=dataclasses.replace(
-            profile.calibration, catalog_files=[*profile.calibration.catalog_files, *map(str, catalog_files)]))
+    profile = profile.with_catalog_files(catalog_files)
     if offline is not None:
         profile = dataclasses.replace(profile, services=dataclasses.replace(profile.services, offline=offline))
     cancel = cancel or asyncio.Event()
@@ -322,21 +320,22 @@ async def _run_stages(job: _Job, path: Path, profile: Profile, run_dir: Path, hd
         made.catalogue, made.pixel_scale = _sky_positions(job, made.frame, made.meta, made.wcs, made.catalogue)
         made.catalogue, made.calibration = await _calibration(job, made, profile, refcat, ref_error)
         made.catalogue, made.calibration = _header_zero_point(job, made)
+        wcs = made.wcs.wcs if made.wcs is not None else None
+
+        def warn(message: str) -> None:  # from the output threads
+            job.loop.call_soon_threadsafe(job.warn, message)
+
         # the figures read nothing the services add: drawn while the services are asked (the catalogue is
         # pickled for them in a thread: 0.1-0.2 s for 100,000 rows, not on the event loop)
         await asyncio.to_thread(results.hand_figures, drawers, made.catalogue,
-                                _summarize(made, job, path, profile, run_dir, "ok", 0, None, 0.0), staging,
-                                made.wcs.wcs if made.wcs is not None else None,
-                                warn=lambda m: job.loop.call_soon_threadsafe(job.warn, m))
+                                _summarize(made, job, path, profile, run_dir, "ok", 0, None, 0.0), staging, wcs, warn)
         made.catalogue, made.services = await _crossmatch_services(job, made, profile)
         async with job.step("output") as fig:
             summary = _summarize(made, job, path, profile, run_dir, "ok" if made.exit_code == 0 else "degraded",
                                  made.exit_code, made.message or None, 0.0)
             files = await asyncio.to_thread(
                 functools.partial(results.write_outputs, made.catalogue, summary, staging, profile.output.formats,
-                                  data=made.frame.data, wcs=made.wcs.wcs if made.wcs is not None else None,
-                                  warn=lambda m: job.loop.call_soon_threadsafe(job.warn, m), cancel=job.cancelled,
-                                  drawers=drawers))
+                                  data=made.frame.data, wcs=wcs, warn=warn, cancel=job.cancelled, drawers=drawers))
             fig["files"] = len(files)
     return files
 

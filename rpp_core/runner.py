@@ -164,10 +164,7 @@ async def _check_files(request: RunRequest, on_event: Callable[[ev.Event], None]
     from .errors import UsageError
     from .preflight import file_problems
 
-    profile = request.profile
-    if request.catalog_files:
-        profile = profile.replace(**{"calibration.catalog_files": [*profile.calibration.catalog_files,
-                                                                   *request.catalog_files]})
+    profile = request.profile.with_catalog_files(request.catalog_files)
     problems = await asyncio.to_thread(file_problems, profile, request.path)
     if cancel is not None and cancel.is_set():
         raise Cancelled()

@@ -285,6 +285,14 @@ class Profile:
         validate(profile, source)
         return profile
 
+    def with_catalog_files(self, files) -> "Profile":
+        """Copy with the local reference catalogues ``files`` added to ``calibration.catalog_files``
+        (``--catalog`` on the command line, ``catalog_files`` of a run)."""
+        if not files:
+            return self
+        return dataclasses.replace(self, calibration=dataclasses.replace(
+            self.calibration, catalog_files=[*self.calibration.catalog_files, *map(str, files)]))
+
     def replace(self, **changes: Any) -> "Profile":
         """Copy with dotted changes, e.g. ``replace(**{"detection.threshold_sigma": 3})``, validated.
 
