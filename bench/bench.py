@@ -10,7 +10,10 @@ Two synthetic 4096 x 4096 frames with about 6,000 stars each:
 
 Each tool runs in its own process (peak memory is its own; whole-process wall
 time includes interpreter start and imports), one after the other, so every
-ratio below comes from one run on one (shared, noisy) machine:
+ratio below comes from one run on one (shared, noisy) machine. ``rpp run`` and
+``source-extractor`` take turns ``--repeat`` times (3) on each frame, ``rpp demo``
+runs 5 times and the 20,000-row outputs ``--repeat`` times: the goals are judged on
+medians (one run on this shared 2-core VM can be 30-50 % slow):
 
 - ``rpp run`` as a whole process doing SExtractor's job (cosmic rays, PSF,
   astrometry and services off; background, FWHM, detection, 4 apertures with
@@ -147,6 +150,20 @@ def part(name: str, args, env: dict, **extra) -> dict:
     res["process_cpu_s"] = p["cpu_s"]
     res["peak_rss_mb"] = p["peak_rss_mb"]
     return res
+
+
+def median_run(runs: list[dict]) -> dict:
+    """The run of median wall time among repeated runs of one command, with every run's wall and CPU time
+    (``walls``, ``cpus``) and the median CPU time (``process_cpu_s``): the report's numbers are medians."""
+    if len(runs) == 1:
+        return dict(runs[0], walls=[runs[0]["process_wall_s"]], cpus=[runs[0]["process_cpu_s"]])
+    ordered = sorted(runs, key=lambda r: r["process_wall_s"])
+    mid = dict(ordered[(len(ordered) - 1) // 2])  # the lower median: an actual run, its catalogue evaluated
+    mid["walls"] = [r["process_wall_s"] for r in runs]
+    mid["cpus"] = [r["process_cpu_s"] for r in runs]
+    mid["process_wall_s"] = statistics.median(mid["walls"])
+    mid["process_cpu_s"] = statistics.median(mid["cpus"])
+    return mid
 
 
 def compile_rpp() -> None:
@@ -444,6 +461,8 @@ def report(res: dict, ev: dict, args) -> dict:
         print("photutils path, stages (s): " + ", ".join(f"{k} {v:.2f}" for k, v in res["baseline"]["timings"].items()))
     if "demo" in res:
         print(f"rpp demo (bundled sample), stages (s): " + ", ".join(f"{k} {v:.2f}" for k, v in res["demo"]["timings"].items()))
+        print(f"  rpp demo, every run, wall (s): {', '.join(f'{w:.2f}' for w in res['demo']['walls'])}; "
+              f"CPU (s): {', '.join(f'{c:.2f}' for c in res['demo']['cpus'])}")
     if "outputs" in res:
         o = res["outputs"]
         print(f"outputs of {o['rows']} rows x {o['columns']} columns (s): " + ", ".join(f"{k} {v:.2f}" for k, v in o["timings"].items()))
@@ -460,9 +479,11 @@ def report(res: dict, ev: dict, args) -> dict:
     for tag in ("A", "B"):
         if f"rpp_lite_{tag}" in res and f"sex_{tag}" in res:
             r, x = res[f"rpp_lite_{tag}"], res[f"sex_{tag}"]
-            goal(f"rpp run / source-extractor, frame {tag}, wall (x)", _ratio(r["process_wall_s"], x["process_wall_s"]),
+            print(f"  frame {tag}, {len(r['walls'])} interleaved rounds, wall (s): rpp run "
+                  f"{', '.join(f'{w:.2f}' for w in r['walls'])}; source-extractor {', '.join(f'{w:.2f}' for w in x['walls'])}")
+            goal(f"rpp run / source-extractor, frame {tag}, wall (x, medians)", _ratio(r["process_wall_s"], x["process_wall_s"]),
                  "<= 1.5x", lambda v: v <= 1.5)
-            goal(f"rpp run / source-extractor, frame {tag}, CPU (x)", _ratio(r["process_cpu_s"], x["process_cpu_s"]),
+            goal(f"rpp run / source-extractor, frame {tag}, CPU (x, medians)", _ratio(r["process_cpu_s"], x["process_cpu_s"]),
                  "<= 1.5x", lambda v: v <= 1.5)
     for tag in ("A", "B"):
         if f"rpp_lite_{tag}" in res and f"sep_{tag}" in res:
@@ -490,12 +511,12 @@ def report(res: dict, ev: dict, args) -> dict:
         goal("app start to first paint, tmux 80x24 (s, median of 3)", res["first_paint"]["median_s"], "< 1.5 s",
              lambda v: v < 1.5)
     if "demo" in res:
-        goal("bundled sample end to end, rpp demo (s)", res["demo"]["process_wall_s"], "< 1.5 s", lambda v: v < 1.5)
-        goal("bundled sample end to end, rpp demo, CPU (s)", res["demo"]["process_cpu_s"], "< 1.5 s", lambda v: v < 1.5)
+        goal(f"bundled sample end to end, rpp demo (s, median of {len(res['demo']['walls'])})", res["demo"]["process_wall_s"], "< 1.5 s", lambda v: v < 1.5)
+        goal(f"bundled sample end to end, rpp demo, CPU (s, median of {len(res['demo']['cpus'])})", res["demo"]["process_cpu_s"], "< 1.5 s", lambda v: v < 1.5)
     if "outputs" in res:
-        goal(f"outputs of {res['outputs']['rows']} rows: formats+plots+regions+ZIP (s)", res["outputs"]["total_s"], "< 1 s", lambda v: v < 1.0)
+        goal(f"outputs of {res['outputs']['rows']} rows: formats+plots+regions+ZIP (s, median of {len(res['outputs']['totals'])})", res["outputs"]["total_s"], "< 1 s", lambda v: v < 1.0)
         if "cpu_s" in res["outputs"]:
-            goal(f"outputs of {res['outputs']['rows']} rows, CPU (s, all threads)", res["outputs"]["cpu_s"], "< 1 s",
+            goal(f"outputs of {res['outputs']['rows']} rows, CPU (s, all threads, median)", res["outputs"]["cpu_s"], "< 1 s",
                  lambda v: v < 1.0)
     return ratios
 
@@ -510,6 +531,9 @@ def main() -> int:
     p.add_argument("--fresh", action="store_true", help="remake the synthetic frames even if cached in --out")
     p.add_argument("--skip-baseline", action="store_true", help="skip the photutils path (about 35 s)")
     p.add_argument("--skip-stdpipe", action="store_true", help="skip stdpipe (about 40 s)")
+    p.add_argument("--repeat", type=int, default=3,
+                   help="rounds of rpp run and source-extractor, interleaved, on each frame (medians reported); "
+                        "rpp demo runs max(this, 5) times")
     p.add_argument("--scaling", action="store_true", help="time and peak memory per stage vs frame size and star count")
     p.add_argument("--scaling-config", choices=["full", "lite"], default="full",
                    help="scaling runs: full = cosmic rays + PSF + calibration + ZIP; lite = SExtractor's job")
@@ -548,8 +572,11 @@ def main() -> int:
     t_start = time.perf_counter()
     res: dict = {"make": part("make", args, env)}
     for tag, frame, fwhm in (("A", out / "frame.fits", FWHM_A), ("B", out / "frame_b.fits", frames.FWHM)):
-        res[f"rpp_lite_{tag}"] = rpp_run(frame, args, env, LITE, "SExtractor's job")
-        res[f"sex_{tag}"] = sextractor(frame, fwhm, out, tag)
+        # interleaved rounds (rpp, SExtractor, rpp, ...): on a shared VM one run of either can be 30-50 % slow
+        rounds = [(rpp_run(frame, args, env, LITE, "SExtractor's job"), sextractor(frame, fwhm, out, tag))
+                  for _ in range(args.repeat)]
+        res[f"rpp_lite_{tag}"] = median_run([r for r, _ in rounds])
+        res[f"sex_{tag}"] = median_run([x for _, x in rounds])
         res[f"sep_{tag}"] = part("sep", args, env, frame=frame.name, fwhm=fwhm, tag=tag)
     if not args.skip_stdpipe:
         res["stdpipe_B"] = part("stdpipe", args, env, frame="frame_b.fits", tag="B")
@@ -559,10 +586,14 @@ def main() -> int:
         res["baseline"] = part("baseline", args, env)
     res["help"] = time_help(env)
     res["first_paint"] = time_first_paint(env)
-    res["demo"] = time_demo(args, env)
+    res["demo"] = median_run([time_demo(args, env) for _ in range(max(args.repeat, 5))])
     # in the environment of a run's worker, as rpp_full above
-    res["outputs"] = part("outputs", args, dict(env, NUMPY_MADVISE_HUGEPAGE=env.get("NUMPY_MADVISE_HUGEPAGE", "0")),
-                          run_dir=res["rpp_full"]["run_dir"], rows=20000)
+    outs = sorted((part("outputs", args, dict(env, NUMPY_MADVISE_HUGEPAGE=env.get("NUMPY_MADVISE_HUGEPAGE", "0")),
+                        run_dir=res["rpp_full"]["run_dir"], rows=20000) for _ in range(args.repeat)),
+                  key=lambda o: o["total_s"])
+    res["outputs"] = dict(outs[(len(outs) - 1) // 2], totals=[o["total_s"] for o in outs])
+    if all("cpu_s" in o for o in outs):
+        res["outputs"]["cpu_s"] = statistics.median(o["cpu_s"] for o in outs)
     res["bench_wall_s"] = time.perf_counter() - t_start
     ev = evaluate(res, args)
     ratios = report(res, ev, args)
