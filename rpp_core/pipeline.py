@@ -562,7 +562,7 @@ def _sky_positions(job: _Job, frame: Frame, meta: ObservationMeta, solution: Wcs
         return catalogue.with_table(table), meta.pixel_scale
     table["ra"], table["dec"] = astrometry.pixel_to_icrs(solution.wcs, table["x"], table["y"])
     table["ra"].unit = table["dec"].unit = "deg"
-    return catalogue.with_table(table), image.pixel_scale_from_wcs(solution.wcs) or meta.pixel_scale
+    return catalogue.with_table(table), image.wcs_pixel_scale(solution.wcs) or meta.pixel_scale
 
 
 async def _calibration(job: _Job, made: _Products, profile: Profile, refcat, ref_error):

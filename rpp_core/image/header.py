@@ -19,17 +19,14 @@ untouched. Each change is one line in ``Frame.repairs``:
 
 from __future__ import annotations
 
-import math
 import re
 import warnings
 from typing import Any
 
 import numpy as np
-from astropy import units as u
 from astropy.io import fits
 from astropy.time import Time
 from astropy.wcs import WCS
-from astropy.wcs.utils import proj_plane_pixel_area
 
 from .keywords import one_line, parse_date, parse_float
 
@@ -277,16 +274,3 @@ def repair_header(header: fits.Header) -> tuple[fits.Header, list[str]]:
     """
     h, repairs, _, _, _ = repair_and_check(header)
     return h, repairs
-
-
-def pixel_scale_from_wcs(wcs: WCS) -> float:
-    """Pixel scale in arcsec/px: sqrt(|det|) of the celestial CD (or PC x CDELT) matrix.
-
-    Independent of rotation and of the CD vs PC/CDELT form; for non-square
-    pixels it is the geometric mean of the two axes. SIP terms are ignored
-    (they are zero at CRPIX by construction).
-    """
-    cel = wcs.celestial
-    area = proj_plane_pixel_area(cel)  # in CUNIT^2, deg^2 after wcsset
-    unit = u.Unit(cel.wcs.cunit[0] or "deg")
-    return float(math.sqrt(abs(area)) * unit.to(u.arcsec))

@@ -23,8 +23,8 @@ from erfa import ErfaWarning
 
 from ..products import ExposureValues, Frame, ObservationMeta, Origin, Provenance
 from ..settings import ObservatorySettings
-from .header import pixel_scale_from_wcs
 from .keywords import TIME_KEYS, first_key, parse_angle, parse_date, parse_float, parse_text, parse_time_of_day
+from .pixscale import SCALE_KEYS, keyword_pixel_scale, optics_pixel_scale, plate_scan_pixel_scale, wcs_pixel_scale
 from .units import GainSource, classify_units, decide_gain, header_gain, header_zero_points, sky_noise
 
 if TYPE_CHECKING:
@@ -180,19 +180,21 @@ def _read_pointing(header: fits.Header, wcs: WCS | None, shape) -> tuple[float |
 
 
 def _read_pixel_scale(header: fits.Header, wcs: WCS | None, obs: ObservatorySettings) -> tuple[float | None, Provenance]:
-    """WCS (sqrt|det CD|), then PIXSCALE/SECPIX/SECPIX1/PIXSCAL1, then DSS
-    PLTSCALE (arcsec/mm) x XPIXELSZ (um), then 206.265 x pixel size (um) /
-    focal length (mm): header XPIXSZ (already binned, MaxIm convention) or
-    profile pixel_size_um x XBINNING; header FOCALLEN or profile focal length.
+    """Arcsec/px, first hit wins (each reader in :mod:`.pixscale`): the WCS (sqrt |det CD|),
+    then :data:`~.pixscale.SCALE_KEYS` (PIXSCALE/SECPIX/SECPIX1/PIXSCAL1), then a plate
+    scan's PLTSCALE (arcsec/mm) x XPIXELSZ (um), then 206.265 x pixel size (um) / focal
+    length (mm): header XPIXSZ (already binned, MaxIm convention) or profile pixel_size_um
+    x XBINNING; header FOCALLEN or profile focal length.
     """
-    if wcs is not None:
-        return pixel_scale_from_wcs(wcs), Provenance("WCS (sqrt |det| of the CD/PC matrix)", Origin.WCS)
-    k, v = first_key(header, ["PIXSCALE", "SECPIX", "SECPIX1", "PIXSCAL1"], lambda x: 0 < x < 3600)
-    if k:
-        return v, _header(f"header {k}")
-    plt, xps = parse_float(header.get("PLTSCALE")), parse_float(header.get("XPIXELSZ"))
-    if plt and xps and plt > 0 and xps > 0:
-        return plt * xps / 1000.0, _header("header PLTSCALE x XPIXELSZ (photographic plate scan)")
+    scale = wcs_pixel_scale(wcs)
+    if scale is not None:
+        return scale, Provenance("WCS (sqrt |det| of the CD/PC matrix)", Origin.WCS)
+    scale, src = keyword_pixel_scale(header)
+    if scale is not None:
+        return scale, _header(src)
+    scale, src = plate_scan_pixel_scale(header)
+    if scale is not None:
+        return scale, _header(f"{src} (photographic plate scan)")
     binning = parse_float(header.get("XBINNING")) or 1.0
     px, px_src = parse_float(header.get("XPIXSZ")), "header XPIXSZ"
     if (not px or px <= 0) and obs.pixel_size_um > 0:
@@ -200,9 +202,11 @@ def _read_pixel_scale(header: fits.Header, wcs: WCS | None, obs: ObservatorySett
     fl, fl_src = parse_float(header.get("FOCALLEN")), "header FOCALLEN"
     if (not fl or fl <= 0) and obs.focal_length_mm > 0:
         fl, fl_src = obs.focal_length_mm, "profile focal_length_mm"
-    if px and px > 0 and fl and fl > 0:
-        return 206.265 * px / fl, Provenance(f"206.265 x {px_src} / {fl_src}", Origin.COMPUTED)
-    return None, _missing("no WCS, no PIXSCALE/SECPIX, no pixel size and focal length (header or profile)")
+    scale = optics_pixel_scale(px, fl)
+    if scale is not None:
+        return scale, Provenance(f"206.265 x {px_src} / {fl_src}", Origin.COMPUTED)
+    return None, _missing(f"no WCS, no {'/'.join(SCALE_KEYS)}, no PLTSCALE x XPIXELSZ, no pixel size and focal "
+                          "length (header XPIXSZ/FOCALLEN or profile pixel_size_um/focal_length_mm)")
 
 
 def compute_airmass(site: EarthLocation, time: Time, ra: float, dec: float) -> tuple[float | None, float]:
