@@ -7,7 +7,7 @@ untouched. Each change is one line in ``Frame.repairs``:
 - unparsable cards are removed;
 - ``RADECSYS`` -> ``RADESYS``; ``EPOCH`` copied to ``EQUINOX`` when EQUINOX is
   missing and EPOCH is 1950 or 2000; string ``EQUINOX`` ('J2000') -> number;
-- dates (DATE-OBS, DATE-BEG, DATE-AVG, DATE-END, DATE) in odd formats
+- dates (:data:`.keywords.REPAIRED_DATE_KEYS`: DATE-OBS, DATE-AVG, DATE-END...) in odd formats
   ('29/11/51', '2025/01/02 03:04:05', trailing 'Z') -> ISO 8601;
 - malformed celestial CTYPE padding ('RA--TAN', lower case) -> standard;
   SIP coefficients without '-SIP' (or '-SIP' without coefficients) made
@@ -28,10 +28,7 @@ from astropy.io import fits
 from astropy.time import Time
 from astropy.wcs import WCS
 
-from .keywords import one_line, parse_date, parse_float
-
-_DATE_KEYS = ("DATE-OBS", "DATE-BEG", "DATE-AVG", "DATE-END", "DATE")
-
+from .keywords import REPAIRED_DATE_KEYS, one_line, parse_date, parse_float
 
 _CEL_PREFIX = re.compile(r"^(RA|DEC|[GESH]LON|[GESH]LAT|[A-Z]{2}LN|[A-Z]{2}LT)-*")
 WCS_PRIMARY_KEY = re.compile(
@@ -222,7 +219,7 @@ def repair_and_check(header: fits.Header) -> tuple[fits.Header, list[str], WCS |
             h["EQUINOX"] = ep
             repairs.append(f"EQUINOX = {ep:g} taken from EPOCH (old usage)")
 
-    for key in _DATE_KEYS:
+    for key in REPAIRED_DATE_KEYS:
         if key in h and isinstance(h[key], str):
             raw = h[key]
             iso = parse_date(raw, file_date=key == "DATE")

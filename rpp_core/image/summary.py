@@ -10,7 +10,7 @@ from astropy.io import fits
 
 from ..errors import InputError
 from .header import repair_and_check, salvage_cards
-from .keywords import TIME_KEYS, first_key, one_line, parse_date, parse_text, parse_time_of_day
+from .keywords import START_DATES, TIME_KEYS, first_key, one_line, parse_date, parse_text, parse_time_of_day
 from .load import check_complete, check_magic, describe_hdus, image_dims, inherit_primary, is_usable_image
 from .metadata import read_exptime
 
@@ -61,10 +61,11 @@ def header_summary(path) -> dict[str, Any]:
         k, v = first_key(header, ["FILTER", "FILTNAME", "BAND"], bool, parse=parse_text)
         out["filter"] = v
         out["exptime"], _ = read_exptime(header)
-        for key in ("DATE-OBS", "DATE-BEG", "DATE-AVG"):
+        for tk in START_DATES:
+            key = tk.key
             if key in header:
                 iso = parse_date(header[key])
-                if iso and "T" not in iso:
+                if iso and "T" not in iso and tk.time_of_day:
                     tk, secs = first_key(header, TIME_KEYS, parse=parse_time_of_day)
                     if tk:
                         hh, rest = divmod(secs, 3600)
