@@ -436,7 +436,7 @@ async def _detect(job: _Job, image: MeasurableImage, fwhm: float, profile: Profi
                     f"FWHM {photometry.aperture_fwhm(profile.photometry, fwhm):.2f} px (photometry.min_aperture_px)")
         sources = await asyncio.to_thread(
             detect.find_stars, image.data, image.rms, image.mask, fwhm, profile.detection, image.saturated,
-            border_px=profile.masks.border_px, progress=job.progress_cb("detect"), cancel=job.cancelled)
+            border_px=image.border_px, progress=job.progress_cb("detect"), cancel=job.cancelled)
         fig["n_sources"] = len(sources)
     return sources
 
