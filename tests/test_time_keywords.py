@@ -74,3 +74,20 @@ def test_unreadable_dates_warn_for_the_keywords_read_and_the_repair_also_fixes_d
     _, repairs = repair_header(fits.Header({"DATE-OBS": "2021/03/04 01:02:03", "DATE-END": "2021/03/04 01:09:03Z"}))
     assert sorted(repairs) == ["DATE-END '2021/03/04 01:09:03Z' -> '2021-03-04T01:09:03'",
                                "DATE-OBS '2021/03/04 01:02:03' -> '2021-03-04T01:02:03'"]
+
+
+def test_file_browser_shows_the_start_as_written_with_time_obs_joined_to_date_obs_only(tmp_path):
+    import numpy as np
+
+    from rpp_core.image import header_summary
+
+    def shown(**cards):
+        path = tmp_path / f"f{len(list(tmp_path.iterdir()))}.fits"
+        fits.PrimaryHDU(np.zeros((8, 8), np.float32), header=fits.Header(cards)).writeto(path)
+        return header_summary(path)["date_obs"]
+
+    both = {"DATE-AVG": "2021-03-04T01:05:00"}
+    assert shown(**{"DATE-OBS": "2021-03-04T01:00:00"}, **both) == "2021-03-04T01:00:00"  # the start, not the mid
+    assert shown(**{"DATE-OBS": "2021-03-04", "UT": "01:02:03"}) == "2021-03-04T01:02:03.0"
+    assert shown(**{"DATE-BEG": "2021-03-04", "TIME-OBS": "01:02:03"}) == "2021-03-04"  # TIME-OBS is DATE-OBS's
+    assert shown(**both) == "2021-03-04T01:05:00"

@@ -66,8 +66,8 @@ def header_summary(path) -> dict[str, Any]:
             if key in header:
                 iso = parse_date(header[key])
                 if iso and "T" not in iso and tk.time_of_day:
-                    tk, secs = first_key(header, TIME_KEYS, parse=parse_time_of_day)
-                    if tk:
+                    time_key, secs = first_key(header, TIME_KEYS, parse=parse_time_of_day)
+                    if time_key:
                         hh, rest = divmod(secs, 3600)
                         iso += f"T{int(hh):02d}:{int(rest // 60):02d}:{rest % 60:04.1f}"
                 out["date_obs"] = iso or str(header[key]).strip()
