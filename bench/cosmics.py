@@ -56,10 +56,10 @@ def run_stage(inp: dict, scope: str = "sources", radius: float | None = None):
     """One call of the pipeline's cosmic-ray stage; returns (cleaned image, crmask, CPU s)."""
     from rpp_core import preprocess
     from rpp_core.products import ExposureValues
-    from rpp_core.settings import CosmicRaySettings
+    from rpp_core.settings import CosmicRaySettings, MaskSettings
 
-    masks = preprocess.Masks(nan=inp["nan"], saturated=inp["saturated"], border=np.zeros_like(inp["nan"]),
-                             combined=inp["combined"], saturation_level=float(inp["saturation"]))
+    masks = preprocess.Masks(nan=inp["nan"], saturated=inp["saturated"], combined=inp["combined"],
+                             border_px=MaskSettings().border_px, saturation_level=float(inp["saturation"]))
     bkg = preprocess.Background(background=inp["background"], rms=inp["rms"], global_bkg=0.0, global_rms=1.0)
     exposure = ExposureValues(gain=float(inp["gain"]), read_noise=5.0, exptime=60.0,
                               saturation=float(inp["saturation"]), exptime_magnitudes=60.0)

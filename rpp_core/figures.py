@@ -376,11 +376,13 @@ def _compass(ax, wcs, nx: int, ny: int) -> None:
         from astropy.coordinates import SkyCoord
         import astropy.units as u
 
+        from .image.pixscale import wcs_pixel_scale
+
         # in the lower-left corner, clear of the field's centre where the target usually is
         x0, y0 = 0.15 * nx, 0.15 * ny
         centre = wcs.pixel_to_world(x0, y0)
         length = 0.12 * min(nx, ny)
-        scale = np.mean(np.abs(np.diag(wcs.pixel_scale_matrix))) * 3600.0 if wcs.pixel_scale_matrix.size else 1.0
+        scale = wcs_pixel_scale(wcs) or 1.0  # the diagonal alone is ~0 on a frame rotated by 90 degrees
         step = length * scale * u.arcsec
         for label, pa in (("N", 0.0), ("E", 90.0)):
             target = centre.directional_offset_by(pa * u.deg, step)

@@ -436,7 +436,7 @@ async def _detect(job: _Job, image: MeasurableImage, fwhm: float, profile: Profi
                     f"FWHM {photometry.aperture_fwhm(profile.photometry, fwhm):.2f} px (photometry.min_aperture_px)")
         sources = await asyncio.to_thread(
             detect.find_stars, image.data, image.rms, image.mask, fwhm, profile.detection, image.saturated,
-            border_px=profile.masks.border_px, progress=job.progress_cb("detect"), cancel=job.cancelled)
+            border_px=image.border_px, progress=job.progress_cb("detect"), cancel=job.cancelled)
         fig["n_sources"] = len(sources)
     return sources
 
@@ -562,7 +562,7 @@ def _sky_positions(job: _Job, frame: Frame, meta: ObservationMeta, solution: Wcs
         return catalogue.with_table(table), meta.pixel_scale
     table["ra"], table["dec"] = astrometry.pixel_to_icrs(solution.wcs, table["x"], table["y"])
     table["ra"].unit = table["dec"].unit = "deg"
-    return catalogue.with_table(table), image.pixel_scale_from_wcs(solution.wcs) or meta.pixel_scale
+    return catalogue.with_table(table), image.wcs_pixel_scale(solution.wcs) or meta.pixel_scale
 
 
 async def _calibration(job: _Job, made: _Products, profile: Profile, refcat, ref_error):

@@ -33,15 +33,17 @@ class Masks:
 
     ``saturated`` holds pixels at or above ``saturation_level`` (``saturation_fraction
     * saturation``, or the frame's clipped plateau, see :func:`make_masks`), dilated by
-    ``saturation_dilate_px``; ``border`` is the ``border_px`` frame edge; ``combined``
-    is the union of the three. ``plateau_note`` says why a clipped plateau below the
-    given level was taken instead (None otherwise).
+    ``saturation_dilate_px``; ``combined`` is their union with the frame edge, a strip
+    ``border_px`` wide (px) on each side. The border is that number, not a frame-sized
+    array of its own (16 MB on a 4096^2 frame): detection reads the same ``border_px``
+    (:attr:`~rpp_core.products.MeasurableImage.border_px`). ``plateau_note`` says why a
+    clipped plateau below the given level was taken instead (None otherwise).
     """
 
     nan: np.ndarray
     saturated: np.ndarray
-    border: np.ndarray
     combined: np.ndarray
+    border_px: int
     saturation_level: float | None = None  # ADU threshold used, None = no saturation mask
     plateau_note: str | None = None
 
@@ -126,14 +128,12 @@ def make_masks(data: np.ndarray, saturation: float | None, settings: MaskSetting
         if settings.saturation_dilate_px > 0 and saturated.any():
             # dilate only round the saturated pixels: a full-frame dilation costs ~0.2 s on 4k
             saturated = _dilate_sparse(saturated, settings.saturation_dilate_px)
-    border = np.zeros(data.shape, bool)
     combined = nan | saturated
-    b = settings.border_px
+    b = int(settings.border_px)
     if b > 0:
-        for m in (border, combined):  # the border set in the union directly: no third temporary
-            m[:b, :] = m[-b:, :] = True
-            m[:, :b] = m[:, -b:] = True
-    return Masks(nan=nan, saturated=saturated, border=border, combined=combined, saturation_level=level,
+        combined[:b, :] = combined[-b:, :] = True
+        combined[:, :b] = combined[:, -b:] = True
+    return Masks(nan=nan, saturated=saturated, combined=combined, border_px=max(b, 0), saturation_level=level,
                  plateau_note=note)
 
 
@@ -925,7 +925,7 @@ def measurable_image(data: np.ndarray, masks: Masks, background: Background, exp
         data=(data - background.background).astype(np.float32, copy=False), rms=background.rms, mask=masks.combined,
         saturated=masks.saturated, saturation=masks.saturation_level, gain=exposure.gain,
         read_noise=exposure.read_noise, exptime=exposure.exptime_magnitudes, background=background.global_bkg,
-        background_rms=background.global_rms)
+        background_rms=background.global_rms, border_px=masks.border_px)
 
 
 def clean_cosmic_rays(raw: np.ndarray, image: MeasurableImage, background: Background, masks: Masks,

@@ -248,6 +248,8 @@ class MeasurableImage:
     Poisson term), ``read_noise`` e-, ``exptime`` s, what instrumental magnitudes
     divide by (None: not divided; :attr:`ExposureValues.exptime_magnitudes`).
     ``background`` and ``background_rms`` are the global levels (ADU).
+    ``border_px`` the width of the frame-edge strip set in ``mask`` (px; the
+    profile's ``masks.border_px``): detection seeks no star centre in it.
     """
 
     data: np.ndarray
@@ -260,6 +262,7 @@ class MeasurableImage:
     exptime: float | None
     background: float
     background_rms: float
+    border_px: int
 
     @property
     def shape(self) -> tuple[int, int]:

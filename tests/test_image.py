@@ -27,9 +27,9 @@ from rpp_core.image import (
     header_summary,
     load_frame,
     parse_date,
-    pixel_scale_from_wcs,
     read_metadata,
     repair_header,
+    wcs_pixel_scale,
 )
 from rpp_core.settings import ObservatorySettings
 from rpp_core.synthetic import make_frame
@@ -334,14 +334,14 @@ def test_odd_date_formats_are_understood():
 
 def test_pixel_scale_of_a_rotated_wcs_is_exact_in_cd_and_pc_forms():
     fr = make_frame(shape=(32, 32), n_stars=2, n_cosmics=0, n_saturated=0, pixscale=0.8, rotation_deg=30.0)
-    assert pixel_scale_from_wcs(fr.wcs) == pytest.approx(0.8, abs=1e-6)
+    assert wcs_pixel_scale(fr.wcs) == pytest.approx(0.8, abs=1e-6)
     w = WCS(naxis=2)
     w.wcs.ctype = ["RA---TAN", "DEC--TAN"]
     w.wcs.crval, w.wcs.crpix = [10.0, -30.0], [16, 16]
     w.wcs.cdelt = [-0.8 / 3600, 0.8 / 3600]
     th = np.deg2rad(30.0)
     w.wcs.pc = [[np.cos(th), -np.sin(th)], [np.sin(th), np.cos(th)]]
-    assert pixel_scale_from_wcs(w) == pytest.approx(0.8, abs=1e-6)
+    assert wcs_pixel_scale(w) == pytest.approx(0.8, abs=1e-6)
 
 
 def test_pixel_scale_falls_back_to_keywords_then_pixel_size_and_focal_length(tmp_path):

@@ -155,3 +155,16 @@ def test_without_a_gain_keyword_the_sky_gives_the_gain_and_the_errors_match_the_
         bright = ok & (true_snr > 100) & (np.asarray(cat["flag_ap2"]) == 0)  # where the Poisson term dominates
         assert bright.sum() >= 10, name
         assert np.median(np.asarray(cat["snr_ap2"])[bright] / true_snr[bright]) == pytest.approx(1.0, abs=0.1), name
+
+
+def test_detection_skips_the_border_the_masks_set(frame, tmp_path):
+    """One border: the profile's masks.border_px is masked and no star is sought in it (none centred within 60 px)."""
+    fr, d = frame
+    b = 60
+    t = fr.truth
+    near_edge = np.minimum(np.minimum(t["x"], 511 - t["x"]), np.minimum(t["y"], 511 - t["y"])) < b
+    assert near_edge.sum() > 20  # stars the default 10 px border would keep
+    res = asyncio.run(pipeline.run(d / "frame.fits", offline_profile(**{"masks.border_px": b}), out_dir=tmp_path))
+    x, y = np.asarray(res.catalog["x"]), np.asarray(res.catalog["y"])
+    assert len(x) > 50
+    assert np.min(np.minimum(np.minimum(x, 511 - x), np.minimum(y, 511 - y))) >= b

@@ -158,7 +158,10 @@ def test_background_with_nan_pixels_is_the_same_given_the_masks_nan_or_not():
     assert masks.nan[50, 210] and masks.nan[300, 15] and masks.combined[50, 210]
     given = estimate_background(data, masks.combined, BackgroundSettings(box=32), nan=masks.nan)
     found = estimate_background(data, masks.combined, BackgroundSettings(box=32))
-    bare = estimate_background(data, masks.border | masks.saturated, BackgroundSettings(box=32))
+    b = masks.border_px
+    edge = np.ones(data.shape, bool)
+    edge[b:-b, b:-b] = False
+    bare = estimate_background(data, edge | masks.saturated, BackgroundSettings(box=32))
     for other in (found, bare):
         assert np.array_equal(given.background, other.background) and np.array_equal(given.rms, other.rms)
         assert (given.global_bkg, given.global_rms) == (other.global_bkg, other.global_rms)
@@ -197,9 +200,25 @@ def test_border_nan_and_combined_masks():
     data[70, 80] = np.inf
     m = make_masks(data, 60000.0, MaskSettings(border_px=12))
     assert m.nan[50, 60] and m.nan[70, 80] and m.nan.sum() == 2
-    assert m.border[:12].all() and m.border[-12:].all() and m.border[:, :12].all() and m.border[:, -12:].all()
-    assert not m.border[12:-12, 12:-12].any()
-    assert np.array_equal(m.combined, m.nan | m.saturated | m.border)
+    assert m.border_px == 12
+    edge = np.ones(data.shape, bool)
+    edge[12:-12, 12:-12] = False  # a 12 px strip on each side, nothing inside
+    assert np.array_equal(m.combined, m.nan | m.saturated | edge)
+    assert np.array_equal(make_masks(data, 60000.0, MaskSettings(border_px=0)).combined, m.nan | m.saturated)
+
+
+def test_the_measurable_image_carries_the_border_the_masks_set():
+    """Detection reads ``MeasurableImage.border_px``: the border of ``combined``, decided once in make_masks."""
+    from rpp_core.preprocess import measurable_image
+    from rpp_core.products import ExposureValues
+
+    data = np.random.default_rng(SEED).normal(100.0, 5.0, (64, 80)).astype(np.float32)
+    m = make_masks(data, None, MaskSettings(border_px=7))
+    bkg = estimate_background(data, m.combined, BackgroundSettings(box=16))
+    image = measurable_image(data, m, bkg, ExposureValues(gain=1.0, read_noise=5.0, exptime=1.0, saturation=None,
+                                                          exptime_magnitudes=1.0))
+    assert image.border_px == 7 and image.mask is m.combined
+    assert image.mask[:, 6].all() and not image.mask[7:-7, 7].any()
 
 
 def test_saturation_level_found_from_a_clipped_plateau_when_unknown(frame, masks):

@@ -36,7 +36,6 @@ from .check import needs_solving, wcs_sky_offsets
 from .coverage import IndexInfo, index_advice, index_infos, read_index_info
 from .hints import ScaleHint, SolveHints, solve_hints
 from .index import SYSTEM_INDEX_DIR, build_index, index_dirs_for, index_files, scales_for_field, write_backend_config
-from .matching import pixel_scale_arcsec
 from .process import run_solver_process
 from .refine import refine
 from .result import SolveResult
@@ -48,7 +47,7 @@ from .wcsfile import header_with_wcs, pixel_to_icrs, wcs_header, wcs_keywords, w
 __all__ = [
     "SYSTEM_INDEX_DIR", "IndexInfo", "ScaleHint", "SirilInfo", "SolveHints", "SolvePlan", "SolveResult", "build_index",
     "find_wcs", "header_with_wcs", "index_advice", "index_dirs_for", "index_files", "index_infos", "needs_solving",
-    "pixel_scale_arcsec", "pixel_to_icrs", "plan_astrometry_net", "read_index_info", "refine", "run_solver_process",
+    "pixel_to_icrs", "plan_astrometry_net", "read_index_info", "refine", "run_solver_process",
     "scales_for_field", "siril_info", "solve", "solve_hints", "wcs_header", "wcs_keywords", "wcs_sky_offsets",
     "write_backend_config", "write_wcs_file",
 ]

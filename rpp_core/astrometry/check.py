@@ -8,7 +8,8 @@ from astropy.wcs import WCS
 
 from ..catalogs.local import read_reference
 from ..settings import AstrometrySettings
-from .matching import frame_shape, match_xy, pixel_scale_arcsec, refs_in_frame, sky_sep_arcsec, source_arrays
+from ..image.pixscale import wcs_pixel_scale
+from .matching import frame_shape, match_xy, refs_in_frame, sky_sep_arcsec, source_arrays
 
 
 def wcs_sky_offsets(sources: Table, wcs: WCS, refcat: Table, radius_arcsec: float, shape=None,
@@ -24,7 +25,7 @@ def wcs_sky_offsets(sources: Table, wcs: WCS, refcat: Table, radius_arcsec: floa
     x, y, _ = source_arrays(sources)
     x, y = x[:n_sources], y[:n_sources]
     shape = frame_shape(wcs, x, y, shape)
-    scale = pixel_scale_arcsec(wcs)
+    scale = wcs_pixel_scale(wcs) or float("nan")
     idx, rx, ry = refs_in_frame(wcs, ref, shape, margin_px=radius_arcsec / scale)
     idx = idx[: max(3 * len(x), 50)]
     i1, i2, _ = match_xy(x, y, rx[idx], ry[idx], radius_arcsec / scale)
@@ -99,12 +100,9 @@ def needs_solving(frame, meta, settings: AstrometrySettings, refcat: Table | Non
         return True, "the header has no WCS"
     if not wcs.has_celestial:
         return True, "the header WCS has no celestial axes"
-    try:
-        scale = pixel_scale_arcsec(wcs)
-    except Exception as exc:  # singular CD matrix and the like
-        return True, f"the header WCS is unusable ({exc})"
-    if not np.isfinite(scale) or scale <= 0:
-        return True, "the header WCS has no usable pixel scale"
+    scale = wcs_pixel_scale(wcs)
+    if scale is None:
+        return True, "the header WCS has no usable pixel scale (singular or non-finite CD/PC matrix)"
     expected = getattr(meta, "pixel_scale", None)
     if expected and abs(scale / expected - 1.0) > settings.scale_tolerance:
         return True, (f"the header WCS pixel scale {scale:.3f}\"/px differs from the expected "

@@ -16,8 +16,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
-from ..image.keywords import first_key, parse_float
-from .matching import pixel_scale_arcsec
+from ..image.pixscale import header_optics_pixel_scale, keyword_pixel_scale, plate_scan_pixel_scale, wcs_pixel_scale
 
 #: largest binning factor a header may have left out
 MAX_BINNING = 4
@@ -136,23 +135,14 @@ def solve_hints(frame, meta, trust_wcs_scale: bool = False) -> SolveHints:
     header = getattr(frame, "header", None)
     wcs = getattr(frame, "wcs", None)
     status = str(getattr(frame, "wcs_status", "") or "")
-    if wcs is not None and getattr(wcs, "has_celestial", False):
-        try:
-            scale = pixel_scale_arcsec(wcs)
-        except Exception:  # noqa: BLE001 - a singular matrix gives no hint, and that is all
-            scale = None
-        hints.add_scale(scale, "the header WCS" + (f" ({status})" if status and status != "ok" else ""),
+    if wcs is not None:
+        hints.add_scale(wcs_pixel_scale(wcs), "the header WCS" + (f" ({status})" if status and status != "ok" else ""),
                         not trust_wcs_scale)
     if header is not None:
-        k, v = first_key(header, ["PIXSCALE", "SECPIX", "SECPIX1", "PIXSCAL1"], lambda x: 0 < x < 3600)
-        if k:
-            hints.add_scale(v, f"header {k}")
-        plt, xps = parse_float(header.get("PLTSCALE")), parse_float(header.get("XPIXELSZ"))
-        if plt and xps and plt > 0 and xps > 0:
-            hints.add_scale(plt * xps / 1000.0, "header PLTSCALE x XPIXELSZ")
-        px, fl = parse_float(header.get("XPIXSZ")), parse_float(header.get("FOCALLEN"))
-        if px and fl and px > 0 and fl > 0:
-            hints.add_scale(206.265 * px / fl, "header XPIXSZ / FOCALLEN", True)
+        hints.add_scale(*keyword_pixel_scale(header))
+        hints.add_scale(*plate_scan_pixel_scale(header))
+        scale, src = header_optics_pixel_scale(header)
+        hints.add_scale(scale, src, True)
     scale = getattr(meta, "pixel_scale", None) if meta is not None else None
     if scale:
         source = _source(meta, "pixel_scale")

@@ -10,15 +10,9 @@ import warnings
 import numpy as np
 from astropy.table import Table
 from astropy.wcs import WCS
-from astropy.wcs.utils import proj_plane_pixel_scales
 from scipy.spatial import cKDTree
 
 from ..errors import AstrometryError
-
-
-def pixel_scale_arcsec(wcs: WCS) -> float:
-    """Mean pixel scale of a celestial WCS, arcsec/px."""
-    return float(np.mean(proj_plane_pixel_scales(wcs.celestial)) * 3600.0)
 
 
 def source_arrays(sources: Table) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

@@ -14,13 +14,14 @@ from astropy.wcs import WCS
 
 from ..catalogs.local import read_reference
 from ..settings import AstrometrySettings
-from .matching import frame_shape, match_xy, pixel_scale_arcsec, refs_in_frame, sky_sep_arcsec, source_arrays
+from ..image.pixscale import wcs_pixel_scale
+from .matching import frame_shape, match_xy, refs_in_frame, sky_sep_arcsec, source_arrays
 from .result import SolveResult
 from .wcsfit import fit_wcs
 
 
 def _match_and_measure(wcs: WCS, x, y, ref: Table, shape, radius_arcsec: float):
-    scale = pixel_scale_arcsec(wcs)
+    scale = wcs_pixel_scale(wcs) or float("nan")
     idx, rx, ry = refs_in_frame(wcs, ref, shape, margin_px=radius_arcsec / scale)
     i1, i2, _ = match_xy(x, y, rx[idx], ry[idx], radius_arcsec / scale)
     j = idx[i2]
@@ -123,7 +124,7 @@ def refine(sources: Table, wcs: WCS, refcat: Table, settings: AstrometrySettings
         lines.append(f"refine: fewer than {settings.min_matches} reference stars matched: WCS not refined")
         rms0 = _rms(sep0)
         return SolveResult(wcs, rms0 if np.isfinite(rms0) else float("nan"), int(len(sep0)), "kept original",
-                           lines, pixel_scale_arcsec(wcs0), time.monotonic() - t0)
+                           lines, wcs_pixel_scale(wcs0) or float("nan"), time.monotonic() - t0)
 
     # final matches with the linear fit, then see whether distortion terms pay
     i1, j, sep = _match_and_measure(best_lin, x, y, ref, shape, radius)
@@ -156,8 +157,8 @@ def refine(sources: Table, wcs: WCS, refcat: Table, settings: AstrometrySettings
         lines.append(f"refine: kept the original WCS ({len(sep_old)} matches, median offset "
                      f"{np.median(sep_old) if len(sep_old) else float('nan'):.2f}\")")
         return SolveResult(wcs, _rms(sep_old) if len(sep_old) else float("nan"), int(len(sep_old)),
-                           "kept original", lines, pixel_scale_arcsec(wcs0), time.monotonic() - t0)
-    scale = pixel_scale_arcsec(chosen)
+                           "kept original", lines, wcs_pixel_scale(wcs0) or float("nan"), time.monotonic() - t0)
+    scale = wcs_pixel_scale(chosen) or float("nan")
     lines.append(f"refine: {label} fit to {chosen_n} reference stars, RMS {chosen_rms:.3f}\", "
                  f"pixel scale {scale:.4f}\"/px")
     return SolveResult(chosen, chosen_rms, chosen_n, f"refine {label}", lines, scale, time.monotonic() - t0)

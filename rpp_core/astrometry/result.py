@@ -26,7 +26,8 @@ class SolveResult:
     log : list of str
         Human-readable lines for the run log.
     pixel_scale : float
-        Mean pixel scale of the WCS, arcsec/px.
+        Pixel scale of the WCS, arcsec/px (:func:`rpp_core.image.pixscale.wcs_pixel_scale`:
+        sqrt |det CD|); nan when unknown.
     elapsed_s : float
         Wall-clock time spent, s.
     """

@@ -14,7 +14,7 @@ from astropy.io import fits
 
 from ..progress import LogFn
 from ..settings import AstrometrySettings
-from .matching import pixel_scale_arcsec
+from ..image.pixscale import ARCSEC_PER_UM_PER_MM, wcs_pixel_scale
 from .process import run_solver_process
 from .result import SolveResult, SolveTrail
 from .wcsfile import read_wcs_header
@@ -102,7 +102,7 @@ def solve_siril(x, y, flux, shape, hints, settings: AstrometrySettings, deadline
         if scale:
             # Siril derives the scale from focal length and pixel size; any pair with the right ratio works
             pix_um = 10.0
-            focal_mm = 206.264806 * pix_um / scale
+            focal_mm = ARCSEC_PER_UM_PER_MM * pix_um / scale
             hdr["XPIXSZ"], hdr["YPIXSZ"], hdr["FOCALLEN"] = pix_um, pix_um, focal_mm
             args += [f"-focal={focal_mm:.3f}", f"-pixelsize={pix_um:.3f}"]
         ra, dec = (hints.ra, hints.dec) if hints.has_position else (None, None)
@@ -126,6 +126,6 @@ def solve_siril(x, y, flux, shape, hints, settings: AstrometrySettings, deadline
             lines_out.append("siril: finished but wrote no WCS")
             return None
         wcs.pixel_shape = (nx, ny)
-        sc = pixel_scale_arcsec(wcs)
+        sc = wcs_pixel_scale(wcs) or float("nan")
         lines_out.append(f"siril solved: pixel scale {sc:.4f}\"/px")
         return SolveResult(wcs, float("nan"), 0, f"siril {'.'.join(map(str, info.version))}", list(lines_out), sc)

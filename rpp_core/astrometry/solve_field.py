@@ -46,7 +46,8 @@ from ..settings import AstrometrySettings
 from .coverage import (IndexInfo, blind_scale_range, field_radius_deg, index_advice, index_infos, quad_range)
 from .hints import SolveHints
 from .index import index_dirs_for, index_files, write_backend_config
-from .matching import pixel_scale_arcsec, sky_sep_arcsec
+from ..image.pixscale import wcs_pixel_scale
+from .matching import sky_sep_arcsec
 from .process import run_solver_process
 from .result import SolveResult, SolveTrail
 from .wcsfile import read_wcs_header
@@ -264,7 +265,7 @@ def solve_astrometry_net(x, y, flux, shape, hints: SolveHints, settings: Astrome
                 wcs = read_wcs_header(fits.getheader(wcs_path))
                 wcs.pixel_shape = (nx, ny)
                 rms, nm = _corr_stats(out / "field.xy.corr", wcs)
-                scale = pixel_scale_arcsec(wcs)
+                scale = wcs_pixel_scale(wcs) or float("nan")
                 done = (f"astrometry.net ({label}) solved in {spent:.1f} s: pixel scale {scale:.4f}\"/px, "
                         f"{nm} index stars matched, RMS {rms:.2f}\"")
                 log(done)

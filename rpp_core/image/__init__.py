@@ -14,6 +14,7 @@ Modules: :mod:`.load` (file checks, HDU choice, scaling), :mod:`.raw`
 fallbacks), :mod:`.units` (units, effective gain, header zero points),
 :mod:`.companions` (weight maps and masks beside the image),
 :mod:`.summary` (header facts for the file browser),
+:mod:`.pixscale` (pixel scales from the WCS, keywords and optics),
 :mod:`.keywords` (keyword value parsers).
 """
 
@@ -24,13 +25,14 @@ import importlib
 #: import scipy.ndimage and astropy.coordinates with the loader and metadata modules
 _WHERE = {
     "NoiseMap": ".companions", "PixelWeights": ".companions", "load_pixel_weights": ".companions",
-    "noise_map": ".companions", "pixel_scale_from_wcs": ".header", "repair_header": ".header",
+    "noise_map": ".companions", "repair_header": ".header",
     "wcs_from_header": ".header", "parse_date": ".keywords", "ExposureValues": "..products",
     "Frame": "..products", "ObservationMeta": "..products", "load_frame": ".load",
     "compute_airmass": ".metadata", "exposure_values": ".metadata", "header_metadata": ".metadata",
     "read_metadata": ".metadata", "RawLayout": ".raw", "header_summary": ".summary",
     "EffectiveGain": ".units", "GainSource": ".units", "HeaderZeroPoint": ".units",
     "HeaderZeroPoints": ".units", "ImageUnits": ".units", "UnitKind": ".units",
+    "wcs_pixel_scale": ".pixscale",
 }
 
 

@@ -7,7 +7,7 @@ untouched. Each change is one line in ``Frame.repairs``:
 - unparsable cards are removed;
 - ``RADECSYS`` -> ``RADESYS``; ``EPOCH`` copied to ``EQUINOX`` when EQUINOX is
   missing and EPOCH is 1950 or 2000; string ``EQUINOX`` ('J2000') -> number;
-- dates (DATE-OBS, DATE-BEG, DATE-AVG, DATE-END, DATE) in odd formats
+- dates (:data:`.keywords.REPAIRED_DATE_KEYS`: DATE-OBS, DATE-AVG, DATE-END...) in odd formats
   ('29/11/51', '2025/01/02 03:04:05', trailing 'Z') -> ISO 8601;
 - malformed celestial CTYPE padding ('RA--TAN', lower case) -> standard;
   SIP coefficients without '-SIP' (or '-SIP' without coefficients) made
@@ -19,22 +19,16 @@ untouched. Each change is one line in ``Frame.repairs``:
 
 from __future__ import annotations
 
-import math
 import re
 import warnings
 from typing import Any
 
 import numpy as np
-from astropy import units as u
 from astropy.io import fits
 from astropy.time import Time
 from astropy.wcs import WCS
-from astropy.wcs.utils import proj_plane_pixel_area
 
-from .keywords import one_line, parse_date, parse_float
-
-_DATE_KEYS = ("DATE-OBS", "DATE-BEG", "DATE-AVG", "DATE-END", "DATE")
-
+from .keywords import REPAIRED_DATE_KEYS, one_line, parse_date, parse_float
 
 _CEL_PREFIX = re.compile(r"^(RA|DEC|[GESH]LON|[GESH]LAT|[A-Z]{2}LN|[A-Z]{2}LT)-*")
 WCS_PRIMARY_KEY = re.compile(
@@ -225,7 +219,7 @@ def repair_and_check(header: fits.Header) -> tuple[fits.Header, list[str], WCS |
             h["EQUINOX"] = ep
             repairs.append(f"EQUINOX = {ep:g} taken from EPOCH (old usage)")
 
-    for key in _DATE_KEYS:
+    for key in REPAIRED_DATE_KEYS:
         if key in h and isinstance(h[key], str):
             raw = h[key]
             iso = parse_date(raw, file_date=key == "DATE")
@@ -277,16 +271,3 @@ def repair_header(header: fits.Header) -> tuple[fits.Header, list[str]]:
     """
     h, repairs, _, _, _ = repair_and_check(header)
     return h, repairs
-
-
-def pixel_scale_from_wcs(wcs: WCS) -> float:
-    """Pixel scale in arcsec/px: sqrt(|det|) of the celestial CD (or PC x CDELT) matrix.
-
-    Independent of rotation and of the CD vs PC/CDELT form; for non-square
-    pixels it is the geometric mean of the two axes. SIP terms are ignored
-    (they are zero at CRPIX by construction).
-    """
-    cel = wcs.celestial
-    area = proj_plane_pixel_area(cel)  # in CUNIT^2, deg^2 after wcsset
-    unit = u.Unit(cel.wcs.cunit[0] or "deg")
-    return float(math.sqrt(abs(area)) * unit.to(u.arcsec))

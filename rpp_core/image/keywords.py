@@ -5,7 +5,8 @@ from __future__ import annotations
 import math
 import re
 import warnings
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Literal
 
 import numpy as np
 from astropy import units as u
@@ -136,8 +137,56 @@ def one_line(obj: Any) -> str:
     return text if len(text) <= 200 else text[:197] + "..."
 
 
-#: keywords holding an observation (or file) date, in the order :mod:`.metadata` tries them
-DATE_KEYS = ("DATE-AVG", "DATE-OBS", "DATE-BEG", "DATE")
+@dataclass(frozen=True)
+class TimeKeyword:
+    """A keyword the observation time is read from.
+
+    ``form``: ``"iso"`` (a FITS date, :func:`parse_date`), ``"mjd"`` or ``"jd"`` (a number
+    within :data:`TIME_RANGES`). ``moment``: ``"mid"`` (mid-exposure already), ``"start"``
+    (exposure start: the reader adds half the exposure time) or ``"file"`` (the file's
+    creation, an upper bound and a last resort). ``time_of_day``: a date alone takes its
+    time from :data:`TIME_KEYS` (``TIME-OBS`` belongs to ``DATE-OBS``), or stands at
+    00:00 as a last resort before the file date.
+    """
+
+    key: str
+    form: Literal["iso", "mjd", "jd"]
+    moment: Literal["mid", "start", "file"]
+    time_of_day: bool = False
+
+
+#: every keyword the observation time comes from, in the order :func:`.metadata.read_metadata`
+#: trusts them (first usable hit wins; an ISO date without a time of day is skipped, except as
+#: noted in :class:`TimeKeyword`). The one list for the reader, its "not in header" message,
+#: the warnings about unreadable dates and the header repair.
+TIME_SOURCES = (
+    TimeKeyword("DATE-AVG", "iso", "mid"),
+    TimeKeyword("MJD-AVG", "mjd", "mid"),
+    TimeKeyword("DATE-OBS", "iso", "start", time_of_day=True),
+    TimeKeyword("DATE-BEG", "iso", "start"),
+    TimeKeyword("MJD-OBS", "mjd", "start"),
+    TimeKeyword("MJD-BEG", "mjd", "start"),
+    TimeKeyword("JD", "jd", "start"),
+    TimeKeyword("JD-OBS", "jd", "start"),
+    TimeKeyword("JD_OBS", "jd", "start"),
+    TimeKeyword("DATE", "iso", "file"),
+)
+#: plausible values of the numeric forms: MJD after 1858-11-17 and before 2132; JD 1858-2406
+TIME_RANGES = {"mjd": (0.0, 100000.0), "jd": (2.4e6, 2.6e6)}
+#: the ISO date keywords read, in :data:`TIME_SOURCES` order
+DATE_KEYS = tuple(t.key for t in TIME_SOURCES if t.form == "iso")
+#: the exposure-start keywords of :data:`TIME_SOURCES`, then the mid-exposure ones: the ISO dates the
+#: file browser shows as written
+START_DATES = tuple(sorted((t for t in TIME_SOURCES if t.form == "iso" and t.moment != "file"),
+                           key=lambda t: t.moment != "start"))
+#: the date keywords header repair writes in ISO 8601: those read, and DATE-END (not read, but
+#: kept in the headers rpp writes out)
+REPAIRED_DATE_KEYS = DATE_KEYS + ("DATE-END",)
+
+
+def time_sources_text() -> str:
+    """The keywords of :data:`TIME_SOURCES` in order, for messages: ``DATE-AVG, MJD-AVG, DATE-OBS [+ TIME-OBS/UT/...], ...``."""
+    return ", ".join(t.key + (f" [+ {'/'.join(TIME_KEYS)}]" if t.time_of_day else "") for t in TIME_SOURCES)
 
 
 def unreadable_dates(header: fits.Header) -> list[str]:

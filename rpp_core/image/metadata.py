@@ -23,8 +23,9 @@ from erfa import ErfaWarning
 
 from ..products import ExposureValues, Frame, ObservationMeta, Origin, Provenance
 from ..settings import ObservatorySettings
-from .header import pixel_scale_from_wcs
-from .keywords import TIME_KEYS, first_key, parse_angle, parse_date, parse_float, parse_text, parse_time_of_day
+from .keywords import (TIME_KEYS, TIME_RANGES, TIME_SOURCES, first_key, parse_angle, parse_date, parse_float, parse_text,
+                       parse_time_of_day, time_sources_text)
+from .pixscale import SCALE_KEYS, keyword_pixel_scale, optics_pixel_scale, plate_scan_pixel_scale, wcs_pixel_scale
 from .units import GainSource, classify_units, decide_gain, header_gain, header_zero_points, sky_noise
 
 if TYPE_CHECKING:
@@ -45,14 +46,14 @@ def _timescale(header: fits.Header) -> str:
 
 
 def _read_time(header: fits.Header) -> tuple[Time | None, Provenance, bool]:
-    """(time, provenance, is_start). Fallback order, first hit wins:
+    """(time, provenance, is_start) from the first usable keyword of :data:`.keywords.TIME_SOURCES`.
 
-    1. DATE-AVG, then MJD-AVG: already mid-exposure;
-    2. DATE-OBS with a time of day; DATE-OBS with only a date + TIME-OBS, UT,
-       UTSTART or UT-START;
-    3. DATE-BEG; 4. MJD-OBS; 5. JD / JD-OBS (start);
-    6. DATE-OBS date only (00:00 UT assumed, not good enough for airmass);
-    7. DATE (file creation date: an upper bound, flagged as such).
+    An ISO date counts with its time of day; ``DATE-OBS`` with only a date takes it
+    from TIME-OBS, UT, UTSTART or UT-START (:data:`.keywords.TIME_KEYS`). MJD/JD values
+    count within :data:`.keywords.TIME_RANGES`. When nothing else gives a time, a
+    ``DATE-OBS`` date alone stands at 00:00 UT (not good enough for airmass), then the
+    file creation date ``DATE`` (an upper bound); both are flagged as assumed.
+    ``is_start``: the time is the exposure start (the caller adds exptime/2).
     """
     scale = _timescale(header)
 
@@ -61,36 +62,32 @@ def _read_time(header: fits.Header) -> tuple[Time | None, Provenance, bool]:
             warnings.simplefilter("ignore")  # ERFA 'dubious year' for pre-1960 plates
             return Time(val, format=fmt, scale=scale).utc
 
-    iso = parse_date(header.get("DATE-AVG"))
-    if iso and "T" in iso:
-        return mk(iso, "isot"), _header("header DATE-AVG (mid-exposure)"), False
-    k, v = first_key(header, ["MJD-AVG"], lambda x: 0 < x < 100000)
-    if k:
-        return mk(v, "mjd"), _header("header MJD-AVG (mid-exposure)"), False
-    iso = parse_date(header.get("DATE-OBS"))
-    if iso and "T" in iso:
-        return mk(iso, "isot"), _header("header DATE-OBS"), True
-    if iso:
-        tk, secs = first_key(header, TIME_KEYS, parse=parse_time_of_day)
-        if tk:
-            t = mk(iso, "iso") + secs * u.s
-            return t, _header(f"header DATE-OBS + {tk}"), True
-    iso_beg = parse_date(header.get("DATE-BEG"))
-    if iso_beg and "T" in iso_beg:
-        return mk(iso_beg, "isot"), _header("header DATE-BEG"), True
-    k, v = first_key(header, ["MJD-OBS", "MJD-BEG"], lambda x: 0 < x < 100000)
-    if k:
-        return mk(v, "mjd"), _header(f"header {k}"), True
-    k, v = first_key(header, ["JD", "JD-OBS", "JD_OBS"], lambda x: 2.4e6 < x < 2.6e6)
-    if k:
-        return mk(v, "jd"), _header(f"header {k}"), True
-    if iso:
-        return mk(iso, "iso"), Provenance("header DATE-OBS (date only, 00:00 assumed)", Origin.ASSUMED), True
-    iso = parse_date(header.get("DATE"), file_date=True)
-    if iso:
-        return (mk(iso, "isot" if "T" in iso else "iso"),
-                Provenance("header DATE (file creation date, not the observation)", Origin.ASSUMED), False)
-    return None, _missing("not in header (DATE-AVG, DATE-OBS, TIME-OBS/UT, DATE-BEG, MJD-OBS, JD, DATE)"), False
+    date_only = None  # (key, ISO date) of a date keyword without a time of day
+    for tk in TIME_SOURCES:
+        start = tk.moment == "start"
+        if tk.moment == "file":
+            if date_only is not None:
+                k, iso = date_only
+                return mk(iso, "iso"), Provenance(f"header {k} (date only, 00:00 assumed)", Origin.ASSUMED), True
+            iso = parse_date(header.get(tk.key), file_date=True)
+            if iso:
+                return (mk(iso, "isot" if "T" in iso else "iso"),
+                        Provenance(f"header {tk.key} (file creation date, not the observation)", Origin.ASSUMED), False)
+        elif tk.form == "iso":
+            iso = parse_date(header.get(tk.key))
+            if iso and "T" in iso:
+                return mk(iso, "isot"), _header(f"header {tk.key}" + ("" if start else " (mid-exposure)")), start
+            if iso and tk.time_of_day:
+                k, secs = first_key(header, TIME_KEYS, parse=parse_time_of_day)
+                if k:
+                    return mk(iso, "iso") + secs * u.s, _header(f"header {tk.key} + {k}"), start
+                date_only = date_only or (tk.key, iso)
+        else:
+            lo, hi = TIME_RANGES[tk.form]
+            k, v = first_key(header, [tk.key], lambda x: lo < x < hi)
+            if k:
+                return mk(v, tk.form), _header(f"header {k}" + ("" if start else " (mid-exposure)")), start
+    return None, _missing(f"not in header ({time_sources_text()})"), False
 
 
 #: exposure-time keywords, first hit wins (EXP_TIME: UKIDSS/CASU; EXPOSED, TEXPTIME, EXPTIM: other writers)
@@ -180,19 +177,21 @@ def _read_pointing(header: fits.Header, wcs: WCS | None, shape) -> tuple[float |
 
 
 def _read_pixel_scale(header: fits.Header, wcs: WCS | None, obs: ObservatorySettings) -> tuple[float | None, Provenance]:
-    """WCS (sqrt|det CD|), then PIXSCALE/SECPIX/SECPIX1/PIXSCAL1, then DSS
-    PLTSCALE (arcsec/mm) x XPIXELSZ (um), then 206.265 x pixel size (um) /
-    focal length (mm): header XPIXSZ (already binned, MaxIm convention) or
-    profile pixel_size_um x XBINNING; header FOCALLEN or profile focal length.
+    """Arcsec/px, first hit wins (each reader in :mod:`.pixscale`): the WCS (sqrt |det CD|),
+    then :data:`~.pixscale.SCALE_KEYS` (PIXSCALE/SECPIX/SECPIX1/PIXSCAL1), then a plate
+    scan's PLTSCALE (arcsec/mm) x XPIXELSZ (um), then 206.265 x pixel size (um) / focal
+    length (mm): header XPIXSZ (already binned, MaxIm convention) or profile pixel_size_um
+    x XBINNING; header FOCALLEN or profile focal length.
     """
-    if wcs is not None:
-        return pixel_scale_from_wcs(wcs), Provenance("WCS (sqrt |det| of the CD/PC matrix)", Origin.WCS)
-    k, v = first_key(header, ["PIXSCALE", "SECPIX", "SECPIX1", "PIXSCAL1"], lambda x: 0 < x < 3600)
-    if k:
-        return v, _header(f"header {k}")
-    plt, xps = parse_float(header.get("PLTSCALE")), parse_float(header.get("XPIXELSZ"))
-    if plt and xps and plt > 0 and xps > 0:
-        return plt * xps / 1000.0, _header("header PLTSCALE x XPIXELSZ (photographic plate scan)")
+    scale = wcs_pixel_scale(wcs)
+    if scale is not None:
+        return scale, Provenance("WCS (sqrt |det| of the CD/PC matrix)", Origin.WCS)
+    scale, src = keyword_pixel_scale(header)
+    if scale is not None:
+        return scale, _header(src)
+    scale, src = plate_scan_pixel_scale(header)
+    if scale is not None:
+        return scale, _header(f"{src} (photographic plate scan)")
     binning = parse_float(header.get("XBINNING")) or 1.0
     px, px_src = parse_float(header.get("XPIXSZ")), "header XPIXSZ"
     if (not px or px <= 0) and obs.pixel_size_um > 0:
@@ -200,9 +199,11 @@ def _read_pixel_scale(header: fits.Header, wcs: WCS | None, obs: ObservatorySett
     fl, fl_src = parse_float(header.get("FOCALLEN")), "header FOCALLEN"
     if (not fl or fl <= 0) and obs.focal_length_mm > 0:
         fl, fl_src = obs.focal_length_mm, "profile focal_length_mm"
-    if px and px > 0 and fl and fl > 0:
-        return 206.265 * px / fl, Provenance(f"206.265 x {px_src} / {fl_src}", Origin.COMPUTED)
-    return None, _missing("no WCS, no PIXSCALE/SECPIX, no pixel size and focal length (header or profile)")
+    scale = optics_pixel_scale(px, fl)
+    if scale is not None:
+        return scale, Provenance(f"206.265 x {px_src} / {fl_src}", Origin.COMPUTED)
+    return None, _missing(f"no WCS, no {'/'.join(SCALE_KEYS)}, no PLTSCALE x XPIXELSZ, no pixel size and focal "
+                          "length (header XPIXSZ/FOCALLEN or profile pixel_size_um/focal_length_mm)")
 
 
 def compute_airmass(site: EarthLocation, time: Time, ra: float, dec: float) -> tuple[float | None, float]:
@@ -245,9 +246,9 @@ def read_metadata(frame: Frame, observatory: ObservatorySettings) -> Observation
     Fallback orders (first hit wins; ``sources[field]`` names the hit, or why
     the value is None):
 
-    - date_obs: see :func:`_read_time` (DATE-AVG, DATE-OBS [+TIME-OBS/UT],
-      DATE-BEG, MJD-OBS, JD, DATE); a start time is moved to mid-exposure by
-      + exptime/2 when the exposure time is known.
+    - date_obs: see :func:`_read_time` (:data:`.keywords.TIME_SOURCES`: DATE-AVG,
+      MJD-AVG, DATE-OBS [+TIME-OBS/UT], DATE-BEG, MJD-OBS, JD, DATE...); a start time
+      is moved to mid-exposure by + exptime/2 when the exposure time is known.
     - exptime: :data:`EXPTIME_KEYS` (seconds; comments saying minutes/ms
       are honoured, e.g. DSS 'EXPOSURE = 50 / Exposure time minutes').
     - filter: FILTER, FILTNAME, BAND.

@@ -10,7 +10,7 @@ from astropy.io import fits
 
 from ..errors import InputError
 from .header import repair_and_check, salvage_cards
-from .keywords import TIME_KEYS, first_key, one_line, parse_date, parse_text, parse_time_of_day
+from .keywords import START_DATES, TIME_KEYS, first_key, one_line, parse_date, parse_text, parse_time_of_day
 from .load import check_complete, check_magic, describe_hdus, image_dims, inherit_primary, is_usable_image
 from .metadata import read_exptime
 
@@ -61,12 +61,13 @@ def header_summary(path) -> dict[str, Any]:
         k, v = first_key(header, ["FILTER", "FILTNAME", "BAND"], bool, parse=parse_text)
         out["filter"] = v
         out["exptime"], _ = read_exptime(header)
-        for key in ("DATE-OBS", "DATE-BEG", "DATE-AVG"):
+        for tk in START_DATES:
+            key = tk.key
             if key in header:
                 iso = parse_date(header[key])
-                if iso and "T" not in iso:
-                    tk, secs = first_key(header, TIME_KEYS, parse=parse_time_of_day)
-                    if tk:
+                if iso and "T" not in iso and tk.time_of_day:
+                    time_key, secs = first_key(header, TIME_KEYS, parse=parse_time_of_day)
+                    if time_key:
                         hh, rest = divmod(secs, 3600)
                         iso += f"T{int(hh):02d}:{int(rest // 60):02d}:{rest % 60:04.1f}"
                 out["date_obs"] = iso or str(header[key]).strip()

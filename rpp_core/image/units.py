@@ -36,11 +36,10 @@ from astropy import units as u
 from astropy.io import fits
 
 from .keywords import parse_float, parse_text
+from .pixscale import detector_pixel_scale
 
 #: the AB magnitude of 1 maggy is 0 by definition (1 maggy = 3631 Jy)
 AB_JY = 3631.0
-#: sidereal rate, arcsec of great circle per second of time (drift scans move at it)
-SIDEREAL_ARCSEC_PER_S = 15.041067
 
 
 # ---------------------------------------------------------------- units
@@ -429,23 +428,6 @@ _PER_EXPOSURE = re.compile(r"per\s+exposure|whole\s+exposure|for\s+the\s+(image|
 def _system(header: fits.Header) -> str:
     v = (parse_text(header.get("PHOTSYS")) or "").upper()
     return "AB" if "AB" in v else "Vega" if "VEGA" in v else ""
-
-
-def detector_pixel_scale(header: fits.Header) -> tuple[float | None, str]:
-    """The size of a detector pixel on the sky (arcsec) from keywords independent of the WCS.
-
-    A drift scan (CCDMODE = 'DRIFT') reads one row per ``C_OBS`` microseconds while the
-    sky moves at the sidereal rate along the scan: the row time gives the pixel. Else
-    206.265 x XPIXSZ (um, binned as MaxIm writes it) / FOCALLEN (mm). (None, '') if neither.
-    """
-    mode = (parse_text(header.get("CCDMODE")) or "").upper()
-    row_us = parse_float(header.get("C_OBS"))
-    if mode == "DRIFT" and row_us and row_us > 0:
-        return SIDEREAL_ARCSEC_PER_S * row_us * 1e-6, f"drift-scan row time C_OBS {row_us:g} us x the sidereal rate"
-    px, fl = parse_float(header.get("XPIXSZ")), parse_float(header.get("FOCALLEN"))
-    if px and fl and px > 0 and fl > 0:
-        return 206.265 * px / fl, "206.265 x XPIXSZ / FOCALLEN"
-    return None, ""
 
 
 def _unit_zero_point(header: fits.Header, units: ImageUnits, pixel_scale: float | None) -> tuple[HeaderZeroPoint | None, str]:
