@@ -62,7 +62,7 @@ for p in (str(ROOT), str(BENCH)):
 #: name -> (largest half-size of the filter's support, px; deblend_nthresh). base = rpp's own.
 VARIANTS = {
     "base": (4, 32), "k5": (2, 32), "k3": (1, 32), "n24": (4, 24), "n16": (4, 16),
-    "k5n24": (2, 24), "k5n16": (2, 16), "k3n24": (1, 24), "k3n16": (1, 16),
+    "n8": (4, 8), "k5n24": (2, 24), "k5n16": (2, 16), "k3n24": (1, 24), "k3n16": (1, 16),
 }
 
 _ORIG: dict = {}
