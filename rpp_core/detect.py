@@ -657,8 +657,12 @@ def detection_kernel(fwhm_px: float) -> tuple[np.ndarray, float]:
     ``gauss_3.0_7x7``, ``gauss_4.0_7x7``, ``gauss_5.0_9x9``: ``2 round(0.85 FWHM) + 1``
     px). Undersampled stars (FWHM < 1.5 px) get the 1.5 px filter: a narrower one is
     a single pixel and would detect noise peaks; stars wider than 5 px the 9 x 9 one,
-    as the cost grows with the filter's area (7 x 7: 0.9 s of CPU on 4096^2 with
-    6,000 stars, 3 x 3: 0.5 s).
+    as the cost grows with the filter's area (the detection pass on 4096^2 with 6,000
+    stars, 2026-12-02: 0.60 s of CPU with 7 x 7, 0.54 s with the same Gaussian on
+    5 x 5, 0.47 s on 3 x 3). A smaller support was measured and not kept: it loses the
+    faint end (34.6 % -> 32.4 % / 18.4 % of the stars at S/N 5-10 on frame B) and a
+    faint extended knot of horsehead that SExtractor's 7 x 7 finds
+    (docs/performance-profile.md, section 5.3; ``bench/detect_variants.py``).
     """
     f = float(np.clip(fwhm_px, UNDERSAMPLED_PX, None))
     half = int(np.clip(np.round(0.85 * f), 1, 4))
@@ -684,7 +688,9 @@ def _find_sep(data, rms, search, fwhm_px, settings: DetectionSettings) -> dict:
     The threshold is ``settings.threshold_sigma`` x the RMS map on the peak amplitude of
     a star of the measured FWHM (DAOFIND's meaning, kept so profiles keep their depth):
     on the filtered image that is ``threshold_sigma x rms x`` :func:`_peak_response`.
-    SExtractor's deblending (32 levels, contrast ``settings.deblend_contrast``) and cleaning; positions are the
+    SExtractor's deblending (32 levels, contrast ``settings.deblend_contrast``; 24 or 16 levels
+    were 5-20 % faster and merged 6-17 of frame A's 6,000 stars: docs/performance-profile.md,
+    section 5.3) and cleaning; positions are the
     windowed centroids (``sep_x.winpos``, 30-40 % closer to the truth than the isophotal
     barycentre on synthetic stars), the barycentre where the window does not converge.
     """
