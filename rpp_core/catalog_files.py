@@ -497,11 +497,11 @@ def _write_fits_rows(flat: Table, path: Path) -> bool:
     for (field, _), values in zip(fields, columns):
         rows[field] = values
     header["NAXIS2"] = len(flat)
-    data = rows.tobytes()
+    data = rows.view(np.uint8).reshape(-1)  # written from the array: a bytes copy was 10 MB of fresh pages per 20,000 rows
     with open(path, "wb") as fh:
         fh.write(fits.PrimaryHDU().header.tostring().encode("ascii"))
         fh.write(header.tostring().encode("ascii"))
-        fh.write(data)
+        fh.write(memoryview(data))
         fh.write(b"\0" * (-len(data) % 2880))
     return True
 
