@@ -370,3 +370,42 @@ def test_votable_rows_spanning_several_base64_lines_read_back_cell_by_cell(tmp_p
         e, g = np.asarray(expected)[keep], np.asarray(got)[keep]
         assert np.array_equal(e, g.astype(e.dtype) if e.dtype.kind != "U" else g.astype(str)), name
         assert got.dtype.kind == ("i" if expected.dtype.kind == "u" else expected.dtype.kind), name
+
+
+@pytest.mark.parametrize("which", ["fixture", "catalogue"])
+def test_parquet_cells_nulls_units_and_descriptions_read_back_by_pyarrow_pandas_and_astropy(table, tmp_path, which):
+    """Every cell, null, unit, description and the meta of the Parquet file, read by pyarrow, pandas and
+    astropy: the file as pandas/polars users and astropy users see it."""
+    import pandas as pd
+    import pyarrow.parquet as pq
+
+    t = table if which == "fixture" else _catalogue_like(3000)
+    if which == "catalogue":
+        t["flux_ap2"].description = "aperture sum minus local background"
+        t["flags"] = MaskedColumn(np.arange(len(t), dtype=np.int32) % 5, mask=np.arange(len(t)) % 13 == 0)
+        t.meta.update({"zp": 24.5, "band": "G", "apertures": {"ap2": 6.98}})
+    path = catalog_files.write(t, tmp_path / "catalog.parquet", "parquet")
+    arrow = pq.read_table(path)
+    frame = pd.read_parquet(path)
+    back = Table.read(path, format="parquet")
+    assert arrow.column_names == list(frame.columns) == back.colnames == t.colnames
+    for name in t.colnames:
+        col = t[name]
+        mask = np.ma.getmaskarray(col)
+        values = np.asarray(col)
+        field = arrow.schema.field(name)
+        expected_meta = {k: str(v) for k, v in (("unit", col.unit), ("description", col.description)) if v}
+        assert {k.decode(): v.decode() for k, v in (field.metadata or {}).items()} == expected_meta, name
+        got = arrow.column(name).to_pylist()
+        want = [None if m else v for v, m in zip(values.tolist(), mask.tolist())]
+        assert [repr(v) for v in got] == [repr(v) for v in want], name  # every cell, NaN and nulls included
+        assert frame[name].isna().sum() == mask.sum() + (np.isnan(values).sum() if values.dtype.kind == "f" else 0), name
+        b = back[name]
+        assert b.unit == col.unit and b.description == col.description, name
+        if mask.any() and values.dtype.kind == "i":  # astropy reads an integer column with nulls as float, NaN there
+            assert b.dtype.kind == "f" and np.array_equal(np.ma.getmaskarray(b) | np.isnan(np.asarray(b)), mask), name
+            assert np.array_equal(np.asarray(b)[~mask], values[~mask]), name
+        else:
+            assert b.dtype == col.dtype and np.array_equal(np.ma.getmaskarray(b), mask), name
+            assert np.array_equal(np.asarray(b), values, equal_nan=values.dtype.kind == "f"), name
+    assert back.meta == t.meta
