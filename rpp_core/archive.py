@@ -52,7 +52,8 @@ def _deflate(path: Path, split: bool = False, rows_of: Future | None = None) -> 
     if rows_of is not None:
         shared = rows_of.result()[4]
         if shared is not None and len(shared[0]) and len(shared[0]) < len(raw) and raw.endswith(shared[0]):
-            return _head_blocks(memoryview(raw)[:len(raw) - len(shared[0])]) + shared[1], zipfile.ZIP_DEFLATED, crc, len(raw), None
+            data = _head_blocks(memoryview(raw)[:len(raw) - len(shared[0])]) + shared[1]
+            return data, zipfile.ZIP_DEFLATED, crc, len(raw), None
     if split and b"\n" in raw:
         start = raw.index(b"\n") + 1
         rows = memoryview(raw)[start:]
