@@ -681,6 +681,9 @@ def make_zip(run_dir: Path, cancel: Callable[[], bool] | None = None) -> Path:
                if p.is_file() and p != target and not p.name.endswith(PART_SUFFIX)]
     if (run_dir / RUN_LOG).exists():
         members.append((run_dir / RUN_LOG, Path(RUN_LOG)))
+    # the CSV and the ECSV share their rows (catalog_files.CsvBody): deflated once for both
+    same_rows = [(staging / CATALOG_FORMATS["csv"], staging / CATALOG_FORMATS["ecsv"])]
     with atomic_path(target) as tmp:
-        archive.write_zip(tmp, [(path, f"{run_dir.name}/{rel.as_posix()}") for path, rel in members], check)
+        archive.write_zip(tmp, [(path, f"{run_dir.name}/{rel.as_posix()}") for path, rel in members], check,
+                          same_rows=same_rows)
     return target

@@ -165,7 +165,46 @@ def test_run_zip_holds_every_file_and_tools_read_it(table, tmp_path):
         assert {f"{run.name}/{n}" for n in [*catalog_files.FILE_NAMES.values(), "run.log"]} <= names
         stored = {i.filename.rsplit("/", 1)[1]: i.compress_type for i in zf.infolist()}
         assert stored["catalog.parquet"] == zipfile.ZIP_STORED and stored["catalog.csv"] == zipfile.ZIP_DEFLATED
-        assert zf.read(f"{run.name}/catalog.ecsv") == (staging / "catalog.ecsv").read_bytes()
+        for info in zf.infolist():  # every member, byte for byte
+            source = run / "run.log" if info.filename.endswith("/run.log") else staging / info.filename.split("/", 1)[1]
+            assert zf.read(info) == source.read_bytes(), info.filename
+    # the CSV's rows are deflated once: the ECSV member ends with the CSV member's compressed rows
+    csv, ecsv = (_stored_bytes(zpath, f"{run.name}/{n}") for n in ("catalog.csv", "catalog.ecsv"))
+    rows = (staging / "catalog.csv").read_bytes().split(b"\n", 1)[1]
+    shared = len(csv) - len(csv.split(b"\x00\x00\xff\xff", 1)[0]) - 4  # after the header's sync-flush marker
+    assert shared > 0.9 * len(csv) and ecsv.endswith(csv[-shared:]) and rows in (staging / "catalog.ecsv").read_bytes()
+
+
+def _stored_bytes(zpath, name):
+    """The member's data as stored in the archive (compressed), from its local header."""
+    import struct
+
+    with zipfile.ZipFile(zpath) as zf:
+        info = zf.getinfo(name)
+    with open(zpath, "rb") as fh:
+        fh.seek(info.header_offset)
+        n_name, n_extra = struct.unpack("<HH", fh.read(30)[26:30])
+        fh.seek(n_name + n_extra, 1)
+        return fh.read(info.compress_size)
+
+
+def test_zip_members_with_the_same_rows_hold_their_own_bytes_whether_or_not_the_rows_match(tmp_path):
+    rows = b"".join(b"%d,%.6f,True\n" % (i, i / 7) for i in range(30000))
+    files = {"a.csv": b"id,v,flag\n" + rows, "b.ecsv": b"# %ECSV 1.0\n# ---\n# yaml\nid,v,flag\n" + rows,
+             "c.csv": b"id,v,flag\n" + rows, "d.ecsv": b"# other\n" + rows[:-5] + b"xyz\n",  # not its rows
+             "e.csv": b"no newline", "f.ecsv": b"no newline", "g.csv": b"h\n", "h.ecsv": b"h\n"}
+    for name, data in files.items():
+        (tmp_path / name).write_bytes(data)
+    p = {name: tmp_path / name for name in files}
+    pairs = [(p["a.csv"], p["b.ecsv"]), (p["c.csv"], p["d.ecsv"]), (p["e.csv"], p["f.ecsv"]), (p["g.csv"], p["h.ecsv"])]
+    for threads in (1, 2, 4):
+        path = archive.write_zip(tmp_path / f"t{threads}.zip", [(p[n], f"r/{n}") for n in files], threads=threads,
+                                 same_rows=pairs)
+        with zipfile.ZipFile(path) as zf:
+            assert zf.testzip() is None
+            assert {n: zf.read(f"r/{n}") for n in files} == files
+        assert _stored_bytes(path, "r/b.ecsv").endswith(_stored_bytes(path, "r/a.csv")[-1000:])
+        assert not _stored_bytes(path, "r/d.ecsv").endswith(_stored_bytes(path, "r/c.csv")[-1000:])
 
 
 def test_zip_of_members_too_big_for_plain_zip_falls_back_to_zip64(tmp_path, monkeypatch):
@@ -299,3 +338,74 @@ def test_fits_rows_packed_in_numpy_are_the_bytes_astropy_writes(table, tmp_path,
         assert packed[label] == theirs, label
     back = Table.read(tmp_path / "0.fits")
     assert back["flag32"].mask.sum() == t["flag32"].mask.sum() and not np.isfinite(np.ma.filled(back["psf_flux"], np.nan)[0])
+
+
+def test_votable_rows_spanning_several_base64_lines_read_back_cell_by_cell(tmp_path):
+    """Rows of more than one 1 MiB base64 line, every numpy kind the writer packs, masks included: the
+    parsed cells equal the table's, and the stream is plain base64 in lines of 1 MiB."""
+    from astropy.io.votable import parse
+
+    rng = np.random.default_rng(4)
+    n = 60000  # 60,000 rows x 33 bytes (1.98 MB): two lines of 3 x 2**18 bytes and a part
+    t = Table()
+    t["f8"] = rng.normal(0, 1e3, n)
+    t["f8"][::7] = np.nan
+    t["f4"] = rng.normal(0, 1, n).astype(">f4")  # big-endian input too
+    t["i2"] = rng.integers(-300, 300, n).astype(np.int16)
+    t["i1"] = rng.integers(-100, 100, n).astype(np.int8)
+    t["u2"] = rng.integers(0, 60000, n).astype(np.uint16)
+    t["b"] = rng.random(n) < 0.5
+    t["s"] = np.array([f"s{i % 97}" for i in range(n)])
+    t["m"] = MaskedColumn(rng.integers(0, 10**12, n), mask=rng.random(n) < 0.2)
+    path = catalog_files.write(t, tmp_path / "catalog.vot", "votable")
+    text = path.read_bytes()
+    stream = text[text.index(b'base64">\n') + 9:text.index(b"\n     </STREAM>")].split(b"\n")
+    assert len(stream) == 3 and {len(line) for line in stream[:-1]} == {4 * 2**18}
+    back = parse(path, verify="exception").get_first_table().array
+    for name in t.colnames:
+        expected, got = np.ma.asarray(t[name]), back[name]
+        nulls = np.ma.getmaskarray(expected) | (np.isnan(expected.data) if expected.dtype.kind == "f" else False)
+        assert np.array_equal(np.ma.getmaskarray(got), nulls), name  # astropy reads a NaN as a null
+        keep = ~nulls
+        e, g = np.asarray(expected)[keep], np.asarray(got)[keep]
+        assert np.array_equal(e, g.astype(e.dtype) if e.dtype.kind != "U" else g.astype(str)), name
+        assert got.dtype.kind == ("i" if expected.dtype.kind == "u" else expected.dtype.kind), name
+
+
+@pytest.mark.parametrize("which", ["fixture", "catalogue"])
+def test_parquet_cells_nulls_units_and_descriptions_read_back_by_pyarrow_pandas_and_astropy(table, tmp_path, which):
+    """Every cell, null, unit, description and the meta of the Parquet file, read by pyarrow, pandas and
+    astropy: the file as pandas/polars users and astropy users see it."""
+    import pandas as pd
+    import pyarrow.parquet as pq
+
+    t = table if which == "fixture" else _catalogue_like(3000)
+    if which == "catalogue":
+        t["flux_ap2"].description = "aperture sum minus local background"
+        t["flags"] = MaskedColumn(np.arange(len(t), dtype=np.int32) % 5, mask=np.arange(len(t)) % 13 == 0)
+        t.meta.update({"zp": 24.5, "band": "G", "apertures": {"ap2": 6.98}})
+    path = catalog_files.write(t, tmp_path / "catalog.parquet", "parquet")
+    arrow = pq.read_table(path)
+    frame = pd.read_parquet(path)
+    back = Table.read(path, format="parquet")
+    assert arrow.column_names == list(frame.columns) == back.colnames == t.colnames
+    for name in t.colnames:
+        col = t[name]
+        mask = np.ma.getmaskarray(col)
+        values = np.asarray(col)
+        field = arrow.schema.field(name)
+        expected_meta = {k: str(v) for k, v in (("unit", col.unit), ("description", col.description)) if v}
+        assert {k.decode(): v.decode() for k, v in (field.metadata or {}).items()} == expected_meta, name
+        got = arrow.column(name).to_pylist()
+        want = [None if m else v for v, m in zip(values.tolist(), mask.tolist())]
+        assert [repr(v) for v in got] == [repr(v) for v in want], name  # every cell, NaN and nulls included
+        assert frame[name].isna().sum() == mask.sum() + (np.isnan(values).sum() if values.dtype.kind == "f" else 0), name
+        b = back[name]
+        assert b.unit == col.unit and b.description == col.description, name
+        if mask.any() and values.dtype.kind == "i":  # astropy reads an integer column with nulls as float, NaN there
+            assert b.dtype.kind == "f" and np.array_equal(np.ma.getmaskarray(b) | np.isnan(np.asarray(b)), mask), name
+            assert np.array_equal(np.asarray(b)[~mask], values[~mask]), name
+        else:
+            assert b.dtype == col.dtype and np.array_equal(np.ma.getmaskarray(b), mask), name
+            assert np.array_equal(np.asarray(b), values, equal_nan=values.dtype.kind == "f"), name
+    assert back.meta == t.meta

@@ -464,3 +464,51 @@ def test_sky_page_values_are_each_cell_rounded_as_python_rounds_it(calibrated):
         got = [s[key] for s in data["sources"]]
         assert [repr(v) for v in got] == [repr(v) for v in expected], key  # repr: -0.0 is not 0.0 in the page
     assert any(repr(s["residual"]) == "-0.0" for s in data["sources"])
+
+
+def _reference_sky_html(data: dict) -> str:
+    """sky.html as written from page_data's dicts by json.dumps and one row of HTML per source dict (how
+    skyview wrote it before it wrote from columns): the page must be this, byte for byte."""
+    import html
+    import json
+
+    sources = data["sources"]
+
+    def cells(key, fmt):
+        return ["" if s[key] is None else format(s[key], fmt) for s in sources]
+
+    ra, dec, x, y = cells("ra", ".6f"), cells("dec", "+.6f"), cells("x", ".2f"), cells("y", ".2f")
+    mag, snr, res = cells("mag", ".3f"), cells("snr", ".1f"), cells("residual", "+.3f")
+    ident = ["; ".join(f"{html.escape(k)}: {html.escape(v)}" for k, v in s["ids"].items()) for s in sources]
+    lines = [f"<tr class=\"{s['kind']}\"><td>{s['id']}</td><td>{s['kind']}</td><td>{ra[k]}</td><td>{dec[k]}</td>"
+             f"<td>{x[k]}</td><td>{y[k]}</td><td>{mag[k]}</td><td>{snr[k]}</td><td>{s['flags']}</td><td>{res[k]}</td>"
+             f"<td>{ident[k]}</td></tr>" for k, s in enumerate(sources)]
+    payload = json.dumps(data, separators=(",", ":"), allow_nan=False).replace("</", "<\\/")
+    return "\n".join(lines), payload
+
+
+def test_sky_html_is_the_page_of_page_data_byte_for_byte(calibrated, tmp_path):
+    """Written from columns, the page's table rows and JSON are exactly those of page_data's dicts: names with
+    markup and non-ASCII letters, a position without coordinates, negative zeros, a cut field."""
+    cat, summary, frame = calibrated
+    cat = cat.copy()
+    names = np.asarray(cat["simbad_name"]).astype("<U40")
+    named = np.flatnonzero(names != "")
+    names[named[0]], names[named[1]] = "V* </script> ñ", 'a "quoted" & <b>'
+    cat["simbad_name"] = names
+    cat["ra"][5] = np.nan
+    cat["calib_residual"][np.flatnonzero(np.asarray(cat["calib_used"]))[:3]] = -0.00001
+    for fov, limit in ((skyview.field_of_view(frame.wcs, frame.data.shape), skyview.MAX_ROWS), (None, 60)):
+        skyview.MAX_ROWS, saved = limit, skyview.MAX_ROWS
+        try:
+            meta = {**summary, "title": "synth </title> ñ.fits"}
+            page = skyview.write_sky_html(cat, meta, tmp_path / "sky.html", wcs=frame.wcs if fov else None,
+                                          shape=frame.data.shape if fov else None).read_text("utf-8")
+            data = skyview.page_data(cat, meta, fov)
+        finally:
+            skyview.MAX_ROWS = saved
+        rows, payload = _reference_sky_html(data)
+        assert (data["n_shown"] == len(cat) if fov else data["n_shown"] < len(cat)) and any(s["ids"] for s in data["sources"])
+        assert "<tbody>\n" + rows + "\n</tbody>" in page
+        assert f'<script type="application/json" id="rpp-data">{payload}</script>' in page
+        assert page == skyview.render(data)
