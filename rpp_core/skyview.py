@@ -264,14 +264,16 @@ tr.calibrator { background: #eef4ff; } tr.rejected { background: #f4f4f4; color:
 
 
 def render(data: dict) -> str:
-    """The HTML of ``sky.html`` for :func:`page_data`'s ``data``."""
+    """The HTML of ``sky.html`` for :func:`page_data`'s ``data`` (any JSON-able values: written by ``json``)."""
     sources = data["sources"]
     keys = ("id", "ra", "dec", "x", "y", "mag", "snr", "flags", "kind", "residual", "ids")
-    return _render({**data, "sources": None}, {k: [s[k] for s in sources] for k in keys})
+    return _render(data, {k: [s[k] for s in sources] for k in keys},
+                   json.dumps(sources, separators=(",", ":"), allow_nan=False))
 
 
-def _render(data: dict, cols: dict) -> str:
-    """:func:`render` from :func:`_page`'s head and columns."""
+def _render(data: dict, cols: dict, sources_json: str | None = None) -> str:
+    """:func:`render` from :func:`_page`'s head and columns; ``sources_json``, the sources' JSON text, is
+    made from the columns when not given (:func:`_sources_json`: their values are finite numbers or None)."""
     title = html.escape(data.get("title") or Path(str(data.get("frame", ""))).name or "RPP run")
     c = data["center"]
     where = (f"centre RA {c['ra']:.5f}°, Dec {c['dec']:+.5f}°, field {c['fov'] * 60:.1f}′" if c else "no sky coordinates")
@@ -281,11 +283,11 @@ def _render(data: dict, cols: dict) -> str:
     esa = f' · <a href="{html.escape(data["esasky"])}">this field in ESA Sky</a>' if data.get("esasky") else ""
     shown = (f"{data['n_shown']} sources" if data["n_shown"] == data["n_total"]
              else f"{data['n_shown']} of {data['n_total']} sources (calibrators, identified objects, then the brightest)")
-    keys = list(data)
-    at = keys.index("sources")  # the sources' JSON goes between the keys before them and those after
-    before, after = ({k: data[k] for k in keys[:at]}, {k: data[k] for k in keys[at + 1:]})
-    payload = (json.dumps(before, separators=(",", ":"), allow_nan=False)[:-1] + ',"sources":' + _sources_json(cols)
-               + "," + json.dumps(after, separators=(",", ":"), allow_nan=False)[1:]).replace("</", "<\\/")
+    # the sources' text in the place of a marker no other value can hold (a string json escapes: "\\u0000")
+    marker = "\0rpp-sources\0"
+    head = json.dumps({**data, "sources": marker}, separators=(",", ":"), allow_nan=False)
+    sources_json = _sources_json(cols) if sources_json is None else sources_json
+    payload = head.replace(json.dumps(marker), sources_json, 1).replace("</", "<\\/")
     return f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><title>{title}: sky view</title>
 <meta name="viewport" content="width=device-width, initial-scale=1">

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 import shutil
 import subprocess
@@ -512,3 +513,19 @@ def test_sky_html_is_the_page_of_page_data_byte_for_byte(calibrated, tmp_path):
         assert "<tbody>\n" + rows + "\n</tbody>" in page
         assert f'<script type="application/json" id="rpp-data">{payload}</script>' in page
         assert page == skyview.render(data)
+
+
+def test_render_writes_any_json_able_page_data_as_json_whatever_the_key_order(calibrated):
+    """``skyview.render`` is public: data built by hand (numpy floats, booleans, ``sources`` first or last)
+    still give the page's JSON as ``json`` writes it, not the fast path's text for page_data's own values."""
+    cat, summary, frame = calibrated
+    data = skyview.page_data(cat, summary, None)
+    data["sources"][0]["ra"] = np.float64(10.25)
+    data["sources"][0]["extra"] = True
+    for order in (["sources", *[k for k in data if k != "sources"]], [*[k for k in data if k != "sources"], "sources"]):
+        page = skyview.render({k: data[k] for k in order})
+        payload = page.split('<script type="application/json" id="rpp-data">', 1)[1].split("</script>", 1)[0]
+        back = json.loads(payload.replace("<\\/", "</"))
+        assert list(back) == order
+        assert back["sources"][0]["ra"] == 10.25 and back["sources"][0]["extra"] is True
+        assert back == json.loads(json.dumps(data))
