@@ -320,6 +320,35 @@ def test_unparsable_cards_are_salvaged_or_removed_with_repair_lines(tmp_path):
     assert header_summary(path)["filter"] == "R"
 
 
+@pytest.mark.parametrize("key, value", [("XPIXELSZ", "x"), ("PLTRAH", "13h"), ("CNPIX1", "?"), ("PPO3", "1.0x"),
+                                        ("AMDX13", "n/a"), ("XPIXELSZ", 15.0)])
+def test_a_damaged_dss_plate_solution_costs_neither_the_process_nor_the_fits_wcs(synth, tmp_path, key, value):
+    """A text value in a DSS plate-solution keyword made astropy's WCS() end the process (segmentation
+    fault), and a lone XPIXELSZ made it refuse the frame's valid TAN WCS: both load with that WCS, noted.
+    In a child process: the old code's failure is a crash, which must fail this test, not end the session."""
+    import json
+    import subprocess
+    import sys
+
+    path = tmp_path / "plate.fits"
+    hdr = synth.header.copy()
+    hdr[key] = value
+    fits.writeto(path, synth.data[:64, :64], hdr)
+    code = ("import json, numpy as np\n"
+            "from rpp_core.image import load_frame, header_summary\n"
+            f"f = load_frame({str(path)!r})\n"
+            "print(json.dumps({'status': f.wcs_status, 'notes': [n for n in f.notes if 'plate' in n],\n"
+            "                  'crval': np.asarray(f.wcs.wcs.crval).tolist(),\n"
+            "                  'matrix': np.asarray(f.wcs.pixel_scale_matrix).tolist(),\n"
+            f"                  'browser': str(header_summary({str(path)!r}))}}))\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, f"exit {out.returncode}: {out.stderr[-2000:]}"
+    got = json.loads(out.stdout.splitlines()[-1])
+    assert got["status"] == "ok" and any(key in n for n in got["notes"]), got
+    np.testing.assert_allclose(got["crval"], synth.wcs.wcs.crval, rtol=0, atol=1e-12)
+    np.testing.assert_allclose(got["matrix"], synth.wcs.pixel_scale_matrix, rtol=1e-12)
+
+
 def test_odd_date_formats_are_understood():
     assert parse_date("29/11/51") == "1951-11-29"
     assert parse_date("03/03/08", file_date=True) == "2008-03-03"

@@ -110,12 +110,26 @@ def wcs_from_header(header: fits.Header) -> tuple[WCS | None, str, list[str]]:
             return None, f"invalid: CRVAL{i} = {header.get(f'CRVAL{i}')!r} is not a finite number", notes
         if re.match(r"^(DEC|[A-Z]LAT|[A-Z]{2}LT)-", ctype) and abs(crval) > 90.0:
             return None, f"invalid: CRVAL{i} = {crval:g} is not a latitude (|value| > 90)", notes
+    header = _without_unreadable_plate_solution(header, notes)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         try:
             full = WCS(header, relax=True, fix=True)
         except Exception as exc:  # wcslib raises many types; any of them means unusable
-            return None, f"invalid: astropy cannot build the WCS ({one_line(exc)})", notes
+            plate = [k for k in header if _PLATE_SOLUTION.fullmatch(k)]
+            if not plate:
+                return None, f"invalid: astropy cannot build the WCS ({one_line(exc)})", notes
+            # a partial or damaged DSS plate solution (XPIXELSZ alone: "coefficient scale for DSS is
+            # zero") must not cost the FITS WCS beside it: built again from the FITS keywords alone
+            bare = header.copy()
+            for k in plate:
+                bare.remove(k, remove_all=True)
+            try:
+                full = WCS(bare, relax=True, fix=True)
+            except Exception:  # noqa: BLE001 - the FITS keywords are the trouble: say what astropy said first
+                return None, f"invalid: astropy cannot build the WCS ({one_line(exc)})", notes
+            notes.append(f"WCS built from the FITS keywords without the DSS plate solution ({', '.join(plate[:6])}"
+                         f"{', ...' if len(plate) > 6 else ''}: {one_line(exc)})")
     for w in caught:
         msg = one_line(w.message)
         if "datfix" in msg or "'obsfix'" in msg:
@@ -154,6 +168,29 @@ def wcs_from_header(header: fits.Header) -> tuple[WCS | None, str, list[str]]:
     if not np.all(np.isfinite(sky)):
         return None, "invalid: the frame centre has no sky position", notes
     return cel, "ok", notes
+
+
+#: the DSS plate solution's numeric keywords, which wcslib's header parser reads whatever the CTYPEs say
+_PLATE_SOLUTION = re.compile(r"PLTRA[HMS]|PLTDEC[DMS]|PLTSCALE|[XY]PIXELSZ|CNPIX[12]|PPO[1-6]|AMD[XY]\d+")
+
+
+def _without_unreadable_plate_solution(header: fits.Header, notes: list[str]) -> fits.Header:
+    """``header``, or a copy without the DSS plate-solution keywords whose value is not a number.
+
+    astropy 8's ``WCS()`` (wcslib's header parser) ends the whole process with a segmentation fault
+    on a text value in most of them (``XPIXELSZ = 'x'``, ``PLTRAH``, ``CNPIX1``, ``PPO3``, ``AMDX1``,
+    measured), even beside a valid FITS WCS: a damaged plate header must cost its plate solution,
+    not the run or the app. The WCS is built from the copy; the header itself is left as it is.
+    """
+    bad = [k for k, v in header.items() if _PLATE_SOLUTION.fullmatch(k) and (isinstance(v, (str, bool)) or v is None)]
+    if not bad:
+        return header
+    notes.append("WCS built without " + ", ".join(f"{k} = {header[k]!r}" for k in bad)
+                 + " (DSS plate-solution keywords that are not numbers: astropy cannot read the WCS beside them)")
+    header = header.copy()
+    for k in bad:
+        header.remove(k, remove_all=True)
+    return header
 
 
 def salvage_cards(h: fits.Header, repairs: list[str]) -> None:
