@@ -60,6 +60,14 @@ def _figure(size_px=SIZE_PX):
     return fig
 
 
+def import_matplotlib() -> None:
+    """Import what drawing needs (matplotlib's figure and Agg canvas, astropy's image normalisation for the
+    finder chart), so that a figure process can do it before its catalogue comes."""
+    import matplotlib.backends.backend_agg  # noqa: F401
+    import matplotlib.figure  # noqa: F401
+    from astropy.visualization import ImageNormalize, ZScaleInterval  # noqa: F401
+
+
 def warm_up() -> None:
     """Draw a tiny figure once (text, markers, a legend, an image), off screen and thrown away.
 
