@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import threading
 from pathlib import Path
-from typing import Callable
+from typing import Callable, NamedTuple
 
 import numpy as np
 
@@ -427,9 +427,26 @@ def _residual_markers(ax, x, y, res, vmax: float, size: float, label: str) -> No
         first = False
 
 
-def finder_chart(data: np.ndarray, table, meta: dict, path: Path, wcs=None, title: str = "") -> Path:
+class FinderPixels(NamedTuple):
+    """What the finder chart shows of a frame (:func:`finder_pixels`): a few MB whatever the frame's size,
+    for a process that does not share the frame's memory."""
+
+    small: np.ndarray  #: the frame block-averaged by ``factor`` (float32, NaN where a block had no pixel)
+    factor: int
+    shape: tuple[int, int]  #: (ny, nx) of the frame
+
+
+def finder_pixels(data: np.ndarray) -> FinderPixels:
+    """The frame as :func:`finder_chart` draws it: no more pixels than the axes show (~730 px), as
+    matplotlib's resampling of the image costs per pixel."""
+    small, f = _shrink(data, int(FINDER_PX[0] * 0.81))
+    return FinderPixels(small, f, (int(data.shape[0]), int(data.shape[1])))
+
+
+def finder_chart(data: np.ndarray | FinderPixels, table, meta: dict, path: Path, wcs=None, title: str = "") -> Path:
     """The frame (zscale) with detections (green circles), calibrators coloured by residual and rejected ones (x).
 
+    ``data``: the frame's pixels, or :func:`finder_pixels` of them.
     Pixel axes are 0-based (docs/catalogue.md), row 0 at the bottom; N/E arrows
     come from ``wcs`` when given. Only the :data:`FINDER_MAX_SOURCES` brightest
     detections are circled. Written as PNG of :data:`FINDER_PX`, atomically.
@@ -439,9 +456,7 @@ def finder_chart(data: np.ndarray, table, meta: dict, path: Path, wcs=None, titl
     fig = _figure(FINDER_PX)
     fig.subplots_adjust(left=0.09, right=0.9, bottom=0.07, top=0.95)  # room for the colour bar's labels
     ax = fig.add_subplot()
-    ny, nx = data.shape
-    # no more pixels than the axes show (~730 px): matplotlib's resampling of the image costs per pixel
-    small, f = _shrink(data, int(FINDER_PX[0] * 0.81))
+    small, f, (ny, nx) = data if isinstance(data, FinderPixels) else finder_pixels(data)
     finite = small[np.isfinite(small)]
     norm = ImageNormalize(finite if finite.size else np.zeros(1), interval=ZScaleInterval())
     from matplotlib import colormaps
@@ -486,9 +501,10 @@ def finder_chart(data: np.ndarray, table, meta: dict, path: Path, wcs=None, titl
     return _save(fig, Path(path))
 
 
-def write_all(table, meta: dict, folder: Path, data: np.ndarray | None = None, wcs=None, title: str = "",
-              only=None) -> dict[str, Path]:
-    """Every figure of :data:`FIGURES` and (with ``data``) the finder chart, as PNG files in ``folder``.
+def write_all(table, meta: dict, folder: Path, data: np.ndarray | FinderPixels | None = None, wcs=None,
+              title: str = "", only=None) -> dict[str, Path]:
+    """Every figure of :data:`FIGURES` and (with ``data``, as :func:`finder_chart` takes it) the finder chart,
+    as PNG files in ``folder``.
 
     ``only``: the names to draw (of :data:`FIGURES` and ``"finder"``), all when None.
     """

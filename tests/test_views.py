@@ -331,6 +331,24 @@ def test_two_runs_in_one_process_do_not_hold_each_others_figures(calibrated, tmp
         first.stop()
 
 
+def test_drawers_started_before_the_frame_draw_the_finder_chart_drawn_from_it(calibrated, tmp_path):
+    """A run forks its drawers before it loads the frame: the finder chart's pixels go to them with the
+    catalogue (figures.finder_pixels), and the chart has the pixels of the one drawn here from the frame."""
+    from PIL import Image
+
+    cat, summary, frame = calibrated
+    meta = results.view_meta(summary)
+    here = figures.finder_chart(frame.data, cat, meta, tmp_path / "here.png", wcs=frame.wcs, title="synth.fits")
+    (tmp_path / "plots").mkdir()
+    with results.FigureDrawers() as drawers:
+        assert drawers.pid  # forked: what is checked is what went through the pipes
+        drawers.draw(cat, meta, tmp_path, wcs=frame.wcs, title="synth.fits", data=frame.data)
+        files = drawers.result(lambda: None)
+    assert {f"png_{n}" for n in figures.FIGURES} | {"png_finder"} <= set(files)
+    with Image.open(here) as a, Image.open(files["png_finder"]) as b:
+        assert a.size == b.size and np.array_equal(np.asarray(a), np.asarray(b))
+
+
 def test_drawers_end_when_the_process_that_started_them_dies(tmp_path):
     """The run's process killed (out of memory, a crash): its waiting drawers do not stay behind."""
     import sys
