@@ -672,6 +672,12 @@ def _draw_group(args_fd: int, result_fd: int, only, data, caught: list, others=(
         import pickle
         import warnings
 
+        with contextlib.suppress(Exception), warnings.catch_warnings(record=True) as preparing:
+            warnings.simplefilter("default")
+            from . import figures
+
+            figures.prepare(only)  # while the catalogue is on its way: figures, axes, ticks (none drawn)
+        caught = caught + (preparing or [])
         chunks = []
         while chunk := os.read(args_fd, 1 << 20):
             chunks.append(chunk)
