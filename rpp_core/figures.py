@@ -70,9 +70,9 @@ def _blank(size_px):
 PLOT_MARGINS = dict(left=0.11, right=0.97, bottom=0.1, top=0.93)
 #: margins of the finder chart: room for the colour bar's labels
 FINDER_MARGINS = dict(left=0.09, right=0.9, bottom=0.07, top=0.95)
-#: major ticks made ahead (:func:`prepare`) on the x and y axes: as many as these figures draw (7-10)
-TICKS_AHEAD = {"finder": (10, 10)}
-_PLOT_TICKS_AHEAD = (10, 8)
+#: major ticks made ahead (:func:`prepare`) on the x and y axes of a plot and of the finder chart: as many
+#: as they draw (the sample's: 7-10 on x, 7 on y; 10 and 10 on the chart)
+TICKS_AHEAD, FINDER_TICKS_AHEAD = (10, 8), (10, 10)
 #: per thread, the figures :func:`prepare` made, by name, until :func:`render` or :func:`finder_chart` takes them
 _PREPARED = threading.local()
 
@@ -95,7 +95,7 @@ def prepare(names) -> None:
         fig = _blank(size)
         fig.subplots_adjust(**margins)
         ax = fig.add_subplot()
-        nx, ny = TICKS_AHEAD.get(name, _PLOT_TICKS_AHEAD)
+        nx, ny = FINDER_TICKS_AHEAD if name == "finder" else TICKS_AHEAD
         ax.xaxis.get_major_ticks(nx)
         ax.yaxis.get_major_ticks(ny)
         ready[name] = fig
