@@ -302,10 +302,11 @@ async def _run_stages(job: _Job, path: Path, profile: Profile, run_dir: Path, hd
     from . import photometry
 
     staging = rundir.staging_dir(run_dir)
-    made.frame, made.weights = await _load(job, path, hdu, staging, companions, profile)
     # the PNG figures' drawers, forked now from this thread (the run's own) so that they import matplotlib on the
-    # other core while the stages run; they share the frame's pixels for the finder chart
-    with results.FigureDrawers(made.frame.data) as drawers:
+    # other core while the stages run: before the frame is loaded, as their imports end about when the zero point
+    # does (the finder chart's pixels go to them with the catalogue)
+    with results.FigureDrawers() as drawers:
+        made.frame, made.weights = await _load(job, path, hdu, staging, companions, profile)
         made.meta, made.exposure, masks = await _metadata(job, made.frame, made.weights, profile)
         made.image, background = await _background(job, made.frame, masks, made.exposure, made.weights, profile)
         made.fwhm = await _fwhm(job, made.image, made.meta, profile)
@@ -328,7 +329,8 @@ async def _run_stages(job: _Job, path: Path, profile: Profile, run_dir: Path, hd
         # the figures read nothing the services add: drawn while the services are asked (the catalogue is
         # pickled for them in a thread: 0.1-0.2 s for 100,000 rows, not on the event loop)
         await asyncio.to_thread(results.hand_figures, drawers, made.catalogue,
-                                _summarize(made, job, path, profile, run_dir, "ok", 0, None, 0.0), staging, wcs, warn)
+                                _summarize(made, job, path, profile, run_dir, "ok", 0, None, 0.0), staging, wcs, warn,
+                                made.frame.data)
         made.catalogue, made.services = await _crossmatch_services(job, made, profile)
         async with job.step("output") as fig:
             summary = _summarize(made, job, path, profile, run_dir, "ok" if made.exit_code == 0 else "degraded",

@@ -255,8 +255,8 @@ def write_outputs(catalogue: SourceCatalogue, summary: RunSummary, run_dir: Path
     With the frame's ``data`` (and ``wcs``), also the PNG figures and ``sky.html``
     (:func:`write_views`); their problems go to ``warn``. ``cancel`` is asked
     between files: when it says yes, :class:`~rpp_core.errors.Cancelled` is raised.
-    ``drawers``: :class:`FigureDrawers` started earlier with the same ``data`` (made here when None);
-    they are done or killed when this returns.
+    ``drawers``: :class:`FigureDrawers` started earlier (made here when None; ``data`` is handed to them
+    with the catalogue); they are done or killed when this returns.
 
     The catalogue's meta gets the frame, time, filter, exposure, airmass, FWHM,
     zero point, calibration aperture and source, units, effective gain and what
@@ -271,7 +271,7 @@ def write_outputs(catalogue: SourceCatalogue, summary: RunSummary, run_dir: Path
     drawers = drawers or FigureDrawers(data)
     try:
         if not drawers.handed:  # else the run handed them the catalogue earlier (hand_figures)
-            drawers.draw(cat, meta, run_dir, wcs, title, warn)
+            drawers.draw(cat, meta, run_dir, wcs, title, warn, data=data)
         files = _write_the_rest(catalogue, cat, summary, run_dir, formats, check, cancel, (meta, data, wcs, title, warn))
         files.update(drawers.result(check))
     finally:
@@ -280,8 +280,9 @@ def write_outputs(catalogue: SourceCatalogue, summary: RunSummary, run_dir: Path
 
 
 def hand_figures(drawers: "FigureDrawers", catalogue: SourceCatalogue, summary: RunSummary, run_dir: Path, wcs=None,
-                 warn=None) -> None:
-    """Hand the calibrated catalogue to figure processes already forked, before :func:`write_outputs`.
+                 warn=None, data=None) -> None:
+    """Hand the calibrated catalogue (and the frame's ``data`` for the finder chart) to figure processes
+    already forked, before :func:`write_outputs`.
 
     A run calls it once the zero point is known: the figures read nothing the
     cross-match services add, so they are drawn while the services are asked
@@ -291,7 +292,7 @@ def hand_figures(drawers: "FigureDrawers", catalogue: SourceCatalogue, summary: 
     """
     if drawers.pid:
         drawers.draw(catalogue.table.copy(copy_data=False), view_meta(summary), run_dir, wcs,
-                     Path(summary.frame).name, warn)
+                     Path(summary.frame).name, warn, data=data)
 
 
 #: the PNG figures, in two processes of about equal work (the finder chart costs about three plots): with
@@ -344,10 +345,12 @@ class FigureDrawers:
 
     The first is forked when this is made, from the calling thread: it imports matplotlib at
     once and forks the others, which share its imports, then each waits for the catalogue
-    (:meth:`draw`). A run makes them as soon as its frame is loaded: the imports (0.25 s of
+    (:meth:`draw`). A run makes them before it loads its frame: the imports (0.25 s of
     CPU) then run on the other core while the stages run, instead of in the one-shot
-    forkserver's preload before the first stage. ``data`` (the frame's pixels, for the finder
-    chart) is shared copy-on-write, not sent: it must not change afterwards.
+    forkserver's preload before the first stage. The frame's pixels for the finder chart: ``data``
+    given here is shared copy-on-write (it must not change afterwards); else :meth:`draw` takes
+    them and sends the drawer of the finder chart :func:`rpp_core.figures.finder_pixels` of them
+    (a few MB whatever the frame).
 
     The drawers are in the caller's session (a cancel that kills the session kills them),
     die with the calling thread on Linux (so that thread must live as long as the run: the
@@ -423,18 +426,22 @@ class FigureDrawers:
     def __exit__(self, *exc) -> None:
         self.stop()
 
-    def draw(self, table: Table, meta: dict, run_dir: Path, wcs=None, title: str = "", warn=None) -> None:
+    def draw(self, table: Table, meta: dict, run_dir: Path, wcs=None, title: str = "", warn=None,
+             data=None) -> None:
         """Hand the catalogue to the drawers (without waiting for them): their figures go into ``run_dir/plots``.
 
+        ``data``: the frame's pixels, for the finder chart, when they were not given at the start.
         Once per set of drawers: a second call raises RuntimeError."""
         if self._handed:
             raise RuntimeError("the figures' catalogue was handed over already")
         self._handed = True
         self._warn = warn
+        if data is None:
+            data = self._data
         if not self._pid:
             if self._warn_later and warn:
                 warn(self._warn_later)
-            self._files = write_figures(table, meta, run_dir, self._data, wcs, title, warn)
+            self._files = write_figures(table, meta, run_dir, data, wcs, title, warn)
             return
         import pickle
         import threading
@@ -447,8 +454,10 @@ class FigureDrawers:
                 warn(f"PNG figures not written: {type(exc).__name__}: {exc}")
             return
         self._sent = True
-        # a thread writes it: a drawer still importing reads nothing yet, and a big catalogue fills the pipe
-        threading.Thread(target=_send, args=(payload, self._args), name="rpp-figures-send", daemon=True).start()
+        # a thread writes it: a drawer still importing reads nothing yet, and a big catalogue fills the pipe;
+        # the drawers do not share the frame when it was not given at the start: its chart's pixels follow
+        threading.Thread(target=_send, args=(payload, self._args, data if self._data is None else None),
+                         name="rpp-figures-send", daemon=True).start()
 
     def result(self, check: Callable[[], None]) -> dict[str, Path]:
         """The files the drawers wrote, once they are done; ``check`` is asked every 50 ms while waiting."""
@@ -534,13 +543,29 @@ class FigureDrawers:
             self._args = []
 
 
-def _send(payload: bytes, fds: list[int]) -> None:
-    """Write the pickled catalogue to each drawer and close its pipe (a drawer killed meanwhile: its result says so)."""
-    for fd in fds:
+def _send(payload: bytes, fds: list[int], data=None) -> None:
+    """Write the pickled catalogue to each drawer and close its pipe (a drawer killed meanwhile: its result says so).
+
+    With the frame's ``data``, the drawer of the finder chart gets :func:`rpp_core.figures.finder_pixels` of
+    it after the catalogue (or, when they cannot be had, why), made here: off the run's way (0.03 s for a
+    4096^2 frame), and after the other drawers have their catalogue."""
+    import pickle
+
+    for fd, group in sorted(zip(fds, FIGURE_GROUPS), key=lambda pair: "finder" in pair[1]):
+        parts = [payload]
+        if data is not None and "finder" in group:
+            try:
+                from . import figures
+
+                pixels = figures.finder_pixels(data)
+            except Exception as exc:  # noqa: BLE001 - said by the drawer: no chart, the rest is drawn
+                pixels = f"{type(exc).__name__}: {exc}"
+            parts.append(pickle.dumps(pixels, protocol=pickle.HIGHEST_PROTOCOL))
         with contextlib.suppress(OSError):
-            view = memoryview(payload)
-            while view:
-                view = view[os.write(fd, view):]
+            for part in parts:
+                view = memoryview(part)
+                while view:
+                    view = view[os.write(fd, view):]
         _close_end(fd)
 
 
@@ -595,6 +620,15 @@ def _drawers_main(pipes: list[tuple[int, int]], data, parent: int, held: set) ->
                 warnings.simplefilter("default")
                 from . import figures
 
+                # matplotlib's import makes ~100,000 objects and no garbage, yet the collector ran ~100 times
+                # among them (15-25 ms of this process's 0.25-0.3 s, on the run's critical path: the stages
+                # end about when this is ready); then they join the frozen ones, never walked again
+                gc.disable()
+                try:
+                    figures.import_matplotlib()
+                finally:
+                    gc.freeze()
+                    gc.enable()
                 figures.warm_up()  # fonts and caches too, for both drawers (the others fork from here)
         # SIGTERM (stop()) held until the handler that ends the other drawers is in place
         signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
@@ -638,13 +672,27 @@ def _draw_group(args_fd: int, result_fd: int, only, data, caught: list, others=(
         import pickle
         import warnings
 
+        with contextlib.suppress(Exception), warnings.catch_warnings(record=True) as preparing:
+            warnings.simplefilter("default")
+            from . import figures
+
+            figures.prepare(only)  # while the catalogue is on its way: figures, axes, ticks (none drawn)
+        caught = caught + (preparing or [])
         chunks = []
         while chunk := os.read(args_fd, 1 << 20):
             chunks.append(chunk)
         messages: list[str] = []
         files: dict = {}
         if chunks:  # else no catalogue: the run ended before its outputs
-            table, meta, run_dir, wcs, title = pickle.loads(b"".join(chunks))
+            import io
+
+            got = io.BytesIO(b"".join(chunks))
+            table, meta, run_dir, wcs, title = pickle.load(got)
+            if got.tell() < len(got.getbuffer()):  # the finder chart's pixels (_send), or why there are none
+                data = pickle.load(got)
+                if isinstance(data, str):
+                    messages.append(f"finder chart not drawn: its pixels could not be had ({data})")
+                    data = None
             with warnings.catch_warnings(record=True) as drawing:
                 warnings.simplefilter("default")
                 files = write_figures(table, meta, run_dir, data, wcs, title, warn=messages.append, only=only)

@@ -59,7 +59,7 @@ CORE_PRELOAD = ["rpp_core.forkserver_gc",  # first: the rest is imported with th
 OPTIONAL_PRELOAD = {"astrometry": ["rpp_core.astrometry"], "services": ["rpp_core.catalogs.gaia", "rpp_core.catalogs.crossmatch"],
                     "cosmic_rays": ["astroscrappy"]}
 #: only for a forkserver that serves many runs: for one run, the figures' drawers
-#: (:class:`rpp_core.results.FigureDrawers`), forked once the frame is loaded, import matplotlib on the
+#: (:class:`rpp_core.results.FigureDrawers`), forked before the frame is loaded, import matplotlib on the
 #: other core while the stages run, and the server's 0.2-0.3 s for it came before the first stage
 LONG_LIVED_ONLY = ["matplotlib.figure", "matplotlib.backends.backend_agg"]
 #: everything, for a forkserver that serves many runs (the app, batch, watch)

@@ -332,6 +332,43 @@ def test_two_runs_in_one_process_do_not_hold_each_others_figures(calibrated, tmp
         first.stop()
 
 
+def test_drawers_started_before_the_frame_draw_the_finder_chart_drawn_from_it(calibrated, tmp_path):
+    """A run forks its drawers before it loads the frame: the finder chart's pixels go to them with the
+    catalogue (figures.finder_pixels), and the chart has the pixels of the one drawn here from the frame."""
+    from PIL import Image
+
+    cat, summary, frame = calibrated
+    meta = results.view_meta(summary)
+    here = figures.finder_chart(frame.data, cat, meta, tmp_path / "here.png", wcs=frame.wcs, title="synth.fits")
+    (tmp_path / "plots").mkdir()
+    with results.FigureDrawers() as drawers:
+        assert drawers.pid  # forked: what is checked is what went through the pipes
+        drawers.draw(cat, meta, tmp_path, wcs=frame.wcs, title="synth.fits", data=frame.data)
+        files = drawers.result(lambda: None)
+    assert {f"png_{n}" for n in figures.FIGURES} | {"png_finder"} <= set(files)
+    with Image.open(here) as a, Image.open(files["png_finder"]) as b:
+        assert a.size == b.size and np.array_equal(np.asarray(a), np.asarray(b))
+
+
+@pytest.mark.parametrize("calibrated_run", [True, False])
+def test_figures_drawn_on_prepared_figures_are_the_figures_made_on_the_spot(calibrated, tmp_path, calibrated_run):
+    """A drawer makes its figures, axes and ticks while it waits for the catalogue (figures.prepare):
+    every PNG is the same file as one drawn without, for a calibrated run and one without a zero point."""
+    cat, summary, frame = calibrated
+    if not calibrated_run:
+        cat = cat.copy()
+        for name in ("calib_used", "calib_rejected", "calib_residual", "mag_cal_ap2", "magerr_cal_ap2", "mag_ref"):
+            cat.remove_column(name)
+        summary = {**summary, "zp": None}
+    spot = figures.write_all(cat, summary, tmp_path / "spot", data=frame.data, wcs=frame.wcs, title="synth.fits")
+    figures.prepare([*figures.FIGURES, "finder"])
+    made = figures._PREPARED.figures
+    assert set(made) == {*figures.FIGURES, "finder"} and all(len(f.axes[0].xaxis.majorTicks) >= 7 for f in made.values())
+    ahead = figures.write_all(cat, summary, tmp_path / "ahead", data=frame.data, wcs=frame.wcs, title="synth.fits")
+    assert not figures._PREPARED.figures  # each one taken by its figure
+    assert set(spot) == set(ahead) and all(spot[k].read_bytes() == ahead[k].read_bytes() for k in spot)
+
+
 def test_drawers_end_when_the_process_that_started_them_dies(tmp_path):
     """The run's process killed (out of memory, a crash): its waiting drawers do not stay behind."""
     import sys

@@ -165,7 +165,9 @@ def _clipped_median_by_pixel(pix: np.ndarray, val: np.ndarray, npix: int) -> tup
     The groups are sorted rows of an inf-padded array, so the values a pass keeps are a window
     ``lo..hi`` of each row. Returns (median, kept count); NaN where a group is empty.
     """
-    order = np.argsort(pix, kind="stable")
+    # a stable order is one order whatever the algorithm: 16-bit keys get numpy's radix sort (1 ms against 7
+    # for the 100,000 stamp pixels of the sample's 95 stars; timsort otherwise)
+    order = np.argsort(pix.astype(np.uint16) if npix <= 1 << 16 else pix, kind="stable")
     ps = pix[order]
     counts = np.bincount(ps, minlength=npix)
     starts = np.cumsum(counts) - counts
@@ -174,20 +176,28 @@ def _clipped_median_by_pixel(pix: np.ndarray, val: np.ndarray, npix: int) -> tup
     a[ps, np.arange(len(ps)) - starts[ps]] = val[order]
     a.sort(axis=1)
     k = np.arange(kmax)
-    rows = np.arange(npix)
-    lo, hi = np.zeros(npix, np.intp), counts
+    lo, hi = np.zeros(npix, np.intp), counts.copy()
+    med = np.empty(npix)
+    # a pass recomputes only the rows whose window moved in the one before: a row's pass reads nothing but
+    # its own window, so a row that did not move keeps its numbers (the same, bitwise; a third of the cost)
+    act = np.arange(npix)
     for _ in range(_CLIP_ITERS + 1):
-        m = hi - lo
-        med = 0.5 * (a[rows, np.clip(lo + (m - 1) // 2, 0, kmax - 1)] + a[rows, np.clip(lo + m // 2, 0, kmax - 1)])
-        win = (k >= lo[:, None]) & (k < hi[:, None])
+        rows, lo_a, hi_a = a[act], lo[act], hi[act]
+        r = np.arange(len(act))
+        m = hi_a - lo_a
+        med_a = 0.5 * (rows[r, np.clip(lo_a + (m - 1) // 2, 0, kmax - 1)] + rows[r, np.clip(lo_a + m // 2, 0, kmax - 1)])
+        med[act] = med_a
+        win = (k >= lo_a[:, None]) & (k < hi_a[:, None])
         mm = np.maximum(m, 1)
-        mean = np.where(win, a, 0.0).sum(axis=1) / mm
-        band = _CLIP_SIGMA * np.sqrt((np.where(win, a - mean[:, None], 0.0) ** 2).sum(axis=1) / mm)
-        new_lo = lo + (win & (a < (med - band)[:, None])).sum(axis=1)
-        new_hi = hi - (win & (a > (med + band)[:, None])).sum(axis=1)
-        if np.array_equal(new_lo, lo) and np.array_equal(new_hi, hi):
+        mean = np.where(win, rows, 0.0).sum(axis=1) / mm
+        band = _CLIP_SIGMA * np.sqrt((np.where(win, rows - mean[:, None], 0.0) ** 2).sum(axis=1) / mm)
+        new_lo = lo_a + (win & (rows < (med_a - band)[:, None])).sum(axis=1)
+        new_hi = hi_a - (win & (rows > (med_a + band)[:, None])).sum(axis=1)
+        moved = (new_lo != lo_a) | (new_hi != hi_a)
+        if not moved.any():
             break
-        lo, hi = new_lo, new_hi
+        lo[act], hi[act] = new_lo, new_hi
+        act = act[moved]
     m = hi - lo
     return np.where(m > 0, med, np.nan), m
 
