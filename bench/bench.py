@@ -548,6 +548,8 @@ def main() -> int:
     p.add_argument("--run-dir", help=argparse.SUPPRESS)
     p.add_argument("--rows", type=int, default=20000, help=argparse.SUPPRESS)
     args = p.parse_args()
+    if args.repeat < 1:
+        p.error("--repeat must be 1 or more")
     if args.part:
         import scaling
         from parts import PARTS
