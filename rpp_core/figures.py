@@ -403,18 +403,30 @@ def render(name: str, table, meta: dict, path: Path) -> Path:
 # ---------------------------------------------------------------- finder chart
 
 def _shrink(data: np.ndarray, max_px: int) -> tuple[np.ndarray, int]:
-    """Block-mean the frame to at most ``max_px`` on its long side (NaN pixels left out); the factor used."""
-    f = max(1, int(np.ceil(max(data.shape) / max_px)))
+    """Block-mean the frame to at most ``max_px`` on its long side (NaN pixels left out); the factor used.
+
+    Never below one pixel on the short side (a strip 20 x 123457 px keeps its 20 rows' worth). Done in
+    bands of about 4 M pixels: with NaN pixels a whole 8192^2 frame at once took 344 MB of temporaries in
+    the run's process (the sending thread makes these for the figure processes); each block's sum is the
+    same in a band as in the whole frame, so the result is too.
+    """
+    f = max(1, min(int(np.ceil(max(data.shape) / max_px)), min(data.shape)))
     if f == 1:
         return np.asarray(data, np.float32), 1
     ny, nx = (data.shape[0] // f) * f, (data.shape[1] // f) * f
-    pixels = np.asarray(data[:ny, :nx], np.float32)
-    finite = np.isfinite(pixels)
-    if finite.all():
-        return _block_sum(pixels, f) / np.float32(f * f), f
-    counts = _block_sum(finite.astype(np.float32), f)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return _block_sum(np.where(finite, pixels, np.float32(0)), f) / counts, f  # 0/0: NaN where all were NaN
+    out = np.empty((ny // f, nx // f), np.float32)
+    band = max(1, (1 << 22) // (nx * f))  # output rows per band
+    for r in range(0, ny // f, band):
+        pixels = np.asarray(data[r * f:min(ny, (r + band) * f), :nx], np.float32)
+        rows = slice(r, r + pixels.shape[0] // f)
+        finite = np.isfinite(pixels)
+        if finite.all():
+            out[rows] = _block_sum(pixels, f) / np.float32(f * f)
+            continue
+        counts = _block_sum(finite.astype(np.float32), f)  # f * f exactly where all are finite: the same quotient
+        with np.errstate(invalid="ignore", divide="ignore"):
+            out[rows] = _block_sum(np.where(finite, pixels, np.float32(0)), f) / counts  # 0/0: NaN where all were NaN
+    return out, f
 
 
 def _block_sum(a: np.ndarray, f: int) -> np.ndarray:

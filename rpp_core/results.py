@@ -47,7 +47,9 @@ from astropy.table import Table
 if TYPE_CHECKING:
     from .photometry import PsfInfo
 
-from . import archive, catalog_files, plots
+# figures at import, never first in a thread: a run forking its drawers while another run's thread imports it
+# (several runs in one process: Dask) left the drawer waiting for ever on the import lock it inherited
+from . import archive, catalog_files, figures, plots
 from .products import RunSummary, SourceCatalogue
 from .errors import OutputError
 from .fitsnames import frame_stem
@@ -206,8 +208,6 @@ def write_figures(table: Table, meta: dict, run_dir: Path, data=None, wcs=None, 
                   warn=None, only=None) -> dict[str, Path]:
     """The PNG figures of :func:`write_views` (``plots/*.png``, the finder chart with ``data``);
     ``only`` as in :func:`rpp_core.figures.write_all`."""
-    from . import figures
-
     try:
         return figures.write_all(table, meta, run_dir / "plots", data=data, wcs=wcs, title=title, only=only)
     except Exception as exc:  # noqa: BLE001 - matplotlib edge cases must not cost the catalogue
@@ -555,8 +555,6 @@ def _send(payload: bytes, fds: list[int], data=None) -> None:
         parts = [payload]
         if data is not None and "finder" in group:
             try:
-                from . import figures
-
                 pixels = figures.finder_pixels(data)
             except Exception as exc:  # noqa: BLE001 - said by the drawer: no chart, the rest is drawn
                 pixels = f"{type(exc).__name__}: {exc}"
@@ -618,8 +616,6 @@ def _drawers_main(pipes: list[tuple[int, int]], data, parent: int, held: set) ->
 
             with warnings.catch_warnings(record=True) as caught:
                 warnings.simplefilter("default")
-                from . import figures
-
                 # matplotlib's import makes ~100,000 objects and no garbage, yet the collector ran ~100 times
                 # among them (15-25 ms of this process's 0.25-0.3 s, on the run's critical path: the stages
                 # end about when this is ready); then they join the frozen ones, never walked again
@@ -674,8 +670,6 @@ def _draw_group(args_fd: int, result_fd: int, only, data, caught: list, others=(
 
         with contextlib.suppress(Exception), warnings.catch_warnings(record=True) as preparing:
             warnings.simplefilter("default")
-            from . import figures
-
             figures.prepare(only)  # while the catalogue is on its way: figures, axes, ticks (none drawn)
         caught = caught + (preparing or [])
         chunks = []

@@ -566,3 +566,37 @@ def test_render_writes_any_json_able_page_data_as_json_whatever_the_key_order(ca
         assert list(back) == order
         assert back["sources"][0]["ra"] == 10.25 and back["sources"][0]["extra"] is True
         assert back == json.loads(json.dumps(data))
+
+
+def test_results_imports_figures_itself_and_no_matplotlib():
+    """rpp_core.figures is imported with rpp_core.results, never first by a run's sending thread: a run
+    forking its drawers while another run's thread (Dask: runs in threads of one process) held that import's
+    lock left its first drawer waiting for ever on the lock it inherited. matplotlib stays the drawers' import."""
+    import subprocess
+    import sys
+
+    code = ("import sys, rpp_core.results\n"
+            "print('rpp_core.figures' in sys.modules, any(m.split('.')[0] == 'matplotlib' for m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.split() == ["True", "False"], out.stdout
+
+
+@pytest.mark.parametrize("shape, nan_fraction", [((4096, 4096), 0.0), ((3000, 4001), 0.3), ((2048, 2048), 1.0),
+                                                  ((20, 123457), 0.0)])
+def test_finder_pixels_are_block_means_of_the_finite_pixels(shape, nan_fraction):
+    """The finder chart's pixels (made in bands) against a plain nanmean over each block; a strip far wider
+    than the chart keeps at least one row."""
+    rng = np.random.default_rng(3)
+    data = rng.normal(100.0, 10.0, shape).astype(np.float32)
+    if nan_fraction:
+        data[rng.random(shape) < nan_fraction] = np.nan
+    small, f, full = figures.finder_pixels(data)
+    assert full == shape and min(small.shape) >= 1 and max(small.shape) <= max(729, max(shape) // min(shape) + 1)
+    ny, nx = small.shape
+    blocks = data[:ny * f, :nx * f].reshape(ny, f, nx, f).astype(np.float64)
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN blocks
+        np.testing.assert_allclose(small, np.nanmean(blocks, axis=(1, 3)), rtol=1e-5, equal_nan=True)
