@@ -22,6 +22,7 @@ from astropy.utils import iers
 from astropy.wcs import WCS, Sip
 
 from rpp_core.errors import InputError
+from rpp_core.image.pixscale import optics_pixel_scale
 from rpp_core.image import (
     compute_airmass,
     header_summary,
@@ -380,11 +381,12 @@ def test_pixel_scale_falls_back_to_keywords_then_pixel_size_and_focal_length(tmp
     assert read_metadata(fr, NO_PROFILE).pixel_scale == 1.23
     hdr = fits.Header({"XPIXSZ": 9.0, "FOCALLEN": 1000.0})
     meta = read_metadata(load_frame(_write(tmp_path / "b.fits", data, hdr)), NO_PROFILE)
-    assert meta.pixel_scale == pytest.approx(206.265 * 9.0 / 1000.0)
+    assert meta.pixel_scale == pytest.approx(optics_pixel_scale(9.0, 1000.0), rel=1e-12)
+    assert meta.pixel_scale == pytest.approx(206.265 * 9.0 / 1000.0, rel=1e-5)  # the textbook constant
     # profile pixel size is unbinned: XBINNING 2 doubles it
     profile = ObservatorySettings(pixel_size_um=4.5, focal_length_mm=500.0)
     meta = read_metadata(load_frame(_write(tmp_path / "c.fits", data, fits.Header({"XBINNING": 2}))), profile)
-    assert meta.pixel_scale == pytest.approx(206.265 * 9.0 / 500.0)
+    assert meta.pixel_scale == pytest.approx(optics_pixel_scale(9.0, 500.0), rel=1e-12)
     assert "XBINNING" in meta.sources["pixel_scale"]
     assert read_metadata(load_frame(tmp_path / "c.fits"), NO_PROFILE).pixel_scale is None
 
