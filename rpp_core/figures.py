@@ -77,6 +77,21 @@ TICKS_AHEAD, FINDER_TICKS_AHEAD = (10, 8), (10, 10)
 _PREPARED = threading.local()
 
 
+def _layout(name: str) -> tuple[tuple[int, int], dict, tuple[int, int]]:
+    """Size, margins and major ticks made ahead (x, y) of figure ``name`` (of :data:`FIGURES` or ``"finder"``)."""
+    if name == "finder":
+        return FINDER_PX, FINDER_MARGINS, FINDER_TICKS_AHEAD
+    return SIZE_PX, PLOT_MARGINS, TICKS_AHEAD
+
+
+def _new(name: str):
+    """A blank figure ``name`` with its margins (not yet on a canvas)."""
+    size, margins, _ = _layout(name)
+    fig = _blank(size)
+    fig.subplots_adjust(**margins)
+    return fig
+
+
 def prepare(names) -> None:
     """Make the figures ``names`` (of :data:`FIGURES` and ``"finder"``) ahead of their data: each figure
     with its margins, its axes and their ticks, in this thread, for :func:`render` and :func:`finder_chart`.
@@ -91,23 +106,18 @@ def prepare(names) -> None:
     for name in names:
         if name in ready or (name != "finder" and name not in FIGURES):
             continue
-        size, margins = (FINDER_PX, FINDER_MARGINS) if name == "finder" else (SIZE_PX, PLOT_MARGINS)
-        fig = _blank(size)
-        fig.subplots_adjust(**margins)
+        fig = _new(name)
         ax = fig.add_subplot()
-        nx, ny = FINDER_TICKS_AHEAD if name == "finder" else TICKS_AHEAD
+        nx, ny = _layout(name)[2]
         ax.xaxis.get_major_ticks(nx)
         ax.yaxis.get_major_ticks(ny)
         ready[name] = fig
 
 
-def _ready_or_new(name: str, size_px, margins: dict):
-    """The figure :func:`prepare` made for ``name``, else a new one with ``margins``; on this thread's canvas."""
-    fig = _PREPARED.__dict__.get("figures", {}).pop(name, None)
-    if fig is None:
-        fig = _blank(size_px)
-        fig.subplots_adjust(**margins)
-    return _figure(size_px, fig)
+def _ready_or_new(name: str):
+    """The figure :func:`prepare` made for ``name``, else a new one (:func:`_new`); on this thread's canvas."""
+    fig = _PREPARED.__dict__.get("figures", {}).pop(name, None) or _new(name)
+    return _figure(_layout(name)[0], fig)
 
 
 def _axes(fig):
@@ -395,7 +405,7 @@ def _png(pixels: np.ndarray, dpi: float) -> bytes:
 
 def render(name: str, table, meta: dict, path: Path) -> Path:
     """Write figure ``name`` of :data:`FIGURES` to ``path`` (PNG, :data:`SIZE_PX`), atomically."""
-    fig = _ready_or_new(name, SIZE_PX, PLOT_MARGINS)
+    fig = _ready_or_new(name)
     FIGURES[name](fig, table, meta)
     return _save(fig, Path(path))
 
@@ -520,7 +530,7 @@ def finder_chart(data: np.ndarray | FinderPixels, table, meta: dict, path: Path,
     """
     from astropy.visualization import ImageNormalize, ZScaleInterval
 
-    fig = _ready_or_new("finder", FINDER_PX, FINDER_MARGINS)
+    fig = _ready_or_new("finder")
     ax = _axes(fig)
     small, f, (ny, nx) = data if isinstance(data, FinderPixels) else finder_pixels(data)
     finite = small[np.isfinite(small)]

@@ -88,6 +88,10 @@ def _rows_to_show(table, mag: np.ndarray, keep: np.ndarray) -> np.ndarray:
     return np.sort(chosen)
 
 
+#: what the page holds of each source, in this order (page_data's ``sources``, :func:`_sources_json`)
+_SOURCE_KEYS = ("id", "ra", "dec", "x", "y", "mag", "snr", "flags", "kind", "residual", "ids")
+
+
 def page_data(table, meta: dict, fov: tuple[float, float, float] | None = None) -> dict:
     """What the page shows, as plain JSON-able data (also used by tests)."""
     head, cols = _page(table, meta, fov)
@@ -138,8 +142,7 @@ def _page(table, meta: dict, fov: tuple[float, float, float] | None = None) -> t
     for k in np.flatnonzero(identified[rows]).tolist():
         ids_[k] = {s: named[s][k] for s in SERVICES if named[s][k]}
     id_list = np.asarray(ids)[rows].astype(int).tolist()
-    cols = {"id": id_list, "ra": ra_, "dec": dec_, "x": x_, "y": y_, "mag": mag_, "snr": snr_, "flags": flags_,
-            "kind": kinds, "residual": res_, "ids": ids_}
+    cols = dict(zip(_SOURCE_KEYS, (id_list, ra_, dec_, x_, y_, mag_, snr_, flags_, kinds, res_, ids_)))
     if fov is None:
         on_sky = [(r, d) for r, d in zip(ra_, dec_) if r is not None and d is not None]
         if on_sky:
@@ -266,8 +269,7 @@ tr.calibrator { background: #eef4ff; } tr.rejected { background: #f4f4f4; color:
 def render(data: dict) -> str:
     """The HTML of ``sky.html`` for :func:`page_data`'s ``data`` (any JSON-able values: written by ``json``)."""
     sources = data["sources"]
-    keys = ("id", "ra", "dec", "x", "y", "mag", "snr", "flags", "kind", "residual", "ids")
-    return _render(data, {k: [s[k] for s in sources] for k in keys},
+    return _render(data, {k: [s[k] for s in sources] for k in _SOURCE_KEYS},
                    json.dumps(sources, separators=(",", ":"), allow_nan=False))
 
 
