@@ -17,6 +17,7 @@ from scipy.spatial import cKDTree
 
 from .errors import NoStarsError
 from .flags import FLAG_EDGE, FLAG_MASKED, FLAG_SATURATED
+from .preprocess import mark_border
 from .progress import CancelFn, ProgressFn, check_cancel
 from .settings import DetectionSettings, MaskSettings
 
@@ -790,9 +791,7 @@ def find_stars(
         search = np.array(mask, bool)
     else:
         search = np.greater(np.asarray(mask, bool), sat)
-    if b > 0:
-        search[:b, :] = search[-b:, :] = True
-        search[:, :b] = search[:, -b:] = True
+    mark_border(search, b)
     if progress:
         progress(0, 3)
     finder = getattr(settings, "finder", "sep")

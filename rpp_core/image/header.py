@@ -121,11 +121,8 @@ def wcs_from_header(header: fits.Header) -> tuple[WCS | None, str, list[str]]:
                 return None, f"invalid: astropy cannot build the WCS ({one_line(exc)})", notes
             # a partial or damaged DSS plate solution (XPIXELSZ alone: "coefficient scale for DSS is
             # zero") must not cost the FITS WCS beside it: built again from the FITS keywords alone
-            bare = header.copy()
-            for k in plate:
-                bare.remove(k, remove_all=True)
             try:
-                full = WCS(bare, relax=True, fix=True)
+                full = WCS(_without(header, plate), relax=True, fix=True)
             except Exception:  # noqa: BLE001 - the FITS keywords are the trouble: say what astropy said first
                 return None, f"invalid: astropy cannot build the WCS ({one_line(exc)})", notes
             notes.append(f"WCS built from the FITS keywords without the DSS plate solution ({', '.join(plate[:6])}"
@@ -187,8 +184,13 @@ def _without_unreadable_plate_solution(header: fits.Header, notes: list[str]) ->
         return header
     notes.append("WCS built without " + ", ".join(f"{k} = {header[k]!r}" for k in bad)
                  + " (DSS plate-solution keywords that are not numbers: astropy cannot read the WCS beside them)")
+    return _without(header, bad)
+
+
+def _without(header: fits.Header, keys) -> fits.Header:
+    """A copy of ``header`` without the cards ``keys`` (every card of each)."""
     header = header.copy()
-    for k in bad:
+    for k in keys:
         header.remove(k, remove_all=True)
     return header
 

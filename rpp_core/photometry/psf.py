@@ -292,7 +292,6 @@ def build_epsf(data_sub, mask, x, y, fwhm_px, settings: PhotometrySettings):
     if mask is not None:
         good &= ~np.asarray(mask)[rows, cols]
     stamps = np.where(good, stamps, 0.0)
-    n = len(x)
     # star centre in stamp coordinates (the stamp's pixel h is the star's rounded position)
     cx, cy = x - ix + h, y - iy + h
     flux = stamps.sum(axis=(1, 2))
